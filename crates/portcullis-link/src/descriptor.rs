@@ -1,0 +1,120 @@
+//! Endpoint descriptors: what a service declares it serves.
+
+use serde::{Deserialize, Serialize};
+
+use crate::template::{PathTemplate, TemplateError};
+
+/// Most endpoints one HELLO may declare.
+pub const MAX_ENDPOINTS: usize = 1024;
+/// Longest endpoint timeout a service may ask for: one hour.
+pub const MAX_TIMEOUT_MS: u64 = 3_600_000;
+
+/// Wire protocol of an endpoint.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Protocol {
+    /// Plain HTTP request/response.
+    #[default]
+    Http,
+    /// gRPC over HTTP/2: trailers carry the status.
+    Grpc,
+}
+
+/// One endpoint an instance serves.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct EndpointDescriptor {
+    /// HTTP method in upper case, or `*` for any method.
+    pub method: String,
+    /// Path template, see [`PathTemplate`].
+    pub path: String,
+    /// Time the gateway waits for the response head, in milliseconds. `None`: gateway default.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub timeout_ms: Option<u64>,
+    /// The response is a long-lived stream: the timeout bounds only the response head.
+    #[serde(default)]
+    pub streaming: bool,
+    /// Capability a caller needs, e.g. `scans.read`. `None`: any authenticated caller.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub capability: Option<String>,
+    /// Protocol of the endpoint.
+    #[serde(default)]
+    pub protocol: Protocol,
+}
+
+/// Why a descriptor is invalid.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum DescriptorError {
+    /// Method is not an upper-case token or `*`.
+    #[error("invalid method")]
+    Method,
+    /// Template does not parse.
+    #[error("invalid path template: {0}")]
+    Template(#[from] TemplateError),
+    /// Timeout is zero or over [`MAX_TIMEOUT_MS`].
+    #[error("timeout must be between 1 ms and one hour")]
+    Timeout,
+    /// Capability is not `[a-z0-9._:-]{1,128}`.
+    #[error("invalid capability name")]
+    Capability,
+}
+
+impl EndpointDescriptor {
+    /// Check every field and return the parsed template.
+    pub fn validate(&self) -> Result<PathTemplate, DescriptorError> {
+        let m = self.method.as_bytes();
+        let method_ok = self.method == "*"
+            || (!m.is_empty() && m.len() <= 32 && m.iter().all(|b| b.is_ascii_uppercase()));
+        if !method_ok {
+            return Err(DescriptorError::Method);
+        }
+        if self
+            .timeout_ms
+            .is_some_and(|t| t == 0 || t > MAX_TIMEOUT_MS)
+        {
+            return Err(DescriptorError::Timeout);
+        }
+        if let Some(c) = &self.capability {
+            let ok = !c.is_empty()
+                && c.len() <= 128
+                && c.bytes().all(|b| {
+                    b.is_ascii_lowercase()
+                        || b.is_ascii_digit()
+                        || matches!(b, b'.' | b'_' | b':' | b'-')
+                });
+            if !ok {
+                return Err(DescriptorError::Capability);
+            }
+        }
+        Ok(PathTemplate::parse(&self.path)?)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn d(method: &str, path: &str) -> EndpointDescriptor {
+        EndpointDescriptor {
+            method: method.into(),
+            path: path.into(),
+            timeout_ms: None,
+            streaming: false,
+            capability: None,
+            protocol: Protocol::Http,
+        }
+    }
+
+    #[test]
+    fn validates() {
+        assert!(d("GET", "/a/{b}").validate().is_ok());
+        assert!(d("*", "/a/{*b}").validate().is_ok());
+        assert_eq!(d("get", "/a").validate(), Err(DescriptorError::Method));
+        let mut x = d("GET", "/a");
+        x.timeout_ms = Some(0);
+        assert_eq!(x.validate(), Err(DescriptorError::Timeout));
+        x.timeout_ms = None;
+        x.capability = Some("Bad Cap".into());
+        assert_eq!(x.validate(), Err(DescriptorError::Capability));
+    }
+}

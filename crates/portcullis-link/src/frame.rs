@@ -1,0 +1,574 @@
+//! Handshake frames and their encoding.
+//!
+//! A frame is an 8-byte header — magic `PC`, protocol version, frame type, body length as a
+//! big-endian `u32` — followed by a UTF-8 JSON object of exactly that length. The length is
+//! checked against a hard limit before any body byte is read, so a peer cannot make the other
+//! side allocate more than [`MAX_FRAME_LEN`].
+
+use serde::{Deserialize, Serialize};
+use std::fmt;
+
+use crate::descriptor::{EndpointDescriptor, MAX_ENDPOINTS};
+
+/// First two bytes of every frame.
+pub const MAGIC: [u8; 2] = *b"PC";
+/// The protocol version this crate speaks.
+pub const VERSION: u8 = 1;
+/// Length of the fixed frame header.
+pub const HEADER_LEN: usize = 8;
+/// Hard upper bound of a frame body. Receivers may enforce a lower one.
+pub const MAX_FRAME_LEN: u32 = 1024 * 1024;
+
+/// Frame type byte.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[repr(u8)]
+pub enum FrameType {
+    /// gateway → service: nonce and server time.
+    Challenge = 1,
+    /// service → gateway: who it is, what it serves, its credential.
+    Hello = 2,
+    /// gateway → service: accepted; HTTP/2 follows.
+    HelloAck = 3,
+    /// either direction: refused, with a code; the connection closes after it.
+    Reject = 4,
+}
+
+impl FrameType {
+    fn from_u8(b: u8) -> Option<Self> {
+        Some(match b {
+            1 => Self::Challenge,
+            2 => Self::Hello,
+            3 => Self::HelloAck,
+            4 => Self::Reject,
+            _ => return None,
+        })
+    }
+}
+
+/// Why bytes could not be turned into a frame. Each maps to the [`RejectCode`] the receiver
+/// answers with, see [`DecodeError::reject_code`].
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum DecodeError {
+    /// The first two bytes are not [`MAGIC`].
+    #[error("bad magic bytes")]
+    BadMagic,
+    /// The peer speaks a version this side does not.
+    #[error("unsupported protocol version {0}")]
+    UnsupportedVersion(u8),
+    /// The type byte names no frame.
+    #[error("unknown frame type {0}")]
+    UnknownType(u8),
+    /// The announced body is longer than the limit.
+    #[error("frame body of {len} bytes exceeds the limit of {limit}")]
+    TooLarge {
+        /// Announced length.
+        len: u32,
+        /// Limit in force.
+        limit: u32,
+    },
+    /// The body is not the JSON object the type calls for, or a field is out of bounds.
+    #[error("malformed {frame} frame: {reason}")]
+    Malformed {
+        /// Frame type name.
+        frame: &'static str,
+        /// What is wrong, without echoing peer bytes.
+        reason: String,
+    },
+    /// Fewer bytes than a header, or than the header announced.
+    #[error("truncated frame")]
+    Truncated,
+}
+
+impl DecodeError {
+    /// The REJECT code a receiver answers this error with.
+    pub fn reject_code(&self) -> RejectCode {
+        match self {
+            Self::UnsupportedVersion(_) => RejectCode::UnsupportedVersion,
+            Self::TooLarge { .. } => RejectCode::TooLarge,
+            _ => RejectCode::MalformedFrame,
+        }
+    }
+}
+
+/// The fixed header of a frame.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct FrameHeader {
+    /// Protocol version of the frame.
+    pub version: u8,
+    /// Frame type.
+    pub frame_type: FrameType,
+    /// Body length that follows the header.
+    pub len: u32,
+}
+
+impl FrameHeader {
+    /// Parse and check a header against `limit` (capped at [`MAX_FRAME_LEN`]). The version is
+    /// checked before the type so a peer from the future gets `UnsupportedVersion`, not a
+    /// confusing type error.
+    pub fn parse(bytes: &[u8; HEADER_LEN], limit: u32) -> Result<Self, DecodeError> {
+        if bytes[0..2] != MAGIC {
+            return Err(DecodeError::BadMagic);
+        }
+        let version = bytes[2];
+        if version != VERSION {
+            return Err(DecodeError::UnsupportedVersion(version));
+        }
+        let frame_type = FrameType::from_u8(bytes[3]).ok_or(DecodeError::UnknownType(bytes[3]))?;
+        let len = u32::from_be_bytes([bytes[4], bytes[5], bytes[6], bytes[7]]);
+        let limit = limit.min(MAX_FRAME_LEN);
+        if len > limit {
+            return Err(DecodeError::TooLarge { len, limit });
+        }
+        Ok(Self {
+            version,
+            frame_type,
+            len,
+        })
+    }
+}
+
+/// gateway → service, first frame on every link.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Challenge {
+    /// 32 random bytes, lowercase hex. Used once.
+    pub nonce: String,
+    /// Gateway wall-clock time, milliseconds since the Unix epoch.
+    pub server_time_ms: u64,
+    /// Protocol versions the gateway accepts.
+    pub versions: Vec<u8>,
+}
+
+/// How a service proves who it is.
+#[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "type", rename_all = "snake_case", deny_unknown_fields)]
+pub enum Credential {
+    /// A static per-service token from the gateway configuration.
+    Token {
+        /// The token itself. Never logged: `Debug` masks it.
+        token: String,
+    },
+}
+
+impl fmt::Debug for Credential {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::Token { .. } => f.write_str("Credential::Token(***)"),
+        }
+    }
+}
+
+/// service → gateway: identity, endpoints and credential.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Hello {
+    /// Service name, `[a-z0-9-]{1,63}`.
+    pub service: String,
+    /// Instance id, unique per running instance, `[A-Za-z0-9._-]{1,128}`.
+    pub instance_id: String,
+    /// Version of the service build (free text, at most 64 bytes).
+    pub version: String,
+    /// Region the instance runs in, if any.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub region: Option<String>,
+    /// Endpoints this instance serves.
+    pub endpoints: Vec<EndpointDescriptor>,
+    /// OpenAPI document of the service, if it has one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub openapi: Option<serde_json::Value>,
+    /// Proof of identity.
+    pub credential: Credential,
+}
+
+/// Limits the gateway imposes on the link, sent in HELLO_ACK.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LinkLimits {
+    /// Concurrent HTTP/2 streams the gateway will open on this link.
+    pub max_concurrent_streams: u32,
+    /// Largest request body the gateway forwards, in bytes.
+    pub max_request_body: u64,
+}
+
+/// gateway → service: accepted. The next bytes on the connection are HTTP/2, gateway as client.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct HelloAck {
+    /// Id the gateway gave this link; appears in its logs and admin API.
+    pub link_id: String,
+    /// How often the gateway pings and asks for health, in milliseconds.
+    pub heartbeat_interval_ms: u64,
+    /// Limits in force on the link.
+    pub limits: LinkLimits,
+}
+
+/// Why a handshake was refused.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum RejectCode {
+    /// The frame's version is not one the receiver speaks.
+    UnsupportedVersion,
+    /// Bytes that are not a well-formed frame of the expected type.
+    MalformedFrame,
+    /// The credential is missing, unknown or wrong.
+    BadCredential,
+    /// Another link for the same instance id is live and this one could not replace it.
+    DuplicateInstance,
+    /// The frame exceeds the size limit.
+    TooLarge,
+    /// An endpoint clashes with one another service already serves.
+    RouteConflict,
+    /// An endpoint descriptor is invalid (bad method, template or timeout).
+    InvalidDescriptor,
+    /// The gateway is shutting down or over capacity; retry after the given delay.
+    Unavailable,
+    /// The handshake took too long.
+    Timeout,
+}
+
+impl RejectCode {
+    /// Stable lowercase name, as on the wire.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::UnsupportedVersion => "unsupported_version",
+            Self::MalformedFrame => "malformed_frame",
+            Self::BadCredential => "bad_credential",
+            Self::DuplicateInstance => "duplicate_instance",
+            Self::TooLarge => "too_large",
+            Self::RouteConflict => "route_conflict",
+            Self::InvalidDescriptor => "invalid_descriptor",
+            Self::Unavailable => "unavailable",
+            Self::Timeout => "timeout",
+        }
+    }
+}
+
+impl fmt::Display for RejectCode {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// Refusal; the sender closes the connection after it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Reject {
+    /// Machine-readable reason.
+    pub code: RejectCode,
+    /// Human-readable detail. Never contains secrets.
+    #[serde(default)]
+    pub message: String,
+    /// When set, the peer should wait this long before retrying.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub retry_after_ms: Option<u64>,
+}
+
+/// One handshake frame.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Frame {
+    /// See [`Challenge`].
+    Challenge(Challenge),
+    /// See [`Hello`].
+    Hello(Box<Hello>),
+    /// See [`HelloAck`].
+    HelloAck(HelloAck),
+    /// See [`Reject`].
+    Reject(Reject),
+}
+
+const MAX_STRING: usize = 1024;
+
+impl Frame {
+    /// The type byte of this frame.
+    pub fn frame_type(&self) -> FrameType {
+        match self {
+            Self::Challenge(_) => FrameType::Challenge,
+            Self::Hello(_) => FrameType::Hello,
+            Self::HelloAck(_) => FrameType::HelloAck,
+            Self::Reject(_) => FrameType::Reject,
+        }
+    }
+
+    /// Encode header and body. Fails only if the body would exceed [`MAX_FRAME_LEN`].
+    pub fn encode(&self) -> Result<Vec<u8>, DecodeError> {
+        let body = match self {
+            Self::Challenge(c) => serde_json::to_vec(c),
+            Self::Hello(h) => serde_json::to_vec(h),
+            Self::HelloAck(a) => serde_json::to_vec(a),
+            Self::Reject(r) => serde_json::to_vec(r),
+        }
+        .map_err(|e| DecodeError::Malformed {
+            frame: self.name(),
+            reason: e.to_string(),
+        })?;
+        let len = u32::try_from(body.len())
+            .ok()
+            .filter(|l| *l <= MAX_FRAME_LEN)
+            .ok_or(DecodeError::TooLarge {
+                len: u32::try_from(body.len()).unwrap_or(u32::MAX),
+                limit: MAX_FRAME_LEN,
+            })?;
+        let mut out = Vec::with_capacity(HEADER_LEN + body.len());
+        out.extend_from_slice(&MAGIC);
+        out.push(VERSION);
+        out.push(self.frame_type() as u8);
+        out.extend_from_slice(&len.to_be_bytes());
+        out.extend_from_slice(&body);
+        Ok(out)
+    }
+
+    fn name(&self) -> &'static str {
+        type_name(self.frame_type())
+    }
+
+    /// Decode the body that followed `header`. `body.len()` must equal `header.len`.
+    pub fn decode_body(header: &FrameHeader, body: &[u8]) -> Result<Self, DecodeError> {
+        if body.len() != header.len as usize {
+            return Err(DecodeError::Truncated);
+        }
+        let frame = type_name(header.frame_type);
+        let malformed = |reason: String| DecodeError::Malformed { frame, reason };
+        let json_err = |e: serde_json::Error| {
+            malformed(format!(
+                "{} at column {}",
+                match e.classify() {
+                    serde_json::error::Category::Syntax => "syntax error",
+                    serde_json::error::Category::Eof => "unexpected end",
+                    _ => "invalid field or value",
+                },
+                e.column()
+            ))
+        };
+        let f = match header.frame_type {
+            FrameType::Challenge => {
+                Self::Challenge(serde_json::from_slice(body).map_err(json_err)?)
+            }
+            FrameType::Hello => {
+                Self::Hello(Box::new(serde_json::from_slice(body).map_err(json_err)?))
+            }
+            FrameType::HelloAck => Self::HelloAck(serde_json::from_slice(body).map_err(json_err)?),
+            FrameType::Reject => Self::Reject(serde_json::from_slice(body).map_err(json_err)?),
+        };
+        f.check_bounds().map_err(malformed)?;
+        Ok(f)
+    }
+
+    /// Decode a whole frame from `bytes` (header and body, nothing after). Convenience for
+    /// tests and fuzzing; streaming readers use [`FrameHeader::parse`] and
+    /// [`Frame::decode_body`].
+    pub fn decode(bytes: &[u8], limit: u32) -> Result<Self, DecodeError> {
+        let head: &[u8; HEADER_LEN] = bytes
+            .get(..HEADER_LEN)
+            .and_then(|h| h.try_into().ok())
+            .ok_or(DecodeError::Truncated)?;
+        let header = FrameHeader::parse(head, limit)?;
+        Self::decode_body(&header, &bytes[HEADER_LEN..])
+    }
+
+    /// Field-level bounds that JSON alone does not express.
+    fn check_bounds(&self) -> Result<(), String> {
+        match self {
+            Self::Challenge(c) => {
+                if c.nonce.len() != 64 || !c.nonce.bytes().all(|b| b.is_ascii_hexdigit()) {
+                    return Err("nonce must be 64 hex characters".into());
+                }
+                if c.versions.len() > 16 {
+                    return Err("too many versions".into());
+                }
+            }
+            Self::Hello(h) => {
+                if !crate::valid_service_name(&h.service) {
+                    return Err("service must be 1-63 of [a-z0-9-]".into());
+                }
+                if !crate::valid_token(&h.instance_id) {
+                    return Err("instance_id must be 1-128 of [A-Za-z0-9._-]".into());
+                }
+                if h.version.len() > 64 {
+                    return Err("version longer than 64 bytes".into());
+                }
+                if h.region.as_ref().is_some_and(|r| !crate::valid_token(r)) {
+                    return Err("region must be 1-128 of [A-Za-z0-9._-]".into());
+                }
+                if h.endpoints.len() > MAX_ENDPOINTS {
+                    return Err(format!("more than {MAX_ENDPOINTS} endpoints"));
+                }
+                let Credential::Token { token } = &h.credential;
+                if token.len() > MAX_STRING {
+                    return Err("credential too long".into());
+                }
+            }
+            Self::HelloAck(a) => {
+                if !crate::valid_token(&a.link_id) {
+                    return Err("link_id must be 1-128 of [A-Za-z0-9._-]".into());
+                }
+            }
+            Self::Reject(r) => {
+                if r.message.len() > MAX_STRING {
+                    return Err("message too long".into());
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+fn type_name(t: FrameType) -> &'static str {
+    match t {
+        FrameType::Challenge => "CHALLENGE",
+        FrameType::Hello => "HELLO",
+        FrameType::HelloAck => "HELLO_ACK",
+        FrameType::Reject => "REJECT",
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::descriptor::Protocol;
+    use proptest::prelude::*;
+
+    fn hello() -> Frame {
+        Frame::Hello(Box::new(Hello {
+            service: "echo".into(),
+            instance_id: "echo-1".into(),
+            version: "1.0.0".into(),
+            region: Some("eu-west".into()),
+            endpoints: vec![EndpointDescriptor {
+                method: "GET".into(),
+                path: "/echo/{*rest}".into(),
+                timeout_ms: Some(1000),
+                streaming: false,
+                capability: Some("echo.read".into()),
+                protocol: Protocol::Http,
+            }],
+            openapi: None,
+            credential: Credential::Token {
+                token: "secret".into(),
+            },
+        }))
+    }
+
+    #[test]
+    fn round_trip_every_type() {
+        let frames = vec![
+            Frame::Challenge(Challenge {
+                nonce: "ab".repeat(32),
+                server_time_ms: 1,
+                versions: vec![1],
+            }),
+            hello(),
+            Frame::HelloAck(HelloAck {
+                link_id: "l-1".into(),
+                heartbeat_interval_ms: 5000,
+                limits: LinkLimits {
+                    max_concurrent_streams: 100,
+                    max_request_body: 1 << 20,
+                },
+            }),
+            Frame::Reject(Reject {
+                code: RejectCode::RouteConflict,
+                message: "GET /x is served by other".into(),
+                retry_after_ms: Some(10),
+            }),
+        ];
+        for f in frames {
+            let bytes = f.encode().unwrap();
+            assert_eq!(Frame::decode(&bytes, MAX_FRAME_LEN).unwrap(), f);
+        }
+    }
+
+    #[test]
+    fn header_errors_have_their_codes() {
+        let mut bytes = hello().encode().unwrap();
+        bytes[2] = 9;
+        let e = Frame::decode(&bytes, MAX_FRAME_LEN).unwrap_err();
+        assert_eq!(e, DecodeError::UnsupportedVersion(9));
+        assert_eq!(e.reject_code(), RejectCode::UnsupportedVersion);
+
+        let bytes = hello().encode().unwrap();
+        let e = Frame::decode(&bytes, 10).unwrap_err();
+        assert_eq!(e.reject_code(), RejectCode::TooLarge);
+
+        let mut bytes = hello().encode().unwrap();
+        bytes[0] = b'G';
+        assert_eq!(
+            Frame::decode(&bytes, MAX_FRAME_LEN).unwrap_err(),
+            DecodeError::BadMagic
+        );
+
+        let mut bytes = hello().encode().unwrap();
+        bytes[3] = 77;
+        assert_eq!(
+            Frame::decode(&bytes, MAX_FRAME_LEN)
+                .unwrap_err()
+                .reject_code(),
+            RejectCode::MalformedFrame
+        );
+    }
+
+    #[test]
+    fn credential_debug_is_masked() {
+        let s = format!("{:?}", hello());
+        assert!(!s.contains("secret"), "{s}");
+    }
+
+    #[test]
+    fn bounds_are_checked() {
+        let Frame::Hello(mut h) = hello() else {
+            unreachable!()
+        };
+        h.service = "Bad Name".into();
+        let bytes = Frame::Hello(h).encode().unwrap();
+        assert!(matches!(
+            Frame::decode(&bytes, MAX_FRAME_LEN),
+            Err(DecodeError::Malformed { .. })
+        ));
+    }
+
+    proptest! {
+        #[test]
+        fn decode_never_panics(bytes in proptest::collection::vec(any::<u8>(), 0..512)) {
+            let _ = Frame::decode(&bytes, MAX_FRAME_LEN);
+        }
+
+        #[test]
+        fn decode_never_panics_behind_valid_header(
+            t in 0u8..6, body in proptest::collection::vec(any::<u8>(), 0..512)
+        ) {
+            let mut bytes = Vec::new();
+            bytes.extend_from_slice(&MAGIC);
+            bytes.push(VERSION);
+            bytes.push(t);
+            bytes.extend_from_slice(&(body.len() as u32).to_be_bytes());
+            bytes.extend_from_slice(&body);
+            let _ = Frame::decode(&bytes, MAX_FRAME_LEN);
+        }
+
+        #[test]
+        fn json_shaped_bodies_never_panic(s in "\\{\"[a-z_]{1,12}\":(\"[ -~]{0,20}\"|[0-9]{1,25}|\\[\\]|null|true)\\}") {
+            for t in 1u8..=4 {
+                let mut bytes = Vec::new();
+                bytes.extend_from_slice(&MAGIC);
+                bytes.push(VERSION);
+                bytes.push(t);
+                bytes.extend_from_slice(&(s.len() as u32).to_be_bytes());
+                bytes.extend_from_slice(s.as_bytes());
+                let _ = Frame::decode(&bytes, MAX_FRAME_LEN);
+            }
+        }
+
+        #[test]
+        fn hello_round_trips(service in "[a-z0-9]{1,20}", inst in "[A-Za-z0-9._-]{1,40}", n in 0usize..5) {
+            let Frame::Hello(mut h) = hello() else { unreachable!() };
+            h.service = service;
+            h.instance_id = inst;
+            h.endpoints = (0..n).map(|i| EndpointDescriptor {
+                method: "POST".into(), path: format!("/p/{i}/{{id}}"), timeout_ms: None,
+                streaming: true, capability: None, protocol: Protocol::Grpc,
+            }).collect();
+            let f = Frame::Hello(h);
+            let bytes = f.encode().unwrap();
+            prop_assert_eq!(Frame::decode(&bytes, MAX_FRAME_LEN).unwrap(), f);
+        }
+    }
+}

@@ -1,0 +1,76 @@
+//! The Portcullis link protocol: the bytes a service and the gateway exchange before the
+//! connection turns into HTTP/2 with the roles reversed.
+//!
+//! This crate owns the handshake vocabulary (CHALLENGE, HELLO, HELLO_ACK, REJECT), its
+//! versioned length-prefixed framing with a hard size limit, endpoint descriptors with their
+//! path templates, and the constants both sides must agree on. It performs no I/O: callers read
+//! exactly [`HEADER_LEN`] bytes, hand them to [`FrameHeader::parse`], read exactly
+//! `header.len` more bytes and hand those to [`Frame::decode_body`]. Reading exactly what the
+//! header announces matters: the first byte after HELLO_ACK belongs to HTTP/2.
+//!
+//! The normative description lives in `docs/link-protocol.md`.
+
+mod descriptor;
+mod frame;
+mod template;
+
+pub use descriptor::{
+    DescriptorError, EndpointDescriptor, Protocol, MAX_ENDPOINTS, MAX_TIMEOUT_MS,
+};
+pub use frame::{
+    Challenge, Credential, DecodeError, Frame, FrameHeader, FrameType, Hello, HelloAck, LinkLimits,
+    Reject, RejectCode, HEADER_LEN, MAGIC, MAX_FRAME_LEN, VERSION,
+};
+pub use template::{PathTemplate, Segment, TemplateError};
+
+/// Path the gateway requests over an established link for the periodic health exchange.
+/// The SDK answers it itself; it never reaches the service's own router, and the gateway never
+/// routes client traffic to it.
+pub const HEALTH_PATH: &str = "/.well-known/portcullis/health";
+
+/// Prefix of every path reserved for the link itself.
+pub const RESERVED_PREFIX: &str = "/.well-known/portcullis/";
+
+/// Body of the health exchange, as JSON.
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct HealthReport {
+    /// Calls the instance is serving right now.
+    pub in_flight: u32,
+    /// Load the service reports, 0.0 (idle) to 1.0 (saturated). The SDK reports in-flight
+    /// relative to its concurrency limit unless the service sets its own figure.
+    pub load: f32,
+    /// True once the instance has begun to drain; the gateway stops choosing it.
+    #[serde(default)]
+    pub draining: bool,
+}
+
+/// Header names the gateway sets on every forwarded request. Clients may not set them: the
+/// gateway strips any incoming header with the `x-portcullis-` prefix before routing.
+pub mod headers {
+    /// Prefix of every header the gateway owns.
+    pub const PREFIX: &str = "x-portcullis-";
+    /// Correlation id of the call, also returned to the client.
+    pub const CORRELATION_ID: &str = "x-correlation-id";
+    /// Route template the gateway matched, e.g. `/api/v1/scans/{id}`.
+    pub const ROUTE: &str = "x-portcullis-route";
+    /// Deadline in milliseconds the gateway will wait for the response head.
+    pub const TIMEOUT_MS: &str = "x-portcullis-timeout-ms";
+}
+
+/// Is `s` a valid service name: 1–63 of `[a-z0-9-]`, not starting or ending with `-`.
+pub fn valid_service_name(s: &str) -> bool {
+    !s.is_empty()
+        && s.len() <= 63
+        && !s.starts_with('-')
+        && !s.ends_with('-')
+        && s.bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+}
+
+/// Is `s` a valid instance id or other opaque token: 1–128 of `[A-Za-z0-9._-]`.
+pub fn valid_token(s: &str) -> bool {
+    !s.is_empty()
+        && s.len() <= 128
+        && s.bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-'))
+}

@@ -1,0 +1,171 @@
+//! The service side of the link handshake: read CHALLENGE, send HELLO, read HELLO_ACK or
+//! REJECT.
+//!
+//! Frames are read with exactly [`HEADER_LEN`] bytes and then exactly the announced body
+//! length, never more: the first byte after HELLO_ACK belongs to HTTP/2, so the stream must be
+//! handed over untouched.
+
+use std::time::Duration;
+
+use portcullis_link::{
+    DecodeError, Frame, FrameHeader, Hello, HelloAck, Reject, RejectCode, HEADER_LEN, VERSION,
+};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+
+use crate::error::{Error, ErrorKind};
+
+/// How long the whole handshake may take on the service side.
+pub(crate) const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Largest frame the service accepts from a gateway. CHALLENGE, HELLO_ACK and REJECT are a
+/// few hundred bytes; a low bound keeps a confused peer from making us allocate.
+const MAX_INBOUND_FRAME: u32 = 64 * 1024;
+
+/// Run the handshake on `io` within [`HANDSHAKE_TIMEOUT`].
+pub(crate) async fn handshake<IO>(io: &mut IO, hello: &Hello) -> Result<HelloAck, Error>
+where
+    IO: AsyncRead + AsyncWrite + Unpin,
+{
+    handshake_within(io, hello, HANDSHAKE_TIMEOUT).await
+}
+
+pub(crate) async fn handshake_within<IO>(
+    io: &mut IO,
+    hello: &Hello,
+    limit: Duration,
+) -> Result<HelloAck, Error>
+where
+    IO: AsyncRead + AsyncWrite + Unpin,
+{
+    match tokio::time::timeout(limit, exchange(io, hello)).await {
+        Ok(r) => r,
+        Err(_) => {
+            let reject = Reject {
+                code: RejectCode::Timeout,
+                message: "handshake took too long".into(),
+                retry_after_ms: None,
+            };
+            // Best effort, bounded: the peer may not be reading at all.
+            let _ = tokio::time::timeout(Duration::from_millis(100), send_reject(io, reject)).await;
+            Err(Error::new(
+                ErrorKind::Timeout,
+                "no HELLO_ACK within the handshake timeout",
+            ))
+        }
+    }
+}
+
+async fn exchange<IO>(io: &mut IO, hello: &Hello) -> Result<HelloAck, Error>
+where
+    IO: AsyncRead + AsyncWrite + Unpin,
+{
+    let challenge = match read_frame(io).await? {
+        Frame::Challenge(c) => c,
+        Frame::Reject(r) => return Err(Error::rejected(&r)),
+        other => {
+            return Err(protocol_violation(io, "CHALLENGE", &other).await);
+        }
+    };
+    if !challenge.versions.contains(&VERSION) {
+        let reject = Reject {
+            code: RejectCode::UnsupportedVersion,
+            message: format!("service speaks version {VERSION}"),
+            retry_after_ms: None,
+        };
+        let _ = send_reject(io, reject).await;
+        return Err(Error::new(
+            ErrorKind::Protocol,
+            format!("gateway does not accept protocol version {VERSION}"),
+        ));
+    }
+    let bytes = Frame::Hello(Box::new(hello.clone()))
+        .encode()
+        .map_err(|e| Error::config("HELLO does not fit in a frame").with_source(e))?;
+    io.write_all(&bytes).await.map_err(link_io)?;
+    io.flush().await.map_err(link_io)?;
+    match read_frame(io).await? {
+        Frame::HelloAck(ack) => {
+            if ack.heartbeat_interval_ms == 0 {
+                return Err(Error::new(
+                    ErrorKind::Protocol,
+                    "HELLO_ACK with a zero heartbeat interval",
+                ));
+            }
+            Ok(ack)
+        }
+        Frame::Reject(r) => Err(Error::rejected(&r)),
+        other => Err(protocol_violation(io, "HELLO_ACK or REJECT", &other).await),
+    }
+}
+
+/// Read one frame: exactly a header, then exactly its body. A decode error is answered with
+/// the matching REJECT (best effort) before it is returned.
+async fn read_frame<IO>(io: &mut IO) -> Result<Frame, Error>
+where
+    IO: AsyncRead + AsyncWrite + Unpin,
+{
+    let mut head = [0u8; HEADER_LEN];
+    io.read_exact(&mut head).await.map_err(link_io)?;
+    let header = match FrameHeader::parse(&head, MAX_INBOUND_FRAME) {
+        Ok(h) => h,
+        Err(e) => return Err(decode_failure(io, e).await),
+    };
+    let mut body = vec![0u8; header.len as usize];
+    io.read_exact(&mut body).await.map_err(link_io)?;
+    match Frame::decode_body(&header, &body) {
+        Ok(f) => Ok(f),
+        Err(e) => Err(decode_failure(io, e).await),
+    }
+}
+
+async fn decode_failure<IO>(io: &mut IO, e: DecodeError) -> Error
+where
+    IO: AsyncWrite + Unpin,
+{
+    let reject = Reject {
+        code: e.reject_code(),
+        message: e.to_string(),
+        retry_after_ms: None,
+    };
+    let _ = send_reject(io, reject).await;
+    Error::new(ErrorKind::Protocol, "undecodable frame from gateway").with_source(e)
+}
+
+async fn protocol_violation<IO>(io: &mut IO, expected: &str, got: &Frame) -> Error
+where
+    IO: AsyncWrite + Unpin,
+{
+    let message = format!(
+        "expected {expected}, got frame type {}",
+        got.frame_type() as u8
+    );
+    let reject = Reject {
+        code: RejectCode::MalformedFrame,
+        message: message.clone(),
+        retry_after_ms: None,
+    };
+    let _ = send_reject(io, reject).await;
+    Error::new(ErrorKind::Protocol, message)
+}
+
+async fn send_reject<IO>(io: &mut IO, reject: Reject) -> std::io::Result<()>
+where
+    IO: AsyncWrite + Unpin,
+{
+    let bytes = Frame::Reject(reject)
+        .encode()
+        .map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidData, e))?;
+    io.write_all(&bytes).await?;
+    io.flush().await?;
+    let _ = io.shutdown().await;
+    Ok(())
+}
+
+fn link_io(e: std::io::Error) -> Error {
+    let kind = if e.kind() == std::io::ErrorKind::UnexpectedEof {
+        "gateway closed the connection during the handshake"
+    } else {
+        "I/O error during the handshake"
+    };
+    Error::new(ErrorKind::Link, kind).with_source(e)
+}

@@ -1,0 +1,400 @@
+//! The service builder and the handle of a running service.
+//!
+//! [`Service::builder`] collects identity, gateways, credential and endpoints; `serve`
+//! validates all of it before anything is dialled, then spawns one supervisor task per gateway
+//! and link slot. The returned [`Running`] handle waits for links, drains gracefully, or drops
+//! everything at once.
+
+use std::fmt;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use bytes::Bytes;
+use http::{Request, Response};
+use hyper::body::Incoming;
+use portcullis_link::{Credential, Frame, HealthReport, Hello};
+use rand::Rng;
+use tokio::sync::watch;
+use tokio::task::{AbortHandle, JoinSet};
+
+use crate::endpoint::{validate_all, Endpoint};
+use crate::error::{BoxError, Error};
+use crate::gateway::{tls_config, GatewayAddr};
+use crate::serve::Shared;
+use crate::supervisor::{supervise, LinkSlot};
+
+/// Default grace period of [`Running::shutdown`].
+pub const DEFAULT_DRAIN_GRACE: Duration = Duration::from_secs(30);
+/// Default concurrency hint: the in-flight count at which the service reports full load.
+pub const DEFAULT_CONCURRENCY: u32 = 100;
+/// Most links one instance may keep to one gateway.
+pub const MAX_LINKS_PER_GATEWAY: usize = 16;
+
+/// Entry point: `Service::builder("name")`.
+#[derive(Debug)]
+pub struct Service(());
+
+impl Service {
+    /// Start describing the service called `name` (`[a-z0-9-]{1,63}`).
+    pub fn builder(name: impl Into<String>) -> ServiceBuilder {
+        ServiceBuilder {
+            name: name.into(),
+            gateways: Vec::new(),
+            token: None,
+            instance_id: None,
+            version: "unknown".into(),
+            region: None,
+            links_per_gateway: 1,
+            tls_root_ca_pem: None,
+            endpoints: Vec::new(),
+            openapi: None,
+            drain_grace: DEFAULT_DRAIN_GRACE,
+            concurrency: DEFAULT_CONCURRENCY,
+        }
+    }
+}
+
+/// A secret string whose `Debug` never shows it.
+#[derive(Clone)]
+struct Secret(String);
+
+impl fmt::Debug for Secret {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("***")
+    }
+}
+
+/// Describes a service before it links to its gateways. See the crate docs for an example.
+#[derive(Debug, Clone)]
+#[must_use]
+pub struct ServiceBuilder {
+    name: String,
+    gateways: Vec<String>,
+    token: Option<Secret>,
+    instance_id: Option<String>,
+    version: String,
+    region: Option<String>,
+    links_per_gateway: usize,
+    tls_root_ca_pem: Option<Vec<u8>>,
+    endpoints: Vec<Endpoint>,
+    openapi: Option<serde_json::Value>,
+    drain_grace: Duration,
+    concurrency: u32,
+}
+
+impl ServiceBuilder {
+    /// Add a gateway: `tcp://host:port`, `tls://host:port` or `host:port` (tcp). Repeatable:
+    /// the service links to every gateway given.
+    pub fn gateway(mut self, url: impl Into<String>) -> Self {
+        self.gateways.push(url.into());
+        self
+    }
+
+    /// The static service token the gateway knows this service by. Never logged.
+    pub fn token(mut self, token: impl Into<String>) -> Self {
+        self.token = Some(Secret(token.into()));
+        self
+    }
+
+    /// Instance id, unique per running instance (`[A-Za-z0-9._-]{1,128}`).
+    /// Default: `<service>-<8 random hex digits>`.
+    pub fn instance_id(mut self, id: impl Into<String>) -> Self {
+        self.instance_id = Some(id.into());
+        self
+    }
+
+    /// Version of the service build, free text up to 64 bytes. Default `unknown`.
+    pub fn version(mut self, version: impl Into<String>) -> Self {
+        self.version = version.into();
+        self
+    }
+
+    /// Region the instance runs in (`[A-Za-z0-9._-]{1,128}`); the gateway prefers its own.
+    pub fn region(mut self, region: impl Into<String>) -> Self {
+        self.region = Some(region.into());
+        self
+    }
+
+    /// Links to keep to each gateway (1 to [`MAX_LINKS_PER_GATEWAY`], default 1).
+    ///
+    /// The gateway keeps one active link per instance id, so with more than one link, slot
+    /// `k >= 1` registers as `<instance_id>.<k>`; slot 0 keeps the plain instance id.
+    pub fn links_per_gateway(mut self, n: usize) -> Self {
+        self.links_per_gateway = n;
+        self
+    }
+
+    /// PEM root certificate(s) that `tls://` gateways must chain to.
+    pub fn tls_root_ca_pem(mut self, pem: impl Into<Vec<u8>>) -> Self {
+        self.tls_root_ca_pem = Some(pem.into());
+        self
+    }
+
+    /// Declare an endpoint.
+    pub fn endpoint(mut self, endpoint: Endpoint) -> Self {
+        self.endpoints.push(endpoint);
+        self
+    }
+
+    /// Declare several endpoints.
+    pub fn endpoints(mut self, endpoints: impl IntoIterator<Item = Endpoint>) -> Self {
+        self.endpoints.extend(endpoints);
+        self
+    }
+
+    /// Attach the service's OpenAPI document to HELLO.
+    pub fn openapi(mut self, document: serde_json::Value) -> Self {
+        self.openapi = Some(document);
+        self
+    }
+
+    /// How long [`Running::shutdown`] waits for in-flight calls. Default 30 s.
+    pub fn drain_grace(mut self, grace: Duration) -> Self {
+        self.drain_grace = grace;
+        self
+    }
+
+    /// Concurrency hint: the in-flight count at which the service reports a load of 1.0 in
+    /// its health report. Default 100.
+    pub fn concurrency(mut self, n: u32) -> Self {
+        self.concurrency = n;
+        self
+    }
+
+    /// Validate everything and build the HELLO of each link slot, without dialling.
+    fn plan(&self) -> Result<Vec<LinkSlot>, Error> {
+        if !portcullis_link::valid_service_name(&self.name) {
+            return Err(Error::config(format!(
+                "service name {:?}: must be 1-63 of [a-z0-9-], not starting or ending with '-'",
+                self.name
+            )));
+        }
+        if self.gateways.is_empty() {
+            return Err(Error::config("no gateway configured"));
+        }
+        let token = self
+            .token
+            .as_ref()
+            .ok_or_else(|| Error::config("no service token configured"))?;
+        if token.0.is_empty() || token.0.len() > 1024 {
+            return Err(Error::config("service token must be 1-1024 bytes"));
+        }
+        if !(1..=MAX_LINKS_PER_GATEWAY).contains(&self.links_per_gateway) {
+            return Err(Error::config(format!(
+                "links_per_gateway must be 1-{MAX_LINKS_PER_GATEWAY}"
+            )));
+        }
+        if self.version.len() > 64 {
+            return Err(Error::config("version longer than 64 bytes"));
+        }
+        if let Some(r) = &self.region {
+            if !portcullis_link::valid_token(r) {
+                return Err(Error::config(format!(
+                    "region {r:?}: must be 1-128 of [A-Za-z0-9._-]"
+                )));
+            }
+        }
+        validate_all(&self.endpoints)?;
+        let instance_id = match &self.instance_id {
+            Some(id) => id.clone(),
+            None => format!("{}-{:08x}", self.name, rand::thread_rng().gen::<u32>()),
+        };
+        let addrs = self
+            .gateways
+            .iter()
+            .map(|g| GatewayAddr::parse(g))
+            .collect::<Result<Vec<_>, _>>()?;
+        let tls = if addrs.iter().any(|a| a.tls) {
+            let pem = self.tls_root_ca_pem.as_deref().ok_or_else(|| {
+                Error::config("a tls:// gateway is configured but no TLS root CA")
+            })?;
+            for a in addrs.iter().filter(|a| a.tls) {
+                a.server_name()?;
+            }
+            Some(tls_config(pem)?)
+        } else {
+            None
+        };
+        let mut slots = Vec::new();
+        for addr in addrs {
+            for k in 0..self.links_per_gateway {
+                let id = if k == 0 {
+                    instance_id.clone()
+                } else {
+                    format!("{instance_id}.{k}")
+                };
+                if !portcullis_link::valid_token(&id) {
+                    return Err(Error::config(format!(
+                        "instance id {id:?}: must be 1-128 of [A-Za-z0-9._-]"
+                    )));
+                }
+                let hello = Hello {
+                    service: self.name.clone(),
+                    instance_id: id,
+                    version: self.version.clone(),
+                    region: self.region.clone(),
+                    endpoints: self.endpoints.iter().cloned().map(Into::into).collect(),
+                    openapi: self.openapi.clone(),
+                    credential: Credential::Token {
+                        token: token.0.clone(),
+                    },
+                };
+                slots.push(LinkSlot {
+                    addr: addr.clone(),
+                    tls: tls.clone(),
+                    hello,
+                });
+            }
+        }
+        // Refuse at build time a HELLO that could never be sent.
+        if let Some(slot) = slots.first() {
+            Frame::Hello(Box::new(slot.hello.clone()))
+                .encode()
+                .map_err(|e| Error::config("HELLO exceeds the frame size limit").with_source(e))?;
+        }
+        Ok(slots)
+    }
+
+    /// Validate the configuration, then spawn the link supervisors on the current tokio
+    /// runtime and return at once. Calls are served by `service`; an `axum::Router` works
+    /// directly.
+    ///
+    /// # Errors
+    /// [`ErrorKind::Config`](crate::ErrorKind::Config) naming the bad setting or endpoint, or
+    /// when called outside a tokio runtime.
+    pub fn serve<S, B>(self, service: S) -> Result<Running, Error>
+    where
+        S: tower::Service<Request<Incoming>, Response = Response<B>>
+            + Clone
+            + Send
+            + Sync
+            + 'static,
+        S::Future: Send + 'static,
+        S::Error: Into<BoxError>,
+        B: http_body::Body<Data = Bytes> + Send + 'static,
+        B::Error: Into<BoxError>,
+    {
+        let slots = self.plan()?;
+        let runtime = tokio::runtime::Handle::try_current().map_err(|e| {
+            Error::config("serve must be called inside a tokio runtime").with_source(e)
+        })?;
+        let instance_id = slots
+            .first()
+            .map(|s| s.hello.instance_id.clone())
+            .unwrap_or_default();
+        let shared = Shared::new(self.concurrency);
+        let (stop, stop_rx) = watch::channel(false);
+        let mut tasks = JoinSet::new();
+        let mut aborts = Vec::new();
+        for slot in slots {
+            let fut = supervise(slot, Arc::clone(&shared), service.clone(), stop_rx.clone());
+            aborts.push(tasks.spawn_on(fut, &runtime));
+        }
+        tracing::info!(
+            service = %self.name, instance = %instance_id,
+            gateways = self.gateways.len(), links = aborts.len(), "service starting"
+        );
+        Ok(Running {
+            instance_id,
+            shared,
+            stop,
+            tasks: Mutex::new(Some(tasks)),
+            aborts,
+            drain_grace: self.drain_grace,
+        })
+    }
+}
+
+/// Handle of a running service. Dropping it aborts every link, like [`Running::abort`]; call
+/// [`Running::shutdown`] first for a graceful drain.
+#[must_use = "dropping the handle drops every link"]
+pub struct Running {
+    instance_id: String,
+    shared: Arc<Shared>,
+    stop: watch::Sender<bool>,
+    tasks: Mutex<Option<JoinSet<()>>>,
+    aborts: Vec<AbortHandle>,
+    drain_grace: Duration,
+}
+
+impl fmt::Debug for Running {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Running")
+            .field("instance_id", &self.instance_id)
+            .field("links_up", &self.links_up())
+            .field("health", &self.health())
+            .finish()
+    }
+}
+
+impl Running {
+    /// The instance id (of link slot 0) this service registered with.
+    pub fn instance_id(&self) -> &str {
+        &self.instance_id
+    }
+
+    /// Links currently up (handshake done, HTTP/2 serving).
+    pub fn links_up(&self) -> usize {
+        *self.shared.links.borrow()
+    }
+
+    /// Resolve once at least one link is up (at once if one already is).
+    pub async fn linked(&self) {
+        self.wait_for_links(1).await;
+    }
+
+    /// Resolve once at least `n` links are up.
+    pub async fn wait_for_links(&self, n: usize) {
+        let mut rx = self.shared.links.subscribe();
+        // The sender lives in `shared`, which outlives this borrow: no error is possible.
+        let _ = rx.wait_for(|up| *up >= n).await;
+    }
+
+    /// The health report the gateway would get now.
+    pub fn health(&self) -> HealthReport {
+        self.shared.health()
+    }
+
+    /// Graceful drain: report `draining`, send GOAWAY on every link, wait for in-flight calls
+    /// up to the drain grace period, then drop whatever remains. Idempotent.
+    pub async fn shutdown(&self) {
+        self.shared.start_draining();
+        let _ = self.stop.send(true);
+        let tasks = self
+            .tasks
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+            .take();
+        let Some(mut tasks) = tasks else {
+            return;
+        };
+        let drained = tokio::time::timeout(self.drain_grace, async {
+            while tasks.join_next().await.is_some() {}
+            self.shared.idle().await;
+        })
+        .await;
+        if drained.is_err() {
+            tracing::warn!(
+                instance = %self.instance_id,
+                in_flight = self.shared.health().in_flight,
+                "drain grace period over; closing remaining links"
+            );
+        }
+        tasks.abort_all();
+        tracing::info!(instance = %self.instance_id, "service stopped");
+    }
+
+    /// Drop every link at once, without GOAWAY (what a crash looks like to the gateway).
+    pub fn abort(&self) {
+        // Abort only: signalling `stop` first could let a supervisor send GOAWAY.
+        for a in &self.aborts {
+            a.abort();
+        }
+    }
+}
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        self.abort();
+    }
+}

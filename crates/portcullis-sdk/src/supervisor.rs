@@ -1,0 +1,172 @@
+//! One supervisor task per gateway and link slot: dial, handshake, serve, and on any loss
+//! reconnect with jittered exponential backoff, re-registering with a fresh HELLO each time.
+//!
+//! Backoff is "full jitter": each wait is uniform in `[0, ceiling]`, the ceiling starting at
+//! 100 ms and doubling up to 30 s. It resets once a link has stayed up for 10 s, and a
+//! REJECT's `retry_after_ms` is honoured as the minimum wait.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use http::{Request, Response};
+use hyper::body::Incoming;
+use portcullis_link::Hello;
+use rand::Rng;
+use tokio::sync::watch;
+
+use crate::error::{BoxError, Chain, ErrorKind};
+use crate::gateway::{dial, GatewayAddr};
+use crate::handshake::handshake;
+use crate::serve::{serve_link, LinkService, LinkUp, Shared};
+
+const BACKOFF_BASE: Duration = Duration::from_millis(100);
+const BACKOFF_CAP: Duration = Duration::from_secs(30);
+/// A link that lived this long was healthy: start the backoff over.
+const STABLE_AFTER: Duration = Duration::from_secs(10);
+/// Longest `retry_after_ms` honoured, so a confused gateway cannot park a service forever.
+const MAX_RETRY_AFTER: Duration = Duration::from_secs(3600);
+
+/// Full-jitter exponential backoff.
+#[derive(Debug)]
+pub(crate) struct Backoff {
+    ceiling: Duration,
+}
+
+impl Backoff {
+    pub(crate) fn new() -> Self {
+        Self {
+            ceiling: BACKOFF_BASE,
+        }
+    }
+
+    /// Next wait: uniform in `[0, ceiling]`, at least `min`; the ceiling then doubles.
+    pub(crate) fn next(&mut self, min: Option<Duration>) -> Duration {
+        let ceiling_ms = u64::try_from(self.ceiling.as_millis()).unwrap_or(u64::MAX);
+        let wait = Duration::from_millis(rand::thread_rng().gen_range(0..=ceiling_ms));
+        self.ceiling = self.ceiling.saturating_mul(2).min(BACKOFF_CAP);
+        wait.max(min.unwrap_or(Duration::ZERO).min(MAX_RETRY_AFTER))
+    }
+
+    pub(crate) fn reset(&mut self) {
+        self.ceiling = BACKOFF_BASE;
+    }
+}
+
+/// What one link slot needs to (re)connect.
+pub(crate) struct LinkSlot {
+    pub(crate) addr: GatewayAddr,
+    pub(crate) tls: Option<Arc<rustls::ClientConfig>>,
+    pub(crate) hello: Hello,
+}
+
+/// Run one link slot until `shutdown` turns true (then drain) or the task is aborted.
+pub(crate) async fn supervise<S, B>(
+    slot: LinkSlot,
+    shared: Arc<Shared>,
+    service: S,
+    mut shutdown: watch::Receiver<bool>,
+) where
+    S: tower::Service<Request<Incoming>, Response = Response<B>> + Clone + Send + 'static,
+    S::Future: Send + 'static,
+    S::Error: Into<BoxError>,
+    B: http_body::Body<Data = Bytes> + Send + 'static,
+    B::Error: Into<BoxError>,
+{
+    let gateway = slot.addr.to_string();
+    let instance = slot.hello.instance_id.as_str();
+    let mut backoff = Backoff::new();
+    loop {
+        if *shutdown.borrow() {
+            return;
+        }
+        let attempt = async {
+            let mut io = dial(&slot.addr, slot.tls.as_ref()).await?;
+            let ack = handshake(&mut io, &slot.hello).await?;
+            Ok::<_, crate::Error>((io, ack))
+        };
+        let result = tokio::select! {
+            r = attempt => r,
+            _ = shutdown.wait_for(|stop| *stop) => return,
+        };
+        let min_wait = match result {
+            Ok((io, ack)) => {
+                tracing::info!(
+                    %gateway, instance, link_id = %ack.link_id,
+                    heartbeat_ms = ack.heartbeat_interval_ms, "link up"
+                );
+                let since = Instant::now();
+                let up = LinkUp::new(&shared);
+                let service = LinkService::new(service.clone(), Arc::clone(&shared));
+                let r = serve_link(io, &ack, service, shutdown.clone()).await;
+                drop(up);
+                if *shutdown.borrow() {
+                    tracing::info!(%gateway, instance, link_id = %ack.link_id, "link drained");
+                    return;
+                }
+                match r {
+                    Ok(()) => {
+                        tracing::warn!(%gateway, instance, link_id = %ack.link_id, "link closed by gateway")
+                    }
+                    Err(e) => {
+                        tracing::warn!(%gateway, instance, link_id = %ack.link_id, error = %Chain(&e), "link lost")
+                    }
+                }
+                if since.elapsed() >= STABLE_AFTER {
+                    backoff.reset();
+                }
+                None
+            }
+            Err(e) if e.kind() == ErrorKind::Rejected => {
+                tracing::warn!(
+                    %gateway, instance,
+                    code = %e.reject_code().map(|c| c.as_str()).unwrap_or("?"),
+                    retry_after_ms = e.retry_after().map(|d| d.as_millis() as u64),
+                    error = %e, "gateway rejected the link"
+                );
+                e.retry_after()
+            }
+            Err(e) => {
+                tracing::warn!(%gateway, instance, error = %Chain(&e), "link attempt failed");
+                None
+            }
+        };
+        let wait = backoff.next(min_wait);
+        tracing::debug!(%gateway, instance, wait_ms = wait.as_millis() as u64, "reconnecting after backoff");
+        tokio::select! {
+            _ = tokio::time::sleep(wait) => {}
+            _ = shutdown.wait_for(|stop| *stop) => return,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn backoff_grows_caps_and_resets() {
+        let mut b = Backoff::new();
+        let mut ceiling = BACKOFF_BASE;
+        for _ in 0..20 {
+            let d = b.next(None);
+            assert!(d <= ceiling, "{d:?} > {ceiling:?}");
+            ceiling = (ceiling * 2).min(BACKOFF_CAP);
+        }
+        assert_eq!(b.ceiling, BACKOFF_CAP);
+        b.reset();
+        assert!(b.next(None) <= BACKOFF_BASE);
+    }
+
+    #[test]
+    fn backoff_honours_retry_after() {
+        let mut b = Backoff::new();
+        for _ in 0..10 {
+            assert!(b.next(Some(Duration::from_secs(5))) >= Duration::from_secs(5));
+        }
+        assert_eq!(
+            Backoff::new().next(Some(Duration::from_secs(86_400))),
+            MAX_RETRY_AFTER
+        );
+    }
+}

@@ -1,0 +1,522 @@
+//! Gateway configuration: one TOML file, typed, with safe defaults and an explicit
+//! [`Config::validate`] that names the offending field.
+//!
+//! Every struct denies unknown fields so a typo is an error, not a silently ignored setting.
+//! Secrets are held in [`Secret`], whose `Debug` prints `***`.
+
+use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
+use std::fmt;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+/// A string that must never be printed: `Debug` and `Display` show `***`.
+#[derive(Clone, Default, PartialEq, Eq, Deserialize)]
+#[serde(transparent)]
+pub struct Secret(String);
+
+/// Serialising a secret writes the mask: the only reason to serialise configuration is to
+/// show it.
+impl Serialize for Secret {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str("***")
+    }
+}
+
+impl Secret {
+    /// Wrap a secret value.
+    pub fn new(s: impl Into<String>) -> Self {
+        Self(s.into())
+    }
+    /// The secret itself; call only where it is used, never to print.
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Debug for Secret {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("***")
+    }
+}
+
+impl fmt::Display for Secret {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("***")
+    }
+}
+
+/// The whole gateway configuration.
+#[derive(Debug, Clone, Default, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Config {
+    /// Client-facing listener.
+    pub ingress: IngressConfig,
+    /// Service-facing link listener.
+    pub link: LinkConfig,
+    /// Routing and instance selection.
+    pub routing: RoutingConfig,
+    /// Services allowed to link, by name.
+    pub services: BTreeMap<String, ServiceConfig>,
+    /// Shutdown behaviour.
+    pub shutdown: ShutdownConfig,
+    /// Logs and trace export.
+    pub telemetry: crate::telemetry::TelemetryConfig,
+}
+
+/// TLS certificate and key, PEM files.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct TlsConfig {
+    /// Certificate chain, PEM.
+    pub cert: PathBuf,
+    /// Private key, PEM.
+    pub key: PathBuf,
+}
+
+/// Client-facing listener and its limits.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct IngressConfig {
+    /// Address to listen on. Default `127.0.0.1:8080`.
+    pub listen: SocketAddr,
+    /// Serve HTTPS (ALPN h2 and http/1.1) with this certificate. Absent: plain HTTP/1.1 and h2c.
+    pub tls: Option<TlsConfig>,
+    /// Time a client has to send a complete request head. Default 10 s.
+    #[serde(with = "humantime_serde")]
+    pub header_read_timeout: Duration,
+    /// Largest request head (HTTP/1.1 buffer, HTTP/2 header list), bytes. Default 64 KiB.
+    pub max_header_bytes: usize,
+    /// Largest request body, bytes; larger ones get 413. Default 1 GiB.
+    pub max_body_bytes: u64,
+    /// Concurrent HTTP/2 streams per client connection. Default 256.
+    pub max_concurrent_streams: u32,
+    /// A connection with no bytes in either direction for this long is closed. Default 60 s.
+    #[serde(with = "humantime_serde")]
+    pub idle_timeout: Duration,
+    /// Concurrent client connections; further accepts wait. Default 20000.
+    pub max_connections: usize,
+}
+
+impl Default for IngressConfig {
+    fn default() -> Self {
+        Self {
+            listen: SocketAddr::from(([127, 0, 0, 1], 8080)),
+            tls: None,
+            header_read_timeout: Duration::from_secs(10),
+            max_header_bytes: 64 * 1024,
+            max_body_bytes: 1 << 30,
+            max_concurrent_streams: 256,
+            idle_timeout: Duration::from_secs(60),
+            max_connections: 20_000,
+        }
+    }
+}
+
+/// Service-facing link listener.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct LinkConfig {
+    /// Address services dial. Default `127.0.0.1:7070`.
+    pub listen: SocketAddr,
+    /// Require TLS on links with this certificate. Absent: plain TCP (development only).
+    pub tls: Option<TlsConfig>,
+    /// Interval of PINGs and health exchanges; a link silent for three intervals is dropped.
+    /// Default 5 s.
+    #[serde(with = "humantime_serde")]
+    pub heartbeat_interval: Duration,
+    /// Time a service has to complete the handshake. Default 10 s.
+    #[serde(with = "humantime_serde")]
+    pub handshake_timeout: Duration,
+    /// Largest handshake frame body accepted, bytes (at most 1 MiB). Default 1 MiB.
+    pub max_frame_bytes: u32,
+    /// Concurrent calls the gateway opens on one link. Default 1000.
+    pub max_concurrent_streams: u32,
+}
+
+impl Default for LinkConfig {
+    fn default() -> Self {
+        Self {
+            listen: SocketAddr::from(([127, 0, 0, 1], 7070)),
+            tls: None,
+            heartbeat_interval: Duration::from_secs(5),
+            handshake_timeout: Duration::from_secs(10),
+            max_frame_bytes: portcullis_link::MAX_FRAME_LEN,
+            max_concurrent_streams: 1000,
+        }
+    }
+}
+
+/// Routing and instance selection.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RoutingConfig {
+    /// Region this gateway runs in; instances in it are preferred.
+    pub region: Option<String>,
+    /// Regions preferred after the gateway's own, in order.
+    pub neighbour_regions: Vec<String>,
+    /// Time to wait for a response head when an endpoint declares none. Default 30 s.
+    #[serde(with = "humantime_serde")]
+    pub default_timeout: Duration,
+}
+
+impl Default for RoutingConfig {
+    fn default() -> Self {
+        Self {
+            region: None,
+            neighbour_regions: Vec::new(),
+            default_timeout: Duration::from_secs(30),
+        }
+    }
+}
+
+/// A service allowed to link.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct ServiceConfig {
+    /// SHA-256 of the service's link token, lowercase hex (`portcullis hash-token` prints it).
+    /// The token itself never appears in the configuration.
+    pub token_sha256: Secret,
+}
+
+/// Shutdown behaviour.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ShutdownConfig {
+    /// How long in-flight calls may take to finish after a shutdown signal. Default 30 s.
+    #[serde(with = "humantime_serde")]
+    pub grace_period: Duration,
+}
+
+impl Default for ShutdownConfig {
+    fn default() -> Self {
+        Self {
+            grace_period: Duration::from_secs(30),
+        }
+    }
+}
+
+/// A configuration problem, with the key path of the field at fault.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{path}: {message}")]
+pub struct ConfigError {
+    /// Dotted key path, e.g. `ingress.max_body_bytes`.
+    pub path: String,
+    /// What is wrong.
+    pub message: String,
+}
+
+impl ConfigError {
+    fn new(path: impl Into<String>, message: impl Into<String>) -> Self {
+        Self {
+            path: path.into(),
+            message: message.into(),
+        }
+    }
+}
+
+impl Config {
+    /// Parse TOML text. Every unknown key and badly typed value is reported, each with its
+    /// key path, not just the first.
+    pub fn from_toml(text: &str) -> Result<Self, Vec<ConfigError>> {
+        Self::from_toml_with_env(text, std::iter::empty())
+    }
+
+    /// Parse TOML text, then apply `PORTCULLIS_<SECTION>__<FIELD>=value` overrides from `env`
+    /// (double underscore between levels; the value is read as a TOML value when it parses as
+    /// one, e.g. numbers, booleans, arrays, otherwise as a string).
+    pub fn from_toml_with_env(
+        text: &str,
+        env: impl Iterator<Item = (String, String)>,
+    ) -> Result<Self, Vec<ConfigError>> {
+        let mut table: toml::Table = text.parse().map_err(|e: toml::de::Error| {
+            let line = e
+                .span()
+                .map(|s| format!("line {}", 1 + text[..s.start].matches('\n').count()))
+                .unwrap_or_else(|| "<file>".into());
+            vec![ConfigError::new(line, e.message().to_string())]
+        })?;
+        for (k, v) in env {
+            let Some(path) = k.strip_prefix("PORTCULLIS_") else {
+                continue;
+            };
+            if !path.contains("__") {
+                continue;
+            }
+            let keys: Vec<String> = path.split("__").map(|p| p.to_ascii_lowercase()).collect();
+            let value = format!("v = {v}")
+                .parse::<toml::Table>()
+                .ok()
+                .and_then(|mut t| t.remove("v"))
+                .unwrap_or(toml::Value::String(v));
+            set_path(&mut table, &keys, value);
+        }
+        let mut errors = Vec::new();
+        let mut value = toml::Value::Table(table);
+        // Each pass reports one problem and removes the offending key, so the next pass can
+        // find the next one. Bounded: a file has finitely many keys.
+        for _ in 0..64 {
+            match serde_path_to_error::deserialize::<_, Config>(value.clone()) {
+                Ok(cfg) => {
+                    if errors.is_empty() {
+                        cfg.validate()?;
+                        return Ok(cfg);
+                    }
+                    if let Err(mut more) = cfg.validate() {
+                        errors.append(&mut more);
+                    }
+                    return Err(errors);
+                }
+                Err(e) => {
+                    let mut path: Vec<String> = e
+                        .path()
+                        .iter()
+                        .filter_map(|seg| match seg {
+                            serde_path_to_error::Segment::Map { key } => Some(key.clone()),
+                            serde_path_to_error::Segment::Seq { index } => Some(index.to_string()),
+                            _ => None,
+                        })
+                        .collect();
+                    let msg = e.inner().to_string();
+                    let msg = msg.lines().next().unwrap_or_default().to_string();
+                    if let Some(field) = msg
+                        .strip_prefix("unknown field `")
+                        .and_then(|r| r.split('`').next())
+                    {
+                        if path.last().map(String::as_str) != Some(field) {
+                            path.push(field.to_string());
+                        }
+                    }
+                    let shown = if path.is_empty() {
+                        "<root>".to_string()
+                    } else {
+                        path.join(".")
+                    };
+                    errors.push(ConfigError::new(shown, msg));
+                    if path.is_empty() || !remove_path(&mut value, &path) {
+                        return Err(errors);
+                    }
+                }
+            }
+        }
+        Err(errors)
+    }
+
+    /// The configuration as TOML, secrets masked.
+    pub fn to_toml_masked(&self) -> String {
+        toml::to_string_pretty(self).unwrap_or_else(|e| format!("# cannot render: {e}\n"))
+    }
+
+    /// Check every field; returns all problems found, each naming its field.
+    pub fn validate(&self) -> Result<(), Vec<ConfigError>> {
+        let mut errs = Vec::new();
+        let i = &self.ingress;
+        if i.max_header_bytes < 8192 || i.max_header_bytes > 1024 * 1024 {
+            errs.push(ConfigError::new(
+                "ingress.max_header_bytes",
+                "must be between 8192 and 1048576",
+            ));
+        }
+        if i.max_concurrent_streams == 0 {
+            errs.push(ConfigError::new(
+                "ingress.max_concurrent_streams",
+                "must be at least 1",
+            ));
+        }
+        if i.max_connections == 0 {
+            errs.push(ConfigError::new(
+                "ingress.max_connections",
+                "must be at least 1",
+            ));
+        }
+        if i.header_read_timeout.is_zero() {
+            errs.push(ConfigError::new(
+                "ingress.header_read_timeout",
+                "must be positive",
+            ));
+        }
+        if i.idle_timeout.is_zero() {
+            errs.push(ConfigError::new("ingress.idle_timeout", "must be positive"));
+        }
+        let l = &self.link;
+        if l.heartbeat_interval < Duration::from_millis(50) {
+            errs.push(ConfigError::new(
+                "link.heartbeat_interval",
+                "must be at least 50ms",
+            ));
+        }
+        if l.handshake_timeout.is_zero() {
+            errs.push(ConfigError::new(
+                "link.handshake_timeout",
+                "must be positive",
+            ));
+        }
+        if l.max_frame_bytes < 1024 || l.max_frame_bytes > portcullis_link::MAX_FRAME_LEN {
+            errs.push(ConfigError::new(
+                "link.max_frame_bytes",
+                format!(
+                    "must be between 1024 and {}",
+                    portcullis_link::MAX_FRAME_LEN
+                ),
+            ));
+        }
+        if l.max_concurrent_streams == 0 {
+            errs.push(ConfigError::new(
+                "link.max_concurrent_streams",
+                "must be at least 1",
+            ));
+        }
+        if self.routing.default_timeout.is_zero() {
+            errs.push(ConfigError::new(
+                "routing.default_timeout",
+                "must be positive",
+            ));
+        }
+        for (name, svc) in &self.services {
+            if !portcullis_link::valid_service_name(name) {
+                errs.push(ConfigError::new(
+                    format!("services.{name}"),
+                    "service names are 1-63 of [a-z0-9-]",
+                ));
+            }
+            let h = svc.token_sha256.expose();
+            if h.len() != 64 || !h.bytes().all(|b| b.is_ascii_hexdigit()) {
+                errs.push(ConfigError::new(
+                    format!("services.{name}.token_sha256"),
+                    "must be 64 hex characters (see `portcullis hash-token`)",
+                ));
+            }
+        }
+        if errs.is_empty() {
+            Ok(())
+        } else {
+            Err(errs)
+        }
+    }
+}
+
+fn set_path(table: &mut toml::Table, keys: &[String], value: toml::Value) {
+    let Some((last, parents)) = keys.split_last() else {
+        return;
+    };
+    let mut t = table;
+    for k in parents {
+        let entry = t
+            .entry(k.clone())
+            .or_insert_with(|| toml::Value::Table(toml::Table::new()));
+        if !entry.is_table() {
+            *entry = toml::Value::Table(toml::Table::new());
+        }
+        let Some(next) = entry.as_table_mut() else {
+            return;
+        };
+        t = next;
+    }
+    t.insert(last.clone(), value);
+}
+
+fn remove_path(v: &mut toml::Value, path: &[String]) -> bool {
+    let Some((last, parents)) = path.split_last() else {
+        return false;
+    };
+    let mut cur = v;
+    for k in parents {
+        let next = match cur {
+            toml::Value::Table(t) => t.get_mut(k),
+            toml::Value::Array(a) => k.parse::<usize>().ok().and_then(|i| a.get_mut(i)),
+            _ => None,
+        };
+        let Some(n) = next else { return false };
+        cur = n;
+    }
+    match cur {
+        toml::Value::Table(t) => t.remove(last).is_some(),
+        _ => false,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn defaults_validate() {
+        Config::default().validate().unwrap();
+    }
+
+    #[test]
+    fn unknown_field_is_an_error() {
+        let e = Config::from_toml("[ingress]\nlisten = \"127.0.0.1:1\"\nbogus = 1\n").unwrap_err();
+        assert!(e[0].message.contains("bogus"), "{e:?}");
+    }
+
+    #[test]
+    fn bad_values_name_their_field() {
+        let e = Config::from_toml(
+            "[link]\nheartbeat_interval = \"1ms\"\n[services.echo]\ntoken_sha256 = \"x\"\n",
+        )
+        .unwrap_err();
+        let paths: Vec<_> = e.iter().map(|e| e.path.as_str()).collect();
+        assert_eq!(
+            paths,
+            ["link.heartbeat_interval", "services.echo.token_sha256"]
+        );
+    }
+
+    #[test]
+    fn every_problem_is_reported_with_its_path() {
+        let e = Config::from_toml(
+            "[ingress]\nbogus = 1\nmax_body_bytes = \"lots\"\n[link]\nheartbeat_interval = 5\n",
+        )
+        .unwrap_err();
+        let paths: Vec<_> = e.iter().map(|e| e.path.as_str()).collect();
+        assert_eq!(
+            paths,
+            [
+                "ingress.bogus",
+                "ingress.max_body_bytes",
+                "link.heartbeat_interval"
+            ],
+            "{e:?}"
+        );
+    }
+
+    #[test]
+    fn env_overrides_apply() {
+        let env = vec![
+            (
+                "PORTCULLIS_INGRESS__MAX_BODY_BYTES".to_string(),
+                "1234".to_string(),
+            ),
+            (
+                "PORTCULLIS_ROUTING__REGION".to_string(),
+                "eu-west".to_string(),
+            ),
+            ("PORTCULLIS_LOG".to_string(), "debug".to_string()),
+        ];
+        let c = Config::from_toml_with_env("", env.into_iter()).unwrap();
+        assert_eq!(c.ingress.max_body_bytes, 1234);
+        assert_eq!(c.routing.region.as_deref(), Some("eu-west"));
+    }
+
+    #[test]
+    fn masked_rendering_hides_secrets() {
+        let mut c = Config::default();
+        c.services.insert(
+            "echo".into(),
+            ServiceConfig {
+                token_sha256: Secret::new("ab".repeat(32)),
+            },
+        );
+        let shown = c.to_toml_masked();
+        assert!(!shown.contains("abab"), "{shown}");
+        assert!(shown.contains("***"));
+    }
+
+    #[test]
+    fn secrets_do_not_debug() {
+        let s = Secret::new("hunter2");
+        assert_eq!(format!("{s:?} {s}"), "*** ***");
+    }
+}

@@ -1,0 +1,308 @@
+//! The path of one call, in the order of DESIGN §2 and `docs/ARCHITECTURE.md`:
+//!
+//! correlation id → strip spoofable headers → gateway-owned paths → path hygiene →
+//! resolve route → forward over the link → rescue.
+//!
+//! Each stage is a function; a new concern is a new stage here, not a branch inside another.
+//! Every refusal is a [`GatewayError`] turned into a response in one place, [`Pipeline::handle`].
+
+use http::header::HeaderName;
+use http::{HeaderValue, Request, Response};
+use hyper::body::Incoming;
+use rand::RngCore;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Instant;
+use tracing::Instrument;
+
+use super::ActiveCall;
+use crate::body::GatewayBody;
+use crate::error::GatewayError;
+use crate::proxy::{self, CallContext};
+use crate::routing::{Match, Registry, Tiers};
+use crate::telemetry::metrics::{method_label, CallLabels, Label, RouteLabels};
+use crate::telemetry::Metrics;
+
+const CORRELATION_ID: HeaderName =
+    HeaderName::from_static(portcullis_link::headers::CORRELATION_ID);
+
+/// State shared by every call.
+pub struct Pipeline {
+    registry: Arc<Registry>,
+    tiers: Tiers,
+    max_body_bytes: u64,
+    health: Arc<crate::health::Health>,
+    metrics: Arc<Metrics>,
+}
+
+/// Records the call's duration when the response body ends or is dropped.
+struct DurationRecord {
+    metrics: Arc<Metrics>,
+    labels: RouteLabels,
+    started: Instant,
+}
+
+impl Drop for DurationRecord {
+    fn drop(&mut self) {
+        self.metrics
+            .request_duration
+            .get_or_create(&self.labels)
+            .observe(self.started.elapsed().as_secs_f64());
+    }
+}
+
+impl Pipeline {
+    /// A pipeline over `registry`.
+    pub fn new(
+        registry: Arc<Registry>,
+        tiers: Tiers,
+        max_body_bytes: u64,
+        health: Arc<crate::health::Health>,
+        metrics: Arc<Metrics>,
+    ) -> Self {
+        Self {
+            registry,
+            tiers,
+            max_body_bytes,
+            health,
+            metrics,
+        }
+    }
+
+    /// Handle one request; never fails: errors become responses here, the one rescue point.
+    pub async fn handle(
+        &self,
+        mut req: Request<Incoming>,
+        peer: SocketAddr,
+        call: ActiveCall,
+    ) -> Response<GatewayBody> {
+        let started = Instant::now();
+        let cid = correlation_id(req.headers());
+        strip_gateway_headers(&mut req);
+        let method = req.method().clone();
+        let span = tracing::info_span!(
+            "call",
+            correlation_id = cid.to_str().unwrap_or("-"),
+            method = %method,
+            route = tracing::field::Empty,
+            service = tracing::field::Empty,
+            instance = tracing::field::Empty,
+            status = tracing::field::Empty,
+        );
+        crate::telemetry::continue_trace(&span, req.headers());
+        let mut info = CallInfo::default();
+
+        let result = match self.owned(&req).await {
+            Some(resp) => Ok(resp),
+            None => {
+                self.route_and_forward(req, &cid, peer, &mut info)
+                    .instrument(span.clone())
+                    .await
+            }
+        };
+        let mut resp = match result {
+            Ok(r) => r,
+            Err(e) => {
+                let _g = span.enter();
+                tracing::debug!(kind = e.kind(), error = %e, "call refused");
+                e.into_response()
+            }
+        };
+        if let Some(inst) = resp.extensions().get::<crate::proxy::ServedBy>() {
+            info.instance = Some(inst.0.clone());
+        }
+        resp.headers_mut().insert(CORRELATION_ID, cid.clone());
+        let status = resp.status().as_u16();
+        let dash: Arc<str> = Arc::from("-");
+        let labels = RouteLabels {
+            service: Label(info.service.clone().unwrap_or_else(|| dash.clone())),
+            route: Label(info.route.clone().unwrap_or(dash)),
+        };
+        self.metrics
+            .requests
+            .get_or_create(&CallLabels {
+                service: labels.service.clone(),
+                route: labels.route.clone(),
+                method: method_label(&method),
+                status,
+            })
+            .inc();
+        span.record("status", status);
+        if let Some(i) = &info.instance {
+            span.record("instance", &**i);
+        }
+        {
+            let _g = span.enter();
+            tracing::info!(
+                correlation_id = cid.to_str().unwrap_or("-"),
+                method = %method,
+                route = &*labels.route.0,
+                service = &*labels.service.0,
+                instance = info.instance.as_deref().unwrap_or("-"),
+                status,
+                duration_ms = started.elapsed().as_secs_f64() * 1000.0,
+                "call"
+            );
+        }
+        let record = DurationRecord {
+            metrics: self.metrics.clone(),
+            labels,
+            started,
+        };
+        let (parts, body) = resp.into_parts();
+        Response::from_parts(parts, body.with_guard((call, record, span)))
+    }
+
+    /// Paths the gateway answers itself.
+    async fn owned(&self, req: &Request<Incoming>) -> Option<Response<GatewayBody>> {
+        let path = req.uri().path();
+        if path == "/metrics" {
+            let mut resp = Response::new(GatewayBody::full(self.metrics.encode()));
+            resp.headers_mut().insert(
+                http::header::CONTENT_TYPE,
+                HeaderValue::from_static(
+                    "application/openmetrics-text; version=1.0.0; charset=utf-8",
+                ),
+            );
+            return Some(resp);
+        }
+        let (status, body) = self.health.respond(path).await?;
+        let mut resp = Response::new(GatewayBody::full(body));
+        *resp.status_mut() = http::StatusCode::from_u16(status).unwrap_or_default();
+        resp.headers_mut().insert(
+            http::header::CONTENT_TYPE,
+            HeaderValue::from_static("application/json"),
+        );
+        Some(resp)
+    }
+
+    async fn route_and_forward(
+        &self,
+        req: Request<Incoming>,
+        cid: &HeaderValue,
+        peer: SocketAddr,
+        info: &mut CallInfo,
+    ) -> Result<Response<GatewayBody>, GatewayError> {
+        check_path(req.uri().path())?;
+        let route = {
+            let _s = tracing::debug_span!("route").entered();
+            match self
+                .registry
+                .table()
+                .lookup(req.method().as_str(), req.uri().path())
+            {
+                Match::Found(r) => r,
+                Match::MethodNotAllowed(allow) => {
+                    return Err(GatewayError::MethodNotAllowed(allow))
+                }
+                Match::NotFound => return Err(GatewayError::NotFound),
+            }
+        };
+        info.route = Some(route.template.clone());
+        info.service = Some(route.service.clone());
+        let current = tracing::Span::current();
+        current.record("route", &*route.template);
+        current.record("service", &*route.service);
+        let ctx = CallContext {
+            route: &route,
+            correlation_id: cid,
+            max_body_bytes: self.max_body_bytes,
+            client_ip: Some(peer.ip()),
+            metrics: &self.metrics,
+        };
+        proxy::forward(req, ctx, &self.tiers)
+            .instrument(tracing::info_span!("link"))
+            .await
+    }
+}
+
+/// What the pipeline learned about a call, for its log line and metrics.
+#[derive(Debug, Default)]
+struct CallInfo {
+    route: Option<Arc<str>>,
+    service: Option<Arc<str>>,
+    instance: Option<Arc<str>>,
+}
+
+/// Accept the client's correlation id when it is a safe token, otherwise make one.
+pub fn correlation_id(h: &http::HeaderMap) -> HeaderValue {
+    if let Some(v) = h.get(CORRELATION_ID) {
+        let b = v.as_bytes();
+        if !b.is_empty()
+            && b.len() <= 128
+            && b.iter()
+                .all(|c| c.is_ascii_alphanumeric() || matches!(c, b'.' | b'_' | b'-'))
+        {
+            return v.clone();
+        }
+    }
+    let mut id = [0u8; 16];
+    rand::thread_rng().fill_bytes(&mut id);
+    HeaderValue::from_str(&hex::encode(id)).unwrap_or(HeaderValue::from_static("0"))
+}
+
+/// Remove every header a client could use to impersonate the gateway.
+fn strip_gateway_headers(req: &mut Request<Incoming>) {
+    let spoofed: Vec<HeaderName> = req
+        .headers()
+        .keys()
+        .filter(|k| k.as_str().starts_with(portcullis_link::headers::PREFIX))
+        .cloned()
+        .collect();
+    for k in spoofed {
+        req.headers_mut().remove(&k);
+    }
+}
+
+/// Refuse paths a service might normalise differently from the gateway: dot segments (also
+/// percent-encoded) could walk out of the matched template; the link's reserved prefix is
+/// never routable.
+fn check_path(path: &str) -> Result<(), GatewayError> {
+    if !path.starts_with('/') {
+        return Err(GatewayError::BadRequest("path"));
+    }
+    if path.starts_with(portcullis_link::RESERVED_PREFIX) {
+        return Err(GatewayError::NotFound);
+    }
+    for seg in path.split('/') {
+        let lower = seg.to_ascii_lowercase();
+        let decoded = lower.replace("%2e", ".");
+        if decoded == "." || decoded == ".." || lower.contains("%2f") || lower.contains("%5c") {
+            return Err(GatewayError::BadRequest("path"));
+        }
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn correlation_ids() {
+        let mut h = http::HeaderMap::new();
+        h.insert(CORRELATION_ID, HeaderValue::from_static("abc-123_x.y"));
+        assert_eq!(correlation_id(&h), "abc-123_x.y");
+        h.insert(
+            CORRELATION_ID,
+            HeaderValue::from_str(&"a".repeat(129)).unwrap(),
+        );
+        assert_eq!(correlation_id(&h).len(), 32);
+        h.insert(CORRELATION_ID, HeaderValue::from_static("a b"));
+        assert_ne!(correlation_id(&h), "a b");
+    }
+
+    #[test]
+    fn path_hygiene() {
+        assert!(check_path("/a/b").is_ok());
+        for bad in [
+            "/a/../b",
+            "/a/./b",
+            "/a/%2E%2e/b",
+            "/a%2fb",
+            "/.well-known/portcullis/health",
+        ] {
+            assert!(check_path(bad).is_err(), "{bad}");
+        }
+    }
+}

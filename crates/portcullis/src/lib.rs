@@ -1,0 +1,21 @@
+//! Portcullis, the gateway: ingress, link server, routing and proxying, wired together by
+//! [`server::run`]. The binary in `main.rs` only parses flags and handles signals.
+//!
+//! Modules are named after the concern they own (CONVENTIONS "Layout"); the path of one call
+//! through them is drawn in `docs/ARCHITECTURE.md`.
+
+pub mod body;
+pub mod config;
+pub mod demo;
+pub mod error;
+pub mod health;
+pub mod ingress;
+pub mod link;
+pub mod proxy;
+pub mod routing;
+pub mod server;
+pub mod telemetry;
+pub mod tls;
+
+pub use config::Config;
+pub use server::{run, Listeners, Running};

@@ -1,0 +1,386 @@
+//! The link server: services dial in, prove who they are, declare endpoints, and the
+//! connection becomes an HTTP/2 connection with the gateway as client (DESIGN §3).
+//!
+//! Order on each connection: CHALLENGE → HELLO (bounded in size and time) → credential →
+//! descriptors → route conflicts → HELLO_ACK → HTTP/2 handshake → register the instance →
+//! heartbeat until the link dies, is replaced, or the gateway shuts down. A REJECT is sent for
+//! every refusal with its code, and the gateway keeps serving others.
+
+mod handshake;
+
+use bytes::Bytes;
+use http::Request;
+use portcullis_link::{
+    Challenge, Credential, Frame, Hello, HelloAck, LinkLimits, Reject, RejectCode, HEALTH_PATH,
+};
+use rand::RngCore;
+use sha2::{Digest, Sha256};
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use subtle::ConstantTimeEq;
+use tokio::io::{AsyncRead, AsyncWrite};
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+
+use crate::config::{Config, LinkConfig};
+use crate::routing::{validate_endpoints, Instance, LinkState, RegisterError, Registry};
+use crate::telemetry::metrics::{Listener, Metrics};
+
+pub use handshake::{read_frame, write_frame, HandshakeError};
+
+/// Everything the link server needs, built once from the configuration.
+pub struct LinkServer {
+    registry: Arc<Registry>,
+    cfg: LinkConfig,
+    max_request_body: u64,
+    /// service name → SHA-256 of its token.
+    tokens: HashMap<String, [u8; 32]>,
+    tls: Option<tokio_rustls::TlsAcceptor>,
+    metrics: Arc<Metrics>,
+}
+
+impl std::fmt::Debug for LinkServer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("LinkServer")
+            .field("services", &self.tokens.keys().collect::<Vec<_>>())
+            .finish_non_exhaustive()
+    }
+}
+
+/// SHA-256 of a service token, as configured in `services.<name>.token_sha256`.
+pub fn hash_token(token: &str) -> [u8; 32] {
+    Sha256::digest(token.as_bytes()).into()
+}
+
+/// Handshakes that may be in progress at once; further connections are closed at accept.
+const MAX_PENDING_HANDSHAKES: usize = 256;
+
+fn now_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
+}
+
+fn random_hex(bytes: usize) -> String {
+    let mut b = vec![0u8; bytes];
+    rand::thread_rng().fill_bytes(&mut b);
+    hex::encode(b)
+}
+
+impl LinkServer {
+    /// Build from the configuration. Fails if a configured token hash or TLS file is bad.
+    pub fn new(
+        config: &Config,
+        registry: Arc<Registry>,
+        metrics: Arc<Metrics>,
+    ) -> anyhow::Result<Self> {
+        let mut tokens = HashMap::new();
+        for (name, svc) in &config.services {
+            let mut h = [0u8; 32];
+            hex::decode_to_slice(svc.token_sha256.expose(), &mut h).map_err(|_| {
+                anyhow::anyhow!("services.{name}.token_sha256: must be 64 hex characters")
+            })?;
+            tokens.insert(name.clone(), h);
+        }
+        let tls = match &config.link.tls {
+            Some(t) => Some(crate::tls::acceptor(t, &[])?),
+            None => None,
+        };
+        Ok(Self {
+            registry,
+            cfg: config.link.clone(),
+            max_request_body: config.ingress.max_body_bytes,
+            tokens,
+            tls,
+            metrics,
+        })
+    }
+
+    /// Accept links until `shutdown` fires. Established links are closed through their
+    /// instances' close tokens by the caller's shutdown sequence.
+    pub async fn serve(self: Arc<Self>, listener: TcpListener, shutdown: CancellationToken) {
+        // Handshakes in progress are bounded; established links are bounded by the services
+        // the configuration allows and the per-service instance cap in the registry.
+        let pending = Arc::new(tokio::sync::Semaphore::new(MAX_PENDING_HANDSHAKES));
+        loop {
+            let (stream, peer) = tokio::select! {
+                _ = shutdown.cancelled() => return,
+                r = listener.accept() => match r {
+                    Ok(x) => x,
+                    Err(e) => {
+                        // EMFILE and friends: back off instead of spinning.
+                        tracing::warn!(error = %e, "link accept failed");
+                        tokio::time::sleep(Duration::from_millis(50)).await;
+                        continue;
+                    }
+                },
+            };
+            let _ = stream.set_nodelay(true);
+            let Ok(permit) = pending.clone().try_acquire_owned() else {
+                tracing::warn!(peer = %peer, "too many link handshakes in progress: refused");
+                drop(stream);
+                continue;
+            };
+            let this = self.clone();
+            let shutdown = shutdown.clone();
+            tokio::spawn(async move {
+                let permit = Some(permit);
+                let res = match &this.tls {
+                    None => this.handle(stream, shutdown, permit).await,
+                    Some(acc) => {
+                        match tokio::time::timeout(this.cfg.handshake_timeout, acc.accept(stream))
+                            .await
+                        {
+                            Ok(Ok(tls)) => this.handle(tls, shutdown, permit).await,
+                            Ok(Err(e)) => Err(HandshakeError::Io(e)),
+                            Err(_) => Err(HandshakeError::Timeout),
+                        }
+                    }
+                };
+                if let Err(e) = res {
+                    tracing::info!(peer = %peer, error = %e, "link refused");
+                }
+            });
+        }
+    }
+
+    /// Handshake, register and run one link to its end.
+    /// `permit` is the handshake slot; it is released once the link is established.
+    pub async fn handle<IO>(
+        &self,
+        mut io: IO,
+        shutdown: CancellationToken,
+        mut permit: Option<tokio::sync::OwnedSemaphorePermit>,
+    ) -> Result<(), HandshakeError>
+    where
+        IO: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+    {
+        let _gauge = self.metrics.connection(Listener::link);
+        let hello =
+            match tokio::time::timeout(self.cfg.handshake_timeout, self.handshake(&mut io)).await {
+                Ok(Ok(h)) => h,
+                Ok(Err(e)) => {
+                    if let Some(code) = e.reject_code() {
+                        self.metrics.frame("reject");
+                        let _ = write_frame(&mut io, &reject(code, &e.to_string(), None)).await;
+                    }
+                    return Err(e);
+                }
+                Err(_) => {
+                    self.metrics.frame("reject");
+                    let _ = write_frame(
+                        &mut io,
+                        &reject(RejectCode::Timeout, "handshake timed out", None),
+                    )
+                    .await;
+                    return Err(HandshakeError::Timeout);
+                }
+            };
+        let Accepted { hello, endpoints } = hello;
+
+        let link_id = format!("l-{}", random_hex(8));
+        let ack = Frame::HelloAck(HelloAck {
+            link_id: link_id.clone(),
+            heartbeat_interval_ms: self.cfg.heartbeat_interval.as_millis() as u64,
+            limits: LinkLimits {
+                max_concurrent_streams: self.cfg.max_concurrent_streams,
+                max_request_body: self.max_request_body,
+            },
+        });
+        write_frame(&mut io, &ack).await?;
+        self.metrics.frame("hello_ack");
+
+        let (sender, mut conn) = h2::client::Builder::new()
+            .initial_window_size(1 << 20)
+            .initial_connection_window_size(16 << 20)
+            .max_concurrent_reset_streams(1024)
+            .max_send_buffer_size(256 * 1024)
+            .handshake::<_, Bytes>(io)
+            .await
+            .map_err(|e| HandshakeError::Http2(e.to_string()))?;
+        let ping_pong = conn.ping_pong();
+
+        let instance = Arc::new(Instance::new(
+            hello.service.as_str().into(),
+            hello.instance_id.as_str().into(),
+            link_id.as_str().into(),
+            hello.region.as_deref().map(Into::into),
+            hello.version.as_str().into(),
+            sender,
+        ));
+        if let Err(e) = self.registry.register(instance.clone(), endpoints) {
+            // Lost a race with another service registering the same route after our check.
+            tracing::warn!(service = %hello.service, error = %e, "link closed after HELLO_ACK");
+            return Err(HandshakeError::Register(e));
+        }
+        permit.take();
+        tracing::info!(
+            service = %instance.service, instance = %instance.instance_id, link = %link_id,
+            region = instance.region.as_deref().unwrap_or("-"), "link up"
+        );
+
+        let heartbeat = heartbeat(
+            instance.clone(),
+            ping_pong,
+            self.cfg.heartbeat_interval,
+            &self.metrics,
+        );
+        let reason = tokio::select! {
+            r = &mut conn => match r {
+                Ok(()) => "closed by service",
+                Err(e) if e.is_go_away() => "goaway",
+                Err(_) => "connection error",
+            },
+            r = heartbeat => r,
+            _ = instance.close.cancelled() => "closed by gateway",
+            _ = shutdown.cancelled() => "gateway shutdown",
+        };
+        instance.set_state(LinkState::Offline);
+        self.registry.unregister(&instance);
+        tracing::info!(
+            service = %instance.service, instance = %instance.instance_id, link = %link_id,
+            reason, "link down"
+        );
+        Ok(())
+    }
+
+    async fn handshake<IO>(&self, io: &mut IO) -> Result<Accepted, HandshakeError>
+    where
+        IO: AsyncRead + AsyncWrite + Unpin,
+    {
+        let challenge = Challenge {
+            nonce: random_hex(32),
+            server_time_ms: now_ms(),
+            versions: vec![portcullis_link::VERSION],
+        };
+        write_frame(io, &Frame::Challenge(challenge)).await?;
+        self.metrics.frame("challenge");
+        let hello = match read_frame(io, self.cfg.max_frame_bytes).await? {
+            Frame::Hello(h) => {
+                self.metrics.frame("hello");
+                *h
+            }
+            _ => return Err(HandshakeError::Unexpected),
+        };
+        // Hash the presented token whether or not the service is known, so both paths cost
+        // the same and an unknown name is indistinguishable from a wrong token.
+        let Credential::Token { token } = &hello.credential;
+        let presented = hash_token(token);
+        let expected = self.tokens.get(&hello.service);
+        let ok = expected
+            .map(|e| bool::from(e.ct_eq(&presented)))
+            .unwrap_or(false);
+        if !ok {
+            return Err(HandshakeError::BadCredential);
+        }
+        let endpoints = validate_endpoints(&hello.endpoints).map_err(HandshakeError::Register)?;
+        self.registry
+            .check(&hello.service, &hello.instance_id, &endpoints)
+            .map_err(HandshakeError::Register)?;
+        Ok(Accepted { hello, endpoints })
+    }
+}
+
+struct Accepted {
+    hello: Hello,
+    endpoints: Vec<(
+        portcullis_link::EndpointDescriptor,
+        portcullis_link::PathTemplate,
+    )>,
+}
+
+fn reject(code: RejectCode, message: &str, retry_after_ms: Option<u64>) -> Frame {
+    Frame::Reject(Reject {
+        code,
+        message: message.chars().take(512).collect(),
+        retry_after_ms,
+    })
+}
+
+impl HandshakeError {
+    fn reject_code(&self) -> Option<RejectCode> {
+        Some(match self {
+            Self::Decode(e) => e.reject_code(),
+            Self::Unexpected => RejectCode::MalformedFrame,
+            Self::BadCredential => RejectCode::BadCredential,
+            Self::Register(RegisterError::Conflict { .. }) => RejectCode::RouteConflict,
+            Self::Register(RegisterError::InvalidDescriptor { .. }) => {
+                RejectCode::InvalidDescriptor
+            }
+            Self::Register(RegisterError::TooManyInstances(_)) => RejectCode::Unavailable,
+            Self::Timeout => RejectCode::Timeout,
+            Self::Io(_) | Self::Http2(_) => return None,
+        })
+    }
+}
+
+/// PING for round-trip time and liveness, plus the health exchange for drain and load.
+/// Returns when the link should be dropped: no PONG for three intervals.
+async fn heartbeat(
+    inst: Arc<Instance>,
+    ping_pong: Option<h2::PingPong>,
+    interval: Duration,
+    metrics: &Metrics,
+) -> &'static str {
+    let Some(mut ping_pong) = ping_pong else {
+        return "no ping handle";
+    };
+    let mut last_pong = Instant::now();
+    let mut tick = tokio::time::interval(interval);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    tick.tick().await;
+    loop {
+        tick.tick().await;
+        let sent = Instant::now();
+        metrics.frame("ping");
+        match tokio::time::timeout(interval, ping_pong.ping(h2::Ping::opaque())).await {
+            Ok(Ok(_)) => {
+                inst.observe_rtt(sent.elapsed().as_micros() as u64);
+                last_pong = Instant::now();
+                if inst.state() == LinkState::Unstable {
+                    inst.set_state(LinkState::Online);
+                }
+            }
+            _ => {
+                if inst.state() == LinkState::Online {
+                    tracing::warn!(service = %inst.service, instance = %inst.instance_id, "heartbeat missed");
+                    inst.set_state(LinkState::Unstable);
+                }
+            }
+        }
+        if last_pong.elapsed() >= interval * 3 {
+            return "heartbeat timeout";
+        }
+        metrics.frame("health");
+        if let Ok(Some(report)) = tokio::time::timeout(interval, health(&inst)).await {
+            if report.draining {
+                inst.set_state(LinkState::Draining);
+            }
+        }
+    }
+}
+
+async fn health(inst: &Instance) -> Option<portcullis_link::HealthReport> {
+    let req = Request::get(format!("http://{}{HEALTH_PATH}", inst.service))
+        .body(())
+        .ok()?;
+    let mut sender = inst.sender.clone().ready().await.ok()?;
+    let (resp, _) = sender.send_request(req, true).ok()?;
+    let resp = resp.await.ok()?;
+    if !resp.status().is_success() {
+        return None;
+    }
+    let mut body = resp.into_body();
+    let mut buf = Vec::new();
+    while let Some(chunk) = body.data().await {
+        let chunk = chunk.ok()?;
+        let _ = body.flow_control().release_capacity(chunk.len());
+        if buf.len() + chunk.len() > 4096 {
+            return None;
+        }
+        buf.extend_from_slice(&chunk);
+    }
+    serde_json::from_slice(&buf).ok()
+}

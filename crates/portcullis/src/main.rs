@@ -1,0 +1,202 @@
+//! The `portcullis` binary: parses flags, sets up logging, turns signals into the library's
+//! shutdown future. Everything else lives in the library.
+
+use clap::{Parser, Subcommand};
+use std::io::Read;
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use portcullis::config::Config;
+
+/// Portcullis: a secure front door for internal services.
+///
+/// Clients reach the gateway over HTTP/1.1, HTTP/2 and TLS; services dial out to it over an
+/// authenticated link and declare the endpoints they serve.
+#[derive(Debug, Parser)]
+#[command(name = "portcullis", version, propagate_version = true)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Run the gateway from a configuration file.
+    Serve {
+        /// TOML configuration file (see docs/configuration.md).
+        #[arg(long, short, env = "PORTCULLIS_CONFIG")]
+        config: PathBuf,
+    },
+    /// Run a self-contained demo: a gateway on 127.0.0.1:8080 with the echo service linked.
+    Demo(portcullis::demo::DemoArgs),
+    /// Check a configuration file (with PORTCULLIS_* overrides) and print every problem with
+    /// its key path; exits 1 if there is any.
+    CheckConfig {
+        /// TOML configuration file.
+        file: PathBuf,
+    },
+    /// Inspect the configuration.
+    #[command(subcommand)]
+    Config(ConfigCommand),
+    /// Read a service link token from standard input and print the SHA-256 to put in
+    /// `services.<name>.token_sha256`. The token never appears on a command line.
+    HashToken,
+}
+
+/// Resolves on the first SIGINT or SIGTERM; a second one exits at once.
+async fn shutdown_signal() {
+    wait_signal().await;
+    tracing::info!("signal received: draining (send again to exit now)");
+    tokio::spawn(async {
+        wait_signal().await;
+        tracing::warn!("second signal: exiting immediately");
+        std::process::exit(130);
+    });
+}
+
+async fn wait_signal() {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{signal, SignalKind};
+        match (
+            signal(SignalKind::terminate()),
+            signal(SignalKind::interrupt()),
+        ) {
+            (Ok(mut term), Ok(mut int)) => {
+                tokio::select! {
+                    _ = term.recv() => {}
+                    _ = int.recv() => {}
+                }
+            }
+            _ => {
+                let _ = tokio::signal::ctrl_c().await;
+            }
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = tokio::signal::ctrl_c().await;
+    }
+}
+
+#[derive(Debug, Subcommand)]
+enum ConfigCommand {
+    /// Print the effective configuration (file, overrides and defaults) with secrets masked.
+    Show {
+        /// TOML configuration file; without it, the defaults plus PORTCULLIS_* overrides.
+        #[arg(long, short, env = "PORTCULLIS_CONFIG")]
+        config: Option<PathBuf>,
+    },
+}
+
+fn load_config(path: &PathBuf) -> Result<Config, String> {
+    let text = std::fs::read_to_string(path).map_err(|e| format!("{}: {e}", path.display()))?;
+    Config::from_toml_with_env(&text, std::env::vars()).map_err(|errs| {
+        errs.iter()
+            .map(|e| format!("{}: {e}", path.display()))
+            .collect::<Vec<_>>()
+            .join("\n")
+    })
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    match cli.command {
+        Command::CheckConfig { file } => match load_config(&file) {
+            Ok(_) => {
+                println!("{}: ok", file.display());
+                ExitCode::SUCCESS
+            }
+            Err(e) => {
+                eprintln!("{e}");
+                ExitCode::FAILURE
+            }
+        },
+        Command::Config(ConfigCommand::Show { config }) => {
+            let cfg = match &config {
+                Some(path) => load_config(path),
+                None => Config::from_toml_with_env("", std::env::vars()).map_err(|errs| {
+                    errs.iter()
+                        .map(|e| e.to_string())
+                        .collect::<Vec<_>>()
+                        .join("\n")
+                }),
+            };
+            match cfg {
+                Ok(c) => {
+                    print!("{}", c.to_toml_masked());
+                    ExitCode::SUCCESS
+                }
+                Err(e) => {
+                    eprintln!("{e}");
+                    ExitCode::FAILURE
+                }
+            }
+        }
+        Command::HashToken => {
+            let mut token = String::new();
+            if std::io::stdin()
+                .take(4096)
+                .read_to_string(&mut token)
+                .is_err()
+            {
+                eprintln!("could not read the token from standard input");
+                return ExitCode::FAILURE;
+            }
+            let token = token.trim_end_matches(['\r', '\n']);
+            if token.is_empty() {
+                eprintln!("empty token on standard input");
+                return ExitCode::FAILURE;
+            }
+            println!("{}", hex::encode(portcullis::link::hash_token(token)));
+            ExitCode::SUCCESS
+        }
+        Command::Serve { config } => {
+            let cfg = match load_config(&config) {
+                Ok(c) => c,
+                Err(e) => {
+                    eprintln!("{e}");
+                    return ExitCode::FAILURE;
+                }
+            };
+            // Outside the runtime: the span exporter owns a blocking HTTP client and its
+            // guard flushes after the runtime has stopped.
+            let _telemetry = match portcullis::telemetry::init(&cfg.telemetry) {
+                Ok(g) => g,
+                Err(e) => {
+                    eprintln!("{e}");
+                    return ExitCode::FAILURE;
+                }
+            };
+            runtime(async move {
+                let listeners = portcullis::Listeners::bind(&cfg).await?;
+                portcullis::run(cfg, listeners, shutdown_signal()).await
+            })
+        }
+        Command::Demo(args) => {
+            let _telemetry =
+                portcullis::telemetry::init(&portcullis::telemetry::TelemetryConfig::default());
+            runtime(portcullis::demo::run(args, shutdown_signal()))
+        }
+    }
+}
+
+fn runtime(fut: impl std::future::Future<Output = anyhow::Result<()>>) -> ExitCode {
+    let rt = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("cannot start the runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match rt.block_on(fut) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}

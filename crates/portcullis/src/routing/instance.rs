@@ -1,0 +1,153 @@
+//! One linked service instance as the routing layer sees it: its link's HTTP/2 sender, its
+//! liveness state and the load figures selection weighs.
+
+use bytes::Bytes;
+use std::sync::atomic::{AtomicU32, AtomicU64, AtomicU8, Ordering};
+use std::sync::Arc;
+use tokio_util::sync::CancellationToken;
+
+/// Liveness of an instance (DESIGN §3.5).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[repr(u8)]
+pub enum LinkState {
+    /// Heartbeats answered.
+    Online = 0,
+    /// Heartbeats missed; chosen only when no Online instance exists.
+    Unstable = 1,
+    /// The service announced shutdown (GOAWAY or health says draining); never chosen.
+    Draining = 2,
+    /// The link is gone.
+    Offline = 3,
+}
+
+impl LinkState {
+    fn from_u8(v: u8) -> Self {
+        match v {
+            0 => Self::Online,
+            1 => Self::Unstable,
+            2 => Self::Draining,
+            _ => Self::Offline,
+        }
+    }
+
+    /// Lowercase name, for logs, metrics and the admin API.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Online => "online",
+            Self::Unstable => "unstable",
+            Self::Draining => "draining",
+            Self::Offline => "offline",
+        }
+    }
+}
+
+/// A linked instance.
+#[derive(Debug)]
+pub struct Instance {
+    /// Service name.
+    pub service: Arc<str>,
+    /// Instance id from HELLO.
+    pub instance_id: Arc<str>,
+    /// Id the gateway gave this link.
+    pub link_id: Arc<str>,
+    /// Region from HELLO.
+    pub region: Option<Arc<str>>,
+    /// Version from HELLO.
+    pub version: Arc<str>,
+    /// HTTP/2 client half of the link.
+    pub sender: h2::client::SendRequest<Bytes>,
+    state: AtomicU8,
+    in_flight: AtomicU32,
+    /// Exponentially weighted round-trip time, microseconds.
+    rtt_us: AtomicU64,
+    /// Cancelled to close the link (replacement, shutdown, dead peer).
+    pub close: CancellationToken,
+}
+
+/// Initial latency estimate before the first PING returns: 1 ms.
+const INITIAL_RTT_US: u64 = 1_000;
+
+impl Instance {
+    /// A new Online instance.
+    pub fn new(
+        service: Arc<str>,
+        instance_id: Arc<str>,
+        link_id: Arc<str>,
+        region: Option<Arc<str>>,
+        version: Arc<str>,
+        sender: h2::client::SendRequest<Bytes>,
+    ) -> Self {
+        Self {
+            service,
+            instance_id,
+            link_id,
+            region,
+            version,
+            sender,
+            state: AtomicU8::new(LinkState::Online as u8),
+            in_flight: AtomicU32::new(0),
+            rtt_us: AtomicU64::new(INITIAL_RTT_US),
+            close: CancellationToken::new(),
+        }
+    }
+
+    /// Current state.
+    pub fn state(&self) -> LinkState {
+        LinkState::from_u8(self.state.load(Ordering::Acquire))
+    }
+
+    /// Move to `to`. Draining and Offline are sticky: a late heartbeat cannot revive them.
+    pub fn set_state(&self, to: LinkState) {
+        let _ = self
+            .state
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |cur| {
+                let cur = LinkState::from_u8(cur);
+                let allowed = match cur {
+                    LinkState::Offline => false,
+                    LinkState::Draining => to == LinkState::Offline,
+                    _ => true,
+                };
+                allowed.then_some(to as u8)
+            });
+    }
+
+    /// Calls in flight on this instance.
+    pub fn in_flight(&self) -> u32 {
+        self.in_flight.load(Ordering::Relaxed)
+    }
+
+    /// Smoothed round-trip time in microseconds.
+    pub fn rtt_us(&self) -> u64 {
+        self.rtt_us.load(Ordering::Relaxed)
+    }
+
+    /// Fold a measured round trip into the average (EWMA, weight 1/4).
+    pub fn observe_rtt(&self, sample_us: u64) {
+        let old = self.rtt_us.load(Ordering::Relaxed);
+        let new = (old * 3 + sample_us.max(1)) / 4;
+        self.rtt_us.store(new.max(1), Ordering::Relaxed);
+    }
+
+    /// Count a call until the returned guard drops.
+    pub fn begin_call(self: &Arc<Self>) -> InFlight {
+        self.in_flight.fetch_add(1, Ordering::Relaxed);
+        InFlight(self.clone())
+    }
+}
+
+/// Decrements the instance's in-flight count when dropped.
+#[derive(Debug)]
+pub struct InFlight(Arc<Instance>);
+
+impl InFlight {
+    /// The instance this call runs on.
+    pub fn instance(&self) -> &Arc<Instance> {
+        &self.0
+    }
+}
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        self.0.in_flight.fetch_sub(1, Ordering::Relaxed);
+    }
+}

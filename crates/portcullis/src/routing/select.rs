@@ -1,0 +1,84 @@
+//! Instance selection (DESIGN §4): health filter, region tiers, then the power of two choices
+//! on in-flight calls weighted by latency.
+//!
+//! Weighting by `(in_flight + 1) × rtt` rather than picking the lowest ping keeps a fast
+//! instance from taking every call: as its queue grows its cost rises past a slower idle one.
+
+use rand::Rng;
+use std::sync::Arc;
+
+use super::instance::{Instance, LinkState};
+
+/// The gateway's own region and its neighbours, in preference order.
+#[derive(Debug, Clone, Default)]
+pub struct Tiers {
+    /// Region of this gateway.
+    pub own: Option<String>,
+    /// Neighbour regions, preferred in order after the own region.
+    pub neighbours: Vec<String>,
+}
+
+impl Tiers {
+    fn tier(&self, region: Option<&str>) -> usize {
+        let Some(r) = region else {
+            return self.neighbours.len() + 1;
+        };
+        if self.own.as_deref() == Some(r) {
+            return 0;
+        }
+        self.neighbours
+            .iter()
+            .position(|n| n == r)
+            .map(|p| p + 1)
+            .unwrap_or(self.neighbours.len() + 1)
+    }
+}
+
+fn cost(i: &Instance) -> u128 {
+    u128::from(i.in_flight() + 1) * u128::from(i.rtt_us().max(1))
+}
+
+/// Pick an instance from `candidates`, skipping any in `exclude` (instances that just refused a
+/// stream). `None` when no instance is eligible.
+pub fn select(
+    candidates: &[Arc<Instance>],
+    tiers: &Tiers,
+    exclude: &[Arc<Instance>],
+) -> Option<Arc<Instance>> {
+    let eligible = |want: LinkState| {
+        candidates
+            .iter()
+            .filter(move |i| i.state() == want && !exclude.iter().any(|e| Arc::ptr_eq(e, i)))
+    };
+    let mut pool: Vec<&Arc<Instance>> = eligible(LinkState::Online).collect();
+    if pool.is_empty() {
+        pool = eligible(LinkState::Unstable).collect();
+    }
+    if pool.is_empty() {
+        return None;
+    }
+    let best_tier = pool
+        .iter()
+        .map(|i| tiers.tier(i.region.as_deref()))
+        .min()
+        .unwrap_or(0);
+    pool.retain(|i| tiers.tier(i.region.as_deref()) == best_tier);
+    match pool.len() {
+        0 => None,
+        1 => Some(pool[0].clone()),
+        n => {
+            let mut rng = rand::thread_rng();
+            let a = rng.gen_range(0..n);
+            let mut b = rng.gen_range(0..n - 1);
+            if b >= a {
+                b += 1;
+            }
+            let (x, y) = (pool[a], pool[b]);
+            Some(if cost(y) < cost(x) {
+                y.clone()
+            } else {
+                x.clone()
+            })
+        }
+    }
+}

@@ -1,0 +1,147 @@
+//! Wiring: build every part from the configuration, run the listeners, and shut down in two
+//! stages — drain, then force (CONVENTIONS "Shutdown").
+//!
+//! The library takes bound listeners and a shutdown future; only the binary parses flags and
+//! handles signals, so tests bind port 0 and never collide.
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+
+use crate::config::Config;
+use crate::ingress::{Ingress, Pipeline};
+use crate::link::LinkServer;
+use crate::routing::{Registry, Tiers};
+use crate::telemetry::{LinksCollector, Metrics};
+
+/// The two listeners the gateway serves.
+#[derive(Debug)]
+pub struct Listeners {
+    /// Client-facing.
+    pub ingress: TcpListener,
+    /// Service-facing.
+    pub link: TcpListener,
+}
+
+impl Listeners {
+    /// Bind the addresses in `config`.
+    pub async fn bind(config: &Config) -> anyhow::Result<Self> {
+        let ingress = TcpListener::bind(config.ingress.listen)
+            .await
+            .map_err(|e| anyhow::anyhow!("ingress.listen {}: {e}", config.ingress.listen))?;
+        let link = TcpListener::bind(config.link.listen)
+            .await
+            .map_err(|e| anyhow::anyhow!("link.listen {}: {e}", config.link.listen))?;
+        Ok(Self { ingress, link })
+    }
+}
+
+/// Run the gateway until `shutdown` resolves, then drain: stop accepting, turn not-ready, ask
+/// every client connection to finish, wait up to `shutdown.grace_period`, then close links.
+pub async fn run(
+    config: Config,
+    listeners: Listeners,
+    shutdown: impl Future<Output = ()>,
+) -> anyhow::Result<()> {
+    config.validate().map_err(|errs| {
+        anyhow::anyhow!(errs
+            .iter()
+            .map(|e| e.to_string())
+            .collect::<Vec<_>>()
+            .join("; "))
+    })?;
+    let registry = Arc::new(Registry::new(config.routing.default_timeout));
+    let health = Arc::new(crate::health::Health::default());
+    let metrics = Arc::new(Metrics::new(vec![Box::new(LinksCollector(
+        registry.clone(),
+    ))]));
+    let tiers = Tiers {
+        own: config.routing.region.clone(),
+        neighbours: config.routing.neighbour_regions.clone(),
+    };
+    let pipeline = Arc::new(Pipeline::new(
+        registry.clone(),
+        tiers,
+        config.ingress.max_body_bytes,
+        health.clone(),
+        metrics.clone(),
+    ));
+    let ingress = Arc::new(Ingress::new(&config.ingress, pipeline, metrics.clone())?);
+    let link = Arc::new(LinkServer::new(&config, registry.clone(), metrics)?);
+
+    let stop_accepting = CancellationToken::new();
+    let drain = CancellationToken::new();
+    let close_links = CancellationToken::new();
+    tracing::info!(
+        ingress = %listeners.ingress.local_addr()?,
+        link = %listeners.link.local_addr()?,
+        "gateway listening"
+    );
+    let ingress_task = tokio::spawn(ingress.clone().serve(
+        listeners.ingress,
+        stop_accepting.clone(),
+        drain.clone(),
+    ));
+    let link_task = tokio::spawn(link.serve(listeners.link, close_links.clone()));
+
+    health.set_started();
+    shutdown.await;
+    tracing::info!(grace = ?config.shutdown.grace_period, "shutting down: draining");
+    health.set_draining();
+    stop_accepting.cancel();
+    drain.cancel();
+    let _ = ingress_task.await;
+    if tokio::time::timeout(config.shutdown.grace_period, ingress.wait())
+        .await
+        .is_err()
+    {
+        tracing::warn!(
+            open = ingress.connection_count(),
+            "grace period over: closing remaining connections"
+        );
+    }
+    close_links.cancel();
+    let _ = link_task.await;
+    for inst in registry.instances() {
+        inst.close.cancel();
+    }
+    tracing::info!("gateway stopped");
+    Ok(())
+}
+
+/// A gateway running in the background, for the demo and tests.
+#[derive(Debug)]
+pub struct Running {
+    /// Bound ingress address.
+    pub ingress_addr: SocketAddr,
+    /// Bound link address.
+    pub link_addr: SocketAddr,
+    shutdown: CancellationToken,
+    task: tokio::task::JoinHandle<anyhow::Result<()>>,
+}
+
+impl Running {
+    /// Bind the configured addresses (port 0 picks free ones) and start.
+    pub async fn start(config: Config) -> anyhow::Result<Self> {
+        let listeners = Listeners::bind(&config).await?;
+        let ingress_addr = listeners.ingress.local_addr()?;
+        let link_addr = listeners.link.local_addr()?;
+        let shutdown = CancellationToken::new();
+        let s = shutdown.clone();
+        let task = tokio::spawn(async move { run(config, listeners, s.cancelled_owned()).await });
+        Ok(Self {
+            ingress_addr,
+            link_addr,
+            shutdown,
+            task,
+        })
+    }
+
+    /// Drain and stop; resolves when the gateway has stopped.
+    pub async fn shutdown(self) -> anyhow::Result<()> {
+        self.shutdown.cancel();
+        self.task.await?
+    }
+}

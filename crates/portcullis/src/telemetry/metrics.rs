@@ -1,0 +1,236 @@
+//! Every metric the gateway exports, defined here and nowhere else, with its labels.
+//!
+//! Labels are bounded by construction: route templates (never raw paths), service names the
+//! configuration allows, a fixed set of methods (others are `OTHER`), numeric status codes,
+//! and closed enums for states, frame types and failure reasons.
+
+use prometheus_client::encoding::{
+    EncodeLabelSet, EncodeLabelValue, LabelSetEncoder, LabelValueEncoder,
+};
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::Histogram;
+use prometheus_client::registry::Registry;
+use std::sync::Arc;
+
+/// A shared string label value (service names and route templates are shared with the
+/// route table, so labelling a call allocates nothing).
+#[derive(Clone, Debug, Hash, PartialEq, Eq)]
+pub struct Label(pub Arc<str>);
+
+impl EncodeLabelValue for Label {
+    fn encode(&self, encoder: &mut LabelValueEncoder) -> Result<(), std::fmt::Error> {
+        std::fmt::Write::write_str(encoder, &self.0)
+    }
+}
+
+/// Labels of a call.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct CallLabels {
+    /// Service name, `-` when no route matched.
+    pub service: Label,
+    /// Route template, `-` when no route matched.
+    pub route: Label,
+    /// Normalised method.
+    pub method: &'static str,
+    /// Status code.
+    pub status: u16,
+}
+
+/// Labels of a per-route latency.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct RouteLabels {
+    /// Service name.
+    pub service: Label,
+    /// Route template.
+    pub route: Label,
+}
+
+/// Which listener a connection belongs to.
+#[derive(Clone, Copy, Debug, Hash, PartialEq, Eq, EncodeLabelValue)]
+#[allow(non_camel_case_types)]
+pub enum Listener {
+    /// Client-facing.
+    ingress,
+    /// Service-facing.
+    link,
+}
+
+/// Labels of a connection gauge.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ListenerLabels {
+    /// Listener.
+    pub listener: Listener,
+}
+
+/// Labels of link frames: `type` is challenge, hello, hello_ack, reject, ping or health.
+#[derive(Clone, Debug, Hash, PartialEq, Eq)]
+pub struct FrameLabels {
+    /// Frame type.
+    pub kind: &'static str,
+}
+
+impl EncodeLabelSet for FrameLabels {
+    fn encode(&self, encoder: LabelSetEncoder) -> Result<(), std::fmt::Error> {
+        [("type", self.kind)].encode(encoder)
+    }
+}
+
+/// Labels of an authentication failure.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ReasonLabels {
+    /// Closed set of reasons.
+    pub reason: &'static str,
+}
+
+/// Labels of the build info.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct BuildLabels {
+    /// Crate version.
+    pub version: &'static str,
+}
+
+/// Latency buckets: 0.5 ms to 60 s.
+fn latency_buckets() -> impl Iterator<Item = f64> {
+    [
+        0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0,
+        60.0,
+    ]
+    .into_iter()
+}
+
+fn new_histogram() -> Histogram {
+    Histogram::new(latency_buckets())
+}
+
+/// The gateway's metrics.
+#[derive(Debug)]
+pub struct Metrics {
+    /// `portcullis_requests_total{service,route,method,status}`.
+    pub requests: Family<CallLabels, Counter>,
+    /// `portcullis_request_duration_seconds{service,route}`: head received to response end.
+    pub request_duration: Family<RouteLabels, Histogram, fn() -> Histogram>,
+    /// `portcullis_upstream_duration_seconds{service,route}`: stream opened to response head.
+    pub upstream_duration: Family<RouteLabels, Histogram, fn() -> Histogram>,
+    /// `portcullis_active_connections{listener}`.
+    pub active_connections: Family<ListenerLabels, Gauge>,
+    /// `portcullis_link_frames_total{type}`.
+    pub link_frames: Family<FrameLabels, Counter>,
+    /// `portcullis_auth_failures_total{reason}`.
+    pub auth_failures: Family<ReasonLabels, Counter>,
+    registry: Registry,
+}
+
+/// Normalise a method into a bounded label.
+pub fn method_label(m: &http::Method) -> &'static str {
+    match *m {
+        http::Method::GET => "GET",
+        http::Method::POST => "POST",
+        http::Method::PUT => "PUT",
+        http::Method::DELETE => "DELETE",
+        http::Method::PATCH => "PATCH",
+        http::Method::HEAD => "HEAD",
+        http::Method::OPTIONS => "OPTIONS",
+        http::Method::CONNECT => "CONNECT",
+        http::Method::TRACE => "TRACE",
+        _ => "OTHER",
+    }
+}
+
+impl Metrics {
+    /// Create and register every metric. `extra` adds scrape-time collectors (link states).
+    pub fn new(extra: Vec<Box<dyn prometheus_client::collector::Collector>>) -> Self {
+        let mut registry = Registry::default();
+        let requests = Family::<CallLabels, Counter>::default();
+        let request_duration = Family::new_with_constructor(new_histogram as fn() -> Histogram);
+        let upstream_duration = Family::new_with_constructor(new_histogram as fn() -> Histogram);
+        let active_connections = Family::<ListenerLabels, Gauge>::default();
+        let link_frames = Family::<FrameLabels, Counter>::default();
+        let auth_failures = Family::<ReasonLabels, Counter>::default();
+        let build_info = Family::<BuildLabels, Gauge>::default();
+        build_info
+            .get_or_create(&BuildLabels {
+                version: env!("CARGO_PKG_VERSION"),
+            })
+            .set(1);
+
+        registry.register(
+            "portcullis_requests",
+            "Calls answered, by route and status",
+            requests.clone(),
+        );
+        registry.register(
+            "portcullis_request_duration_seconds",
+            "Time from request head to response end",
+            request_duration.clone(),
+        );
+        registry.register(
+            "portcullis_upstream_duration_seconds",
+            "Time from opening the stream on the link to the service's response head",
+            upstream_duration.clone(),
+        );
+        registry.register(
+            "portcullis_active_connections",
+            "Open connections, by listener",
+            active_connections.clone(),
+        );
+        registry.register(
+            "portcullis_link_frames",
+            "Link control frames and heartbeats exchanged, by type",
+            link_frames.clone(),
+        );
+        registry.register(
+            "portcullis_auth_failures",
+            "Refused credentials, by reason",
+            auth_failures.clone(),
+        );
+        registry.register("portcullis_build_info", "Build of this gateway", build_info);
+        for c in extra {
+            registry.register_collector(c);
+        }
+        Self {
+            requests,
+            request_duration,
+            upstream_duration,
+            active_connections,
+            link_frames,
+            auth_failures,
+            registry,
+        }
+    }
+
+    /// Count a link frame.
+    pub fn frame(&self, kind: &'static str) {
+        self.link_frames.get_or_create(&FrameLabels { kind }).inc();
+    }
+
+    /// The exposition text.
+    pub fn encode(&self) -> String {
+        let mut out = String::with_capacity(8192);
+        if prometheus_client::encoding::text::encode(&mut out, &self.registry).is_err() {
+            out.clear();
+        }
+        out
+    }
+
+    /// A gauge guard: +1 now, −1 on drop.
+    pub fn connection(self: &Arc<Self>, listener: Listener) -> ConnectionGauge {
+        let g = self
+            .active_connections
+            .get_or_create(&ListenerLabels { listener })
+            .clone();
+        g.inc();
+        ConnectionGauge(g)
+    }
+}
+
+/// Decrements a connection gauge when dropped.
+#[derive(Debug)]
+pub struct ConnectionGauge(Gauge);
+
+impl Drop for ConnectionGauge {
+    fn drop(&mut self) {
+        self.0.dec();
+    }
+}

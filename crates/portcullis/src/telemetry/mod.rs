@@ -1,0 +1,174 @@
+//! Telemetry: metrics (defined in [`metrics`]), structured logs behind one redaction layer
+//! ([`redact`]), and the scrape-time view of links.
+
+pub mod metrics;
+pub mod redact;
+
+pub use metrics::Metrics;
+
+use prometheus_client::encoding::{DescriptorEncoder, EncodeMetric};
+use prometheus_client::metrics::gauge::ConstGauge;
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+use crate::routing::{LinkState, Registry};
+
+/// `portcullis_links{service,state}`, computed from the registry at scrape time so the gauge
+/// can never drift from the truth.
+#[derive(Debug)]
+pub struct LinksCollector(pub Arc<Registry>);
+
+impl prometheus_client::collector::Collector for LinksCollector {
+    fn encode(&self, mut encoder: DescriptorEncoder) -> Result<(), std::fmt::Error> {
+        let mut counts: BTreeMap<(String, &'static str), i64> = BTreeMap::new();
+        for inst in self.0.instances() {
+            *counts
+                .entry((inst.service.to_string(), inst.state().as_str()))
+                .or_default() += 1;
+        }
+        // Every state of every linked service appears, zeros included, so a rate() over a
+        // state that just emptied does not vanish.
+        let services: Vec<String> = counts.keys().map(|(s, _)| s.clone()).collect();
+        for s in services {
+            for st in [LinkState::Online, LinkState::Unstable, LinkState::Draining] {
+                counts.entry((s.clone(), st.as_str())).or_default();
+            }
+        }
+        let mut metric = encoder.encode_descriptor(
+            "portcullis_links",
+            "Linked instances, by service and liveness state",
+            None,
+            prometheus_client::metrics::MetricType::Gauge,
+        )?;
+        for ((service, state), n) in counts {
+            let labels = [("service", service), ("state", state.to_string())];
+            ConstGauge::new(n).encode(metric.encode_family(&labels)?)?;
+        }
+        Ok(())
+    }
+}
+
+/// Telemetry settings.
+#[derive(Debug, Clone, serde::Deserialize, serde::Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct TelemetryConfig {
+    /// OTLP/HTTP (protobuf) traces endpoint, the full URL, e.g.
+    /// `http://127.0.0.1:4318/v1/traces`. Absent: spans are not exported.
+    pub otlp_endpoint: Option<String>,
+    /// `service.name` resource attribute of exported spans. Default `portcullis`.
+    pub service_name: String,
+}
+
+impl Default for TelemetryConfig {
+    fn default() -> Self {
+        Self {
+            otlp_endpoint: None,
+            service_name: "portcullis".into(),
+        }
+    }
+}
+
+static OTEL_ENABLED: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+
+/// Is span export on? When off, the request path skips trace-context work entirely and a
+/// client's `traceparent` passes to the service unchanged.
+pub fn otel_enabled() -> bool {
+    OTEL_ENABLED.load(std::sync::atomic::Ordering::Relaxed)
+}
+
+/// Flushes and stops span export when dropped (at the end of `main`).
+#[derive(Debug, Default)]
+pub struct TelemetryGuard(Option<opentelemetry_sdk::trace::SdkTracerProvider>);
+
+impl Drop for TelemetryGuard {
+    fn drop(&mut self) {
+        if let Some(p) = self.0.take() {
+            if let Err(e) = p.shutdown() {
+                eprintln!("span export shutdown: {e}");
+            }
+        }
+    }
+}
+
+/// Install the process-wide subscriber: logs as JSON lines when stderr is not a terminal,
+/// human format otherwise, level from `PORTCULLIS_LOG` (default `info`), every line through
+/// [`redact::Redacting`]; and, when `cfg.otlp_endpoint` is set, span export over OTLP/HTTP
+/// with W3C trace-context propagation.
+pub fn init(cfg: &TelemetryConfig) -> anyhow::Result<TelemetryGuard> {
+    use opentelemetry::trace::TracerProvider as _;
+    use std::io::IsTerminal;
+    use tracing_subscriber::layer::SubscriberExt;
+    use tracing_subscriber::util::SubscriberInitExt;
+    use tracing_subscriber::{EnvFilter, Layer};
+
+    let filter =
+        EnvFilter::try_from_env("PORTCULLIS_LOG").unwrap_or_else(|_| EnvFilter::new("info"));
+    let fmt = tracing_subscriber::fmt::layer().with_writer(redact::Redacting(std::io::stderr));
+    let fmt = if std::io::stderr().is_terminal() {
+        fmt.boxed()
+    } else {
+        fmt.json()
+            .flatten_event(true)
+            .with_current_span(false)
+            .with_span_list(false)
+            .boxed()
+    };
+    let mut guard = TelemetryGuard::default();
+    let otel = match &cfg.otlp_endpoint {
+        None => None,
+        Some(endpoint) => {
+            use opentelemetry_otlp::WithExportConfig;
+            let exporter = opentelemetry_otlp::SpanExporter::builder()
+                .with_http()
+                .with_endpoint(endpoint.clone())
+                .build()
+                .map_err(|e| anyhow::anyhow!("telemetry.otlp_endpoint: {e}"))?;
+            let provider = opentelemetry_sdk::trace::SdkTracerProvider::builder()
+                .with_batch_exporter(exporter)
+                .with_resource(
+                    opentelemetry_sdk::Resource::builder()
+                        .with_service_name(cfg.service_name.clone())
+                        .build(),
+                )
+                .build();
+            let tracer = provider.tracer("portcullis");
+            opentelemetry::global::set_text_map_propagator(
+                opentelemetry_sdk::propagation::TraceContextPropagator::new(),
+            );
+            guard.0 = Some(provider);
+            OTEL_ENABLED.store(true, std::sync::atomic::Ordering::Relaxed);
+            Some(tracing_opentelemetry::layer().with_tracer(tracer))
+        }
+    };
+    // Already installed (tests, embedding): keep the existing subscriber.
+    let _ = tracing_subscriber::registry()
+        .with(filter)
+        .with(fmt)
+        .with(otel)
+        .try_init();
+    Ok(guard)
+}
+
+/// Make `span` a child of the trace context the client sent (`traceparent`), when exporting.
+pub fn continue_trace(span: &tracing::Span, headers: &http::HeaderMap) {
+    if !otel_enabled() {
+        return;
+    }
+    use tracing_opentelemetry::OpenTelemetrySpanExt;
+    let parent = opentelemetry::global::get_text_map_propagator(|p| {
+        p.extract(&opentelemetry_http::HeaderExtractor(headers))
+    });
+    let _ = span.set_parent(parent);
+}
+
+/// Write the current span's trace context into a forwarded request, when exporting.
+pub fn inject_trace(headers: &mut http::HeaderMap) {
+    if !otel_enabled() {
+        return;
+    }
+    use tracing_opentelemetry::OpenTelemetrySpanExt;
+    let cx = tracing::Span::current().context();
+    opentelemetry::global::get_text_map_propagator(|p| {
+        p.inject_context(&cx, &mut opentelemetry_http::HeaderInjector(headers))
+    });
+}

@@ -1,0 +1,318 @@
+//! The backbone end to end: real gateway, real SDK services, real sockets on port 0.
+
+mod common;
+
+use common::*;
+use http::StatusCode;
+use std::time::Duration;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn routes_echo_and_outcomes() {
+    let gw = TestGateway::with_services(&["echo"]).await;
+    let (_svc, _stats) = gw.echo("echo-1").await;
+
+    // Any method on the catch-all; the service sees the path, query and gateway headers.
+    let (status, headers, body) = gw.send("PATCH", "/echo/a/b?x=1", b"hello").await;
+    assert_eq!(status, StatusCode::OK);
+    let v = json(&body);
+    assert_eq!(v["method"], "PATCH");
+    assert_eq!(v["path"], "/echo/a/b");
+    assert_eq!(v["query"], "x=1");
+    assert_eq!(v["body_len"], 5);
+    assert_eq!(v["headers"]["x-portcullis-route"], "/echo/{*rest}");
+    let cid = headers
+        .get("x-correlation-id")
+        .expect("correlation id returned");
+    assert_eq!(v["headers"]["x-correlation-id"], cid.to_str().unwrap());
+
+    // Unknown path → 404 with the fixed body.
+    let (status, _, body) = gw.get("/nope").await;
+    assert_eq!(status, StatusCode::NOT_FOUND);
+    assert_eq!(&body[..], br#"{"error":"not_found"}"#);
+
+    // Known path, wrong method → 405 with Allow.
+    let (status, headers, body) = gw.send("DELETE", "/upload", b"").await;
+    assert_eq!(status, StatusCode::METHOD_NOT_ALLOWED);
+    assert_eq!(headers.get("allow").unwrap(), "POST");
+    assert_eq!(&body[..], br#"{"error":"method_not_allowed"}"#);
+
+    // Dot segments and the link's reserved path never reach a service.
+    let (status, _, _) = gw.get("/echo/%2e%2e/stats").await;
+    assert_eq!(status, StatusCode::BAD_REQUEST);
+    let (status, _, _) = gw.get("/.well-known/portcullis/health").await;
+    assert_eq!(status, StatusCode::NOT_FOUND);
+
+    // Clients cannot spoof gateway headers.
+    let req = http::Request::get(gw.url("/echo/x"))
+        .header("x-portcullis-route", "/forged")
+        .header("x-portcullis-identity", "admin")
+        .body(empty())
+        .unwrap();
+    let (_, _, body) = collect(gw.request(req).await).await;
+    let v = json(&body);
+    assert_eq!(v["headers"]["x-portcullis-route"], "/echo/{*rest}");
+    assert!(v["headers"].get("x-portcullis-identity").is_none());
+
+    gw.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn endpoint_timeout_is_504_and_cancels_the_call() {
+    let gw = TestGateway::with_services(&["echo", "slow"]).await;
+    // A service whose /sleep endpoint declares a 300 ms timeout.
+    let stats = echo_service::Stats::default();
+    let svc = portcullis_sdk::Service::builder("slow")
+        .gateway(gw.link_url())
+        .token(token_for("slow"))
+        .endpoint(portcullis_sdk::Endpoint::get("/slow/sleep").timeout(Duration::from_millis(300)))
+        .serve(axum::Router::new().route(
+            "/slow/sleep",
+            axum::routing::get(|| async {
+                tokio::time::sleep(Duration::from_secs(30)).await;
+                "late"
+            }),
+        ))
+        .unwrap();
+    svc.linked().await;
+    let (status, _, body) = gw.get("/slow/sleep").await;
+    assert_eq!(status, StatusCode::GATEWAY_TIMEOUT);
+    assert_eq!(&body[..], br#"{"error":"upstream_timeout"}"#);
+    drop(stats);
+    gw.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn client_disconnect_cancels_the_service_handler() {
+    let gw = TestGateway::with_services(&["echo"]).await;
+    let (_svc, stats) = gw.echo("echo-1").await;
+    let before = stats.cancellations();
+    let client = client();
+    let req = http::Request::get(gw.url("/sleep?ms=20000"))
+        .body(empty())
+        .unwrap();
+    // Give up on the call after 300 ms: the client connection is dropped.
+    let r = tokio::time::timeout(Duration::from_millis(300), client.request(req)).await;
+    assert!(r.is_err(), "the call must still be pending");
+    drop(client);
+    eventually("the service observed the cancellation", || {
+        let s = stats.clone();
+        async move { s.cancellations() > before }
+    })
+    .await;
+    gw.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_instances_share_load() {
+    let gw = TestGateway::with_services(&["echo"]).await;
+    let (_a, sa) = gw.echo("echo-a").await;
+    let (_b, sb) = gw.echo("echo-b").await;
+    let mut tasks = Vec::new();
+    for _ in 0..8 {
+        let client = gw.client.clone();
+        let url = gw.url("/sleep?ms=5");
+        tasks.push(tokio::spawn(async move {
+            for _ in 0..25 {
+                let req = http::Request::get(&url).body(empty()).unwrap();
+                let (status, _, _) = collect(client.request(req).await.unwrap()).await;
+                assert_eq!(status, StatusCode::OK);
+            }
+        }));
+    }
+    for t in tasks {
+        t.await.unwrap();
+    }
+    let (a, b) = (sa.requests(), sb.requests());
+    assert_eq!(a + b, 200);
+    assert!(a >= 20 && b >= 20, "load must be shared: a={a} b={b}");
+    gw.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn killed_instance_fails_in_flight_with_502_and_new_calls_go_elsewhere() {
+    let gw = TestGateway::with_services(&["echo"]).await;
+    let (a, sa) = gw.echo("echo-a").await;
+    let (_b, sb) = gw.echo("echo-b").await;
+
+    // Put long calls in flight until some land on A.
+    let mut in_flight = Vec::new();
+    for _ in 0..6 {
+        let client = gw.client.clone();
+        let url = gw.url("/sleep?ms=20000");
+        in_flight.push(tokio::spawn(async move {
+            let req = http::Request::get(&url).body(empty()).unwrap();
+            collect(client.request(req).await.unwrap()).await.0
+        }));
+    }
+    eventually("calls in flight on both instances", || {
+        let (sa, sb) = (sa.clone(), sb.clone());
+        async move { sa.requests() > 0 && sb.requests() > 0 && sa.requests() + sb.requests() == 6 }
+    })
+    .await;
+    let on_a = sa.requests();
+    a.abort();
+
+    // Calls on A fail with 502 (not a timeout); calls on B keep running.
+    let mut bad_gateway = 0;
+    for t in in_flight.drain(..) {
+        if let Ok(Ok(status)) = tokio::time::timeout(Duration::from_secs(5), t).await {
+            assert_eq!(status, StatusCode::BAD_GATEWAY);
+            bad_gateway += 1;
+        }
+    }
+    assert_eq!(
+        bad_gateway, on_a,
+        "every call on the killed instance fails fast with 502"
+    );
+
+    let before_b = sb.requests();
+    for _ in 0..20 {
+        let (status, _, _) = gw.get("/echo/after").await;
+        assert_eq!(status, StatusCode::OK);
+    }
+    assert_eq!(
+        sb.requests() - before_b,
+        20,
+        "new calls all go to the live instance"
+    );
+    gw.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn drained_instance_finishes_in_flight_and_gets_no_new_calls() {
+    let gw = TestGateway::with_services(&["echo"]).await;
+    let (a, sa) = gw.echo("echo-a").await;
+
+    let client = gw.client.clone();
+    let url = gw.url("/sleep?ms=1500");
+    let long = tokio::spawn(async move {
+        let req = http::Request::get(&url).body(empty()).unwrap();
+        collect(client.request(req).await.unwrap()).await
+    });
+    eventually("call in flight on A", || {
+        let sa = sa.clone();
+        async move { sa.requests() == 1 }
+    })
+    .await;
+
+    let (_b, sb) = gw.echo("echo-b").await;
+    let drain = tokio::spawn(async move { a.shutdown().await });
+
+    // New calls go to B only, while A's call is still running.
+    let before_a = sa.requests();
+    for _ in 0..20 {
+        let (status, _, _) = gw.get("/echo/during-drain").await;
+        assert_eq!(status, StatusCode::OK);
+    }
+    assert_eq!(
+        sa.requests(),
+        before_a,
+        "a draining instance gets no new calls"
+    );
+    assert_eq!(sb.requests(), 20);
+
+    let (status, _, body) = long.await.unwrap();
+    assert_eq!(status, StatusCode::OK, "in-flight call finishes: {body:?}");
+    assert_eq!(json(&body)["slept_ms"], 1500);
+    drain.await.unwrap();
+    gw.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn only_draining_instances_means_503() {
+    let gw = TestGateway::with_services(&["echo"]).await;
+    let (a, sa) = gw.echo("echo-a").await;
+    let client = gw.client.clone();
+    let url = gw.url("/sleep?ms=1500");
+    let long = tokio::spawn(async move {
+        let req = http::Request::get(&url).body(empty()).unwrap();
+        collect(client.request(req).await.unwrap()).await.0
+    });
+    eventually("call in flight", || {
+        let sa = sa.clone();
+        async move { sa.requests() == 1 }
+    })
+    .await;
+    let drain = tokio::spawn(async move { a.shutdown().await });
+    eventually("no healthy instance", || async {
+        let (status, headers, body) = gw.get("/echo/x").await;
+        status == StatusCode::SERVICE_UNAVAILABLE
+            && headers.contains_key("retry-after")
+            && &body[..] == br#"{"error":"no_healthy_instance"}"#
+    })
+    .await;
+    assert_eq!(long.await.unwrap(), StatusCode::OK);
+    drain.await.unwrap();
+    gw.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn route_conflict_between_services_is_refused() {
+    let gw = TestGateway::with_services(&["echo", "other"]).await;
+    let (_a, _) = gw.echo("echo-1").await;
+    let err = portcullis_sdk::Service::builder("other")
+        .gateway(gw.link_url())
+        .token(token_for("other"))
+        .endpoint(portcullis_sdk::Endpoint::post("/upload"))
+        .serve(axum::Router::new())
+        .unwrap();
+    // The conflicting service never links; echo keeps serving /upload.
+    let linked = tokio::time::timeout(Duration::from_millis(1500), err.linked()).await;
+    assert!(linked.is_err(), "a conflicting service must not link");
+    let (status, _, body) = gw.send("POST", "/upload", b"abc").await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(json(&body)["bytes"], 3);
+    err.abort();
+    gw.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn http2_prior_knowledge_and_trailers_pass_through() {
+    let gw = TestGateway::with_services(&["grpcish"]).await;
+    let svc = portcullis_sdk::Service::builder("grpcish")
+        .gateway(gw.link_url())
+        .token(token_for("grpcish"))
+        .endpoint(portcullis_sdk::Endpoint::post("/pkg.Svc/Method").grpc())
+        .serve(tower::service_fn(
+            |_req: http::Request<hyper::body::Incoming>| async {
+                use http_body_util::{BodyExt, StreamBody};
+                let mut trailers = http::HeaderMap::new();
+                trailers.insert("grpc-status", "0".parse().unwrap());
+                let frames = vec![
+                    Ok::<_, std::convert::Infallible>(http_body::Frame::data(
+                        bytes::Bytes::from_static(b"\0\0\0\0\x01A"),
+                    )),
+                    Ok(http_body::Frame::trailers(trailers)),
+                ];
+                let body = StreamBody::new(futures_util::stream::iter(frames)).boxed();
+                Ok::<_, std::convert::Infallible>(
+                    http::Response::builder()
+                        .header("content-type", "application/grpc")
+                        .body(body)
+                        .unwrap(),
+                )
+            },
+        ))
+        .unwrap();
+    svc.linked().await;
+
+    let h2 = hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
+        .http2_only(true)
+        .build_http::<Body>();
+    let req = http::Request::post(gw.url("/pkg.Svc/Method"))
+        .header("content-type", "application/grpc")
+        .header("te", "trailers")
+        .body(full(b"\0\0\0\0\x00"))
+        .unwrap();
+    let resp = h2.request(req).await.unwrap();
+    assert_eq!(resp.version(), http::Version::HTTP_2);
+    use http_body_util::BodyExt;
+    let collected = resp.into_body().collect().await.unwrap();
+    let trailers = collected
+        .trailers()
+        .cloned()
+        .expect("trailers pass through");
+    assert_eq!(trailers.get("grpc-status").unwrap(), "0");
+    assert_eq!(&collected.to_bytes()[..], b"\0\0\0\0\x01A");
+    gw.shutdown().await;
+}

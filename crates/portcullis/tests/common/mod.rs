@@ -1,0 +1,182 @@
+//! Test harness: a real gateway on port 0, real SDK services linked to it, and an HTTP client.
+//!
+//! ```ignore
+//! let gw = TestGateway::builder().service("echo").start().await;
+//! let svc = gw.echo("echo-1").await;
+//! let resp = gw.get("/echo/hi").await;
+//! ```
+#![allow(dead_code)]
+
+use bytes::Bytes;
+use http_body_util::{combinators::BoxBody, BodyExt, Empty, Full};
+use hyper_util::client::legacy::{connect::HttpConnector, Client};
+use hyper_util::rt::TokioExecutor;
+use portcullis::config::{Config, Secret, ServiceConfig};
+use std::net::SocketAddr;
+use std::time::Duration;
+
+pub type Body = BoxBody<Bytes, Box<dyn std::error::Error + Send + Sync>>;
+
+pub fn token_for(service: &str) -> String {
+    format!("test-token-for-{service}-0123456789abcdef")
+}
+
+pub fn config_with_services(services: &[&str]) -> Config {
+    let mut cfg = Config::default();
+    cfg.ingress.listen = "127.0.0.1:0".parse().unwrap();
+    cfg.link.listen = "127.0.0.1:0".parse().unwrap();
+    cfg.link.heartbeat_interval = Duration::from_millis(200);
+    for s in services {
+        cfg.services.insert(
+            (*s).into(),
+            ServiceConfig {
+                token_sha256: Secret::new(hex::encode(portcullis::link::hash_token(&token_for(s)))),
+            },
+        );
+    }
+    cfg
+}
+
+pub struct TestGateway {
+    pub running: Option<portcullis::Running>,
+    pub ingress: SocketAddr,
+    pub link: SocketAddr,
+    pub client: Client<HttpConnector, Body>,
+}
+
+impl TestGateway {
+    pub async fn start(cfg: Config) -> Self {
+        let running = portcullis::Running::start(cfg)
+            .await
+            .expect("gateway starts");
+        Self {
+            ingress: running.ingress_addr,
+            link: running.link_addr,
+            running: Some(running),
+            client: client(),
+        }
+    }
+
+    pub async fn with_services(services: &[&str]) -> Self {
+        Self::start(config_with_services(services)).await
+    }
+
+    pub fn url(&self, path: &str) -> String {
+        format!("http://{}{}", self.ingress, path)
+    }
+
+    pub fn link_url(&self) -> String {
+        format!("tcp://{}", self.link)
+    }
+
+    /// Link an echo service instance and wait until it is up.
+    pub async fn echo(&self, instance: &str) -> (portcullis_sdk::Running, echo_service::Stats) {
+        self.echo_as("echo", instance).await
+    }
+
+    pub async fn echo_as(
+        &self,
+        service: &str,
+        instance: &str,
+    ) -> (portcullis_sdk::Running, echo_service::Stats) {
+        let stats = echo_service::Stats::default();
+        let mut b = portcullis_sdk::Service::builder(service)
+            .gateway(self.link_url())
+            .token(token_for(service))
+            .instance_id(instance)
+            .drain_grace(Duration::from_secs(10));
+        for e in echo_service::endpoints() {
+            b = b.endpoint(e);
+        }
+        let running = b
+            .serve(echo_service::router(stats.clone()))
+            .expect("service builds");
+        tokio::time::timeout(Duration::from_secs(10), running.linked())
+            .await
+            .expect("service links within 10 s");
+        (running, stats)
+    }
+
+    pub async fn request(&self, req: http::Request<Body>) -> http::Response<hyper::body::Incoming> {
+        self.client
+            .request(req)
+            .await
+            .expect("request reaches the gateway")
+    }
+
+    pub async fn get(&self, path: &str) -> (http::StatusCode, http::HeaderMap, Bytes) {
+        let req = http::Request::get(self.url(path)).body(empty()).unwrap();
+        collect(self.request(req).await).await
+    }
+
+    pub async fn send(
+        &self,
+        method: &str,
+        path: &str,
+        body: &'static [u8],
+    ) -> (http::StatusCode, http::HeaderMap, Bytes) {
+        let req = http::Request::builder()
+            .method(method)
+            .uri(self.url(path))
+            .body(full(body))
+            .unwrap();
+        collect(self.request(req).await).await
+    }
+
+    pub async fn shutdown(mut self) {
+        if let Some(r) = self.running.take() {
+            r.shutdown().await.expect("clean shutdown");
+        }
+    }
+}
+
+pub fn client() -> Client<HttpConnector, Body> {
+    Client::builder(TokioExecutor::new())
+        .pool_idle_timeout(Duration::from_secs(5))
+        .build_http()
+}
+
+pub fn empty() -> Body {
+    Empty::new().map_err(|e| match e {}).boxed()
+}
+
+pub fn full(b: &'static [u8]) -> Body {
+    Full::new(Bytes::from_static(b))
+        .map_err(|e| match e {})
+        .boxed()
+}
+
+pub async fn collect(
+    resp: http::Response<hyper::body::Incoming>,
+) -> (http::StatusCode, http::HeaderMap, Bytes) {
+    let (parts, body) = resp.into_parts();
+    let bytes = body
+        .collect()
+        .await
+        .map(|c| c.to_bytes())
+        .unwrap_or_default();
+    (parts.status, parts.headers, bytes)
+}
+
+pub fn json(b: &Bytes) -> serde_json::Value {
+    serde_json::from_slice(b)
+        .unwrap_or_else(|e| panic!("not JSON ({e}): {}", String::from_utf8_lossy(b)))
+}
+
+/// Poll `f` until it returns true, up to 15 s.
+pub async fn eventually<F, Fut>(what: &str, mut f: F)
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(15);
+    loop {
+        if f().await {
+            return;
+        }
+        if tokio::time::Instant::now() > deadline {
+            panic!("timed out waiting for: {what}");
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
