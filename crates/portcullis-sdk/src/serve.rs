@@ -96,19 +96,43 @@ impl Drop for InFlight {
     }
 }
 
-/// Marks a link as up while it lives.
-pub(crate) struct LinkUp(Arc<Shared>);
+/// Counts one link as up from the gateway's first request on it until the link ends.
+///
+/// A completed handshake is not enough: the gateway registers the instance after HELLO_ACK,
+/// so a caller racing it could still be told 404. The gateway sends a health request as soon
+/// as the instance is routable (link protocol §5), which is what flips this on.
+#[derive(Debug)]
+pub(crate) struct LinkUp {
+    shared: Arc<Shared>,
+    counted: AtomicBool,
+}
 
 impl LinkUp {
-    pub(crate) fn new(shared: &Arc<Shared>) -> Self {
-        shared.links.send_modify(|n| *n += 1);
-        Self(Arc::clone(shared))
+    pub(crate) fn new(shared: &Arc<Shared>) -> Arc<Self> {
+        Arc::new(Self {
+            shared: Arc::clone(shared),
+            counted: AtomicBool::new(false),
+        })
+    }
+
+    /// The gateway spoke on this link: it is routable. Idempotent.
+    fn up(&self) {
+        if !self.counted.swap(true, Ordering::AcqRel) {
+            self.shared.links.send_modify(|n| *n += 1);
+        }
+    }
+
+    /// The link ended. Idempotent.
+    pub(crate) fn down(&self) {
+        if self.counted.swap(false, Ordering::AcqRel) {
+            self.shared.links.send_modify(|n| *n = n.saturating_sub(1));
+        }
     }
 }
 
 impl Drop for LinkUp {
     fn drop(&mut self) {
-        self.0.links.send_modify(|n| *n = n.saturating_sub(1));
+        self.down();
     }
 }
 
@@ -118,11 +142,12 @@ impl Drop for LinkUp {
 pub(crate) struct LinkService<S> {
     inner: S,
     shared: Arc<Shared>,
+    up: Arc<LinkUp>,
 }
 
 impl<S> LinkService<S> {
-    pub(crate) fn new(inner: S, shared: Arc<Shared>) -> Self {
-        Self { inner, shared }
+    pub(crate) fn new(inner: S, shared: Arc<Shared>, up: Arc<LinkUp>) -> Self {
+        Self { inner, shared, up }
     }
 }
 
@@ -141,6 +166,7 @@ where
     type Future = ResponseFuture;
 
     fn call(&self, req: Request<Incoming>) -> Self::Future {
+        self.up.up();
         if req.uri().path() == HEALTH_PATH {
             let resp = health_response(req.method(), &self.shared.health());
             return Box::pin(std::future::ready(Ok(resp)));

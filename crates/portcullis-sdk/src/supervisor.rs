@@ -97,9 +97,10 @@ pub(crate) async fn supervise<S, B>(
                 );
                 let since = Instant::now();
                 let up = LinkUp::new(&shared);
-                let service = LinkService::new(service.clone(), Arc::clone(&shared));
+                let service =
+                    LinkService::new(service.clone(), Arc::clone(&shared), Arc::clone(&up));
                 let r = serve_link(io, &ack, service, shutdown.clone()).await;
-                drop(up);
+                up.down();
                 if *shutdown.borrow() {
                     tracing::info!(%gateway, instance, link_id = %ack.link_id, "link drained");
                     return;

@@ -18,7 +18,7 @@ use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, DuplexStream
 use tokio::sync::{oneshot, watch, Notify};
 
 use crate::handshake::{handshake, handshake_within};
-use crate::serve::{serve_link, LinkService, Shared};
+use crate::serve::{serve_link, LinkService, LinkUp, Shared};
 use crate::{Endpoint, ErrorKind, Service};
 
 const TOKEN: &str = "s3cret-token";
@@ -151,7 +151,13 @@ async fn handshake_then_http2_on_the_same_stream() {
         let shared = Arc::clone(&shared);
         tokio::spawn(async move {
             let ack = handshake(&mut svc_io, &hello()).await?;
-            serve_link(svc_io, &ack, LinkService::new(r, shared), stop_rx).await
+            serve_link(
+                svc_io,
+                &ack,
+                LinkService::new(r, shared.clone(), LinkUp::new(&shared)),
+                stop_rx,
+            )
+            .await
         })
     };
 
@@ -262,7 +268,13 @@ async fn cancellation_and_drain() {
         let shared = Arc::clone(&shared);
         tokio::spawn(async move {
             let ack = handshake(&mut svc_io, &hello()).await?;
-            serve_link(svc_io, &ack, LinkService::new(r, shared), stop_rx).await
+            serve_link(
+                svc_io,
+                &ack,
+                LinkService::new(r, shared.clone(), LinkUp::new(&shared)),
+                stop_rx,
+            )
+            .await
         })
     };
     gateway_hello(&mut gw_io).await;
@@ -298,6 +310,16 @@ async fn cancellation_and_drain() {
     assert_eq!(body, Bytes::from_static(b"done"));
     service_side.await.unwrap().unwrap();
     assert_eq!(shared.health().in_flight, 0);
+}
+
+/// What the real gateway does once the instance is routable: a health request on the link.
+async fn registered(mut send: SendRequest<Empty<Bytes>>) -> SendRequest<Empty<Bytes>> {
+    let req = Request::get(format!("http://service{HEALTH_PATH}"))
+        .body(Empty::new())
+        .unwrap();
+    let resp = send.send_request(req).await.unwrap();
+    assert_eq!(resp.status(), StatusCode::OK);
+    send
 }
 
 /// Fake gateway on a real listener: first attempt rejected with retry_after, second accepted.
@@ -341,6 +363,7 @@ async fn supervisor_retries_reconnects_and_aborts() {
                 let _ = conn.await;
                 let _ = closed_tx.send(());
             });
+            let send = registered(send).await;
             links_tx.send((send, closed_rx, killer)).unwrap();
         }
     });
@@ -418,6 +441,7 @@ async fn shutdown_drains_and_reports_draining() {
                 let _ = conn.await;
                 let _ = closed_tx.send(());
             });
+            let send = registered(send).await;
             links_tx.send((send, closed_rx)).unwrap();
         }
     });

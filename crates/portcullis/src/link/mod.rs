@@ -327,6 +327,15 @@ async fn heartbeat(
     let Some(mut ping_pong) = ping_pong else {
         return "no ping handle";
     };
+    // The instance is registered: say so at once with a health request. The service counts
+    // itself linked on the gateway's first request (link protocol §5), and the report seeds
+    // the instance's state before the first tick.
+    metrics.frame("health");
+    if let Ok(Some(report)) = tokio::time::timeout(interval, health(&inst)).await {
+        if report.draining {
+            inst.set_state(LinkState::Draining);
+        }
+    }
     let mut last_pong = Instant::now();
     let mut tick = tokio::time::interval(interval);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);

@@ -34,8 +34,14 @@ impl Tiers {
     }
 }
 
+/// Round trips below this are treated as equal. On a LAN or loopback, PING times differ by
+/// tens of microseconds from scheduling noise alone; weighting by that noise can starve an
+/// instance (a 10× "slower" idle instance loses to one with 9 calls in flight). Above the
+/// floor, real distance and queueing on the link still count.
+pub const RTT_FLOOR_US: u64 = 1_000;
+
 fn cost(i: &Instance) -> u128 {
-    u128::from(i.in_flight() + 1) * u128::from(i.rtt_us().max(1))
+    u128::from(i.in_flight() + 1) * u128::from(i.rtt_us().max(RTT_FLOOR_US))
 }
 
 /// Pick an instance from `candidates`, skipping any in `exclude` (instances that just refused a
@@ -80,5 +86,51 @@ pub fn select(
                 x.clone()
             })
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    async fn instance(id: &str) -> Arc<Instance> {
+        let (io, _peer) = tokio::io::duplex(64 * 1024);
+        let (sender, _conn) = h2::client::handshake(io).await.expect("h2 handshake");
+        Arc::new(Instance::new(
+            "svc".into(),
+            id.into(),
+            id.into(),
+            None,
+            "1".into(),
+            sender,
+        ))
+    }
+
+    #[tokio::test]
+    async fn loopback_rtt_noise_does_not_outweigh_calls_in_flight() {
+        let (fast, slow) = (instance("fast").await, instance("slow").await);
+        for _ in 0..32 {
+            fast.observe_rtt(40);
+            slow.observe_rtt(900);
+        }
+        let _calls: Vec<_> = (0..3).map(|_| fast.begin_call()).collect();
+        let pool = [fast.clone(), slow.clone()];
+        for _ in 0..16 {
+            let chosen = select(&pool, &Tiers::default(), &[]).expect("an instance");
+            assert!(Arc::ptr_eq(&chosen, &slow), "the idle instance must win");
+        }
+    }
+
+    #[tokio::test]
+    async fn distance_above_the_floor_still_counts() {
+        let (near, far) = (instance("near").await, instance("far").await);
+        for _ in 0..32 {
+            near.observe_rtt(2_000);
+            far.observe_rtt(40_000);
+        }
+        let _calls: Vec<_> = (0..3).map(|_| near.begin_call()).collect();
+        let pool = [near.clone(), far.clone()];
+        let chosen = select(&pool, &Tiers::default(), &[]).expect("an instance");
+        assert!(Arc::ptr_eq(&chosen, &near));
     }
 }
