@@ -128,6 +128,18 @@ async fn probe(addr: std::net::SocketAddr, path: &str) -> (StatusCode, http::Hea
     collect(client().request(req).await.expect("probe answered")).await
 }
 
+/// Link the echo service instance `echo-1` and wait until the gateway routes to it: the SDK
+/// reports the link up on HELLO_ACK, a moment before the gateway has registered the routes.
+async fn linked_echo(gw: &TestGateway) -> (portcullis_sdk::Running, echo_service::Stats) {
+    let linked = gw.echo("echo-1").await;
+    eventually("the gateway routes to echo", || async {
+        let (_, _, body) = gw.get("/metrics").await;
+        process::links_online(&String::from_utf8_lossy(&body), "echo") >= 1
+    })
+    .await;
+    linked
+}
+
 fn is_generated_id(v: &str) -> bool {
     v.len() == 32 && v.bytes().all(|b| b.is_ascii_hexdigit())
 }
@@ -241,7 +253,7 @@ async fn ready_turns_503_while_draining() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn metrics_after_traffic_have_counters_histograms_and_bounded_labels() {
     let gw = TestGateway::with_services(&["echo"]).await;
-    let (_svc, _) = gw.echo("echo-1").await;
+    let (_svc, _) = linked_echo(&gw).await;
 
     for _ in 0..2 {
         let (status, _, _) = gw.get("/echo/abc123").await;
@@ -408,7 +420,7 @@ async fn metrics_after_traffic_have_counters_histograms_and_bounded_labels() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn correlation_id_comes_back_and_reaches_the_service() {
     let gw = TestGateway::with_services(&["echo"]).await;
-    let (_svc, _) = gw.echo("echo-1").await;
+    let (_svc, _) = linked_echo(&gw).await;
 
     let id = "order-42_retry.1";
     let req = http::Request::get(gw.url("/echo/x"))
@@ -440,7 +452,7 @@ async fn correlation_id_comes_back_and_reaches_the_service() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn hostile_correlation_ids_are_replaced() {
     let gw = TestGateway::with_services(&["echo"]).await;
-    let (_svc, _) = gw.echo("echo-1").await;
+    let (_svc, _) = linked_echo(&gw).await;
 
     let long = "a".repeat(4096);
     let just_too_long = "b".repeat(129);
@@ -487,7 +499,7 @@ async fn hostile_correlation_ids_are_replaced() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn traceparent_reaches_the_service_unchanged_without_otlp() {
     let gw = TestGateway::with_services(&["echo"]).await;
-    let (_svc, _) = gw.echo("echo-1").await;
+    let (_svc, _) = linked_echo(&gw).await;
     let tp = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01";
     let req = http::Request::get(gw.url("/echo/x"))
         .header("traceparent", tp)
@@ -525,6 +537,13 @@ async fn a_service_keeps_serving_through_another_gateway_when_one_stops() {
         async move { up == 2 }
     })
     .await;
+    for gw in [&gw1, &gw2] {
+        eventually("each gateway routes to echo", || async {
+            let (_, _, body) = gw.get("/metrics").await;
+            process::links_online(&String::from_utf8_lossy(&body), "echo") == 1
+        })
+        .await;
+    }
     assert_eq!(gw1.get("/echo/one").await.0, StatusCode::OK);
 
     gw1.shutdown().await;

@@ -41,6 +41,16 @@ pub fn run(args: &[&str], env: &[(&str, &str)]) -> Output {
     cmd.output().expect("the binary runs")
 }
 
+/// Linked instances of `service` the gateway can route to, from a `/metrics` text.
+pub fn links_online(metrics: &str, service: &str) -> u64 {
+    let prefix = format!("portcullis_links{{service=\"{service}\",state=\"online\"}} ");
+    metrics
+        .lines()
+        .find_map(|l| l.strip_prefix(&prefix))
+        .and_then(|v| v.trim().parse().ok())
+        .unwrap_or(0)
+}
+
 /// The `[services.echo]` table for the echo service's test token.
 pub fn echo_service_toml() -> String {
     format!(
@@ -168,6 +178,13 @@ impl GatewayProcess {
         tokio::time::timeout(Duration::from_secs(10), running.linked())
             .await
             .expect("links");
+        // The SDK reports the link up on HELLO_ACK, a moment before the gateway has
+        // registered the routes: wait until the gateway counts the instance.
+        super::eventually("the gateway routes to echo", || async {
+            let (_, _, body) = self.get("/metrics").await;
+            links_online(&String::from_utf8_lossy(&body), "echo") >= 1
+        })
+        .await;
         (running, stats)
     }
 
