@@ -217,6 +217,11 @@ async fn ready_turns_503_while_draining() {
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
 
+    // One more round trip on B: the gateway has now also seen A's bytes arrive.
+    sender.ready().await.unwrap();
+    let (status, _, _) = collect(sender.send_request(get("/health/live")).await.unwrap()).await;
+    assert_eq!(status, StatusCode::OK);
+
     // Drain: readiness turns first, then the listener closes.
     let stopping = tokio::spawn(gw.running.take().unwrap().shutdown());
     let ingress = gw.ingress;
