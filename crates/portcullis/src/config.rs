@@ -92,7 +92,7 @@ pub struct IngressConfig {
     pub max_body_bytes: u64,
     /// Concurrent HTTP/2 streams per client connection. Default 256.
     pub max_concurrent_streams: u32,
-    /// A connection with no bytes in either direction for this long is closed. Default 60 s.
+    /// A connection with no call in progress for this long is closed. Default 60 s.
     #[serde(with = "humantime_serde")]
     pub idle_timeout: Duration,
     /// Concurrent client connections; further accepts wait. Default 20000.

@@ -55,7 +55,10 @@ impl Health {
     pub async fn respond(&self, path: &str) -> Option<(u16, String)> {
         let started = self.started.load(Ordering::Acquire);
         match path {
-            "/health/live" => Some((200, r#"{"status":"ok"}"#.to_string())),
+            "/health/live" => Some((
+                200,
+                r#"{"status":"ok","checks":{"process":"ok"}}"#.to_string(),
+            )),
             "/health/startup" => Some(if started {
                 (
                     200,

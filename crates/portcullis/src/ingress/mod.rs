@@ -197,6 +197,10 @@ impl Ingress {
         let mut finishing = false;
         loop {
             tokio::select! {
+                // The connection first: when a drain begins, bytes that already arrived are
+                // read before the connection is told to finish, so a request under way is
+                // answered instead of the socket being dropped while its protocol is unknown.
+                biased;
                 r = conn.as_mut() => {
                     if let Err(e) = r {
                         tracing::debug!(peer = %peer, error = %e, "client connection ended with error");

@@ -273,6 +273,12 @@ impl LinkServer {
             .map(|e| bool::from(e.ct_eq(&presented)))
             .unwrap_or(false);
         if !ok {
+            self.metrics
+                .auth_failures
+                .get_or_create(&crate::telemetry::metrics::ReasonLabels {
+                    reason: "link_token",
+                })
+                .inc();
             return Err(HandshakeError::BadCredential);
         }
         let endpoints = validate_endpoints(&hello.endpoints).map_err(HandshakeError::Register)?;

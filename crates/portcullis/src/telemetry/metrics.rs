@@ -80,7 +80,8 @@ impl EncodeLabelSet for FrameLabels {
 /// Labels of an authentication failure.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct ReasonLabels {
-    /// Closed set of reasons.
+    /// Closed set of reasons: `link_token` (a service presented a wrong token or an unknown
+    /// name at the link handshake).
     pub reason: &'static str,
 }
 

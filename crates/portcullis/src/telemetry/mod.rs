@@ -104,13 +104,16 @@ pub fn init(cfg: &TelemetryConfig) -> anyhow::Result<TelemetryGuard> {
     let filter =
         EnvFilter::try_from_env("PORTCULLIS_LOG").unwrap_or_else(|_| EnvFilter::new("info"));
     let fmt = tracing_subscriber::fmt::layer().with_writer(redact::Redacting(std::io::stderr));
+    // The span list puts the fields of the enclosing `call` span (its correlation id, method,
+    // route) on every line written during the call, not only on the access line.
     let fmt = if std::io::stderr().is_terminal() {
-        fmt.boxed()
+        fmt.with_filter(filter).boxed()
     } else {
         fmt.json()
             .flatten_event(true)
             .with_current_span(false)
-            .with_span_list(false)
+            .with_span_list(true)
+            .with_filter(filter)
             .boxed()
     };
     let mut guard = TelemetryGuard::default();
@@ -137,12 +140,21 @@ pub fn init(cfg: &TelemetryConfig) -> anyhow::Result<TelemetryGuard> {
             );
             guard.0 = Some(provider);
             OTEL_ENABLED.store(true, std::sync::atomic::Ordering::Relaxed);
-            Some(tracing_opentelemetry::layer().with_tracer(tracer))
+            // Export the gateway's own spans (call, route, link, …) whatever the log level,
+            // and only spans: events are log lines, and log lines leave the process only
+            // through the redacting writer.
+            let spans_only = tracing_subscriber::filter::filter_fn(|m| {
+                m.is_span() && m.target().starts_with("portcullis")
+            });
+            Some(
+                tracing_opentelemetry::layer()
+                    .with_tracer(tracer)
+                    .with_filter(spans_only),
+            )
         }
     };
     // Already installed (tests, embedding): keep the existing subscriber.
     let _ = tracing_subscriber::registry()
-        .with(filter)
         .with(fmt)
         .with(otel)
         .try_init();

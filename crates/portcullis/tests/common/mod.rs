@@ -7,6 +7,8 @@
 //! ```
 #![allow(dead_code)]
 
+pub mod process;
+
 use bytes::Bytes;
 use http_body_util::{combinators::BoxBody, BodyExt, Empty, Full};
 use hyper_util::client::legacy::{connect::HttpConnector, Client};

@@ -1,0 +1,232 @@
+//! The real `portcullis` binary in its own process, for what only a process shows: signals,
+//! exit codes, log output and the subcommands.
+//!
+//! Every call to a routed endpoint goes through [`GatewayProcess::request`] (or `get`), so
+//! credentials can be attached in one place.
+
+use super::{client, collect, empty, token_for, Body};
+use bytes::Bytes;
+use hyper_util::client::legacy::{connect::HttpConnector, Client};
+use std::io::{BufRead, BufReader, Write};
+use std::net::SocketAddr;
+use std::process::{Child, Command, ExitStatus, Output, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+/// Path of the binary under test.
+pub fn binary() -> &'static str {
+    env!("CARGO_BIN_EXE_portcullis")
+}
+
+/// A `portcullis` command whose environment holds no `PORTCULLIS_*` variable of the caller,
+/// so overrides in the test runner's environment cannot change what a test sees.
+pub fn command() -> Command {
+    let mut cmd = Command::new(binary());
+    for (k, _) in std::env::vars() {
+        if k.starts_with("PORTCULLIS_") {
+            cmd.env_remove(k);
+        }
+    }
+    cmd.stdin(Stdio::null());
+    cmd
+}
+
+/// Run `portcullis ARGS` to completion with extra environment variables.
+pub fn run(args: &[&str], env: &[(&str, &str)]) -> Output {
+    let mut cmd = command();
+    cmd.args(args);
+    for (k, v) in env {
+        cmd.env(k, v);
+    }
+    cmd.output().expect("the binary runs")
+}
+
+/// Linked instances of `service` the gateway can route to, from a `/metrics` text.
+pub fn links_online(metrics: &str, service: &str) -> u64 {
+    let prefix = format!("portcullis_links{{service=\"{service}\",state=\"online\"}} ");
+    metrics
+        .lines()
+        .find_map(|l| l.strip_prefix(&prefix))
+        .and_then(|v| v.trim().parse().ok())
+        .unwrap_or(0)
+}
+
+/// The `[services.echo]` table for the echo service's test token.
+pub fn echo_service_toml() -> String {
+    format!(
+        "[services.echo]\ntoken_sha256 = \"{}\"\n",
+        hex::encode(portcullis::link::hash_token(&token_for("echo")))
+    )
+}
+
+pub struct GatewayProcess {
+    pub child: Child,
+    pub ingress: SocketAddr,
+    pub link: SocketAddr,
+    pub logs: Arc<Mutex<String>>,
+    pub client: Client<HttpConnector, Body>,
+    _dir: tempfile::TempDir,
+}
+
+impl GatewayProcess {
+    /// `portcullis serve` on port 0 with the echo service allowed, `extra_toml` appended
+    /// (start it with a `[section]` header) and `PORTCULLIS_LOG=log_level`.
+    pub fn start(extra_toml: &str, log_level: &str) -> Self {
+        Self::start_with_env(extra_toml, &[("PORTCULLIS_LOG", log_level)])
+    }
+
+    pub fn start_with_env(extra_toml: &str, env: &[(&str, &str)]) -> Self {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("portcullis.toml");
+        let mut f = std::fs::File::create(&path).unwrap();
+        writeln!(
+            f,
+            "[ingress]\nlisten = \"127.0.0.1:0\"\n[link]\nlisten = \"127.0.0.1:0\"\nheartbeat_interval = \"200ms\"\n{}{extra_toml}",
+            echo_service_toml()
+        )
+        .unwrap();
+        let mut cmd = command();
+        cmd.args(["serve", "--config"])
+            .arg(&path)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped());
+        for (k, v) in env {
+            cmd.env(k, v);
+        }
+        let mut child = cmd.spawn().expect("the binary starts");
+        let logs = Arc::new(Mutex::new(String::new()));
+        let (tx, rx) = std::sync::mpsc::channel();
+        for stream in [
+            Box::new(child.stderr.take().unwrap()) as Box<dyn std::io::Read + Send>,
+            Box::new(child.stdout.take().unwrap()),
+        ] {
+            let logs = logs.clone();
+            let tx = tx.clone();
+            std::thread::spawn(move || {
+                for line in BufReader::new(stream).lines().map_while(Result::ok) {
+                    if line.contains("gateway listening") {
+                        let _ = tx.send(line.clone());
+                    }
+                    let mut l = logs.lock().unwrap();
+                    l.push_str(&line);
+                    l.push('\n');
+                }
+            });
+        }
+        let line = rx
+            .recv_timeout(Duration::from_secs(30))
+            .expect("the gateway reports its addresses");
+        let v: serde_json::Value = serde_json::from_str(&line).expect("JSON log line");
+        Self {
+            child,
+            ingress: v["ingress"].as_str().unwrap().parse().unwrap(),
+            link: v["link"].as_str().unwrap().parse().unwrap(),
+            logs,
+            client: client(),
+            _dir: dir,
+        }
+    }
+
+    pub fn url(&self, path: &str) -> String {
+        format!("http://{}{}", self.ingress, path)
+    }
+
+    /// Everything the process wrote so far, stdout and stderr.
+    pub fn logs(&self) -> String {
+        self.logs.lock().unwrap().clone()
+    }
+
+    /// Send a request through the gateway (the one place credentials will be attached).
+    pub async fn request(&self, req: http::Request<Body>) -> http::Response<hyper::body::Incoming> {
+        self.try_request(req)
+            .await
+            .expect("request reaches the gateway")
+    }
+
+    /// [`GatewayProcess::request`] for calls that may legitimately fail (the process exits).
+    pub async fn try_request(
+        &self,
+        req: http::Request<Body>,
+    ) -> Result<http::Response<hyper::body::Incoming>, hyper_util::client::legacy::Error> {
+        self.client.request(req).await
+    }
+
+    pub async fn try_get(
+        &self,
+        path: &str,
+    ) -> Result<(http::StatusCode, http::HeaderMap, Bytes), hyper_util::client::legacy::Error> {
+        let req = http::Request::get(self.url(path)).body(empty()).unwrap();
+        Ok(collect(self.try_request(req).await?).await)
+    }
+
+    pub async fn get(&self, path: &str) -> (http::StatusCode, http::HeaderMap, Bytes) {
+        let req = http::Request::get(self.url(path)).body(empty()).unwrap();
+        collect(self.request(req).await).await
+    }
+
+    /// Link an echo service instance `echo-1` and wait until it is up.
+    pub async fn echo(&self) -> (portcullis_sdk::Running, echo_service::Stats) {
+        let stats = echo_service::Stats::default();
+        let mut b = portcullis_sdk::Service::builder("echo")
+            .gateway(format!("tcp://{}", self.link))
+            .token(token_for("echo"))
+            .instance_id("echo-1");
+        for e in echo_service::endpoints() {
+            b = b.endpoint(e);
+        }
+        let running = b.serve(echo_service::router(stats.clone())).unwrap();
+        tokio::time::timeout(Duration::from_secs(10), running.linked())
+            .await
+            .expect("links");
+        // The SDK reports the link up on HELLO_ACK, a moment before the gateway has
+        // registered the routes: wait until the gateway counts the instance.
+        super::eventually("the gateway routes to echo", || async {
+            let (_, _, body) = self.get("/metrics").await;
+            links_online(&String::from_utf8_lossy(&body), "echo") >= 1
+        })
+        .await;
+        (running, stats)
+    }
+
+    pub fn signal(&self, sig: &str) {
+        let ok = Command::new("kill")
+            .args([sig, &self.child.id().to_string()])
+            .status()
+            .unwrap()
+            .success();
+        assert!(ok);
+    }
+
+    /// Wait up to `limit` for the process to exit.
+    pub async fn wait_exit(&mut self, limit: Duration) -> Option<ExitStatus> {
+        let deadline = tokio::time::Instant::now() + limit;
+        loop {
+            if let Some(s) = self.child.try_wait().unwrap() {
+                return Some(s);
+            }
+            if tokio::time::Instant::now() > deadline {
+                return None;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    /// Peak resident memory of the gateway process, bytes.
+    pub fn peak_rss(&self) -> u64 {
+        let status = std::fs::read_to_string(format!("/proc/{}/status", self.child.id())).unwrap();
+        let kb: u64 = status
+            .lines()
+            .find(|l| l.starts_with("VmHWM:"))
+            .and_then(|l| l.split_whitespace().nth(1))
+            .and_then(|n| n.parse().ok())
+            .unwrap();
+        kb * 1024
+    }
+}
+
+impl Drop for GatewayProcess {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
