@@ -1,5 +1,6 @@
-//! Tests against the real `portcullis` binary in its own process: graceful shutdown on
-//! SIGTERM, redaction of every log line, and memory bounded while 256 MiB bodies stream through.
+//! Tests against the real `portcullis` binary in its own process: the store and key commands,
+//! graceful shutdown on SIGTERM, redaction of every log line, and memory bounded while
+//! 256 MiB bodies stream through.
 
 mod common;
 
@@ -12,17 +13,57 @@ use std::process::{Child, Command, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+/// Run the binary with `args`; returns (exit code, stdout, stderr).
+fn cli(args: &[&str]) -> (i32, String, String) {
+    let out = Command::new(env!("CARGO_BIN_EXE_portcullis"))
+        .args(args)
+        .env_remove("PORTCULLIS_PEPPER")
+        .env_remove("PORTCULLIS_DATA_DIR")
+        .env_remove("PORTCULLIS_CONFIG")
+        .stdin(Stdio::null())
+        .output()
+        .expect("the binary runs");
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+/// `portcullis init` then `keys create --json` in `dir`; returns the raw key.
+fn init_and_create_key(dir: &std::path::Path) -> String {
+    let d = dir.to_str().unwrap();
+    let (code, _, err) = cli(&["init", "--data-dir", d, "--json"]);
+    assert_eq!(code, 0, "init: {err}");
+    let (code, out, err) = cli(&[
+        "keys",
+        "create",
+        "--data-dir",
+        d,
+        "--name",
+        "binary test",
+        "--scopes",
+        "*",
+        "--json",
+    ]);
+    assert_eq!(code, 0, "keys create: {err}");
+    let v: serde_json::Value = serde_json::from_str(out.trim()).expect("JSON");
+    v["api_key"].as_str().unwrap().to_string()
+}
+
 struct GatewayProcess {
     child: Child,
     ingress: SocketAddr,
     link: SocketAddr,
     logs: Arc<Mutex<String>>,
+    key: String,
     _dir: tempfile::TempDir,
 }
 
 impl GatewayProcess {
     fn start(extra_toml: &str, log_level: &str) -> Self {
         let dir = tempfile::tempdir().unwrap();
+        let key = init_and_create_key(dir.path());
         let path = dir.path().join("portcullis.toml");
         let mut f = std::fs::File::create(&path).unwrap();
         writeln!(
@@ -34,6 +75,9 @@ impl GatewayProcess {
         let mut child = Command::new(env!("CARGO_BIN_EXE_portcullis"))
             .args(["serve", "--config"])
             .arg(&path)
+            .arg("--data-dir")
+            .arg(dir.path())
+            .env_remove("PORTCULLIS_PEPPER")
             .env("PORTCULLIS_LOG", log_level)
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
@@ -68,7 +112,15 @@ impl GatewayProcess {
             ingress: v["ingress"].as_str().unwrap().parse().unwrap(),
             link: v["link"].as_str().unwrap().parse().unwrap(),
             logs,
+            key,
             _dir: dir,
+        }
+    }
+
+    fn client(&self) -> AuthClient {
+        AuthClient {
+            inner: client(),
+            key: Some(self.key.clone()),
         }
     }
 
@@ -125,7 +177,7 @@ impl Drop for GatewayProcess {
 async fn sigterm_lets_in_flight_calls_finish_and_exits_zero() {
     let mut gw = GatewayProcess::start("[shutdown]\ngrace_period = \"20s\"\n", "info");
     let (_svc, stats) = gw.echo().await;
-    let client = client();
+    let client = gw.client();
     let url = gw.url("/sleep?ms=1500");
     let call = tokio::spawn(async move {
         let req = http::Request::get(url).body(empty()).unwrap();
@@ -159,6 +211,15 @@ async fn credentials_never_reach_the_logs() {
     let (_svc, _) = gw.echo().await;
     let client = client();
     let key = "pcs_testkey1_S3cretSecretSecretSecret1abcde";
+    // The real key too: accepted, and still never logged.
+    let real_secret = gw.key.rsplit('_').next().unwrap().to_string();
+    for k in [key, gw.key.as_str()] {
+        let req = http::Request::get(gw.url(&format!("/echo/z?api_key={k}")))
+            .header("authorization", format!("Bearer {k}"))
+            .body(empty())
+            .unwrap();
+        let _ = collect(client.request(req).await.unwrap()).await;
+    }
     for path in ["/echo/x", "/nope", &format!("/echo/y?api_key={key}")] {
         let req = http::Request::get(gw.url(path))
             .header("authorization", format!("Bearer {key}"))
@@ -178,6 +239,7 @@ async fn credentials_never_reach_the_logs() {
         "S3cretSecretSecret",
         "CookieSecretValue42",
         &token_for("echo"),
+        &real_secret,
     ] {
         assert!(!logs.contains(secret), "secret {secret} leaked into logs");
     }
@@ -191,7 +253,7 @@ async fn large_bodies_stream_with_bounded_gateway_memory() {
     const CHUNK: usize = 64 * 1024;
     let gw = GatewayProcess::start("", "info");
     let (_svc, _) = gw.echo().await;
-    let client = client();
+    let client = gw.client();
 
     // Upload 256 MiB generated on the fly; the service hashes what it receives.
     let chunk: bytes::Bytes = (0..CHUNK)
@@ -262,4 +324,137 @@ async fn large_bodies_stream_with_bounded_gateway_memory() {
         "gateway peak RSS {} MiB",
         peak / (1024 * 1024)
     );
+}
+
+#[test]
+fn cli_key_lifecycle_with_json_and_exit_codes() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path().to_str().unwrap();
+    // Before init: a clear failure, exit 1.
+    let (code, _, err) = cli(&["keys", "list", "--data-dir", d]);
+    assert_eq!(code, 1);
+    assert!(err.contains("portcullis init"), "{err}");
+    // Usage errors exit 2.
+    let (code, _, _) = cli(&["keys", "create", "--data-dir", d]);
+    assert_eq!(code, 2);
+
+    let (code, out, err) = cli(&["init", "--data-dir", d, "--json"]);
+    assert_eq!(code, 0, "{err}");
+    let v: serde_json::Value = serde_json::from_str(out.trim()).unwrap();
+    assert_eq!(v["workspace"], "default");
+    assert!(dir.path().join("pepper").exists());
+    // Idempotent.
+    assert_eq!(cli(&["init", "--data-dir", d]).0, 0);
+
+    // Bootstrap once; refused the second time.
+    let (code, out, err) = cli(&["bootstrap", "--data-dir", d, "--json"]);
+    assert_eq!(code, 0, "{err}");
+    let admin: serde_json::Value = serde_json::from_str(out.trim()).unwrap();
+    assert!(admin["api_key"].as_str().unwrap().starts_with("pcs_"));
+    assert_eq!(admin["scopes"], serde_json::json!(["*"]));
+    let (code, _, err) = cli(&["bootstrap", "--data-dir", d, "--json"]);
+    assert_eq!(code, 1);
+    assert!(err.contains("admin key already exists"), "{err}");
+    assert!(
+        serde_json::from_str::<serde_json::Value>(err.trim()).is_ok(),
+        "JSON error: {err}"
+    );
+
+    // Create with an id, scopes and expiry; a bad scope is a usage error.
+    let (code, out, err) = cli(&[
+        "keys",
+        "create",
+        "--data-dir",
+        d,
+        "--workspace",
+        "default",
+        "--name",
+        "ci",
+        "--scopes",
+        "echo.read,echo.write",
+        "--expires",
+        "30d",
+        "--id",
+        "ci-key",
+        "--json",
+    ]);
+    assert_eq!(code, 0, "{err}");
+    let created: serde_json::Value = serde_json::from_str(out.trim()).unwrap();
+    let raw = created["api_key"].as_str().unwrap().to_string();
+    assert!(raw.starts_with("pcs_ci-key_"));
+    assert!(created["expires_at"].is_string());
+    let (code, _, _) = cli(&[
+        "keys",
+        "create",
+        "--data-dir",
+        d,
+        "--name",
+        "x",
+        "--scopes",
+        "Bad Scope",
+    ]);
+    assert_eq!(code, 2);
+
+    // List never shows secrets or hashes.
+    let (code, out, _) = cli(&["keys", "list", "--data-dir", d, "--json"]);
+    assert_eq!(code, 0);
+    let secret = &raw["pcs_ci-key_".len()..];
+    assert!(!out.contains(secret));
+    assert!(!out.contains("hmac"));
+    let list: serde_json::Value = serde_json::from_str(out.trim()).unwrap();
+    assert_eq!(list["keys"].as_array().unwrap().len(), 2);
+    let (_, text, _) = cli(&["keys", "list", "--data-dir", d]);
+    assert!(text.contains("ci-key") && !text.contains(secret));
+
+    // Rotate prints the new key once; revoke; both audited.
+    let (code, out, err) = cli(&[
+        "keys",
+        "rotate",
+        "ci-key",
+        "--overlap",
+        "0",
+        "--data-dir",
+        d,
+        "--json",
+    ]);
+    assert_eq!(code, 0, "{err}");
+    let rotated: serde_json::Value = serde_json::from_str(out.trim()).unwrap();
+    assert_ne!(rotated["api_key"], created["api_key"]);
+    let (code, _, err) = cli(&["keys", "revoke", "ci-key", "--data-dir", d, "--json"]);
+    assert_eq!(code, 0, "{err}");
+    let (code, _, _) = cli(&["keys", "revoke", "no-such-key", "--data-dir", d]);
+    assert_eq!(code, 1);
+    let (code, out, _) = cli(&["audit", "list", "--data-dir", d, "--json"]);
+    assert_eq!(code, 0);
+    let audit: serde_json::Value = serde_json::from_str(out.trim()).unwrap();
+    let events: Vec<&str> = audit["entries"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e["event"].as_str().unwrap())
+        .collect();
+    for e in ["bootstrap", "key_created", "key_rotated", "key_revoked"] {
+        assert!(events.contains(&e), "{e} in {events:?}");
+    }
+    assert!(!out.contains(secret));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn serve_refuses_an_uninitialised_store() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("portcullis.toml");
+    std::fs::write(
+        &path,
+        "[ingress]\nlisten = \"127.0.0.1:0\"\n[link]\nlisten = \"127.0.0.1:0\"\n",
+    )
+    .unwrap();
+    let (code, _, err) = cli(&[
+        "serve",
+        "--config",
+        path.to_str().unwrap(),
+        "--data-dir",
+        dir.path().join("data").to_str().unwrap(),
+    ]);
+    assert_eq!(code, 1);
+    assert!(err.contains("portcullis init"), "{err}");
 }
