@@ -68,7 +68,8 @@ struct KeysArgs {
 
 #[derive(Debug, Subcommand)]
 enum KeysCommand {
-    /// Create a key and print it once: `pcs_<key-id>_<secret>`. Only its HMAC is stored.
+    /// Create a key and print it once (`pcs_<key-id>_<secret><checksum>`). Only an HMAC of
+    /// its secret is stored.
     Create(portcullis::admin::CreateArgs),
     /// List keys: id, workspace, status, scopes, times. Never secrets or hashes.
     List {

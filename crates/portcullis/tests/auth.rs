@@ -174,6 +174,33 @@ async fn a_key_in_the_query_string_is_never_accepted() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn grpc_metadata_carries_the_key() {
+    let gw = TestGateway::with_services(&["echo"]).await;
+    let (_svc, _) = gw.echo("echo-1").await;
+    let h2 = hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
+        .http2_only(true)
+        .build_http::<Body>();
+    for (key, expected) in [
+        (None, StatusCode::UNAUTHORIZED),
+        (Some(gw.api_key().to_string()), StatusCode::OK),
+    ] {
+        let mut req = http::Request::post(gw.url("/echo/pkg.Svc/Method"))
+            .header("content-type", "application/grpc")
+            .header("te", "trailers");
+        if let Some(k) = key {
+            req = req.header("authorization", format!("Bearer {k}"));
+        }
+        let resp = h2
+            .request(req.body(full(b"\0\0\0\0\x00")).unwrap())
+            .await
+            .unwrap();
+        assert_eq!(resp.version(), http::Version::HTTP_2);
+        assert_eq!(resp.status(), expected);
+    }
+    gw.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn rotation_keeps_the_old_secret_until_the_overlap_ends() {
     for (gw, _svc) in gateways().await {
         let kind = gw.store.as_ref().unwrap().kind;
