@@ -384,29 +384,31 @@ async fn failures_are_audited_coalesced_off_the_request_path() {
 
 #[tokio::test]
 async fn the_verification_cache_is_bounded() {
-    let ts = TestStore::sqlite();
-    let store = ts.init().await;
-    let settings = AuthSettings {
-        cache_capacity: 2,
-        ..AuthSettings::default()
-    };
-    let auth = ApiKeyAuthenticator::new(store.clone(), pepper(), settings);
-    let mut keys = Vec::new();
-    for _ in 0..5 {
-        keys.push(
-            auth.create_key(&create(&["a"]), "test")
-                .await
-                .unwrap()
-                .api_key,
-        );
+    for ts in TestStore::all().await {
+        let store = ts.init().await;
+        let settings = AuthSettings {
+            cache_capacity: 2,
+            ..AuthSettings::default()
+        };
+        let auth = ApiKeyAuthenticator::new(store.clone(), pepper(), settings);
+        let mut keys = Vec::new();
+        for _ in 0..5 {
+            keys.push(
+                auth.create_key(&create(&["a"]), "test")
+                    .await
+                    .unwrap()
+                    .api_key,
+            );
+        }
+        for k in &keys {
+            auth.authenticate(k).await.unwrap();
+            assert!(auth.cached_keys() <= 2, "{}", ts.kind);
+        }
+        // Every key still verifies, cached or not.
+        for k in &keys {
+            auth.authenticate(k).await.unwrap();
+        }
+        store.close().await;
+        ts.cleanup().await;
     }
-    for k in &keys {
-        auth.authenticate(k).await.unwrap();
-        assert!(auth.cached_keys() <= 2);
-    }
-    // Every key still verifies, cached or not.
-    for k in &keys {
-        auth.authenticate(k).await.unwrap();
-    }
-    store.close().await;
 }
