@@ -1,5 +1,5 @@
 //! Admin commands on the store: `init`, `bootstrap`, `keys create|list|revoke|rotate`,
-//! `audit list`. The binary parses flags into these [`clap`] structs and prints the
+//! `workspaces create|list`, `audit list`. The binary parses flags into these [`clap`] structs and prints the
 //! [`Output`]; everything else — validation, the store, the audit trail — happens here.
 //!
 //! Conventions every command follows: `--json` prints one JSON document on stdout; errors go
@@ -354,6 +354,49 @@ pub async fn keys_rotate(cfg: &Config, key_id: &str, overlap: &str) -> Result<Ou
         rfc3339(until)
     ));
     Ok(Output { json, text })
+}
+
+/// `portcullis workspaces create NAME`.
+pub async fn workspaces_create(cfg: &Config, name: &str) -> Result<Output, AdminError> {
+    let store = Store::open(&StoreOptions::from_config(cfg)).await?;
+    let r = store.create_workspace(name).await;
+    if let Ok(w) = &r {
+        store
+            .audit_append(&crate::store::AuditEvent {
+                event: "workspace_created",
+                actor: "cli".into(),
+                workspace: Some(w.name.clone()),
+                ..Default::default()
+            })
+            .await?;
+    }
+    store.close().await;
+    let w = r?;
+    Ok(Output {
+        json: json!({"id": w.id, "name": w.name, "created_at": rfc3339(w.created_at)}),
+        text: format!("Created workspace {} ({}).\n", w.name, w.id),
+    })
+}
+
+/// `portcullis workspaces list`.
+pub async fn workspaces_list(cfg: &Config) -> Result<Output, AdminError> {
+    let store = Store::open(&StoreOptions::from_config(cfg)).await?;
+    let r = store.list_workspaces().await;
+    store.close().await;
+    let list = r?;
+    let mut text = format!("{:<24} {:<20} CREATED\n", "NAME", "ID");
+    for w in &list {
+        text.push_str(&format!(
+            "{:<24} {:<20} {}\n",
+            w.name,
+            w.id,
+            rfc3339(w.created_at)
+        ));
+    }
+    Ok(Output {
+        json: json!({"workspaces": list.iter().map(|w| json!({"id": w.id, "name": w.name, "created_at": rfc3339(w.created_at)})).collect::<Vec<_>>()}),
+        text,
+    })
 }
 
 /// `portcullis audit list`.

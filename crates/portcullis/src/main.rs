@@ -40,6 +40,8 @@ enum Command {
     Bootstrap(portcullis::admin::Target),
     /// Manage API keys.
     Keys(KeysArgs),
+    /// Manage workspaces (tenants); `init` creates `default`.
+    Workspaces(WorkspacesArgs),
     /// Read the audit log.
     Audit(AuditArgs),
     /// Run a self-contained demo: a gateway on 127.0.0.1:8080 with the echo service linked.
@@ -91,6 +93,25 @@ enum KeysCommand {
         #[arg(long, default_value = "24h")]
         overlap: String,
     },
+}
+
+#[derive(Debug, clap::Args)]
+struct WorkspacesArgs {
+    #[command(flatten)]
+    target: portcullis::admin::Target,
+    #[command(subcommand)]
+    command: WorkspacesCommand,
+}
+
+#[derive(Debug, Subcommand)]
+enum WorkspacesCommand {
+    /// Create a workspace.
+    Create {
+        /// Name, 1-63 of [a-z0-9-].
+        name: String,
+    },
+    /// List workspaces.
+    List,
 }
 
 #[derive(Debug, clap::Args)]
@@ -280,6 +301,14 @@ fn main() -> ExitCode {
             }),
             KeysCommand::Rotate { id, overlap } => admin(&target, |c| async move {
                 portcullis::admin::keys_rotate(&c, &id, &overlap).await
+            }),
+        },
+        Command::Workspaces(WorkspacesArgs { target, command }) => match command {
+            WorkspacesCommand::Create { name } => admin(&target, |c| async move {
+                portcullis::admin::workspaces_create(&c, &name).await
+            }),
+            WorkspacesCommand::List => admin(&target, |c| async move {
+                portcullis::admin::workspaces_list(&c).await
             }),
         },
         Command::Audit(AuditArgs { target, command }) => match command {

@@ -395,6 +395,51 @@ fn cli_key_lifecycle_with_json_and_exit_codes() {
     ]);
     assert_eq!(code, 2);
 
+    // Workspaces: keys live in one that exists.
+    let (code, _, err) = cli(&["workspaces", "create", "team-a", "--data-dir", d, "--json"]);
+    assert_eq!(code, 0, "{err}");
+    assert_eq!(
+        cli(&["workspaces", "create", "team-a", "--data-dir", d]).0,
+        1
+    );
+    assert_eq!(
+        cli(&["workspaces", "create", "Bad Name", "--data-dir", d]).0,
+        2
+    );
+    let (code, out, _) = cli(&[
+        "keys",
+        "create",
+        "--data-dir",
+        d,
+        "--workspace",
+        "team-a",
+        "--name",
+        "a",
+        "--scopes",
+        "x",
+        "--json",
+    ]);
+    assert_eq!(code, 0);
+    assert!(out.contains("\"workspace\":\"team-a\""), "{out}");
+    assert_eq!(
+        cli(&[
+            "keys",
+            "create",
+            "--data-dir",
+            d,
+            "--workspace",
+            "nope",
+            "--name",
+            "a",
+            "--scopes",
+            "x"
+        ])
+        .0,
+        1
+    );
+    let (_, out, _) = cli(&["workspaces", "list", "--data-dir", d, "--json"]);
+    assert!(out.contains("team-a") && out.contains("default"), "{out}");
+
     // List never shows secrets or hashes.
     let (code, out, _) = cli(&["keys", "list", "--data-dir", d, "--json"]);
     assert_eq!(code, 0);
@@ -402,7 +447,7 @@ fn cli_key_lifecycle_with_json_and_exit_codes() {
     assert!(!out.contains(secret));
     assert!(!out.contains("hmac"));
     let list: serde_json::Value = serde_json::from_str(out.trim()).unwrap();
-    assert_eq!(list["keys"].as_array().unwrap().len(), 2);
+    assert_eq!(list["keys"].as_array().unwrap().len(), 3);
     let (_, text, _) = cli(&["keys", "list", "--data-dir", d]);
     assert!(text.contains("ci-key") && !text.contains(secret));
 
