@@ -48,9 +48,14 @@ impl fmt::Display for Secret {
 }
 
 /// The whole gateway configuration.
-#[derive(Debug, Clone, Default, Deserialize, Serialize)]
+#[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct Config {
+    /// Directory for the gateway's own state: the SQLite store (`portcullis.db`) and the
+    /// pepper file `portcullis init` writes. Default `./data` (relative to the working
+    /// directory; production installs set e.g. `/var/lib/portcullis`). The CLI's
+    /// `--data-dir` and `PORTCULLIS_DATA_DIR` override it.
+    pub data_dir: PathBuf,
     /// Client-facing listener.
     pub ingress: IngressConfig,
     /// Service-facing link listener.
@@ -63,6 +68,93 @@ pub struct Config {
     pub shutdown: ShutdownConfig,
     /// Logs and trace export.
     pub telemetry: crate::telemetry::TelemetryConfig,
+    /// Where identities live.
+    pub store: StoreConfig,
+    /// Authentication of clients.
+    pub auth: AuthConfig,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Self {
+            ingress: IngressConfig::default(),
+            link: LinkConfig::default(),
+            routing: RoutingConfig::default(),
+            services: BTreeMap::new(),
+            shutdown: ShutdownConfig::default(),
+            telemetry: crate::telemetry::TelemetryConfig::default(),
+            data_dir: PathBuf::from("./data"),
+            store: StoreConfig::default(),
+            auth: AuthConfig::default(),
+        }
+    }
+}
+
+/// The identity store.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct StoreConfig {
+    /// PostgreSQL URL (`postgres://user:password@host/db`) for several gateway nodes. Absent:
+    /// SQLite at `<data_dir>/portcullis.db`. Masked when shown: it may hold a password.
+    pub url: Option<Secret>,
+    /// Largest number of database connections. Default 8.
+    pub max_connections: u32,
+    /// How long a query waits for a free connection before the call fails closed (503).
+    /// Default 5 s.
+    #[serde(with = "humantime_serde")]
+    pub acquire_timeout: Duration,
+}
+
+impl Default for StoreConfig {
+    fn default() -> Self {
+        Self {
+            url: None,
+            max_connections: 8,
+            acquire_timeout: Duration::from_secs(5),
+        }
+    }
+}
+
+/// Authentication of clients (API keys).
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct AuthConfig {
+    /// File holding the pepper API key secrets are hashed under (at least 32 bytes; hex is
+    /// fine). `PORTCULLIS_PEPPER` takes precedence; absent both, `<data_dir>/pepper` (written
+    /// by `portcullis init`). Never put the pepper itself in this file or the database.
+    pub pepper_file: Option<PathBuf>,
+    /// Version of the pepper, stored with every hash. Default 1.
+    pub pepper_version: u32,
+    /// How long a verified key stays in the in-memory verification cache. Changes made on
+    /// this node invalidate it at once; changes from elsewhere within `invalidation_poll`.
+    /// Default 30 s.
+    #[serde(with = "humantime_serde")]
+    pub cache_ttl: Duration,
+    /// Most keys held in the verification cache. Default 10000.
+    pub cache_capacity: usize,
+    /// How often the gateway checks the store for key changes made by other processes or
+    /// nodes (the CLI, other gateways) and drops its cache when there are some. Default 1 s.
+    #[serde(with = "humantime_serde")]
+    pub invalidation_poll: Duration,
+    /// When set, `/metrics` requires a key with this scope. Absent: `/metrics` is open
+    /// (bind it to a private interface or put it behind this).
+    pub metrics_scope: Option<String>,
+    /// Most rows kept in the audit log; the oldest are trimmed. Default 100000.
+    pub audit_max_rows: u64,
+}
+
+impl Default for AuthConfig {
+    fn default() -> Self {
+        Self {
+            pepper_file: None,
+            pepper_version: 1,
+            cache_ttl: Duration::from_secs(30),
+            cache_capacity: 10_000,
+            invalidation_poll: Duration::from_secs(1),
+            metrics_scope: None,
+            audit_max_rows: 100_000,
+        }
+    }
 }
 
 /// TLS certificate and key, PEM files.
@@ -373,6 +465,60 @@ impl Config {
                 "must be positive",
             ));
         }
+        if self.store.max_connections == 0 {
+            errs.push(ConfigError::new(
+                "store.max_connections",
+                "must be at least 1",
+            ));
+        }
+        if self.store.acquire_timeout.is_zero() {
+            errs.push(ConfigError::new(
+                "store.acquire_timeout",
+                "must be positive",
+            ));
+        }
+        if let Some(u) = &self.store.url {
+            let u = u.expose();
+            if !(u.starts_with("postgres://") || u.starts_with("postgresql://")) {
+                errs.push(ConfigError::new(
+                    "store.url",
+                    "must be a postgres:// URL (leave it out for SQLite in data_dir)",
+                ));
+            }
+        }
+        let a = &self.auth;
+        if a.pepper_version == 0 {
+            errs.push(ConfigError::new(
+                "auth.pepper_version",
+                "must be at least 1",
+            ));
+        }
+        if a.cache_capacity == 0 {
+            errs.push(ConfigError::new(
+                "auth.cache_capacity",
+                "must be at least 1",
+            ));
+        }
+        if a.invalidation_poll < Duration::from_millis(10) {
+            errs.push(ConfigError::new(
+                "auth.invalidation_poll",
+                "must be at least 10ms",
+            ));
+        }
+        if let Some(scope) = &a.metrics_scope {
+            if !crate::auth::valid_scope(scope) {
+                errs.push(ConfigError::new(
+                    "auth.metrics_scope",
+                    "scopes are `*` or 1-128 of [a-z0-9._:-]",
+                ));
+            }
+        }
+        if a.audit_max_rows < 100 {
+            errs.push(ConfigError::new(
+                "auth.audit_max_rows",
+                "must be at least 100",
+            ));
+        }
         for (name, svc) in &self.services {
             if !portcullis_link::valid_service_name(name) {
                 errs.push(ConfigError::new(
@@ -512,6 +658,22 @@ mod tests {
         let shown = c.to_toml_masked();
         assert!(!shown.contains("abab"), "{shown}");
         assert!(shown.contains("***"));
+    }
+
+    #[test]
+    fn store_and_auth_sections() {
+        let c = Config::from_toml(
+            "data_dir = \"/var/lib/portcullis\"\n[store]\nurl = \"postgres://u:hunter2@db/p\"\n[auth]\ncache_ttl = \"5s\"\nmetrics_scope = \"metrics.read\"\n",
+        )
+        .unwrap();
+        assert_eq!(c.data_dir, PathBuf::from("/var/lib/portcullis"));
+        assert_eq!(c.auth.cache_ttl, Duration::from_secs(5));
+        let shown = c.to_toml_masked();
+        assert!(!shown.contains("hunter2"), "{shown}");
+        let e = Config::from_toml("[store]\nurl = \"mysql://x\"\n[auth]\npepper = \"x\"\n")
+            .unwrap_err();
+        let paths: Vec<_> = e.iter().map(|e| e.path.as_str()).collect();
+        assert_eq!(paths, ["auth.pepper", "store.url"], "{e:?}");
     }
 
     #[test]

@@ -1,6 +1,8 @@
 //! `portcullis demo`: a gateway and the echo service, linked in one process, with nothing to
 //! configure and no network beyond loopback. The service token is random per run and lives
-//! only in memory.
+//! only in memory. Routed endpoints need an API key like anywhere else: the demo initialises a
+//! store (in a fresh temporary directory unless `--data-dir` is given), creates a demo key
+//! and prints it, so the CLI can be pointed at the running demo with `--data-dir`.
 
 use rand::RngCore;
 use std::future::Future;
@@ -20,6 +22,9 @@ pub struct DemoArgs {
     /// Print one JSON object line once ready instead of the guide.
     #[arg(long)]
     pub json: bool,
+    /// Keep the store here instead of a fresh temporary directory (removed on exit).
+    #[arg(long, env = "PORTCULLIS_DATA_DIR")]
+    pub data_dir: Option<std::path::PathBuf>,
 }
 
 /// Run the demo until `shutdown` resolves.
@@ -28,7 +33,27 @@ pub async fn run(args: DemoArgs, shutdown: impl Future<Output = ()>) -> anyhow::
     rand::thread_rng().fill_bytes(&mut token);
     let token = hex::encode(token);
 
-    let mut config = Config::default();
+    // Held until the demo ends: the temporary store is removed with it.
+    let temp = match &args.data_dir {
+        Some(_) => None,
+        None => Some(
+            tempfile::Builder::new()
+                .prefix("portcullis-demo-")
+                .tempdir()?,
+        ),
+    };
+    let data_dir = match (&args.data_dir, &temp) {
+        (Some(d), _) => d.clone(),
+        (None, Some(t)) => t.path().to_path_buf(),
+        (None, None) => anyhow::bail!("no data directory"),
+    };
+    let mut config = Config {
+        data_dir: data_dir.clone(),
+        ..Config::default()
+    };
+    crate::admin::init(&config)
+        .await
+        .map_err(|e| anyhow::anyhow!("demo store: {e}"))?;
     config.ingress.listen = args.ingress;
     config.link.listen = args.link;
     config.services.insert(
@@ -38,6 +63,21 @@ pub async fn run(args: DemoArgs, shutdown: impl Future<Output = ()>) -> anyhow::
         },
     );
     let gateway = crate::Running::start(config).await?;
+    let key = gateway
+        .auth
+        .create_key(
+            &crate::auth::authenticator::CreateKey {
+                workspace: crate::store::DEFAULT_WORKSPACE.into(),
+                name: "demo".into(),
+                scopes: vec!["echo.read".into(), "echo.write".into()],
+                expires_in: None,
+                key_id: None,
+            },
+            "demo",
+        )
+        .await
+        .map_err(|e| anyhow::anyhow!("demo key: {e}"))?;
+    let api_key = key.api_key;
     let ingress = format!("http://{}", gateway.ingress_addr);
     let link = format!("tcp://{}", gateway.link_addr);
 
@@ -62,12 +102,17 @@ pub async fn run(args: DemoArgs, shutdown: impl Future<Output = ()>) -> anyhow::
             "ingress": ingress,
             "link": link,
             "routes": routes,
+            "api_key": api_key,
+            "key_id": key.record.key_id,
+            "data_dir": data_dir,
         });
         println!("{line}");
     } else {
+        let dd = data_dir.display();
         println!(
-            "\nPortcullis demo is running.\n\n  gateway (clients):  {ingress}\n  link (services):    {link}\n  service linked:     echo ({} routes)\n\nTry:\n  curl -s {ingress}/echo/hello?name=world\n  curl -s -X POST --data-binary @/etc/hostname {ingress}/upload\n  curl -s '{ingress}/stream?bytes=1048576' | wc -c\n\nRoutes:\n{}\n\nPress Ctrl-C to stop.",
+            "\nPortcullis demo is running.\n\n  gateway (clients):  {ingress}\n  link (services):    {link}\n  service linked:     echo ({} routes)\n  store:              {dd}\n\nA demo API key (scopes echo.read, echo.write; shown once):\n\n  export PORTCULLIS_KEY={api_key}\n\nTry:\n  curl -s -H \"Authorization: Bearer $PORTCULLIS_KEY\" '{ingress}/echo/hello?name=world'\n  curl -s -X POST -H \"Authorization: Bearer $PORTCULLIS_KEY\" --data-binary @/etc/hostname {ingress}/upload\n  curl -s -H \"Authorization: Bearer $PORTCULLIS_KEY\" '{ingress}/stream?bytes=1048576' | wc -c\n  curl -si {ingress}/echo/hello            # no key: 401\n\nManage keys of this demo (in another terminal):\n  portcullis keys list --data-dir {dd}\n  portcullis keys revoke {} --data-dir {dd}\n  portcullis audit list --data-dir {dd}\n\nRoutes:\n{}\n\nPress Ctrl-C to stop.",
             routes.len(),
+            key.record.key_id,
             routes.iter().map(|r| format!("  {r}")).collect::<Vec<_>>().join("\n"),
         );
     }

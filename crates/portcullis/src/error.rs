@@ -34,6 +34,9 @@ pub enum GatewayError {
     /// The gateway is draining or over its in-flight ceiling.
     #[error("overloaded")]
     Overloaded,
+    /// A dependency the decision needs (the identity store) cannot be reached: fail closed.
+    #[error("unavailable: {0}")]
+    Unavailable(&'static str),
     /// The service did not answer in time.
     #[error("upstream timeout")]
     UpstreamTimeout,
@@ -52,7 +55,9 @@ impl GatewayError {
             Self::NotFound => StatusCode::NOT_FOUND,
             Self::MethodNotAllowed(_) => StatusCode::METHOD_NOT_ALLOWED,
             Self::PayloadTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
-            Self::NoHealthyInstance(_) | Self::Overloaded => StatusCode::SERVICE_UNAVAILABLE,
+            Self::NoHealthyInstance(_) | Self::Overloaded | Self::Unavailable(_) => {
+                StatusCode::SERVICE_UNAVAILABLE
+            }
             Self::UpstreamTimeout => StatusCode::GATEWAY_TIMEOUT,
             Self::Upstream(_) => StatusCode::BAD_GATEWAY,
         }
@@ -69,6 +74,7 @@ impl GatewayError {
             Self::PayloadTooLarge => "payload_too_large",
             Self::NoHealthyInstance(_) => "no_healthy_instance",
             Self::Overloaded => "overloaded",
+            Self::Unavailable(_) => "unavailable",
             Self::UpstreamTimeout => "upstream_timeout",
             Self::Upstream(_) => "upstream_error",
         }
@@ -85,6 +91,7 @@ impl GatewayError {
             Self::PayloadTooLarge => r#"{"error":"payload_too_large"}"#,
             Self::NoHealthyInstance(_) => r#"{"error":"no_healthy_instance"}"#,
             Self::Overloaded => r#"{"error":"overloaded"}"#,
+            Self::Unavailable(_) => r#"{"error":"unavailable"}"#,
             Self::UpstreamTimeout => r#"{"error":"upstream_timeout"}"#,
             Self::Upstream(_) => r#"{"error":"bad_gateway"}"#,
         }
@@ -111,7 +118,7 @@ impl GatewayError {
             Self::Unauthorized(_) => {
                 h.insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
             }
-            Self::NoHealthyInstance(_) | Self::Overloaded => {
+            Self::NoHealthyInstance(_) | Self::Overloaded | Self::Unavailable(_) => {
                 h.insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
             }
             _ => {}

@@ -21,12 +21,29 @@ struct Cli {
 
 #[derive(Debug, Subcommand)]
 enum Command {
-    /// Run the gateway from a configuration file.
+    /// Run the gateway from a configuration file. The store must exist: run
+    /// `portcullis init` first.
     Serve {
         /// TOML configuration file (see docs/configuration.md).
         #[arg(long, short, env = "PORTCULLIS_CONFIG")]
         config: PathBuf,
+        /// Data directory; overrides the configuration's `data_dir`.
+        #[arg(long, env = "PORTCULLIS_DATA_DIR")]
+        data_dir: Option<PathBuf>,
     },
+    /// Create the store (SQLite in the data directory, or PostgreSQL from `store.url`), apply
+    /// migrations, create the `default` workspace and, when no pepper is configured, a pepper
+    /// file (mode 0600) in the data directory. Safe to run again.
+    Init(portcullis::admin::Target),
+    /// Create the first admin key (scope `*`, workspace `default`) and print it once. Refused
+    /// when an active admin key exists.
+    Bootstrap(portcullis::admin::Target),
+    /// Manage API keys.
+    Keys(KeysArgs),
+    /// Manage workspaces (tenants); `init` creates `default`.
+    Workspaces(WorkspacesArgs),
+    /// Read the audit log.
+    Audit(AuditArgs),
     /// Run a self-contained demo: a gateway on 127.0.0.1:8080 with the echo service linked.
     Demo(portcullis::demo::DemoArgs),
     /// Check a configuration file (with PORTCULLIS_* overrides) and print every problem with
@@ -41,6 +58,122 @@ enum Command {
     /// Read a service link token from standard input and print the SHA-256 to put in
     /// `services.<name>.token_sha256`. The token never appears on a command line.
     HashToken,
+}
+
+#[derive(Debug, clap::Args)]
+struct KeysArgs {
+    #[command(flatten)]
+    target: portcullis::admin::Target,
+    #[command(subcommand)]
+    command: KeysCommand,
+}
+
+#[derive(Debug, Subcommand)]
+enum KeysCommand {
+    /// Create a key and print it once (`pcs_<key-id>_<secret><checksum>`). Only an HMAC of
+    /// its secret is stored.
+    Create(portcullis::admin::CreateArgs),
+    /// List keys: id, workspace, status, scopes, times. Never secrets or hashes.
+    List {
+        /// Only keys of this workspace.
+        #[arg(long, short)]
+        workspace: Option<String>,
+    },
+    /// Revoke a key: gateways refuse it from the next call on.
+    Revoke {
+        /// Key id (the part between `pcs_` and the next `_`).
+        id: String,
+    },
+    /// Issue a new secret for a key and print the new key once; the old one keeps working
+    /// until the overlap ends.
+    Rotate {
+        /// Key id.
+        id: String,
+        /// How long the previous secret stays valid, e.g. `24h`, `15m`, `0` for immediately.
+        #[arg(long, default_value = "24h")]
+        overlap: String,
+    },
+}
+
+#[derive(Debug, clap::Args)]
+struct WorkspacesArgs {
+    #[command(flatten)]
+    target: portcullis::admin::Target,
+    #[command(subcommand)]
+    command: WorkspacesCommand,
+}
+
+#[derive(Debug, Subcommand)]
+enum WorkspacesCommand {
+    /// Create a workspace.
+    Create {
+        /// Name, 1-63 of [a-z0-9-].
+        name: String,
+    },
+    /// List workspaces.
+    List,
+}
+
+#[derive(Debug, clap::Args)]
+struct AuditArgs {
+    #[command(flatten)]
+    target: portcullis::admin::Target,
+    #[command(subcommand)]
+    command: AuditCommand,
+}
+
+#[derive(Debug, Subcommand)]
+enum AuditCommand {
+    /// Print the newest audit events (key created, rotated, revoked, bootstrap,
+    /// authentication failures coalesced per reason per second).
+    List {
+        /// How many events, newest first.
+        #[arg(long, default_value_t = 100)]
+        limit: i64,
+    },
+}
+
+/// Run an admin command: print its output (JSON or text), errors on stderr, exit 0/1/2.
+fn admin<F, Fut>(target: &portcullis::admin::Target, f: F) -> ExitCode
+where
+    F: FnOnce(Config) -> Fut,
+    Fut: std::future::Future<
+        Output = Result<portcullis::admin::Output, portcullis::admin::AdminError>,
+    >,
+{
+    let fail = |e: &portcullis::admin::AdminError| {
+        if target.json {
+            eprintln!("{}", serde_json::json!({ "error": e.message }));
+        } else {
+            eprintln!("error: {}", e.message);
+        }
+        ExitCode::from(e.code)
+    };
+    let cfg = match target.load() {
+        Ok(c) => c,
+        Err(e) => return fail(&e),
+    };
+    let rt = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("cannot start the runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match rt.block_on(f(cfg)) {
+        Ok(out) => {
+            if target.json {
+                println!("{}", out.json);
+            } else {
+                print!("{}", out.text);
+            }
+            ExitCode::SUCCESS
+        }
+        Err(e) => fail(&e),
+    }
 }
 
 /// Resolves on the first SIGINT or SIGTERM; a second one exits at once.
@@ -151,14 +284,49 @@ fn main() -> ExitCode {
             println!("{}", hex::encode(portcullis::link::hash_token(token)));
             ExitCode::SUCCESS
         }
-        Command::Serve { config } => {
-            let cfg = match load_config(&config) {
+        Command::Init(t) => admin(&t, |c| async move { portcullis::admin::init(&c).await }),
+        Command::Bootstrap(t) => admin(
+            &t,
+            |c| async move { portcullis::admin::bootstrap(&c).await },
+        ),
+        Command::Keys(KeysArgs { target, command }) => match command {
+            KeysCommand::Create(a) => admin(&target, |c| async move {
+                portcullis::admin::keys_create(&c, &a).await
+            }),
+            KeysCommand::List { workspace } => admin(&target, |c| async move {
+                portcullis::admin::keys_list(&c, workspace.as_deref()).await
+            }),
+            KeysCommand::Revoke { id } => admin(&target, |c| async move {
+                portcullis::admin::keys_revoke(&c, &id).await
+            }),
+            KeysCommand::Rotate { id, overlap } => admin(&target, |c| async move {
+                portcullis::admin::keys_rotate(&c, &id, &overlap).await
+            }),
+        },
+        Command::Workspaces(WorkspacesArgs { target, command }) => match command {
+            WorkspacesCommand::Create { name } => admin(&target, |c| async move {
+                portcullis::admin::workspaces_create(&c, &name).await
+            }),
+            WorkspacesCommand::List => admin(&target, |c| async move {
+                portcullis::admin::workspaces_list(&c).await
+            }),
+        },
+        Command::Audit(AuditArgs { target, command }) => match command {
+            AuditCommand::List { limit } => admin(&target, |c| async move {
+                portcullis::admin::audit_list(&c, limit).await
+            }),
+        },
+        Command::Serve { config, data_dir } => {
+            let mut cfg = match load_config(&config) {
                 Ok(c) => c,
                 Err(e) => {
                     eprintln!("{e}");
                     return ExitCode::FAILURE;
                 }
             };
+            if let Some(d) = data_dir {
+                cfg.data_dir = d;
+            }
             // Outside the runtime: the span exporter owns a blocking HTTP client and its
             // guard flushes after the runtime has stopped.
             let _telemetry = match portcullis::telemetry::init(&cfg.telemetry) {

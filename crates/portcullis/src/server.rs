@@ -10,10 +10,13 @@ use std::sync::Arc;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
+use crate::auth::authenticator::AuthSettings;
+use crate::auth::ApiKeyAuthenticator;
 use crate::config::Config;
 use crate::ingress::{Ingress, Pipeline};
 use crate::link::LinkServer;
 use crate::routing::{Registry, Tiers};
+use crate::store::{Store, StoreOptions};
 use crate::telemetry::{LinksCollector, Metrics};
 
 /// The two listeners the gateway serves.
@@ -38,20 +41,53 @@ impl Listeners {
     }
 }
 
-/// Run the gateway until `shutdown` resolves, then drain: stop accepting, turn not-ready, ask
-/// every client connection to finish, wait up to `shutdown.grace_period`, then close links.
-pub async fn run(
-    config: Config,
-    listeners: Listeners,
-    shutdown: impl Future<Output = ()>,
-) -> anyhow::Result<()> {
+fn validate(config: &Config) -> anyhow::Result<()> {
     config.validate().map_err(|errs| {
         anyhow::anyhow!(errs
             .iter()
             .map(|e| e.to_string())
             .collect::<Vec<_>>()
             .join("; "))
-    })?;
+    })
+}
+
+/// Open the identity store (initialised, schema not newer than this binary) and the pepper,
+/// and build the authenticator. Errors say what the operator should do.
+pub async fn open_auth(config: &Config) -> anyhow::Result<Arc<ApiKeyAuthenticator>> {
+    let store = Store::open(&StoreOptions::from_config(config))
+        .await
+        .map_err(|e| anyhow::anyhow!("store: {e}"))?;
+    let pepper = crate::admin::load_pepper(config).map_err(|e| anyhow::anyhow!("auth: {e}"))?;
+    Ok(ApiKeyAuthenticator::new(
+        store,
+        pepper,
+        AuthSettings::from_config(&config.auth),
+    ))
+}
+
+/// Run the gateway until `shutdown` resolves, then drain: stop accepting, turn not-ready, ask
+/// every client connection to finish, wait up to `shutdown.grace_period`, then close links.
+///
+/// The store must have been initialised (`portcullis init`).
+pub async fn run(
+    config: Config,
+    listeners: Listeners,
+    shutdown: impl Future<Output = ()>,
+) -> anyhow::Result<()> {
+    validate(&config)?;
+    let auth = open_auth(&config).await?;
+    run_with_auth(config, listeners, auth, shutdown).await
+}
+
+/// [`run`] with an authenticator the caller already opened (and may keep using, e.g. to
+/// revoke keys with immediate effect).
+pub async fn run_with_auth(
+    config: Config,
+    listeners: Listeners,
+    auth: Arc<ApiKeyAuthenticator>,
+    shutdown: impl Future<Output = ()>,
+) -> anyhow::Result<()> {
+    validate(&config)?;
     let registry = Arc::new(Registry::new(config.routing.default_timeout));
     let health = Arc::new(crate::health::Health::default());
     let metrics = Arc::new(Metrics::new(vec![Box::new(LinksCollector(
@@ -61,16 +97,27 @@ pub async fn run(
         own: config.routing.region.clone(),
         neighbours: config.routing.neighbour_regions.clone(),
     };
+    let store = auth.store().clone();
+    let check: crate::health::Check = Arc::new(move || {
+        let store = store.clone();
+        Box::pin(async move { store.ping().await.map_err(|_| "unavailable".to_string()) })
+    });
+    health.add_check("store", check);
     let pipeline = Arc::new(Pipeline::new(
         registry.clone(),
         tiers,
         config.ingress.max_body_bytes,
         health.clone(),
         metrics.clone(),
+        auth.clone(),
+        config.auth.metrics_scope.clone(),
     ));
     let ingress = Arc::new(Ingress::new(&config.ingress, pipeline, metrics.clone())?);
     let link = Arc::new(LinkServer::new(&config, registry.clone(), metrics)?);
 
+    // Audit writer, last-used writer, change poll; stopped after the listeners.
+    let background = CancellationToken::new();
+    let auth_task = auth.start(background.clone());
     let stop_accepting = CancellationToken::new();
     let drain = CancellationToken::new();
     let close_links = CancellationToken::new();
@@ -107,6 +154,9 @@ pub async fn run(
     for inst in registry.instances() {
         inst.close.cancel();
     }
+    // Last: write what the authenticator still holds (audit rows, last-used times).
+    background.cancel();
+    let _ = auth_task.await;
     tracing::info!("gateway stopped");
     Ok(())
 }
@@ -118,22 +168,31 @@ pub struct Running {
     pub ingress_addr: SocketAddr,
     /// Bound link address.
     pub link_addr: SocketAddr,
+    /// The gateway's authenticator: keys changed through it take effect at once.
+    pub auth: Arc<ApiKeyAuthenticator>,
     shutdown: CancellationToken,
     task: tokio::task::JoinHandle<anyhow::Result<()>>,
 }
 
 impl Running {
-    /// Bind the configured addresses (port 0 picks free ones) and start.
+    /// Open the store, bind the configured addresses (port 0 picks free ones) and start.
     pub async fn start(config: Config) -> anyhow::Result<Self> {
+        validate(&config)?;
+        let auth = open_auth(&config).await?;
         let listeners = Listeners::bind(&config).await?;
         let ingress_addr = listeners.ingress.local_addr()?;
         let link_addr = listeners.link.local_addr()?;
         let shutdown = CancellationToken::new();
         let s = shutdown.clone();
-        let task = tokio::spawn(async move { run(config, listeners, s.cancelled_owned()).await });
+        let a = auth.clone();
+        let task =
+            tokio::spawn(
+                async move { run_with_auth(config, listeners, a, s.cancelled_owned()).await },
+            );
         Ok(Self {
             ingress_addr,
             link_addr,
+            auth,
             shutdown,
             task,
         })

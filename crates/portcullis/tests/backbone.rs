@@ -86,7 +86,7 @@ async fn client_disconnect_cancels_the_service_handler() {
     let gw = TestGateway::with_services(&["echo"]).await;
     let (_svc, stats) = gw.echo("echo-1").await;
     let before = stats.cancellations();
-    let client = client();
+    let client = gw.client.clone();
     let req = http::Request::get(gw.url("/sleep?ms=20000"))
         .body(empty())
         .unwrap();
@@ -311,6 +311,7 @@ async fn http2_prior_knowledge_and_trailers_pass_through() {
         .http2_only(true)
         .build_http::<Body>();
     let req = http::Request::post(gw.url("/pkg.Svc/Method"))
+        .header("authorization", format!("Bearer {}", gw.api_key()))
         .header("content-type", "application/grpc")
         .header("te", "trailers")
         .body(full(b"\0\0\0\0\x00"))

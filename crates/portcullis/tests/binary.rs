@@ -1,9 +1,10 @@
-//! Tests against the real `portcullis` binary in its own process: graceful shutdown on
-//! SIGTERM, redaction of every log line, and memory bounded while 256 MiB bodies stream through.
+//! Tests against the real `portcullis` binary in its own process: the store and key commands,
+//! graceful shutdown on SIGTERM, redaction of every log line, and memory bounded while
+//! 256 MiB bodies stream through.
 
 mod common;
 
-use common::process::GatewayProcess;
+use common::process::{cli, GatewayProcess};
 use common::*;
 use http::StatusCode;
 use sha2::{Digest, Sha256};
@@ -51,6 +52,13 @@ async fn credentials_never_reach_the_logs() {
             .unwrap();
         let _ = collect(gw.request(req).await).await;
     }
+    // The real key too: accepted, and still never logged.
+    let real_secret = gw.key.rsplit('_').next().unwrap().to_string();
+    let req = http::Request::get(gw.url(&format!("/echo/k?api_key={}", gw.key)))
+        .body(empty())
+        .unwrap();
+    let (status, _, _) = collect(gw.request(req).await).await;
+    assert_eq!(status, StatusCode::OK);
     // Stop the gateway so every line it would write about these calls has been written.
     gw.signal("-TERM");
     assert!(gw.wait_exit(Duration::from_secs(15)).await.is_some());
@@ -61,7 +69,7 @@ async fn credentials_never_reach_the_logs() {
     .await;
     let logs = gw.logs();
     assert!(
-        logs.matches("\"message\":\"call\"").count() >= 4,
+        logs.matches("\"message\":\"call\"").count() >= 5,
         "calls are logged: {logs}"
     );
     for secret in [
@@ -71,6 +79,7 @@ async fn credentials_never_reach_the_logs() {
         "NonceValue0042",
         "QmFzaWNTZWNyZXRWYWx1ZQ",
         &token_for("echo"),
+        &real_secret,
     ] {
         assert!(!logs.contains(secret), "secret {secret} leaked into logs");
     }
@@ -154,4 +163,182 @@ async fn large_bodies_stream_with_bounded_gateway_memory() {
         "gateway peak RSS {} MiB",
         peak / (1024 * 1024)
     );
+}
+
+#[test]
+fn cli_key_lifecycle_with_json_and_exit_codes() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path().to_str().unwrap();
+    // Before init: a clear failure, exit 1.
+    let (code, _, err) = cli(&["keys", "list", "--data-dir", d]);
+    assert_eq!(code, 1);
+    assert!(err.contains("portcullis init"), "{err}");
+    // Usage errors exit 2.
+    let (code, _, _) = cli(&["keys", "create", "--data-dir", d]);
+    assert_eq!(code, 2);
+
+    let (code, out, err) = cli(&["init", "--data-dir", d, "--json"]);
+    assert_eq!(code, 0, "{err}");
+    let v: serde_json::Value = serde_json::from_str(out.trim()).unwrap();
+    assert_eq!(v["workspace"], "default");
+    assert!(dir.path().join("pepper").exists());
+    // Idempotent.
+    assert_eq!(cli(&["init", "--data-dir", d]).0, 0);
+
+    // Bootstrap once; refused the second time.
+    let (code, out, err) = cli(&["bootstrap", "--data-dir", d, "--json"]);
+    assert_eq!(code, 0, "{err}");
+    let admin: serde_json::Value = serde_json::from_str(out.trim()).unwrap();
+    assert!(admin["api_key"].as_str().unwrap().starts_with("pcs_"));
+    assert_eq!(admin["scopes"], serde_json::json!(["*"]));
+    let (code, _, err) = cli(&["bootstrap", "--data-dir", d, "--json"]);
+    assert_eq!(code, 1);
+    assert!(err.contains("admin key already exists"), "{err}");
+    assert!(
+        serde_json::from_str::<serde_json::Value>(err.trim()).is_ok(),
+        "JSON error: {err}"
+    );
+
+    // Create with an id, scopes and expiry; a bad scope is a usage error.
+    let (code, out, err) = cli(&[
+        "keys",
+        "create",
+        "--data-dir",
+        d,
+        "--workspace",
+        "default",
+        "--name",
+        "ci",
+        "--scopes",
+        "echo.read,echo.write",
+        "--expires",
+        "30d",
+        "--id",
+        "ci-key",
+        "--json",
+    ]);
+    assert_eq!(code, 0, "{err}");
+    let created: serde_json::Value = serde_json::from_str(out.trim()).unwrap();
+    let raw = created["api_key"].as_str().unwrap().to_string();
+    assert!(raw.starts_with("pcs_ci-key_"));
+    assert!(created["expires_at"].is_string());
+    let (code, _, _) = cli(&[
+        "keys",
+        "create",
+        "--data-dir",
+        d,
+        "--name",
+        "x",
+        "--scopes",
+        "Bad Scope",
+    ]);
+    assert_eq!(code, 2);
+
+    // Workspaces: keys live in one that exists.
+    let (code, _, err) = cli(&["workspaces", "create", "team-a", "--data-dir", d, "--json"]);
+    assert_eq!(code, 0, "{err}");
+    assert_eq!(
+        cli(&["workspaces", "create", "team-a", "--data-dir", d]).0,
+        1
+    );
+    assert_eq!(
+        cli(&["workspaces", "create", "Bad Name", "--data-dir", d]).0,
+        2
+    );
+    let (code, out, _) = cli(&[
+        "keys",
+        "create",
+        "--data-dir",
+        d,
+        "--workspace",
+        "team-a",
+        "--name",
+        "a",
+        "--scopes",
+        "x",
+        "--json",
+    ]);
+    assert_eq!(code, 0);
+    assert!(out.contains("\"workspace\":\"team-a\""), "{out}");
+    assert_eq!(
+        cli(&[
+            "keys",
+            "create",
+            "--data-dir",
+            d,
+            "--workspace",
+            "nope",
+            "--name",
+            "a",
+            "--scopes",
+            "x"
+        ])
+        .0,
+        1
+    );
+    let (_, out, _) = cli(&["workspaces", "list", "--data-dir", d, "--json"]);
+    assert!(out.contains("team-a") && out.contains("default"), "{out}");
+
+    // List never shows secrets or hashes.
+    let (code, out, _) = cli(&["keys", "list", "--data-dir", d, "--json"]);
+    assert_eq!(code, 0);
+    let secret = &raw["pcs_ci-key_".len()..];
+    assert!(!out.contains(secret));
+    assert!(!out.contains("hmac"));
+    let list: serde_json::Value = serde_json::from_str(out.trim()).unwrap();
+    assert_eq!(list["keys"].as_array().unwrap().len(), 3);
+    let (_, text, _) = cli(&["keys", "list", "--data-dir", d]);
+    assert!(text.contains("ci-key") && !text.contains(secret));
+
+    // Rotate prints the new key once; revoke; both audited.
+    let (code, out, err) = cli(&[
+        "keys",
+        "rotate",
+        "ci-key",
+        "--overlap",
+        "0",
+        "--data-dir",
+        d,
+        "--json",
+    ]);
+    assert_eq!(code, 0, "{err}");
+    let rotated: serde_json::Value = serde_json::from_str(out.trim()).unwrap();
+    assert_ne!(rotated["api_key"], created["api_key"]);
+    let (code, _, err) = cli(&["keys", "revoke", "ci-key", "--data-dir", d, "--json"]);
+    assert_eq!(code, 0, "{err}");
+    let (code, _, _) = cli(&["keys", "revoke", "no-such-key", "--data-dir", d]);
+    assert_eq!(code, 1);
+    let (code, out, _) = cli(&["audit", "list", "--data-dir", d, "--json"]);
+    assert_eq!(code, 0);
+    let audit: serde_json::Value = serde_json::from_str(out.trim()).unwrap();
+    let events: Vec<&str> = audit["entries"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e["event"].as_str().unwrap())
+        .collect();
+    for e in ["bootstrap", "key_created", "key_rotated", "key_revoked"] {
+        assert!(events.contains(&e), "{e} in {events:?}");
+    }
+    assert!(!out.contains(secret));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn serve_refuses_an_uninitialised_store() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("portcullis.toml");
+    std::fs::write(
+        &path,
+        "[ingress]\nlisten = \"127.0.0.1:0\"\n[link]\nlisten = \"127.0.0.1:0\"\n",
+    )
+    .unwrap();
+    let (code, _, err) = cli(&[
+        "serve",
+        "--config",
+        path.to_str().unwrap(),
+        "--data-dir",
+        dir.path().join("data").to_str().unwrap(),
+    ]);
+    assert_eq!(code, 1);
+    assert!(err.contains("portcullis init"), "{err}");
 }

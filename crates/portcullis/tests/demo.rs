@@ -1,5 +1,6 @@
-//! `portcullis demo --json` from the real binary: one JSON line once ready, and the routes it
-//! lists answer through the gateway.
+//! `portcullis demo --json` from the real binary: one JSON line once ready (with the demo's
+//! API key and data directory), the routes it lists answer through the gateway with that key
+//! and refuse calls without it, and the CLI pointed at the demo's store manages its key.
 
 mod common;
 
@@ -46,14 +47,55 @@ async fn demo_json_line_describes_a_working_gateway() {
         .collect();
     assert!(routes.iter().any(|r| r == "* /echo/{*rest}"), "{routes:?}");
 
-    let mut req = http::Request::get(format!("{ingress}/echo/hello?name=world"));
-    if let Some(key) = v.get("api_key").and_then(|k| k.as_str()) {
-        req = req.header("authorization", format!("Bearer {key}"));
-    }
-    let (status, _, body) =
-        collect(client().request(req.body(empty()).unwrap()).await.unwrap()).await;
+    let key = v["api_key"].as_str().expect("api_key in the JSON line");
+    let data_dir = v["data_dir"].as_str().expect("data_dir in the JSON line");
+    assert!(std::path::Path::new(data_dir)
+        .join("portcullis.db")
+        .exists());
+
+    let get = |key: Option<String>| {
+        let ingress = ingress.clone();
+        async move {
+            let mut req = http::Request::get(format!("{ingress}/echo/hello?name=world"));
+            if let Some(k) = key {
+                req = req.header("authorization", format!("Bearer {k}"));
+            }
+            collect(client().request(req.body(empty()).unwrap()).await.unwrap()).await
+        }
+    };
+    let (status, _, body) = get(Some(key.to_string())).await;
     assert_eq!(status, http::StatusCode::OK);
     assert_eq!(json(&body)["query"], "name=world");
+    let (status, headers, body) = get(None).await;
+    assert_eq!(status, http::StatusCode::UNAUTHORIZED);
+    assert_eq!(headers["www-authenticate"], "Bearer");
+    assert_eq!(&body[..], br#"{"error":"unauthorized"}"#);
+
+    // The CLI, pointed at the running demo, sees its key and can revoke it.
+    let key_id = v["key_id"].as_str().unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_portcullis"))
+        .args(["keys", "list", "--json", "--data-dir", data_dir])
+        .env_remove("PORTCULLIS_PEPPER")
+        .output()
+        .unwrap();
+    assert!(out.status.success());
+    assert!(String::from_utf8_lossy(&out.stdout).contains(key_id));
+    let out = Command::new(env!("CARGO_BIN_EXE_portcullis"))
+        .args(["keys", "revoke", key_id, "--data-dir", data_dir])
+        .env_remove("PORTCULLIS_PEPPER")
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    // Another process changed the key: the demo gateway notices within its poll interval.
+    eventually("the revoked demo key is refused", || {
+        let key = key.to_string();
+        async move { get(Some(key)).await.0 == http::StatusCode::UNAUTHORIZED }
+    })
+    .await;
 
     let _ = Command::new("kill")
         .args(["-TERM", &child.id().to_string()])

@@ -27,11 +27,10 @@ pub const MAX_CHUNK: usize = 1024 * 1024;
 /// Longest `/sleep`: ten minutes.
 pub const MAX_SLEEP_MS: u64 = 600_000;
 
-/// Capability callers need for the read-only routes. `None` until capabilities are enforced;
-/// setting it to `Some("echo.read")` declares it on every read endpoint.
-const READ_CAPABILITY: Option<&str> = None;
+/// Capability callers need for the read-only routes.
+const READ_CAPABILITY: Option<&str> = Some("echo.read");
 /// Capability callers need for `/upload`.
-const WRITE_CAPABILITY: Option<&str> = None;
+const WRITE_CAPABILITY: Option<&str> = Some("echo.write");
 
 /// Counters shared by every clone; cheap to clone.
 #[derive(Clone, Default, Debug)]
@@ -377,7 +376,14 @@ mod tests {
             .map(|e| (e.descriptor().method.as_str(), e.descriptor().path.as_str()))
             .collect();
         assert!(shapes.contains(&("*", "/echo/{*rest}")));
-        assert!(eps.iter().all(|e| e.descriptor().capability.is_none()));
+        let upload = eps
+            .iter()
+            .find(|e| e.descriptor().path == "/upload")
+            .unwrap();
+        assert_eq!(
+            upload.descriptor().capability.as_deref(),
+            Some("echo.write")
+        );
         let sleep = eps
             .iter()
             .find(|e| e.descriptor().path == "/sleep")

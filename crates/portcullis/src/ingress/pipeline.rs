@@ -1,7 +1,7 @@
 //! The path of one call, in the order of DESIGN §2 and `docs/ARCHITECTURE.md`:
 //!
 //! correlation id → strip spoofable headers → gateway-owned paths → path hygiene →
-//! resolve route → forward over the link → rescue.
+//! authenticate → resolve route → authorise → forward over the link → rescue.
 //!
 //! Each stage is a function; a new concern is a new stage here, not a branch inside another.
 //! Every refusal is a [`GatewayError`] turned into a response in one place, [`Pipeline::handle`].
@@ -16,11 +16,12 @@ use std::time::Instant;
 use tracing::Instrument;
 
 use super::ActiveCall;
+use crate::auth::{ApiKeyAuthenticator, AuthFailure, Identity};
 use crate::body::GatewayBody;
 use crate::error::GatewayError;
 use crate::proxy::{self, CallContext};
 use crate::routing::{Match, Registry, Tiers};
-use crate::telemetry::metrics::{method_label, CallLabels, Label, RouteLabels};
+use crate::telemetry::metrics::{method_label, CallLabels, Label, ReasonLabels, RouteLabels};
 use crate::telemetry::Metrics;
 
 const CORRELATION_ID: HeaderName =
@@ -33,6 +34,8 @@ pub struct Pipeline {
     max_body_bytes: u64,
     health: Arc<crate::health::Health>,
     metrics: Arc<Metrics>,
+    auth: Arc<ApiKeyAuthenticator>,
+    metrics_scope: Option<Arc<str>>,
 }
 
 /// Records the call's duration when the response body ends or is dropped.
@@ -52,13 +55,16 @@ impl Drop for DurationRecord {
 }
 
 impl Pipeline {
-    /// A pipeline over `registry`.
+    /// A pipeline over `registry`, authenticating with `auth`. `metrics_scope`: the scope
+    /// `/metrics` requires, if any.
     pub fn new(
         registry: Arc<Registry>,
         tiers: Tiers,
         max_body_bytes: u64,
         health: Arc<crate::health::Health>,
         metrics: Arc<Metrics>,
+        auth: Arc<ApiKeyAuthenticator>,
+        metrics_scope: Option<String>,
     ) -> Self {
         Self {
             registry,
@@ -66,6 +72,8 @@ impl Pipeline {
             max_body_bytes,
             health,
             metrics,
+            auth,
+            metrics_scope: metrics_scope.map(Into::into),
         }
     }
 
@@ -87,13 +95,14 @@ impl Pipeline {
             route = tracing::field::Empty,
             service = tracing::field::Empty,
             instance = tracing::field::Empty,
+            key_id = tracing::field::Empty,
             status = tracing::field::Empty,
         );
         crate::telemetry::continue_trace(&span, req.headers());
         let mut info = CallInfo::default();
 
-        let result = match self.owned(&req).await {
-            Some(resp) => Ok(resp),
+        let result = match self.owned(&req, peer).instrument(span.clone()).await {
+            Some(resp) => resp,
             None => {
                 self.route_and_forward(req, &cid, peer, &mut info)
                     .instrument(span.clone())
@@ -139,6 +148,7 @@ impl Pipeline {
                 route = &*labels.route.0,
                 service = &*labels.service.0,
                 instance = info.instance.as_deref().unwrap_or("-"),
+                key_id = info.key_id.as_deref().unwrap_or("-"),
                 status,
                 duration_ms = started.elapsed().as_secs_f64() * 1000.0,
                 "call"
@@ -153,10 +163,24 @@ impl Pipeline {
         Response::from_parts(parts, body.with_guard((call, record, span)))
     }
 
-    /// Paths the gateway answers itself.
-    async fn owned(&self, req: &Request<Incoming>) -> Option<Response<GatewayBody>> {
+    /// Paths the gateway answers itself: health (always open) and metrics (open unless
+    /// `auth.metrics_scope` is set).
+    async fn owned(
+        &self,
+        req: &Request<Incoming>,
+        peer: SocketAddr,
+    ) -> Option<Result<Response<GatewayBody>, GatewayError>> {
         let path = req.uri().path();
         if path == "/metrics" {
+            if let Some(scope) = &self.metrics_scope {
+                let checked = match self.authenticate(req.headers(), peer).await {
+                    Ok(id) => self.authorise(&id, Some(scope), peer),
+                    Err(e) => Err(e),
+                };
+                if let Err(e) = checked {
+                    return Some(Err(e));
+                }
+            }
             let mut resp = Response::new(GatewayBody::full(self.metrics.encode()));
             resp.headers_mut().insert(
                 http::header::CONTENT_TYPE,
@@ -164,7 +188,7 @@ impl Pipeline {
                     "application/openmetrics-text; version=1.0.0; charset=utf-8",
                 ),
             );
-            return Some(resp);
+            return Some(Ok(resp));
         }
         let (status, body) = self.health.respond(path).await?;
         let mut resp = Response::new(GatewayBody::full(body));
@@ -173,17 +197,91 @@ impl Pipeline {
             http::header::CONTENT_TYPE,
             HeaderValue::from_static("application/json"),
         );
-        Some(resp)
+        Some(Ok(resp))
+    }
+
+    /// Stage: who is calling. Only `Authorization: Bearer` is read (HTTP headers and gRPC
+    /// metadata alike); a key in the query string is never looked at. Every refusal gets the
+    /// same fixed 401 (503 when the store cannot answer: fail closed); the reason goes to the
+    /// metric and the audit log.
+    async fn authenticate(
+        &self,
+        headers: &http::HeaderMap,
+        peer: SocketAddr,
+    ) -> Result<Arc<Identity>, GatewayError> {
+        let span = tracing::debug_span!("authenticate");
+        let result = async {
+            match crate::auth::bearer_token(headers) {
+                Ok(token) => self.auth.authenticate(token).await.map_err(|f| {
+                    let claimed = crate::auth::key::parse(token)
+                        .ok()
+                        .map(|p| p.key_id.to_string());
+                    (f, claimed)
+                }),
+                Err(f) => Err((f, None)),
+            }
+        }
+        .instrument(span)
+        .await;
+        result.map_err(|(failure, claimed)| {
+            self.refuse(failure.as_str(), claimed.as_deref(), peer, None);
+            match failure {
+                AuthFailure::Unavailable => GatewayError::Unavailable("identity store"),
+                f => GatewayError::Unauthorized(f.as_str()),
+            }
+        })
+    }
+
+    /// Stage: may this identity use the operation? A route that declares no capability needs
+    /// only a valid key.
+    fn authorise(
+        &self,
+        identity: &Identity,
+        capability: Option<&str>,
+        peer: SocketAddr,
+    ) -> Result<(), GatewayError> {
+        match capability {
+            Some(cap) if !identity.has_capability(cap) => {
+                self.refuse("forbidden", Some(&identity.key_id), peer, Some(cap));
+                Err(GatewayError::Forbidden("capability"))
+            }
+            _ => Ok(()),
+        }
+    }
+
+    /// Count a refusal and queue it for the audit log.
+    fn refuse(
+        &self,
+        reason: &'static str,
+        key_id: Option<&str>,
+        peer: SocketAddr,
+        capability: Option<&str>,
+    ) {
+        self.metrics
+            .auth_failures
+            .get_or_create(&ReasonLabels { reason })
+            .inc();
+        if !self
+            .auth
+            .report_failure(reason, key_id, Some(peer.ip()), capability)
+        {
+            self.metrics.audit_dropped.inc();
+        }
     }
 
     async fn route_and_forward(
         &self,
-        req: Request<Incoming>,
+        mut req: Request<Incoming>,
         cid: &HeaderValue,
         peer: SocketAddr,
         info: &mut CallInfo,
     ) -> Result<Response<GatewayBody>, GatewayError> {
         check_path(req.uri().path())?;
+        let identity = self.authenticate(req.headers(), peer).await?;
+        // The credential is the gateway's business: services never see it.
+        req.headers_mut().remove(http::header::AUTHORIZATION);
+        info.key_id = Some(identity.key_id.clone());
+        tracing::Span::current().record("key_id", identity.key_id.as_str());
         let route = {
             let _s = tracing::debug_span!("route").entered();
             match self
@@ -200,6 +298,7 @@ impl Pipeline {
         };
         info.route = Some(route.template.clone());
         info.service = Some(route.service.clone());
+        self.authorise(&identity, route.capability.as_deref(), peer)?;
         let current = tracing::Span::current();
         current.record("route", &*route.template);
         current.record("service", &*route.service);
@@ -222,6 +321,7 @@ struct CallInfo {
     route: Option<Arc<str>>,
     service: Option<Arc<str>>,
     instance: Option<Arc<str>>,
+    key_id: Option<String>,
 }
 
 /// Accept the client's correlation id when it is a safe token, otherwise make one.

@@ -118,8 +118,12 @@ pub struct Metrics {
     pub active_connections: Family<ListenerLabels, Gauge>,
     /// `portcullis_link_frames_total{type}`.
     pub link_frames: Family<FrameLabels, Counter>,
-    /// `portcullis_auth_failures_total{reason}`.
+    /// `portcullis_auth_failures_total{reason}`: missing, malformed, unknown, revoked,
+    /// expired, wrong, unavailable (401/503) and forbidden (403).
     pub auth_failures: Family<ReasonLabels, Counter>,
+    /// `portcullis_audit_dropped_total`: failure audit events dropped because the audit
+    /// queue was full (the failure itself is still counted above).
+    pub audit_dropped: Counter,
     registry: Registry,
 }
 
@@ -149,6 +153,7 @@ impl Metrics {
         let active_connections = Family::<ListenerLabels, Gauge>::default();
         let link_frames = Family::<FrameLabels, Counter>::default();
         let auth_failures = Family::<ReasonLabels, Counter>::default();
+        let audit_dropped = Counter::default();
         let build_info = Family::<BuildLabels, Gauge>::default();
         build_info
             .get_or_create(&BuildLabels {
@@ -186,6 +191,11 @@ impl Metrics {
             "Refused credentials, by reason",
             auth_failures.clone(),
         );
+        registry.register(
+            "portcullis_audit_dropped",
+            "Authentication-failure audit events dropped because the audit queue was full",
+            audit_dropped.clone(),
+        );
         registry.register("portcullis_build_info", "Build of this gateway", build_info);
         for c in extra {
             registry.register_collector(c);
@@ -197,6 +207,7 @@ impl Metrics {
             active_connections,
             link_frames,
             auth_failures,
+            audit_dropped,
             registry,
         }
     }

@@ -1,9 +1,12 @@
-//! Test harness: a real gateway on port 0, real SDK services linked to it, and an HTTP client.
+//! Test harness: a real gateway on port 0 with its own store (SQLite in a temporary
+//! directory, or a fresh PostgreSQL database), real SDK services linked to it, and an HTTP
+//! client that sends the gateway's test API key (scope `*`) unless told otherwise.
 //!
 //! ```ignore
-//! let gw = TestGateway::builder().service("echo").start().await;
+//! let gw = TestGateway::with_services(&["echo"]).await;
 //! let svc = gw.echo("echo-1").await;
-//! let resp = gw.get("/echo/hi").await;
+//! let resp = gw.get("/echo/hi").await;              // with the test key
+//! let resp = gw.get_with_key("/echo/hi", None).await; // without any key
 //! ```
 #![allow(dead_code)]
 
@@ -13,7 +16,9 @@ use bytes::Bytes;
 use http_body_util::{combinators::BoxBody, BodyExt, Empty, Full};
 use hyper_util::client::legacy::{connect::HttpConnector, Client};
 use hyper_util::rt::TokioExecutor;
+use portcullis::auth::authenticator::CreateKey;
 use portcullis::config::{Config, Secret, ServiceConfig};
+use portcullis::store::testing::TestStore;
 use std::net::SocketAddr;
 use std::time::Duration;
 
@@ -39,24 +44,133 @@ pub fn config_with_services(services: &[&str]) -> Config {
     cfg
 }
 
+/// An HTTP client that adds `Authorization: Bearer <key>` to requests that carry none.
+#[derive(Clone)]
+pub struct AuthClient {
+    pub inner: Client<HttpConnector, Body>,
+    pub key: Option<String>,
+}
+
+impl AuthClient {
+    pub async fn request(
+        &self,
+        mut req: http::Request<Body>,
+    ) -> Result<http::Response<hyper::body::Incoming>, hyper_util::client::legacy::Error> {
+        if let Some(k) = &self.key {
+            if !req.headers().contains_key(http::header::AUTHORIZATION) {
+                req.headers_mut().insert(
+                    http::header::AUTHORIZATION,
+                    format!("Bearer {k}").parse().unwrap(),
+                );
+            }
+        }
+        self.inner.request(req).await
+    }
+}
+
 pub struct TestGateway {
     pub running: Option<portcullis::Running>,
     pub ingress: SocketAddr,
     pub link: SocketAddr,
-    pub client: Client<HttpConnector, Body>,
+    pub client: AuthClient,
+    pub auth: std::sync::Arc<portcullis::auth::ApiKeyAuthenticator>,
+    pub store: Option<TestStore>,
+    key: String,
+    key_id: String,
 }
 
 impl TestGateway {
+    /// Start on a fresh SQLite store.
     pub async fn start(cfg: Config) -> Self {
+        Self::start_on(cfg, TestStore::sqlite()).await
+    }
+
+    /// Start on `store` (initialised here), with a test key of scope `*`.
+    pub async fn start_on(mut cfg: Config, store: TestStore) -> Self {
+        cfg.data_dir = store.data_dir();
+        cfg.store.url = store.options.url.clone();
+        portcullis::admin::init(&cfg)
+            .await
+            .expect("store initialises");
         let running = portcullis::Running::start(cfg)
             .await
             .expect("gateway starts");
+        let issued = running
+            .auth
+            .create_key(
+                &CreateKey {
+                    workspace: "default".into(),
+                    name: "test admin".into(),
+                    scopes: vec!["*".into()],
+                    expires_in: None,
+                    key_id: Some("test-admin".into()),
+                },
+                "test",
+            )
+            .await
+            .expect("test key");
         Self {
             ingress: running.ingress_addr,
             link: running.link_addr,
+            auth: running.auth.clone(),
             running: Some(running),
-            client: client(),
+            client: AuthClient {
+                inner: client(),
+                key: Some(issued.api_key.clone()),
+            },
+            store: Some(store),
+            key: issued.api_key,
+            key_id: issued.record.key_id,
         }
+    }
+
+    /// The test key (scope `*`).
+    pub fn api_key(&self) -> &str {
+        &self.key
+    }
+
+    /// Its key id.
+    pub fn key_id(&self) -> &str {
+        &self.key_id
+    }
+
+    /// Create a key with `scopes` in the default workspace through the gateway's
+    /// authenticator; returns (key id, raw key).
+    pub async fn create_key(&self, name: &str, scopes: &[&str]) -> (String, String) {
+        let issued = self
+            .auth
+            .create_key(
+                &CreateKey {
+                    workspace: "default".into(),
+                    name: name.into(),
+                    scopes: scopes.iter().map(|s| s.to_string()).collect(),
+                    expires_in: None,
+                    key_id: None,
+                },
+                "test",
+            )
+            .await
+            .expect("key created");
+        (issued.record.key_id, issued.api_key)
+    }
+
+    /// GET with `key` as the bearer credential, or with no `Authorization` at all.
+    pub async fn get_with_key(
+        &self,
+        path: &str,
+        key: Option<&str>,
+    ) -> (http::StatusCode, http::HeaderMap, Bytes) {
+        let mut req = http::Request::get(self.url(path));
+        if let Some(k) = key {
+            req = req.header("authorization", format!("Bearer {k}"));
+        }
+        let resp = self
+            .client
+            .inner
+            .request(req.body(empty()).unwrap())
+            .await
+            .expect("request reaches the gateway");
+        collect(resp).await
     }
 
     pub async fn with_services(services: &[&str]) -> Self {
@@ -128,6 +242,9 @@ impl TestGateway {
     pub async fn shutdown(mut self) {
         if let Some(r) = self.running.take() {
             r.shutdown().await.expect("clean shutdown");
+        }
+        if let Some(s) = self.store.take() {
+            s.cleanup().await;
         }
     }
 }

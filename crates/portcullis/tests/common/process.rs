@@ -4,9 +4,8 @@
 //! Every call to a routed endpoint goes through [`GatewayProcess::request`] (or `get`), so
 //! credentials can be attached in one place.
 
-use super::{client, collect, empty, token_for, Body};
+use super::{client, collect, empty, token_for, AuthClient, Body};
 use bytes::Bytes;
-use hyper_util::client::legacy::{connect::HttpConnector, Client};
 use std::io::{BufRead, BufReader, Write};
 use std::net::SocketAddr;
 use std::process::{Child, Command, ExitStatus, Output, Stdio};
@@ -41,6 +40,37 @@ pub fn run(args: &[&str], env: &[(&str, &str)]) -> Output {
     cmd.output().expect("the binary runs")
 }
 
+/// Run `portcullis ARGS` in a clean environment; returns (exit code, stdout, stderr).
+pub fn cli(args: &[&str]) -> (i32, String, String) {
+    let out = run(args, &[]);
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+/// `portcullis init` then `keys create --json` (scope `*`) in `dir`; returns the raw key.
+pub fn init_and_create_key(dir: &std::path::Path) -> String {
+    let d = dir.to_str().unwrap();
+    let (code, _, err) = cli(&["init", "--data-dir", d, "--json"]);
+    assert_eq!(code, 0, "init: {err}");
+    let (code, out, err) = cli(&[
+        "keys",
+        "create",
+        "--data-dir",
+        d,
+        "--name",
+        "binary test",
+        "--scopes",
+        "*",
+        "--json",
+    ]);
+    assert_eq!(code, 0, "keys create: {err}");
+    let v: serde_json::Value = serde_json::from_str(out.trim()).expect("JSON");
+    v["api_key"].as_str().unwrap().to_string()
+}
+
 /// Linked instances of `service` the gateway can route to, from a `/metrics` text.
 pub fn links_online(metrics: &str, service: &str) -> u64 {
     let prefix = format!("portcullis_links{{service=\"{service}\",state=\"online\"}} ");
@@ -64,7 +94,10 @@ pub struct GatewayProcess {
     pub ingress: SocketAddr,
     pub link: SocketAddr,
     pub logs: Arc<Mutex<String>>,
-    pub client: Client<HttpConnector, Body>,
+    /// Sends the process's API key unless a request carries its own `authorization`.
+    pub client: AuthClient,
+    /// A key of scope `*` created with the CLI before the gateway started.
+    pub key: String,
     _dir: tempfile::TempDir,
 }
 
@@ -77,6 +110,7 @@ impl GatewayProcess {
 
     pub fn start_with_env(extra_toml: &str, env: &[(&str, &str)]) -> Self {
         let dir = tempfile::tempdir().unwrap();
+        let key = init_and_create_key(dir.path());
         let path = dir.path().join("portcullis.toml");
         let mut f = std::fs::File::create(&path).unwrap();
         writeln!(
@@ -88,6 +122,8 @@ impl GatewayProcess {
         let mut cmd = command();
         cmd.args(["serve", "--config"])
             .arg(&path)
+            .arg("--data-dir")
+            .arg(dir.path())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped());
         for (k, v) in env {
@@ -122,7 +158,11 @@ impl GatewayProcess {
             ingress: v["ingress"].as_str().unwrap().parse().unwrap(),
             link: v["link"].as_str().unwrap().parse().unwrap(),
             logs,
-            client: client(),
+            client: AuthClient {
+                inner: client(),
+                key: Some(key.clone()),
+            },
+            key,
             _dir: dir,
         }
     }
@@ -136,7 +176,7 @@ impl GatewayProcess {
         self.logs.lock().unwrap().clone()
     }
 
-    /// Send a request through the gateway (the one place credentials will be attached).
+    /// Send a request through the gateway with the process's key (unless it has its own).
     pub async fn request(&self, req: http::Request<Body>) -> http::Response<hyper::body::Incoming> {
         self.try_request(req)
             .await

@@ -1,0 +1,70 @@
+//! API key verification on SQLite: cached (checksum + HMAC + constant-time compare, no
+//! store) and uncached (the same plus one indexed lookup), and the refusal paths.
+//!
+//! `cargo bench -p portcullis --bench verify`
+
+use criterion::{criterion_group, criterion_main, Criterion};
+use portcullis::auth::authenticator::{AuthSettings, CreateKey};
+use portcullis::auth::{ApiKeyAuthenticator, Pepper};
+use portcullis::store::{Store, StoreOptions};
+use std::hint::black_box;
+
+fn bench(c: &mut Criterion) {
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let (auth, key, unknown) = rt.block_on(async {
+        let store = Store::init(&StoreOptions::sqlite(dir.path()))
+            .await
+            .unwrap();
+        let pepper = Pepper::new(b"bench-pepper-0123456789abcdef-0123456789".to_vec(), 1).unwrap();
+        let auth = ApiKeyAuthenticator::new(store, pepper, AuthSettings::default());
+        let issued = auth
+            .create_key(
+                &CreateKey {
+                    workspace: "default".into(),
+                    name: "bench".into(),
+                    scopes: vec!["echo.read".into()],
+                    expires_in: None,
+                    key_id: None,
+                },
+                "bench",
+            )
+            .await
+            .unwrap();
+        let unknown = portcullis::auth::key::generate("no-such-key").raw;
+        (auth, issued.api_key, unknown)
+    });
+
+    let mut g = c.benchmark_group("verify");
+    g.bench_function("cached", |b| {
+        b.iter(|| rt.block_on(auth.authenticate(black_box(&key))).unwrap())
+    });
+    g.bench_function("uncached_sqlite", |b| {
+        b.iter(|| {
+            auth.invalidate_all();
+            rt.block_on(auth.authenticate(black_box(&key))).unwrap()
+        })
+    });
+    g.bench_function("unknown_key_sqlite", |b| {
+        b.iter(|| {
+            rt.block_on(auth.authenticate(black_box(&unknown)))
+                .unwrap_err()
+        })
+    });
+    let mut junk = key.clone();
+    junk.pop();
+    junk.push('!');
+    g.bench_function("malformed", |b| {
+        b.iter(|| {
+            rt.block_on(auth.authenticate(black_box(&junk)))
+                .unwrap_err()
+        })
+    });
+    g.finish();
+}
+
+criterion_group!(benches, bench);
+criterion_main!(benches);

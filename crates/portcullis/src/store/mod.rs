@@ -1,0 +1,297 @@
+//! The store: identities and their history, on `sqlx`.
+//!
+//! SQLite at `<data_dir>/portcullis.db` by default; PostgreSQL when `store.url` is a
+//! `postgres://` URL (several gateway nodes share one). Both are reached through sqlx's `Any`
+//! driver with portable SQL (`$n` placeholders, integers for times in Unix milliseconds, text
+//! for everything else), so every query is written once and tested on both.
+//!
+//! The schema is versioned by embedded migrations ([`migrations`]): `portcullis init` applies
+//! them, [`Store::open`] applies pending ones forward and refuses — without writing
+//! anything — a database whose schema is newer than this binary.
+//!
+//! Tables, by concern: `workspaces` ([`workspaces`]), `api_keys` and `api_key_secrets`
+//! ([`api_keys`]), `audit_log` ([`audit`]), and `store_meta` (a change generation other nodes
+//! poll to invalidate their caches). Users, roles and role bindings are planned next to them:
+//! every identity row carries a `workspace_id`, and a role binding will name
+//! `(subject_kind, subject_id, workspace_id, role)` so an API key or a user can hold roles.
+
+pub mod api_keys;
+pub mod audit;
+pub mod migrations;
+#[doc(hidden)]
+pub mod testing;
+pub mod workspaces;
+
+use sqlx::any::{AnyPoolOptions, AnyRow};
+use sqlx::{AnyPool, Row};
+use std::path::{Path, PathBuf};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+pub use api_keys::{KeyRecord, KeySecret, NewKeyRow};
+pub use audit::{AuditEntry, AuditEvent};
+pub use workspaces::Workspace;
+
+/// File name of the SQLite database inside the data directory.
+pub const SQLITE_FILE: &str = "portcullis.db";
+/// Name of the workspace `portcullis init` creates.
+pub const DEFAULT_WORKSPACE: &str = "default";
+
+/// Which database a store talks to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Dialect {
+    /// SQLite (one node).
+    Sqlite,
+    /// PostgreSQL (one or many nodes).
+    Postgres,
+}
+
+/// Errors of the store. Messages never contain the database URL (it may hold a password).
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    /// The store has not been initialised.
+    #[error("the store is not initialised ({0}): run `portcullis init` first")]
+    NotInitialised(String),
+    /// The database's schema is newer than this binary knows.
+    #[error("the database schema is version {found}, newer than this binary supports ({supported}); refusing to use it — upgrade portcullis (the database was not modified)")]
+    SchemaTooNew {
+        /// Version found.
+        found: i64,
+        /// Newest version this binary has.
+        supported: i64,
+    },
+    /// `store.url` is not a supported URL.
+    #[error("store.url: {0}")]
+    Url(String),
+    /// Something named does not exist.
+    #[error("{0} not found")]
+    NotFound(String),
+    /// The request conflicts with what is stored.
+    #[error("{0}")]
+    Conflict(String),
+    /// Invalid input.
+    #[error("{0}")]
+    Invalid(String),
+    /// Filesystem error (data directory).
+    #[error("{0}: {1}")]
+    Io(PathBuf, std::io::Error),
+    /// The database failed or could not be reached.
+    #[error("database: {0}")]
+    Database(#[from] sqlx::Error),
+}
+
+/// Where the store is and how to reach it.
+#[derive(Debug, Clone)]
+pub struct StoreOptions {
+    /// PostgreSQL URL; `None` means SQLite in `data_dir`.
+    pub url: Option<crate::config::Secret>,
+    /// Data directory (SQLite file, pepper).
+    pub data_dir: PathBuf,
+    /// Pool size.
+    pub max_connections: u32,
+    /// How long a query waits for a connection.
+    pub acquire_timeout: Duration,
+}
+
+impl StoreOptions {
+    /// Options from the configuration.
+    pub fn from_config(cfg: &crate::config::Config) -> Self {
+        Self {
+            url: cfg.store.url.clone(),
+            data_dir: cfg.data_dir.clone(),
+            max_connections: cfg.store.max_connections,
+            acquire_timeout: cfg.store.acquire_timeout,
+        }
+    }
+
+    /// SQLite in `data_dir` with default pool settings.
+    pub fn sqlite(data_dir: impl Into<PathBuf>) -> Self {
+        Self {
+            url: None,
+            data_dir: data_dir.into(),
+            max_connections: 8,
+            acquire_timeout: Duration::from_secs(5),
+        }
+    }
+
+    /// A database at `url` (`postgres://…` or `sqlite://…`).
+    pub fn url(url: &str, data_dir: impl Into<PathBuf>) -> Self {
+        Self {
+            url: Some(crate::config::Secret::new(url)),
+            ..Self::sqlite(data_dir)
+        }
+    }
+
+    fn dialect(&self) -> Result<Dialect, StoreError> {
+        match &self.url {
+            None => Ok(Dialect::Sqlite),
+            Some(u) => {
+                let u = u.expose();
+                if u.starts_with("postgres://") || u.starts_with("postgresql://") {
+                    Ok(Dialect::Postgres)
+                } else if u.starts_with("sqlite:") {
+                    Ok(Dialect::Sqlite)
+                } else {
+                    Err(StoreError::Url(
+                        "must start with postgres:// (or sqlite:)".into(),
+                    ))
+                }
+            }
+        }
+    }
+
+    /// Path of the SQLite file when the store is the default SQLite one.
+    pub fn sqlite_path(&self) -> Option<PathBuf> {
+        self.url.is_none().then(|| self.data_dir.join(SQLITE_FILE))
+    }
+
+    /// A human description for messages, without credentials.
+    pub fn describe(&self) -> String {
+        match (&self.url, self.sqlite_path()) {
+            (_, Some(p)) => p.display().to_string(),
+            (Some(u), None) => {
+                let u = u.expose();
+                let scheme = u.split("://").next().unwrap_or("db");
+                let host = u
+                    .split("://")
+                    .nth(1)
+                    .map(|r| r.rsplit('@').next().unwrap_or(r))
+                    .map(|r| r.split('?').next().unwrap_or(r))
+                    .unwrap_or("");
+                format!("{scheme}://{host}")
+            }
+            (None, None) => "store".into(),
+        }
+    }
+
+    fn url_for(&self, create: bool) -> String {
+        match (&self.url, self.sqlite_path()) {
+            (Some(u), _) => u.expose().to_string(),
+            (None, Some(path)) => {
+                let mode = if create { "rwc" } else { "rw" };
+                format!("sqlite://{}?mode={mode}", percent_encode_path(&path))
+            }
+            (None, None) => String::new(),
+        }
+    }
+}
+
+fn percent_encode_path(p: &Path) -> String {
+    let s = p.to_string_lossy();
+    let mut out = String::with_capacity(s.len());
+    for b in s.bytes() {
+        if b.is_ascii_alphanumeric() || matches!(b, b'/' | b'.' | b'_' | b'-' | b'~') {
+            out.push(b as char);
+        } else {
+            out.push_str(&format!("%{b:02X}"));
+        }
+    }
+    out
+}
+
+/// A handle on the store; cheap to clone (one pool).
+#[derive(Debug, Clone)]
+pub struct Store {
+    pool: AnyPool,
+    dialect: Dialect,
+}
+
+/// Now, Unix milliseconds.
+pub fn now_ms() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_millis() as i64)
+        .unwrap_or(0)
+}
+
+impl Store {
+    async fn connect(opts: &StoreOptions, create: bool) -> Result<Self, StoreError> {
+        sqlx::any::install_default_drivers();
+        let dialect = opts.dialect()?;
+        if let Some(path) = opts.sqlite_path() {
+            if create {
+                std::fs::create_dir_all(&opts.data_dir)
+                    .map_err(|e| StoreError::Io(opts.data_dir.clone(), e))?;
+            } else if !path.exists() {
+                return Err(StoreError::NotInitialised(format!(
+                    "{} does not exist",
+                    path.display()
+                )));
+            }
+        }
+        let pool = AnyPoolOptions::new()
+            .max_connections(opts.max_connections.max(1))
+            .acquire_timeout(opts.acquire_timeout)
+            .connect(&opts.url_for(create))
+            .await
+            .map_err(|e| match e {
+                // Configuration errors can echo the URL: keep only the kind.
+                sqlx::Error::Configuration(_) => {
+                    StoreError::Url(format!("cannot use {}", opts.describe()))
+                }
+                other => StoreError::Database(other),
+            })?;
+        let store = Self { pool, dialect };
+        if dialect == Dialect::Sqlite && create {
+            // Readers do not block the writer (gateway and CLI share the file); persistent.
+            sqlx::query("PRAGMA journal_mode=WAL")
+                .execute(&store.pool)
+                .await?;
+        }
+        Ok(store)
+    }
+
+    /// Create the store if needed, apply every migration and create the `default`
+    /// workspace. Idempotent. Refuses a newer schema without modifying it.
+    pub async fn init(opts: &StoreOptions) -> Result<Self, StoreError> {
+        let store = Self::connect(opts, true).await?;
+        store.migrate().await?;
+        store.ensure_workspace(DEFAULT_WORKSPACE).await?;
+        Ok(store)
+    }
+
+    /// Open an initialised store, applying pending migrations forward. Refuses an
+    /// uninitialised store (run `portcullis init`) and a newer schema.
+    pub async fn open(opts: &StoreOptions) -> Result<Self, StoreError> {
+        let store = Self::connect(opts, false).await?;
+        match store.schema_version().await? {
+            None => Err(StoreError::NotInitialised(opts.describe())),
+            Some(_) => {
+                store.migrate().await?;
+                Ok(store)
+            }
+        }
+    }
+
+    /// The dialect of this store.
+    pub fn dialect(&self) -> Dialect {
+        self.dialect
+    }
+
+    /// The pool, for the modules of the store.
+    pub(crate) fn pool(&self) -> &AnyPool {
+        &self.pool
+    }
+
+    /// One round trip: readiness.
+    pub async fn ping(&self) -> Result<(), StoreError> {
+        sqlx::query("SELECT 1").execute(&self.pool).await?;
+        Ok(())
+    }
+
+    /// Close the pool.
+    pub async fn close(&self) {
+        self.pool.close().await;
+    }
+
+    /// The change generation: bumped by every change to keys, so other processes and nodes
+    /// know to drop their verification caches.
+    pub async fn generation(&self) -> Result<i64, StoreError> {
+        let row = sqlx::query("SELECT value FROM store_meta WHERE name = 'keys_generation'")
+            .fetch_optional(&self.pool)
+            .await?;
+        Ok(row
+            .map(|r: AnyRow| r.try_get::<i64, _>(0))
+            .transpose()?
+            .unwrap_or(0))
+    }
+}

@@ -1,0 +1,414 @@
+//! The store and the authenticator against SQLite and PostgreSQL alike
+//! (`PORTCULLIS_TEST_POSTGRES_URL`; each test gets its own database).
+
+use portcullis::auth::authenticator::{AuthSettings, CreateKey};
+use portcullis::auth::{ApiKeyAuthenticator, AuthFailure, Pepper};
+use portcullis::store::testing::TestStore;
+use portcullis::store::{migrations, AuditEvent, Store, StoreError};
+use std::time::Duration;
+
+fn pepper() -> Pepper {
+    Pepper::new(b"test-pepper-0123456789abcdef-0123456789".to_vec(), 1).unwrap()
+}
+
+fn create(scopes: &[&str]) -> CreateKey {
+    CreateKey {
+        workspace: "default".into(),
+        name: "test".into(),
+        scopes: scopes.iter().map(|s| s.to_string()).collect(),
+        expires_in: None,
+        key_id: None,
+    }
+}
+
+#[tokio::test]
+async fn migrations_are_versioned_and_idempotent() {
+    for ts in TestStore::all().await {
+        let k = ts.kind;
+        // Not initialised: open refuses and says what to do.
+        let e = Store::open(&ts.options).await.unwrap_err();
+        assert!(e.to_string().contains("portcullis init"), "{k}: {e}");
+        let store = ts.init().await;
+        assert_eq!(
+            store.schema_version().await.unwrap(),
+            Some(migrations::LATEST),
+            "{k}"
+        );
+        let again = store.migrate().await.unwrap();
+        assert_eq!(again.from, Some(migrations::LATEST), "{k}");
+        assert_eq!(again.to, migrations::LATEST, "{k}");
+        let ws = store.list_workspaces().await.unwrap();
+        assert_eq!(ws.len(), 1, "{k}");
+        assert_eq!(ws[0].name, "default", "{k}");
+        // Init twice is fine and creates nothing new.
+        let store2 = Store::init(&ts.options).await.unwrap();
+        assert_eq!(store2.list_workspaces().await.unwrap().len(), 1, "{k}");
+        store.close().await;
+        store2.close().await;
+        ts.cleanup().await;
+    }
+}
+
+#[tokio::test]
+async fn a_newer_schema_is_refused_and_left_untouched() {
+    for ts in TestStore::all().await {
+        let k = ts.kind;
+        let store = ts.init().await;
+        store
+            .audit_append(&AuditEvent {
+                event: "key_created",
+                actor: "test".into(),
+                ..Default::default()
+            })
+            .await
+            .unwrap();
+        // A future binary migrated this database further.
+        let mut conn = <sqlx::AnyConnection as sqlx::Connection>::connect(&match &ts.options.url {
+            Some(u) => u.expose().to_string(),
+            None => format!("sqlite://{}", ts.dir.path().join("portcullis.db").display()),
+        })
+        .await
+        .unwrap();
+        sqlx::query(
+            "INSERT INTO schema_version (version, name, applied_at) VALUES (999, 'future', 0)",
+        )
+        .execute(&mut conn)
+        .await
+        .unwrap();
+        let _ = sqlx::Connection::close(conn).await;
+        store.close().await;
+
+        for attempt in [
+            Store::open(&ts.options).await,
+            Store::init(&ts.options).await,
+        ] {
+            let e = attempt.unwrap_err();
+            assert!(
+                matches!(e, StoreError::SchemaTooNew { found: 999, supported } if supported == migrations::LATEST),
+                "{k}: {e}"
+            );
+            assert!(e.to_string().contains("newer than this binary"), "{k}: {e}");
+        }
+        // Nothing was written: same version, same rows.
+        let mut conn = <sqlx::AnyConnection as sqlx::Connection>::connect(&match &ts.options.url {
+            Some(u) => u.expose().to_string(),
+            None => format!("sqlite://{}", ts.dir.path().join("portcullis.db").display()),
+        })
+        .await
+        .unwrap();
+        use sqlx::Row;
+        let n: i64 = sqlx::query("SELECT COUNT(*) FROM audit_log")
+            .fetch_one(&mut conn)
+            .await
+            .unwrap()
+            .get(0);
+        assert_eq!(n, 1, "{k}");
+        let v: i64 = sqlx::query("SELECT MAX(version) FROM schema_version")
+            .fetch_one(&mut conn)
+            .await
+            .unwrap()
+            .get(0);
+        assert_eq!(v, 999, "{k}");
+        let _ = sqlx::Connection::close(conn).await;
+        ts.cleanup().await;
+    }
+}
+
+#[tokio::test]
+async fn keys_verify_rotate_revoke_and_expire() {
+    for ts in TestStore::all().await {
+        let k = ts.kind;
+        let store = ts.init().await;
+        let auth = ApiKeyAuthenticator::new(store.clone(), pepper(), AuthSettings::default());
+        let issued = auth
+            .create_key(&create(&["echo.read"]), "test")
+            .await
+            .unwrap();
+        let raw = issued.api_key.clone();
+        let id = auth.authenticate(&raw).await.unwrap();
+        assert_eq!(id.key_id, issued.record.key_id, "{k}");
+        assert_eq!(id.workspace, "default", "{k}");
+        assert!(
+            id.has_capability("echo.read") && !id.has_capability("echo.write"),
+            "{k}"
+        );
+        // Cached now; a wrong secret for the same id is still wrong.
+        assert_eq!(auth.cached_keys(), 1, "{k}");
+        let wrong = portcullis::auth::key::format_key(
+            &issued.record.key_id,
+            &portcullis::auth::key::random_base62(30),
+        );
+        assert_eq!(
+            auth.authenticate(&wrong).await.unwrap_err(),
+            AuthFailure::Wrong,
+            "{k}"
+        );
+        // Unknown id, malformed.
+        let unknown = portcullis::auth::key::generate("no-such-key").raw;
+        assert_eq!(
+            auth.authenticate(&unknown).await.unwrap_err(),
+            AuthFailure::Unknown,
+            "{k}"
+        );
+        assert_eq!(
+            auth.authenticate("pcs_junk").await.unwrap_err(),
+            AuthFailure::Malformed,
+            "{k}"
+        );
+        // A different pepper cannot verify the key.
+        let other = ApiKeyAuthenticator::new(
+            store.clone(),
+            Pepper::new(b"another-pepper-0123456789abcdef-012345".to_vec(), 1).unwrap(),
+            AuthSettings::default(),
+        );
+        assert_eq!(
+            other.authenticate(&raw).await.unwrap_err(),
+            AuthFailure::Wrong,
+            "{k}"
+        );
+
+        // Rotation with overlap: both work until the overlap ends.
+        let (rotated, until) = auth
+            .rotate(&issued.record.key_id, Duration::from_secs(3600), "test")
+            .await
+            .unwrap();
+        assert!(until > portcullis::store::now_ms(), "{k}");
+        assert!(auth.authenticate(&raw).await.is_ok(), "{k}");
+        assert!(auth.authenticate(&rotated.api_key).await.is_ok(), "{k}");
+        // Rotation without overlap: the previous secrets stop at once.
+        let (third, _) = auth
+            .rotate(&issued.record.key_id, Duration::ZERO, "test")
+            .await
+            .unwrap();
+        assert_eq!(
+            auth.authenticate(&raw).await.unwrap_err(),
+            AuthFailure::Wrong,
+            "{k}"
+        );
+        assert_eq!(
+            auth.authenticate(&rotated.api_key).await.unwrap_err(),
+            AuthFailure::Wrong,
+            "{k}"
+        );
+        assert!(auth.authenticate(&third.api_key).await.is_ok(), "{k}");
+
+        // Revocation: at once, despite the cache.
+        auth.revoke(&issued.record.key_id, "test").await.unwrap();
+        assert_eq!(
+            auth.authenticate(&third.api_key).await.unwrap_err(),
+            AuthFailure::Revoked,
+            "{k}"
+        );
+        assert!(matches!(
+            auth.revoke(&issued.record.key_id, "test").await,
+            Err(StoreError::Conflict(_))
+        ));
+        assert!(matches!(
+            auth.rotate(&issued.record.key_id, Duration::ZERO, "test")
+                .await,
+            Err(StoreError::Conflict(_))
+        ));
+
+        // Expiry.
+        let mut short = create(&["*"]);
+        short.expires_in = Some(Duration::from_millis(1));
+        let short = auth.create_key(&short, "test").await.unwrap();
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        assert_eq!(
+            auth.authenticate(&short.api_key).await.unwrap_err(),
+            AuthFailure::Expired,
+            "{k}"
+        );
+
+        // Last used: recorded off the request path, on flush.
+        let fresh = auth.create_key(&create(&["a"]), "test").await.unwrap();
+        assert!(fresh.record.last_used_at.is_none());
+        auth.authenticate(&fresh.api_key).await.unwrap();
+        auth.flush_last_used().await.unwrap();
+        let rec = store.key(&fresh.record.key_id).await.unwrap().unwrap();
+        assert!(rec.last_used_at.is_some(), "{k}");
+
+        // Bad input.
+        assert!(matches!(
+            auth.create_key(&create(&["Not A Scope"]), "test").await,
+            Err(StoreError::Invalid(_))
+        ));
+        let mut nows = create(&["a"]);
+        nows.workspace = "nope".into();
+        assert!(matches!(
+            auth.create_key(&nows, "test").await,
+            Err(StoreError::NotFound(_))
+        ));
+        let mut dup = create(&["a"]);
+        dup.key_id = Some(fresh.record.key_id.clone());
+        assert!(matches!(
+            auth.create_key(&dup, "test").await,
+            Err(StoreError::Conflict(_))
+        ));
+        store.close().await;
+        ts.cleanup().await;
+    }
+}
+
+#[tokio::test]
+async fn changes_from_another_process_invalidate_the_cache() {
+    for ts in TestStore::all().await {
+        let k = ts.kind;
+        let store = ts.init().await;
+        let gateway = ApiKeyAuthenticator::new(store.clone(), pepper(), AuthSettings::default());
+        gateway.poll_changes().await.unwrap();
+        let issued = gateway.create_key(&create(&["a"]), "test").await.unwrap();
+        gateway.authenticate(&issued.api_key).await.unwrap();
+        assert_eq!(gateway.cached_keys(), 1);
+        // The CLI revokes through its own connection to the store.
+        let cli = Store::open(&ts.options).await.unwrap();
+        cli.revoke_key(&issued.record.key_id, "cli").await.unwrap();
+        assert!(gateway.poll_changes().await.unwrap(), "{k}");
+        assert_eq!(gateway.cached_keys(), 0, "{k}");
+        assert_eq!(
+            gateway.authenticate(&issued.api_key).await.unwrap_err(),
+            AuthFailure::Revoked,
+            "{k}"
+        );
+        cli.close().await;
+        store.close().await;
+        ts.cleanup().await;
+    }
+}
+
+#[tokio::test]
+async fn bootstrap_only_without_an_admin_key() {
+    for ts in TestStore::all().await {
+        let k = ts.kind;
+        let store = ts.init().await;
+        let p = pepper();
+        let req = create(&["*"]);
+        assert!(!store.has_admin_key().await.unwrap(), "{k}");
+        let first = portcullis::auth::authenticator::create_key(&store, &p, &req, "cli", true)
+            .await
+            .unwrap();
+        assert!(first.record.is_admin());
+        let again =
+            portcullis::auth::authenticator::create_key(&store, &p, &req, "cli", true).await;
+        assert!(matches!(again, Err(StoreError::Conflict(_))), "{k}");
+        // Once the admin key is revoked, bootstrap works again.
+        store.revoke_key(&first.record.key_id, "cli").await.unwrap();
+        assert!(
+            portcullis::auth::authenticator::create_key(&store, &p, &req, "cli", true)
+                .await
+                .is_ok(),
+            "{k}"
+        );
+        let events: Vec<String> = store
+            .audit_list(10)
+            .await
+            .unwrap()
+            .into_iter()
+            .map(|e| e.event)
+            .collect();
+        assert_eq!(events, ["bootstrap", "key_revoked", "bootstrap"], "{k}");
+        store.close().await;
+        ts.cleanup().await;
+    }
+}
+
+#[tokio::test]
+async fn the_audit_log_is_bounded() {
+    for ts in TestStore::all().await {
+        let k = ts.kind;
+        let store = ts.init().await;
+        for i in 0..250 {
+            store
+                .audit_append(&AuditEvent {
+                    event: "auth_failure",
+                    actor: "gateway".into(),
+                    reason: Some(format!("r{i}")),
+                    ..Default::default()
+                })
+                .await
+                .unwrap();
+        }
+        let deleted = store.audit_trim(100).await.unwrap();
+        assert_eq!(deleted, 150, "{k}");
+        assert_eq!(store.audit_count().await.unwrap(), 100, "{k}");
+        let newest = store.audit_list(1).await.unwrap();
+        assert_eq!(newest[0].reason.as_deref(), Some("r249"), "{k}");
+        store.close().await;
+        ts.cleanup().await;
+    }
+}
+
+#[tokio::test]
+async fn failures_are_audited_coalesced_off_the_request_path() {
+    for ts in TestStore::all().await {
+        let k = ts.kind;
+        let store = ts.init().await;
+        let auth = ApiKeyAuthenticator::new(store.clone(), pepper(), AuthSettings::default());
+        let stop = tokio_util::sync::CancellationToken::new();
+        let task = auth.start(stop.clone());
+        for _ in 0..500 {
+            assert!(auth.report_failure("malformed", None, None, None));
+        }
+        auth.report_failure("unknown", Some("abcd"), None, None);
+        stop.cancel();
+        task.await.unwrap();
+        let entries = store.audit_list(100).await.unwrap();
+        let malformed: Vec<_> = entries
+            .iter()
+            .filter(|e| e.reason.as_deref() == Some("malformed"))
+            .collect();
+        assert!(
+            !malformed.is_empty() && malformed.len() <= 2,
+            "{k}: {malformed:?}"
+        );
+        let total: u64 = malformed
+            .iter()
+            .map(|e| {
+                serde_json::from_str::<serde_json::Value>(e.detail.as_deref().unwrap()).unwrap()
+                    ["count"]
+                    .as_u64()
+                    .unwrap()
+            })
+            .sum();
+        assert_eq!(total, 500, "{k}");
+        assert!(
+            entries
+                .iter()
+                .any(|e| e.reason.as_deref() == Some("unknown")
+                    && e.key_id.as_deref() == Some("abcd"))
+        );
+        store.close().await;
+        ts.cleanup().await;
+    }
+}
+
+#[tokio::test]
+async fn the_verification_cache_is_bounded() {
+    for ts in TestStore::all().await {
+        let store = ts.init().await;
+        let settings = AuthSettings {
+            cache_capacity: 2,
+            ..AuthSettings::default()
+        };
+        let auth = ApiKeyAuthenticator::new(store.clone(), pepper(), settings);
+        let mut keys = Vec::new();
+        for _ in 0..5 {
+            keys.push(
+                auth.create_key(&create(&["a"]), "test")
+                    .await
+                    .unwrap()
+                    .api_key,
+            );
+        }
+        for k in &keys {
+            auth.authenticate(k).await.unwrap();
+            assert!(auth.cached_keys() <= 2, "{}", ts.kind);
+        }
+        // Every key still verifies, cached or not.
+        for k in &keys {
+            auth.authenticate(k).await.unwrap();
+        }
+        store.close().await;
+        ts.cleanup().await;
+    }
+}
