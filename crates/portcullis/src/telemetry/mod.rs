@@ -1,6 +1,7 @@
 //! Telemetry: metrics (defined in [`metrics`]), structured logs behind one redaction layer
 //! ([`redact`]), and the scrape-time view of links.
 
+pub mod log_queue;
 pub mod metrics;
 pub mod redact;
 
@@ -78,10 +79,16 @@ pub fn otel_enabled() -> bool {
 
 /// Flushes and stops span export when dropped (at the end of `main`).
 #[derive(Debug, Default)]
-pub struct TelemetryGuard(Option<opentelemetry_sdk::trace::SdkTracerProvider>);
+pub struct TelemetryGuard(
+    Option<opentelemetry_sdk::trace::SdkTracerProvider>,
+    Option<log_queue::LogQueue>,
+);
 
 impl Drop for TelemetryGuard {
     fn drop(&mut self) {
+        if let Some(q) = self.1.take() {
+            q.flush(std::time::Duration::from_secs(2));
+        }
         if let Some(p) = self.0.take() {
             if let Err(e) = p.shutdown() {
                 eprintln!("span export shutdown: {e}");
@@ -92,7 +99,8 @@ impl Drop for TelemetryGuard {
 
 /// Install the process-wide subscriber: logs as JSON lines when stderr is not a terminal,
 /// human format otherwise, level from `PORTCULLIS_LOG` (default `info`), every line through
-/// [`redact::Redacting`]; and, when `cfg.otlp_endpoint` is set, span export over OTLP/HTTP
+/// the redaction layer on a background writer ([`log_queue`]: a call never waits for the
+/// log output, a full queue drops and counts lines); and, when `cfg.otlp_endpoint` is set, span export over OTLP/HTTP
 /// with W3C trace-context propagation.
 pub fn init(cfg: &TelemetryConfig) -> anyhow::Result<TelemetryGuard> {
     use opentelemetry::trace::TracerProvider as _;
@@ -103,7 +111,17 @@ pub fn init(cfg: &TelemetryConfig) -> anyhow::Result<TelemetryGuard> {
 
     let filter =
         EnvFilter::try_from_env("PORTCULLIS_LOG").unwrap_or_else(|_| EnvFilter::new("info"));
-    let fmt = tracing_subscriber::fmt::layer().with_writer(redact::Redacting(std::io::stderr));
+    let mut guard = TelemetryGuard::default();
+    let writer = match log_queue::LogQueue::spawn(std::io::stderr()) {
+        Ok(q) => {
+            guard.1 = Some(q.clone());
+            tracing_subscriber::fmt::writer::BoxMakeWriter::new(q)
+        }
+        Err(_) => {
+            tracing_subscriber::fmt::writer::BoxMakeWriter::new(redact::Redacting(std::io::stderr))
+        }
+    };
+    let fmt = tracing_subscriber::fmt::layer().with_writer(writer);
     let fmt = if std::io::stderr().is_terminal() {
         fmt.boxed()
     } else {
@@ -113,7 +131,6 @@ pub fn init(cfg: &TelemetryConfig) -> anyhow::Result<TelemetryGuard> {
             .with_span_list(false)
             .boxed()
     };
-    let mut guard = TelemetryGuard::default();
     let otel = match &cfg.otlp_endpoint {
         None => None,
         Some(endpoint) => {
