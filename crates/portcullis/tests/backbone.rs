@@ -363,7 +363,7 @@ async fn idle_http1_connections_park_and_keep_serving() {
     for _ in 0..3 {
         s.write_all(req).await.unwrap();
         let (status, body) = read_response(&mut s).await;
-        assert_eq!(status, 200);
+        assert_eq!(status, 200, "{}", String::from_utf8_lossy(&body));
         assert_eq!(json(&bytes::Bytes::from(body))["path"], "/echo/a");
         // Idle past `park_after`: the connection is parked and must wake for the next call.
         tokio::time::sleep(Duration::from_millis(80)).await;

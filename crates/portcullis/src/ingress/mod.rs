@@ -36,6 +36,8 @@ pub struct ConnActivity {
     started: Instant,
     active: AtomicUsize,
     last_done_ms: AtomicU64,
+    /// Calls finished on this connection.
+    done: AtomicU64,
 }
 
 impl ConnActivity {
@@ -44,6 +46,7 @@ impl ConnActivity {
             started: Instant::now(),
             active: AtomicUsize::new(0),
             last_done_ms: AtomicU64::new(0),
+            done: AtomicU64::new(0),
         })
     }
 
@@ -71,6 +74,7 @@ impl Drop for ActiveCall {
     fn drop(&mut self) {
         let now = self.0.started.elapsed().as_millis() as u64;
         self.0.last_done_ms.fetch_max(now, Ordering::AcqRel);
+        self.0.done.fetch_add(1, Ordering::AcqRel);
         self.0.active.fetch_sub(1, Ordering::AcqRel);
     }
 }
@@ -288,11 +292,12 @@ impl Ingress {
     /// Serve HTTP/1.1 on `io` until the connection ends or has been idle for `park_after`.
     async fn serve_h1(
         self: &Arc<Self>,
-        io: PrefixedTcp,
+        mut io: PrefixedTcp,
         peer: SocketAddr,
         drain: &CancellationToken,
         activity: &Arc<ConnActivity>,
     ) -> H1End {
+        io.new_period();
         let pipeline = self.pipeline.clone();
         let act = activity.clone();
         let svc = service_fn(move |req| {
@@ -304,9 +309,9 @@ impl Ingress {
                 Ok::<_, std::convert::Infallible>(pipeline.handle(req, peer, call).await)
             })
         });
-        let write_blocked = io.write_blocked.clone();
-        let may_park = io.prefix.is_empty();
-        let started = Instant::now();
+        let io_state = io.state.clone();
+        let done_before = activity.done.load(Ordering::Acquire);
+        let mut park_from = Instant::now();
         let mut conn = self.h1.serve_connection(TokioIo::new(io), svc);
         let idle = self.cfg.idle_timeout;
         let park_after = self.cfg.park_after;
@@ -337,12 +342,17 @@ impl Ingress {
                     std::pin::Pin::new(&mut conn).graceful_shutdown();
                     finishing = true;
                 }
-                _ = park_due(activity, park_after, started), if may_park && !finishing && !parking => {
-                    // Only between calls with nothing left to flush: hyper closes an idle
-                    // connection at once, so no byte of a response can be lost, and a
-                    // request it had begun to read comes back in `read_buf`.
-                    if write_blocked.load(Ordering::Acquire) {
-                        tokio::time::sleep(Duration::from_millis(1)).await;
+                _ = park_due(activity, park_after, park_from), if !finishing && !parking => {
+                    // Only where hyper is idle, so it closes at once instead of finishing a
+                    // call with `connection: close`: after a call of this period has
+                    // finished (the bytes of a next request come back in `read_buf`), or
+                    // before any byte was read. Never with a response unflushed. A request
+                    // head still arriving is left to hyper and its header-read timeout.
+                    let call_done = activity.done.load(Ordering::Acquire) > done_before;
+                    let untouched = io_state.read_bytes.load(Ordering::Acquire) == 0;
+                    if io_state.write_blocked.load(Ordering::Acquire) || !(call_done || untouched) {
+                        // Look again one period later; hyper keeps being polled meanwhile.
+                        park_from = Instant::now();
                     } else {
                         std::pin::Pin::new(&mut conn).graceful_shutdown();
                         parking = true;
@@ -377,7 +387,16 @@ async fn park_due(activity: &ConnActivity, after: Duration, since: Instant) {
 struct PrefixedTcp {
     prefix: Bytes,
     inner: tokio::net::TcpStream,
-    write_blocked: Arc<AtomicBool>,
+    state: Arc<IoState>,
+}
+
+/// What the connection loop needs to know about hyper's use of the socket.
+#[derive(Default)]
+struct IoState {
+    /// The last write stopped short: hyper may hold unflushed bytes.
+    write_blocked: AtomicBool,
+    /// Bytes handed to hyper in this service period (prefix included).
+    read_bytes: AtomicU64,
 }
 
 impl PrefixedTcp {
@@ -385,7 +404,7 @@ impl PrefixedTcp {
         Self {
             prefix,
             inner,
-            write_blocked: Arc::new(AtomicBool::new(false)),
+            state: Arc::default(),
         }
     }
 
@@ -401,8 +420,15 @@ impl PrefixedTcp {
     }
 
     fn blocked<T>(&self, p: Poll<T>) -> Poll<T> {
-        self.write_blocked.store(p.is_pending(), Ordering::Release);
+        self.state
+            .write_blocked
+            .store(p.is_pending(), Ordering::Release);
         p
+    }
+
+    /// A new service period: count reads from zero.
+    fn new_period(&mut self) {
+        self.state = Arc::default();
     }
 }
 
@@ -416,9 +442,16 @@ impl AsyncRead for PrefixedTcp {
             let n = self.prefix.len().min(buf.remaining());
             let chunk = self.prefix.split_to(n);
             buf.put_slice(&chunk);
+            self.state.read_bytes.fetch_add(n as u64, Ordering::Relaxed);
             return Poll::Ready(Ok(()));
         }
-        Pin::new(&mut self.inner).poll_read(cx, buf)
+        let before = buf.filled().len();
+        let p = Pin::new(&mut self.inner).poll_read(cx, buf);
+        let n = buf.filled().len() - before;
+        if n > 0 {
+            self.state.read_bytes.fetch_add(n as u64, Ordering::Relaxed);
+        }
+        p
     }
 }
 
