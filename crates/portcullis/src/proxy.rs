@@ -130,9 +130,13 @@ pub async fn forward(
     };
     strip_hop_by_hop(&mut parts.headers);
     let h = &mut parts.headers;
+    // A fresh value on every call: never indexed, so it does not churn the link's HPACK table
+    // (which then keeps the headers that do repeat).
+    let mut cid = ctx.correlation_id.clone();
+    cid.set_sensitive(true);
     h.insert(
         HeaderName::from_static(portcullis_link::headers::CORRELATION_ID),
-        ctx.correlation_id.clone(),
+        cid,
     );
     if let Some(v) = &ctx.route.template_header {
         h.insert(
