@@ -298,7 +298,10 @@ def cmd_report(results_path, meta_path, out_path):
            f"- proxies: nginx `worker_processes {meta['nginx_workers']}`, HAProxy "
            f"`nbthread {meta['nproc']}`, Portcullis tokio default ({meta['nproc']} worker "
            f"threads); backend: echo-service `--listen` (direct, nginx, HAProxy) or linked "
-           f"(Portcullis)",
+           f"(Portcullis, {meta.get('links', 1)} link(s))",
+           f"- API key: " + ("required and checked on every Portcullis call in every scenario "
+                             "(the Portcullis rows are keyed rows)" if meta.get("keyed") else
+                             "not available in this build (Portcullis rows without a key)"),
            f"- load: median of {rounds} interleaved rounds per target, {dur} s each, order "
            f"reversed every other round; ranges are min–max over the rounds",
            f"- scenario time: {meta['elapsed']} s",
@@ -386,6 +389,32 @@ def cmd_report(results_path, meta_path, out_path):
               f"{ratio(pst, med([r['mbps'] for r in stream.get('nginx', []) if r.get('ok')]))} | "
               f"{ratio(pst, med([r['mbps'] for r in stream.get('haproxy', []) if r.get('ok')]))} |")
     md.append("")
+
+    # The goals of issue #5, checked on the keyed rows when the build has keys.
+    load = key if m(key, "portcullis+key", "rps") is not None else h1
+    who = "portcullis+key" if load is key else "portcullis"
+    p_rps, n_rps = m(load, who, "rps"), m(load, "nginx", "rps")
+    p_p99, n_p99 = m(load, who, "p99"), m(load, "nginx", "p99")
+    pc_after = (pc.get("rss_after_kib") / 1024) if pc and not pc.get("note") else None
+    dst = med([r["mbps"] for r in stream.get("direct", []) if r.get("ok")])
+
+    def verdict(ok):
+        return "–" if ok is None else ("met" if ok else "not met")
+
+    def cmp(a, b, f):
+        return None if a is None or b is None else f(a, b)
+    keyed = " (API key checked)" if load is key else " (no API key in this build)"
+    md += ["### Targets (issue #5)", "",
+           "| target | this run | |", "|---|---:|---|",
+           f"| requests/s ≥ 1.0× NGINX{keyed} | {ratio(p_rps, n_rps)} | "
+           f"{verdict(cmp(p_rps, n_rps, lambda a, b: a >= b))} |",
+           f"| p99 ≤ NGINX{keyed} | {ratio(p_p99, n_p99)} | "
+           f"{verdict(cmp(p_p99, n_p99, lambda a, b: a <= b))} |",
+           f"| {meta['idle_n']:,} idle connections under 100 MiB resident | "
+           f"{fmt(pc_after, 1)} MiB | {verdict(None if pc_after is None else pc_after < 100)} |",
+           f"| streaming within 20% of direct | {ratio(pst, dst)} | "
+           f"{verdict(cmp(pst, dst, lambda a, b: a >= 0.8 * b))} |",
+           ""]
 
     md += ["### Commands", "", "```sh"] + meta["commands"] + ["```", ""]
     text = "\n".join(md)

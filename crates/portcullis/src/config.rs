@@ -187,6 +187,11 @@ pub struct IngressConfig {
     /// A connection with no call in progress for this long is closed. Default 60 s.
     #[serde(with = "humantime_serde")]
     pub idle_timeout: Duration,
+    /// An HTTP/1.1 connection (plain TCP) with no call for this long drops its per-connection
+    /// buffers and waits on the bare socket until the client sends again, so idle keep-alive
+    /// connections cost little memory. Default 50 ms.
+    #[serde(with = "humantime_serde")]
+    pub park_after: Duration,
     /// Concurrent client connections; further accepts wait. Default 20000.
     pub max_connections: usize,
 }
@@ -201,6 +206,7 @@ impl Default for IngressConfig {
             max_body_bytes: 1 << 30,
             max_concurrent_streams: 256,
             idle_timeout: Duration::from_secs(60),
+            park_after: Duration::from_millis(50),
             max_connections: 20_000,
         }
     }

@@ -7,6 +7,7 @@
 
 use bytes::Bytes;
 use http::header::{self, HeaderName};
+use http::uri::{Authority, PathAndQuery, Scheme};
 use http::{HeaderMap, HeaderValue, Request, Response, Uri};
 use http_body::Body;
 use http_body_util::BodyExt;
@@ -30,6 +31,8 @@ const HOP_BY_HOP: [HeaderName; 8] = [
     header::TE,
     header::HOST,
 ];
+
+const X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
 
 /// Response extension naming the instance that served the call, for the access log.
 #[derive(Debug, Clone)]
@@ -115,47 +118,60 @@ pub async fn forward(
         }
     }
 
-    let authority = parts
+    // The service sees the client's host as `:authority` (a bad one is replaced by the service
+    // name). Parsed once; the path and query are reused as they are.
+    let authority = match parts
         .headers
         .get(header::HOST)
         .and_then(|h| h.to_str().ok())
-        .map(str::to_owned)
-        .or_else(|| parts.uri.authority().map(|a| a.to_string()));
+    {
+        Some(h) => h.parse::<Authority>().ok(),
+        None => parts.uri.authority().cloned(),
+    };
     strip_hop_by_hop(&mut parts.headers);
     let h = &mut parts.headers;
+    // A fresh value on every call: never indexed, so it does not churn the link's HPACK table
+    // (which then keeps the headers that do repeat).
+    let mut cid = ctx.correlation_id.clone();
+    cid.set_sensitive(true);
     h.insert(
         HeaderName::from_static(portcullis_link::headers::CORRELATION_ID),
-        ctx.correlation_id.clone(),
+        cid,
     );
-    if let Ok(v) = HeaderValue::from_str(&ctx.route.template) {
-        h.insert(HeaderName::from_static(portcullis_link::headers::ROUTE), v);
+    if let Some(v) = &ctx.route.template_header {
+        h.insert(
+            HeaderName::from_static(portcullis_link::headers::ROUTE),
+            v.clone(),
+        );
     }
     if let Some(ip) = ctx.client_ip {
-        let mut xff = h
-            .get("x-forwarded-for")
-            .and_then(|v| v.to_str().ok())
-            .map(|v| format!("{v}, "))
-            .unwrap_or_default();
-        xff.push_str(&ip.to_string());
-        if let Ok(v) = HeaderValue::from_str(&xff) {
-            h.insert("x-forwarded-for", v);
+        use std::fmt::Write;
+        let mut xff = String::with_capacity(48);
+        if let Some(prev) = h.get(X_FORWARDED_FOR).and_then(|v| v.to_str().ok()) {
+            xff.push_str(prev);
+            xff.push_str(", ");
+        }
+        let _ = write!(xff, "{ip}");
+        if let Ok(v) = HeaderValue::from_maybe_shared(Bytes::from(xff)) {
+            h.insert(X_FORWARDED_FOR, v);
         }
     }
 
-    let pq = parts
-        .uri
-        .path_and_query()
-        .map(|p| p.as_str())
-        .unwrap_or("/");
-    let authority = authority
-        .filter(|a| a.parse::<http::uri::Authority>().is_ok())
-        .unwrap_or_else(|| ctx.route.service.to_string());
-    parts.uri = Uri::builder()
-        .scheme("http")
-        .authority(authority.as_str())
-        .path_and_query(pq)
-        .build()
-        .map_err(|_| GatewayError::BadRequest("uri"))?;
+    let authority = match authority {
+        Some(a) => a,
+        None => ctx
+            .route
+            .service
+            .parse::<Authority>()
+            .map_err(|_| GatewayError::BadRequest("uri"))?,
+    };
+    let mut uri = std::mem::take(&mut parts.uri).into_parts();
+    uri.scheme = Some(Scheme::HTTP);
+    uri.authority = Some(authority);
+    if uri.path_and_query.is_none() {
+        uri.path_and_query = Some(PathAndQuery::from_static("/"));
+    }
+    parts.uri = Uri::from_parts(uri).map_err(|_| GatewayError::BadRequest("uri"))?;
     parts.version = http::Version::HTTP_2;
     crate::telemetry::inject_trace(&mut parts.headers);
     let head = Request::from_parts(parts, ());

@@ -10,14 +10,17 @@ mod pipeline;
 
 pub use pipeline::Pipeline;
 
+use bytes::Bytes;
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::pin::Pin;
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
+use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
-use tokio::io::{AsyncRead, AsyncWrite};
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::TcpListener;
 use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
@@ -33,6 +36,8 @@ pub struct ConnActivity {
     started: Instant,
     active: AtomicUsize,
     last_done_ms: AtomicU64,
+    /// Calls finished on this connection.
+    done: AtomicU64,
 }
 
 impl ConnActivity {
@@ -41,6 +46,7 @@ impl ConnActivity {
             started: Instant::now(),
             active: AtomicUsize::new(0),
             last_done_ms: AtomicU64::new(0),
+            done: AtomicU64::new(0),
         })
     }
 
@@ -68,6 +74,7 @@ impl Drop for ActiveCall {
     fn drop(&mut self) {
         let now = self.0.started.elapsed().as_millis() as u64;
         self.0.last_done_ms.fetch_max(now, Ordering::AcqRel);
+        self.0.done.fetch_add(1, Ordering::AcqRel);
         self.0.active.fetch_sub(1, Ordering::AcqRel);
     }
 }
@@ -76,6 +83,8 @@ impl Drop for ActiveCall {
 pub struct Ingress {
     cfg: IngressConfig,
     builder: auto::Builder<TokioExecutor>,
+    /// HTTP/1.1 on plain TCP, where idle connections are parked (see [`Ingress::serve_tcp`]).
+    h1: hyper::server::conn::http1::Builder,
     tls: Option<tokio_rustls::TlsAcceptor>,
     pipeline: Arc<Pipeline>,
     connections: TaskTracker,
@@ -103,6 +112,11 @@ impl Ingress {
             .max_header_list_size(u32::try_from(cfg.max_header_bytes).unwrap_or(u32::MAX))
             .keep_alive_interval(Some(Duration::from_secs(20)))
             .keep_alive_timeout(Duration::from_secs(20));
+        let mut h1 = hyper::server::conn::http1::Builder::new();
+        h1.timer(TokioTimer::new())
+            .header_read_timeout(cfg.header_read_timeout)
+            .max_buf_size(cfg.max_header_bytes.max(8192))
+            .keep_alive(true);
         let tls = match &cfg.tls {
             Some(t) => Some(crate::tls::acceptor(t, &[b"h2", b"http/1.1"])?),
             None => None,
@@ -110,6 +124,7 @@ impl Ingress {
         Ok(Self {
             cfg: cfg.clone(),
             builder,
+            h1,
             tls,
             pipeline,
             connections: TaskTracker::new(),
@@ -145,14 +160,16 @@ impl Ingress {
             let _ = stream.set_nodelay(true);
             let this = self.clone();
             let drain = drain.clone();
+            // Every connection's task is sized by its largest state; the protocol stacks are
+            // boxed so a parked connection's task stays small (see `serve_tcp`).
             self.connections.spawn(async move {
                 match &this.tls {
-                    None => this.serve_conn(stream, peer, drain).await,
+                    None => this.serve_tcp(stream, peer, drain).await,
                     Some(acc) => {
                         match tokio::time::timeout(this.cfg.header_read_timeout, acc.accept(stream))
                             .await
                         {
-                            Ok(Ok(tls)) => this.serve_conn(tls, peer, drain).await,
+                            Ok(Ok(tls)) => Box::pin(this.serve_conn(tls, peer, drain)).await,
                             Ok(Err(e)) => {
                                 tracing::debug!(peer = %peer, error = %e, "tls handshake failed")
                             }
@@ -217,6 +234,260 @@ impl Ingress {
                 }
             }
         }
+    }
+}
+
+/// What ended one HTTP/1.1 service period of a plain TCP connection.
+enum H1End {
+    /// The connection is finished (closed by the peer, an error, drain or idle timeout).
+    Done,
+    /// Idle: hyper handed back the socket and any bytes it had read but not parsed.
+    Parked(PrefixedTcp),
+}
+
+impl Ingress {
+    /// A plain TCP client connection. HTTP/2 (prior knowledge) goes to the auto builder as
+    /// before; HTTP/1.1 is served by hyper's HTTP/1 connection and *parked* whenever it has been
+    /// idle for `park_after`: hyper's per-connection state (an 8 KiB read buffer, an 8 KiB write
+    /// buffer, timers, the boxed connection future) is dropped and only the socket waits for
+    /// readability. The next request builds a fresh hyper connection over the socket, with the
+    /// bytes hyper had read but not parsed put back in front. An idle keep-alive connection
+    /// then costs the socket and this task, not 20 KiB of buffers.
+    async fn serve_tcp(
+        self: &Arc<Self>,
+        stream: tokio::net::TcpStream,
+        peer: SocketAddr,
+        drain: CancellationToken,
+    ) {
+        // The first bytes decide: the HTTP/2 preface, or anything that might still become it,
+        // goes to the auto builder (which reads and rewinds the preface itself).
+        let mut first = [0u8; H2_PREFACE.len()];
+        let n = tokio::select! {
+            r = tokio::time::timeout(self.cfg.header_read_timeout, stream.peek(&mut first)) => match r {
+                Ok(Ok(n)) if n > 0 => n,
+                _ => return,
+            },
+            _ = drain.cancelled() => return,
+        };
+        if H2_PREFACE.starts_with(&first[..n]) {
+            return Box::pin(self.serve_conn(stream, peer, drain)).await;
+        }
+        let _gauge = self.metrics.connection(Listener::ingress);
+        let activity = ConnActivity::new();
+        let mut io = PrefixedTcp::new(Bytes::new(), stream);
+        loop {
+            io = match Box::pin(self.serve_h1(io, peer, &drain, &activity)).await {
+                H1End::Done => return,
+                H1End::Parked(io) => io,
+            };
+            if !io.prefix.is_empty() {
+                continue;
+            }
+            // Parked: nothing but the socket is held until the client sends again.
+            let idle = self.cfg.idle_timeout;
+            tokio::select! {
+                r = io.inner.readable() => if r.is_err() { return },
+                _ = drain.cancelled() => return,
+                _ = idle_expired(&activity, idle) => return,
+            }
+        }
+    }
+
+    /// Serve HTTP/1.1 on `io` until the connection ends or has been idle for `park_after`.
+    async fn serve_h1(
+        self: &Arc<Self>,
+        mut io: PrefixedTcp,
+        peer: SocketAddr,
+        drain: &CancellationToken,
+        activity: &Arc<ConnActivity>,
+    ) -> H1End {
+        io.new_period();
+        let pipeline = self.pipeline.clone();
+        let act = activity.clone();
+        let svc = service_fn(move |req| {
+            let pipeline = pipeline.clone();
+            let call = act.begin();
+            // Boxed so the connection can be taken apart (`poll_without_shutdown` wants an
+            // `Unpin` future); one small allocation per call.
+            Box::pin(async move {
+                Ok::<_, std::convert::Infallible>(pipeline.handle(req, peer, call).await)
+            })
+        });
+        let io_state = io.state.clone();
+        let done_before = activity.done.load(Ordering::Acquire);
+        let mut park_from = Instant::now();
+        let mut conn = self.h1.serve_connection(TokioIo::new(io), svc);
+        let idle = self.cfg.idle_timeout;
+        let park_after = self.cfg.park_after;
+        let mut finishing = false;
+        let mut parking = false;
+        loop {
+            tokio::select! {
+                r = std::future::poll_fn(|cx| conn.poll_without_shutdown(cx)) => {
+                    if let Err(e) = r {
+                        tracing::debug!(peer = %peer, error = %e, "client connection ended with error");
+                        return H1End::Done;
+                    }
+                    if !parking || finishing {
+                        return H1End::Done;
+                    }
+                    let parts = conn.into_parts();
+                    let mut io = parts.io.into_inner();
+                    if !parts.read_buf.is_empty() {
+                        io.unread(parts.read_buf);
+                    }
+                    return H1End::Parked(io);
+                }
+                _ = drain.cancelled(), if !finishing => {
+                    std::pin::Pin::new(&mut conn).graceful_shutdown();
+                    finishing = true;
+                }
+                _ = idle_expired(activity, idle), if !finishing => {
+                    std::pin::Pin::new(&mut conn).graceful_shutdown();
+                    finishing = true;
+                }
+                _ = park_due(activity, park_after, park_from), if !finishing && !parking => {
+                    // Only where hyper is idle, so it closes at once instead of finishing a
+                    // call with `connection: close`: after a call of this period has
+                    // finished (the bytes of a next request come back in `read_buf`), or
+                    // before any byte was read. Never with a response unflushed. A request
+                    // head still arriving is left to hyper and its header-read timeout.
+                    let call_done = activity.done.load(Ordering::Acquire) > done_before;
+                    let untouched = io_state.read_bytes.load(Ordering::Acquire) == 0;
+                    if io_state.write_blocked.load(Ordering::Acquire) || !(call_done || untouched) {
+                        // Look again one period later; hyper keeps being polled meanwhile.
+                        park_from = Instant::now();
+                    } else {
+                        std::pin::Pin::new(&mut conn).graceful_shutdown();
+                        parking = true;
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// The HTTP/2 connection preface a prior-knowledge client opens with.
+const H2_PREFACE: &[u8; 24] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
+
+/// Resolves once no call has run for `after` and the current service period is at least
+/// `after` old (a connection just unparked is not parked again before it reads).
+async fn park_due(activity: &ConnActivity, after: Duration, since: Instant) {
+    loop {
+        let wait = match activity.idle_for() {
+            Some(d) => after.saturating_sub(d.min(since.elapsed())),
+            None => after,
+        };
+        if wait.is_zero() {
+            return;
+        }
+        tokio::time::sleep(wait).await;
+    }
+}
+
+/// A plain TCP client connection with bytes to replay before the socket (what hyper had read
+/// but not parsed when the connection was parked). Records whether the last write stopped
+/// short, so a connection is never parked with a response still in hyper's buffer.
+struct PrefixedTcp {
+    prefix: Bytes,
+    inner: tokio::net::TcpStream,
+    state: Arc<IoState>,
+}
+
+/// What the connection loop needs to know about hyper's use of the socket.
+#[derive(Default)]
+struct IoState {
+    /// The last write stopped short: hyper may hold unflushed bytes.
+    write_blocked: AtomicBool,
+    /// Bytes handed to hyper in this service period (prefix included).
+    read_bytes: AtomicU64,
+}
+
+impl PrefixedTcp {
+    fn new(prefix: Bytes, inner: tokio::net::TcpStream) -> Self {
+        Self {
+            prefix,
+            inner,
+            state: Arc::default(),
+        }
+    }
+
+    /// Put `bytes` back in front of whatever is still to be read.
+    fn unread(&mut self, bytes: Bytes) {
+        if self.prefix.is_empty() {
+            self.prefix = bytes;
+        } else {
+            let mut b = bytes::BytesMut::from(&bytes[..]);
+            b.extend_from_slice(&self.prefix);
+            self.prefix = b.freeze();
+        }
+    }
+
+    fn blocked<T>(&self, p: Poll<T>) -> Poll<T> {
+        self.state
+            .write_blocked
+            .store(p.is_pending(), Ordering::Release);
+        p
+    }
+
+    /// A new service period: count reads from zero.
+    fn new_period(&mut self) {
+        self.state = Arc::default();
+    }
+}
+
+impl AsyncRead for PrefixedTcp {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<std::io::Result<()>> {
+        if !self.prefix.is_empty() {
+            let n = self.prefix.len().min(buf.remaining());
+            let chunk = self.prefix.split_to(n);
+            buf.put_slice(&chunk);
+            self.state.read_bytes.fetch_add(n as u64, Ordering::Relaxed);
+            return Poll::Ready(Ok(()));
+        }
+        let before = buf.filled().len();
+        let p = Pin::new(&mut self.inner).poll_read(cx, buf);
+        let n = buf.filled().len() - before;
+        if n > 0 {
+            self.state.read_bytes.fetch_add(n as u64, Ordering::Relaxed);
+        }
+        p
+    }
+}
+
+impl AsyncWrite for PrefixedTcp {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<std::io::Result<usize>> {
+        let p = Pin::new(&mut self.inner).poll_write(cx, buf);
+        self.blocked(p)
+    }
+
+    fn poll_write_vectored(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[std::io::IoSlice<'_>],
+    ) -> Poll<std::io::Result<usize>> {
+        let p = Pin::new(&mut self.inner).poll_write_vectored(cx, bufs);
+        self.blocked(p)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.inner.is_write_vectored()
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.inner).poll_flush(cx)
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.inner).poll_shutdown(cx)
     }
 }
 

@@ -122,7 +122,7 @@ impl Pipeline {
         }
         resp.headers_mut().insert(CORRELATION_ID, cid.clone());
         let status = resp.status().as_u16();
-        let dash: Arc<str> = Arc::from("-");
+        let dash = dash();
         let labels = RouteLabels {
             service: Label(info.service.clone().unwrap_or_else(|| dash.clone())),
             route: Label(info.route.clone().unwrap_or(dash)),
@@ -338,7 +338,14 @@ pub fn correlation_id(h: &http::HeaderMap) -> HeaderValue {
     }
     let mut id = [0u8; 16];
     rand::thread_rng().fill_bytes(&mut id);
-    HeaderValue::from_str(&hex::encode(id)).unwrap_or(HeaderValue::from_static("0"))
+    HeaderValue::from_maybe_shared(bytes::Bytes::from(hex::encode(id)))
+        .unwrap_or(HeaderValue::from_static("0"))
+}
+
+/// The `-` label of calls that matched no route, shared so labelling them allocates nothing.
+fn dash() -> Arc<str> {
+    static DASH: std::sync::OnceLock<Arc<str>> = std::sync::OnceLock::new();
+    DASH.get_or_init(|| Arc::from("-")).clone()
 }
 
 /// Remove every header a client could use to impersonate the gateway.
@@ -364,14 +371,37 @@ fn check_path(path: &str) -> Result<(), GatewayError> {
     if path.starts_with(portcullis_link::RESERVED_PREFIX) {
         return Err(GatewayError::NotFound);
     }
+    // Byte checks, no allocation: this runs on every call.
     for seg in path.split('/') {
-        let lower = seg.to_ascii_lowercase();
-        let decoded = lower.replace("%2e", ".");
-        if decoded == "." || decoded == ".." || lower.contains("%2f") || lower.contains("%5c") {
+        if is_dot_segment(seg.as_bytes()) {
             return Err(GatewayError::BadRequest("path"));
         }
     }
+    let encoded_slash = path.as_bytes().windows(3).any(|w| {
+        w[0] == b'%'
+            && ((w[1] == b'2' && w[2].eq_ignore_ascii_case(&b'f'))
+                || (w[1] == b'5' && w[2].eq_ignore_ascii_case(&b'c')))
+    });
+    if encoded_slash {
+        return Err(GatewayError::BadRequest("path"));
+    }
     Ok(())
+}
+
+/// `.` or `..`, each dot possibly percent-encoded (`%2e`, `%2E`).
+fn is_dot_segment(mut seg: &[u8]) -> bool {
+    let mut dots = 0;
+    while !seg.is_empty() {
+        if seg[0] == b'.' {
+            seg = &seg[1..];
+        } else if seg.len() >= 3 && seg[0] == b'%' && seg[1] == b'2' && seg[2] | 0x20 == b'e' {
+            seg = &seg[3..];
+        } else {
+            return false;
+        }
+        dots += 1;
+    }
+    dots == 1 || dots == 2
 }
 
 #[cfg(test)]
@@ -400,6 +430,9 @@ mod tests {
             "/a/./b",
             "/a/%2E%2e/b",
             "/a%2fb",
+            "/a%5Cb",
+            "/a/%2e/b",
+            "/a/.%2E/b",
             "/.well-known/portcullis/health",
         ] {
             assert!(check_path(bad).is_err(), "{bad}");

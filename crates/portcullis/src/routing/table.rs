@@ -19,6 +19,8 @@ pub struct Route {
     pub service: Arc<str>,
     /// Template as declared; used as the metric label and `x-portcullis-route`.
     pub template: Arc<str>,
+    /// `template` as a header value, made once so forwarding a call copies nothing.
+    pub template_header: Option<http::HeaderValue>,
     /// Method as declared (`*` for any).
     pub method: Arc<str>,
     /// Time to wait for the response head.
@@ -170,6 +172,7 @@ pub fn route_from(
     Route {
         service: service.clone(),
         template: d.path.as_str().into(),
+        template_header: http::HeaderValue::from_str(d.path.as_str()).ok(),
         method: d.method.as_str().into(),
         timeout: d
             .timeout_ms
