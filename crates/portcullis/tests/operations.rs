@@ -988,3 +988,68 @@ async fn a_second_signal_exits_at_once() {
         .expect("the second signal ends the process long before the grace period");
     assert!(!exit.success(), "{exit:?}");
 }
+
+/// Drain on an HTTP/2 client connection: the gateway sends GOAWAY, so the client opens no new
+/// stream on it, while the call already in flight on it still completes with 200.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn http2_clients_get_goaway_and_their_in_flight_call_finishes() {
+    let mut cfg = config_with_services(&["echo"]);
+    cfg.shutdown.grace_period = Duration::from_secs(3600);
+    let mut gw = TestGateway::start(cfg).await;
+    let (_svc, stats) = gw.echo("echo-1").await;
+
+    let io = TcpStream::connect(gw.ingress).await.unwrap();
+    let (mut sender, conn) = hyper::client::conn::http2::handshake(
+        hyper_util::rt::TokioExecutor::new(),
+        TokioIo::new(io),
+    )
+    .await
+    .unwrap();
+    let conn = tokio::spawn(conn);
+    let req = |path: &str| {
+        http::Request::get(format!("http://gateway{path}"))
+            .header("authorization", format!("Bearer {}", gw.api_key()))
+            .body(empty())
+            .unwrap()
+    };
+    sender.ready().await.unwrap();
+    let in_flight = tokio::spawn(sender.send_request(req("/sleep?ms=1500")));
+    eventually("the call is in flight", || {
+        let s = stats.clone();
+        async move { s.requests() == 1 }
+    })
+    .await;
+
+    let stopping = tokio::spawn(gw.running.take().unwrap().shutdown());
+    // After GOAWAY the connection takes no new stream (the client refuses it, or the gateway
+    // resets it as past the last stream id); before it arrives a call may still pass.
+    let key = gw.api_key().to_string();
+    eventually("new streams on the connection are refused", || {
+        let mut sender = sender.clone();
+        let req = http::Request::get("http://gateway/echo/after-goaway")
+            .header("authorization", format!("Bearer {key}"))
+            .body(empty())
+            .unwrap();
+        async move { sender.send_request(req).await.is_err() }
+    })
+    .await;
+    let resp = in_flight
+        .await
+        .unwrap()
+        .expect("the in-flight call is answered");
+    let (status, _, _) = collect(resp).await;
+    assert_eq!(status, StatusCode::OK);
+    tokio::time::timeout(Duration::from_secs(10), conn)
+        .await
+        .expect("the connection closes once its last stream ends")
+        .unwrap()
+        .ok();
+    tokio::time::timeout(Duration::from_secs(10), stopping)
+        .await
+        .expect("the drain ends with the last call")
+        .unwrap()
+        .unwrap();
+    if let Some(s) = gw.store.take() {
+        s.cleanup().await;
+    }
+}
