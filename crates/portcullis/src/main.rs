@@ -182,37 +182,56 @@ where
 }
 
 /// Resolves on the first SIGINT or SIGTERM; a second one exits at once.
+///
+/// The listeners are registered once, before the first signal, and reused for the second: a
+/// listener registered only after the first signal would miss a second one sent right away,
+/// and with the handler installed the default action would not end the process either.
 async fn shutdown_signal() {
-    wait_signal().await;
+    let mut signals = Signals::new();
+    signals.recv().await;
     tracing::info!("signal received: draining (send again to exit now)");
-    tokio::spawn(async {
-        wait_signal().await;
+    tokio::spawn(async move {
+        signals.recv().await;
         tracing::warn!("second signal: exiting immediately");
         std::process::exit(130);
     });
 }
 
-async fn wait_signal() {
+/// SIGTERM and SIGINT (Ctrl-C elsewhere), listened to from creation on.
+struct Signals {
     #[cfg(unix)]
-    {
-        use tokio::signal::unix::{signal, SignalKind};
-        match (
-            signal(SignalKind::terminate()),
-            signal(SignalKind::interrupt()),
-        ) {
-            (Ok(mut term), Ok(mut int)) => {
-                tokio::select! {
-                    _ = term.recv() => {}
-                    _ = int.recv() => {}
-                }
-            }
-            _ => {
-                let _ = tokio::signal::ctrl_c().await;
-            }
+    unix: Option<(tokio::signal::unix::Signal, tokio::signal::unix::Signal)>,
+}
+
+impl Signals {
+    fn new() -> Self {
+        #[cfg(unix)]
+        {
+            use tokio::signal::unix::{signal, SignalKind};
+            let unix = match (
+                signal(SignalKind::terminate()),
+                signal(SignalKind::interrupt()),
+            ) {
+                (Ok(term), Ok(int)) => Some((term, int)),
+                _ => None,
+            };
+            Self { unix }
+        }
+        #[cfg(not(unix))]
+        {
+            Self {}
         }
     }
-    #[cfg(not(unix))]
-    {
+
+    async fn recv(&mut self) {
+        #[cfg(unix)]
+        if let Some((term, int)) = &mut self.unix {
+            tokio::select! {
+                _ = term.recv() => {}
+                _ = int.recv() => {}
+            }
+            return;
+        }
         let _ = tokio::signal::ctrl_c().await;
     }
 }
