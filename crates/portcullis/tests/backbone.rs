@@ -329,12 +329,27 @@ async fn http2_prior_knowledge_and_trailers_pass_through() {
     gw.shutdown().await;
 }
 
-/// Read one HTTP/1.1 response with a content-length body from a raw socket.
-async fn read_response(s: &mut tokio::net::TcpStream) -> (u16, Vec<u8>) {
+/// Read one HTTP/1.1 response with a content-length body from a raw socket. Bytes past it
+/// (the next pipelined response, when both arrived in one read) stay in `pending`.
+async fn read_response(s: &mut tokio::net::TcpStream, pending: &mut Vec<u8>) -> (u16, Vec<u8>) {
     use tokio::io::AsyncReadExt;
-    let mut buf = Vec::new();
     let mut chunk = [0u8; 4096];
     loop {
+        if let Some(end) = pending.windows(4).position(|w| w == b"\r\n\r\n") {
+            let head = String::from_utf8_lossy(&pending[..end]).to_ascii_lowercase();
+            let len: usize = head
+                .lines()
+                .find_map(|l| l.strip_prefix("content-length:"))
+                .map(|v| v.trim().parse().unwrap())
+                .expect("content-length");
+            assert!(!head.contains("connection: close"), "{head}");
+            if pending.len() >= end + 4 + len {
+                let status = head[9..12].parse().unwrap();
+                let body = pending[end + 4..end + 4 + len].to_vec();
+                pending.drain(..end + 4 + len);
+                return (status, body);
+            }
+        }
         let n = tokio::time::timeout(Duration::from_secs(10), s.read(&mut chunk))
             .await
             .expect("response in time")
@@ -342,23 +357,9 @@ async fn read_response(s: &mut tokio::net::TcpStream) -> (u16, Vec<u8>) {
         assert!(
             n > 0,
             "connection closed: {:?}",
-            String::from_utf8_lossy(&buf)
+            String::from_utf8_lossy(pending)
         );
-        buf.extend_from_slice(&chunk[..n]);
-        let Some(end) = buf.windows(4).position(|w| w == b"\r\n\r\n") else {
-            continue;
-        };
-        let head = String::from_utf8_lossy(&buf[..end]).to_ascii_lowercase();
-        let len: usize = head
-            .lines()
-            .find_map(|l| l.strip_prefix("content-length:"))
-            .map(|v| v.trim().parse().unwrap())
-            .expect("content-length");
-        assert!(!head.contains("connection: close"), "{head}");
-        if buf.len() >= end + 4 + len {
-            let status = head[9..12].parse().unwrap();
-            return (status, buf[end + 4..end + 4 + len].to_vec());
-        }
+        pending.extend_from_slice(&chunk[..n]);
     }
 }
 
@@ -372,10 +373,11 @@ async fn idle_http1_connections_park_and_keep_serving() {
 
     let auth = format!("authorization: Bearer {}\r\n", gw.api_key());
     let mut s = tokio::net::TcpStream::connect(gw.ingress).await.unwrap();
+    let mut pending = Vec::new();
     let req = format!("GET /echo/a HTTP/1.1\r\nhost: x\r\n{auth}\r\n");
     for _ in 0..3 {
         s.write_all(req.as_bytes()).await.unwrap();
-        let (status, body) = read_response(&mut s).await;
+        let (status, body) = read_response(&mut s, &mut pending).await;
         assert_eq!(status, 200, "{}", String::from_utf8_lossy(&body));
         assert_eq!(json(&bytes::Bytes::from(body))["path"], "/echo/a");
         // Idle past `park_after`: the connection is parked and must wake for the next call.
@@ -386,9 +388,9 @@ async fn idle_http1_connections_park_and_keep_serving() {
     tokio::time::sleep(Duration::from_millis(80)).await;
     let rest = format!("st: x\r\n{auth}\r\nGET /echo/c HTTP/1.1\r\nhost: x\r\n{auth}\r\n");
     s.write_all(rest.as_bytes()).await.unwrap();
-    let (_, b) = read_response(&mut s).await;
+    let (_, b) = read_response(&mut s, &mut pending).await;
     assert_eq!(json(&bytes::Bytes::from(b))["path"], "/echo/b");
-    let (_, c) = read_response(&mut s).await;
+    let (_, c) = read_response(&mut s, &mut pending).await;
     assert_eq!(json(&bytes::Bytes::from(c))["path"], "/echo/c");
     assert_eq!(stats.requests(), 5);
 
