@@ -60,14 +60,7 @@ async fn credentials_never_reach_the_logs() {
     let (status, _, _) = collect(gw.request(req).await).await;
     assert_eq!(status, StatusCode::OK);
     // Stop the gateway so every line it would write about these calls has been written.
-    gw.signal("-TERM");
-    assert!(gw.wait_exit(Duration::from_secs(15)).await.is_some());
-    eventually("the last log line is read", || {
-        let done = gw.logs().contains("gateway stopped");
-        async move { done }
-    })
-    .await;
-    let logs = gw.logs();
+    let logs = gw.stop_and_read_logs().await;
     assert!(
         logs.matches("\"message\":\"call\"").count() >= 5,
         "calls are logged: {logs}"

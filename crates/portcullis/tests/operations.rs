@@ -840,14 +840,7 @@ async fn call_log_line_has_every_field_and_the_correlation_id_is_on_every_line()
             .unwrap();
         let _ = collect(gw.request(req).await).await;
     }
-    gw.signal("-TERM");
-    assert!(gw.wait_exit(Duration::from_secs(15)).await.is_some());
-    eventually("the last log line is read", || {
-        let done = gw.logs().contains("gateway stopped");
-        async move { done }
-    })
-    .await;
-    let logs = gw.logs();
+    let logs = gw.stop_and_read_logs().await;
     let lines: Vec<serde_json::Value> = logs
         .lines()
         .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("not JSON ({e}): {l}")))

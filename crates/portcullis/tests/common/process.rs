@@ -171,6 +171,19 @@ impl GatewayProcess {
         format!("http://{}{}", self.ingress, path)
     }
 
+    /// SIGTERM, wait for the exit and for the last line ("gateway stopped") to be read;
+    /// returns everything the process wrote.
+    pub async fn stop_and_read_logs(&mut self) -> String {
+        self.signal("-TERM");
+        assert!(self.wait_exit(Duration::from_secs(15)).await.is_some());
+        super::eventually("the last log line is read", || {
+            let done = self.logs().contains("gateway stopped");
+            async move { done }
+        })
+        .await;
+        self.logs()
+    }
+
     /// Everything the process wrote so far, stdout and stderr.
     pub fn logs(&self) -> String {
         self.logs.lock().unwrap().clone()
