@@ -296,8 +296,8 @@ def cmd_report(results_path, meta_path, out_path):
            f"- commit: {meta['commit']}",
            f"- versions: {meta['versions']}",
            f"- proxies: nginx `worker_processes {meta['nginx_workers']}`, HAProxy "
-           f"`nbthread {meta['nproc']}`, Portcullis tokio default ({meta['nproc']} worker "
-           f"threads); backend: echo-service `--listen` (direct, nginx, HAProxy) or linked "
+           f"`nbthread {meta['nproc']}`, Portcullis `runtime.workers` default ({meta['nproc']} "
+           f"workers, one per core); backend: echo-service `--listen` (direct, nginx, HAProxy) or linked "
            f"(Portcullis, {meta.get('links', 1)} link(s))",
            f"- API key: " + ("required and checked on every Portcullis call in every scenario "
                              "(the Portcullis rows are keyed rows)" if meta.get("keyed") else
@@ -403,7 +403,10 @@ def cmd_report(results_path, meta_path, out_path):
 
     def cmp(a, b, f):
         return None if a is None or b is None else f(a, b)
-    keyed = " (API key checked)" if load is key else " (no API key in this build)"
+    if load is key or meta.get("keyed"):
+        keyed = " (API key checked)"
+    else:
+        keyed = " (no API key in this build)"
     md += ["### Targets (issue #5)", "",
            "| target | this run | |", "|---|---:|---|",
            f"| requests/s ≥ 1.0× NGINX{keyed} | {ratio(p_rps, n_rps)} | "

@@ -119,6 +119,10 @@ impl ServiceBuilder {
     ///
     /// The gateway keeps one active link per instance id, so with more than one link, slot
     /// `k >= 1` registers as `<instance_id>.<k>`; slot 0 keeps the plain instance id.
+    ///
+    /// A gateway serves each link on one of its worker threads (one per core by default) and
+    /// prefers, for a call, a link on the worker that holds the client's connection. For the
+    /// highest throughput through a gateway, keep as many links as it has workers.
     pub fn links_per_gateway(mut self, n: usize) -> Self {
         self.links_per_gateway = n;
         self

@@ -66,6 +66,8 @@ pub struct Config {
     pub services: BTreeMap<String, ServiceConfig>,
     /// Shutdown behaviour.
     pub shutdown: ShutdownConfig,
+    /// Threads of the data plane.
+    pub runtime: RuntimeConfig,
     /// Logs and trace export.
     pub telemetry: crate::telemetry::TelemetryConfig,
     /// Where identities live.
@@ -82,6 +84,7 @@ impl Default for Config {
             routing: RoutingConfig::default(),
             services: BTreeMap::new(),
             shutdown: ShutdownConfig::default(),
+            runtime: RuntimeConfig::default(),
             telemetry: crate::telemetry::TelemetryConfig::default(),
             data_dir: PathBuf::from("./data"),
             store: StoreConfig::default(),
@@ -295,6 +298,15 @@ impl Default for ShutdownConfig {
     }
 }
 
+/// Threads of the data plane.
+#[derive(Debug, Clone, Default, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RuntimeConfig {
+    /// Worker threads serving client connections and links, each with its own event loop
+    /// (like NGINX's `worker_processes`). `0`, the default, means one per available CPU.
+    pub workers: usize,
+}
+
 /// A configuration problem, with the key path of the field at fault.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[error("{path}: {message}")]
@@ -436,6 +448,12 @@ impl Config {
         }
         if i.idle_timeout.is_zero() {
             errs.push(ConfigError::new("ingress.idle_timeout", "must be positive"));
+        }
+        if self.runtime.workers > 1024 {
+            errs.push(ConfigError::new(
+                "runtime.workers",
+                "must be at most 1024 (0: one per CPU)",
+            ));
         }
         let l = &self.link;
         if l.heartbeat_interval < Duration::from_millis(50) {

@@ -19,6 +19,7 @@ pub mod server;
 pub mod store;
 pub mod telemetry;
 pub mod tls;
+pub mod workers;
 
 pub use config::Config;
 pub use server::{run, run_with_auth, Listeners, Running};

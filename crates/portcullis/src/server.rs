@@ -112,8 +112,21 @@ pub async fn run_with_auth(
         auth.clone(),
         config.auth.metrics_scope.clone(),
     ));
-    let ingress = Arc::new(Ingress::new(&config.ingress, pipeline, metrics.clone())?);
-    let link = Arc::new(LinkServer::new(&config, registry.clone(), metrics)?);
+    let workers =
+        crate::workers::Workers::start(crate::workers::resolve_count(config.runtime.workers))
+            .map_err(|e| anyhow::anyhow!("cannot start the worker threads: {e}"))?;
+    let ingress = Arc::new(Ingress::new(
+        &config.ingress,
+        pipeline,
+        metrics.clone(),
+        workers.clone(),
+    )?);
+    let link = Arc::new(LinkServer::new(
+        &config,
+        registry.clone(),
+        metrics,
+        workers.clone(),
+    )?);
 
     // Audit writer, last-used writer, change poll; stopped after the listeners.
     let background = CancellationToken::new();
@@ -124,6 +137,7 @@ pub async fn run_with_auth(
     tracing::info!(
         ingress = %listeners.ingress.local_addr()?,
         link = %listeners.link.local_addr()?,
+        workers = workers.len(),
         "gateway listening"
     );
     let ingress_task = tokio::spawn(ingress.clone().serve(
@@ -131,7 +145,7 @@ pub async fn run_with_auth(
         stop_accepting.clone(),
         drain.clone(),
     ));
-    let link_task = tokio::spawn(link.serve(listeners.link, close_links.clone()));
+    let link_task = tokio::spawn(link.clone().serve(listeners.link, close_links.clone()));
 
     health.set_started();
     shutdown.await;
@@ -154,6 +168,9 @@ pub async fn run_with_auth(
     for inst in registry.instances() {
         inst.close.cancel();
     }
+    // Established links end at once; one still handshaking is dropped with its worker.
+    let _ = tokio::time::timeout(std::time::Duration::from_secs(1), link.wait()).await;
+    workers.shutdown().await;
     // Last: write what the authenticator still holds (audit rows, last-used times).
     background.cancel();
     let _ = auth_task.await;

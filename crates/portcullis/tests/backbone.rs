@@ -396,3 +396,56 @@ async fn idle_http1_connections_park_and_keep_serving() {
 
     gw.shutdown().await;
 }
+
+/// With a link on each worker, a client connection's calls are served by the link on the
+/// worker that holds the connection (consecutive connections go to consecutive workers).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn calls_stay_on_the_worker_of_their_connection() {
+    let mut cfg = config_with_services(&["echo"]);
+    cfg.runtime.workers = 2;
+    let gw = TestGateway::start(cfg).await;
+    // Links go to the worker with the fewest: one on each.
+    let (_a, sa) = gw.echo("echo-a").await;
+    let (_b, sb) = gw.echo("echo-b").await;
+    let connect = || async {
+        let s = tokio::net::TcpStream::connect(gw.ingress).await.unwrap();
+        let (sender, conn) = hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(s))
+            .await
+            .unwrap();
+        tokio::spawn(conn);
+        sender
+    };
+    let mut first = connect().await;
+    let mut second = connect().await;
+    let key = format!("Bearer {}", gw.api_key());
+    let get = || {
+        http::Request::get("/echo/x")
+            .header("host", "gateway")
+            .header("authorization", &key)
+            .body(empty())
+            .unwrap()
+    };
+    for _ in 0..20 {
+        first.ready().await.expect("first connection ready");
+        let resp = first.send_request(get()).await.expect("first connection");
+        let (status, _, _) = collect(resp).await;
+        assert_eq!(status, StatusCode::OK);
+    }
+    let (a, b) = (sa.requests(), sb.requests());
+    assert!(
+        (a, b) == (20, 0) || (a, b) == (0, 20),
+        "one connection's calls stay on one worker's link: a={a} b={b}"
+    );
+    for _ in 0..20 {
+        second.ready().await.expect("second connection ready");
+        let resp = second.send_request(get()).await.expect("second connection");
+        let (status, _, _) = collect(resp).await;
+        assert_eq!(status, StatusCode::OK);
+    }
+    assert_eq!(
+        (sa.requests(), sb.requests()),
+        (20, 20),
+        "the next connection is on the other worker, served by its link"
+    );
+    gw.shutdown().await;
+}

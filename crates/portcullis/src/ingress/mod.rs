@@ -89,6 +89,7 @@ pub struct Ingress {
     pipeline: Arc<Pipeline>,
     connections: TaskTracker,
     metrics: Arc<Metrics>,
+    workers: Arc<crate::workers::Workers>,
 }
 
 impl Ingress {
@@ -97,6 +98,7 @@ impl Ingress {
         cfg: &IngressConfig,
         pipeline: Arc<Pipeline>,
         metrics: Arc<Metrics>,
+        workers: Arc<crate::workers::Workers>,
     ) -> anyhow::Result<Self> {
         let mut builder = auto::Builder::new(TokioExecutor::new());
         builder
@@ -129,6 +131,7 @@ impl Ingress {
             pipeline,
             connections: TaskTracker::new(),
             metrics,
+            workers,
         })
     }
 
@@ -158,11 +161,22 @@ impl Ingress {
                 },
             };
             let _ = stream.set_nodelay(true);
+            // Handed to a worker unregistered; it registers the socket with its own reactor.
+            let stream = match stream.into_std() {
+                Ok(s) => s,
+                Err(e) => {
+                    tracing::debug!(peer = %peer, error = %e, "cannot hand the connection to a worker");
+                    continue;
+                }
+            };
             let this = self.clone();
             let drain = drain.clone();
             // Every connection's task is sized by its largest state; the protocol stacks are
             // boxed so a parked connection's task stays small (see `serve_tcp`).
-            self.connections.spawn(async move {
+            self.workers.spawn_next(&self.connections, async move {
+                let Ok(stream) = tokio::net::TcpStream::from_std(stream) else {
+                    return;
+                };
                 match &this.tls {
                     None => this.serve_tcp(stream, peer, drain).await,
                     Some(acc) => {

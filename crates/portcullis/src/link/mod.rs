@@ -38,6 +38,9 @@ pub struct LinkServer {
     tokens: HashMap<String, [u8; 32]>,
     tls: Option<tokio_rustls::TlsAcceptor>,
     metrics: Arc<Metrics>,
+    workers: Arc<crate::workers::Workers>,
+    /// Every link's task, from handshake to close.
+    links: tokio_util::task::TaskTracker,
 }
 
 impl std::fmt::Debug for LinkServer {
@@ -78,6 +81,7 @@ impl LinkServer {
         config: &Config,
         registry: Arc<Registry>,
         metrics: Arc<Metrics>,
+        workers: Arc<crate::workers::Workers>,
     ) -> anyhow::Result<Self> {
         let mut tokens = HashMap::new();
         for (name, svc) in &config.services {
@@ -98,6 +102,8 @@ impl LinkServer {
             tokens,
             tls,
             metrics,
+            workers,
+            links: tokio_util::task::TaskTracker::new(),
         })
     }
 
@@ -126,9 +132,20 @@ impl LinkServer {
                 drop(stream);
                 continue;
             };
+            // The link runs on a worker (see `workers`): handed over unregistered.
+            let stream = match stream.into_std() {
+                Ok(s) => s,
+                Err(e) => {
+                    tracing::debug!(peer = %peer, error = %e, "cannot hand the link to a worker");
+                    continue;
+                }
+            };
             let this = self.clone();
             let shutdown = shutdown.clone();
-            tokio::spawn(async move {
+            self.workers.spawn_link(&self.links, async move {
+                let Ok(stream) = tokio::net::TcpStream::from_std(stream) else {
+                    return;
+                };
                 let permit = Some(permit);
                 let res = match &this.tls {
                     None => this.handle(stream, shutdown, permit).await,
@@ -147,6 +164,13 @@ impl LinkServer {
                 }
             });
         }
+    }
+
+    /// Wait until every link's task has ended. Call after closing the links (their instances'
+    /// `close` tokens); no new link is accepted once the accept loop has returned.
+    pub async fn wait(&self) {
+        self.links.close();
+        self.links.wait().await;
     }
 
     /// Handshake, register and run one link to its end.

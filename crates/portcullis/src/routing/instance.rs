@@ -62,13 +62,15 @@ pub struct Instance {
     rtt_us: AtomicU64,
     /// Cancelled to close the link (replacement, shutdown, dead peer).
     pub close: CancellationToken,
+    /// The data-plane worker the link runs on (`crate::workers`), if any.
+    pub worker: Option<usize>,
 }
 
 /// Initial latency estimate before the first PING returns: 1 ms.
 const INITIAL_RTT_US: u64 = 1_000;
 
 impl Instance {
-    /// A new Online instance.
+    /// A new Online instance, on the worker of the calling thread (the link's task).
     pub fn new(
         service: Arc<str>,
         instance_id: Arc<str>,
@@ -88,6 +90,7 @@ impl Instance {
             in_flight: AtomicU32::new(0),
             rtt_us: AtomicU64::new(INITIAL_RTT_US),
             close: CancellationToken::new(),
+            worker: crate::workers::current(),
         }
     }
 

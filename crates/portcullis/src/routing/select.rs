@@ -40,16 +40,38 @@ impl Tiers {
 /// floor, real distance and queueing on the link still count.
 pub const RTT_FLOOR_US: u64 = 1_000;
 
-fn cost(i: &Instance) -> u128 {
-    u128::from(i.in_flight() + 1) * u128::from(i.rtt_us().max(RTT_FLOOR_US))
+/// A link on another worker than the caller's costs this many times as much: the call
+/// crosses threads twice (request and response) and contends with that worker's own calls
+/// for the link. Strong enough that a service with a link on every worker is served locally
+/// under even load, weak enough that a local link with twice the calls in flight spills over.
+pub const REMOTE_WORKER_FACTOR: u128 = 2;
+
+fn cost(i: &Instance, here: Option<usize>) -> u128 {
+    let base = u128::from(i.in_flight() + 1) * u128::from(i.rtt_us().max(RTT_FLOOR_US));
+    if i.worker.is_some() && i.worker != here {
+        base * REMOTE_WORKER_FACTOR
+    } else {
+        base
+    }
 }
 
 /// Pick an instance from `candidates`, skipping any in `exclude` (instances that just refused a
-/// stream). `None` when no instance is eligible.
+/// stream). `None` when no instance is eligible. Links on the calling thread's worker are
+/// preferred (see [`REMOTE_WORKER_FACTOR`]).
 pub fn select(
     candidates: &[Arc<Instance>],
     tiers: &Tiers,
     exclude: &[Arc<Instance>],
+) -> Option<Arc<Instance>> {
+    select_from(candidates, tiers, exclude, crate::workers::current())
+}
+
+/// [`select`] for a caller on worker `here`.
+fn select_from(
+    candidates: &[Arc<Instance>],
+    tiers: &Tiers,
+    exclude: &[Arc<Instance>],
+    here: Option<usize>,
 ) -> Option<Arc<Instance>> {
     let eligible = |want: LinkState| {
         candidates
@@ -80,7 +102,7 @@ pub fn select(
                 b += 1;
             }
             let (x, y) = (pool[a], pool[b]);
-            Some(if cost(y) < cost(x) {
+            Some(if cost(y, here) < cost(x, here) {
                 y.clone()
             } else {
                 x.clone()
@@ -94,16 +116,36 @@ mod tests {
     use super::*;
 
     async fn instance(id: &str) -> Arc<Instance> {
+        on_worker(id, None).await
+    }
+
+    async fn on_worker(id: &str, worker: Option<usize>) -> Arc<Instance> {
         let (io, _peer) = tokio::io::duplex(64 * 1024);
         let (sender, _conn) = h2::client::handshake(io).await.expect("h2 handshake");
-        Arc::new(Instance::new(
-            "svc".into(),
-            id.into(),
-            id.into(),
-            None,
-            "1".into(),
-            sender,
-        ))
+        let mut i = Instance::new("svc".into(), id.into(), id.into(), None, "1".into(), sender);
+        i.worker = worker;
+        Arc::new(i)
+    }
+
+    #[tokio::test]
+    async fn a_link_on_the_callers_worker_wins_until_it_is_twice_as_busy() {
+        let (w0, w1) = (
+            on_worker("w0", Some(0)).await,
+            on_worker("w1", Some(1)).await,
+        );
+        let pool = [w0.clone(), w1.clone()];
+        let pick = |here| select_from(&pool, &Tiers::default(), &[], Some(here)).expect("one");
+        // Equal load: each worker's calls stay on its own link.
+        for _ in 0..16 {
+            assert!(Arc::ptr_eq(&pick(0), &w0));
+            assert!(Arc::ptr_eq(&pick(1), &w1));
+        }
+        // The local link holds 2 calls, the remote none: 3 × 1 against 1 × 2, spill over.
+        let _calls: Vec<_> = (0..2).map(|_| w0.begin_call()).collect();
+        assert!(Arc::ptr_eq(&pick(0), &w1), "a busy local link spills over");
+        // Outside the workers (tests, tools) every link costs the same.
+        let none = select_from(&pool, &Tiers::default(), &[], None).expect("one");
+        assert!(Arc::ptr_eq(&none, &w1), "the idle link wins on load alone");
     }
 
     #[tokio::test]

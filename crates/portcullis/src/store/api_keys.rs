@@ -262,6 +262,18 @@ impl Store {
         key_id: &str,
         now: i64,
     ) -> Result<Option<(KeyRecord, Vec<KeySecret>)>, StoreError> {
+        let key_id = key_id.to_owned();
+        self.at_home(
+            move |store| async move { store.key_for_verification_here(&key_id, now).await },
+        )
+        .await
+    }
+
+    async fn key_for_verification_here(
+        &self,
+        key_id: &str,
+        now: i64,
+    ) -> Result<Option<(KeyRecord, Vec<KeySecret>)>, StoreError> {
         let q = format!(
             "SELECT {KEY_COLUMNS}, s.serial, s.secret_hmac, s.pepper_version, s.not_after
              FROM api_keys k JOIN workspaces w ON w.id = k.workspace_id

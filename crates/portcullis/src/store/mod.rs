@@ -193,6 +193,8 @@ fn percent_encode_path(p: &Path) -> String {
 pub struct Store {
     pool: AnyPool,
     dialect: Dialect,
+    /// The runtime that opened the store, where its connections live (see [`Store::at_home`]).
+    home: Option<tokio::runtime::Handle>,
 }
 
 /// Now, Unix milliseconds.
@@ -230,7 +232,11 @@ impl Store {
                 }
                 other => StoreError::Database(other),
             })?;
-        let store = Self { pool, dialect };
+        let store = Self {
+            pool,
+            dialect,
+            home: tokio::runtime::Handle::try_current().ok(),
+        };
         if dialect == Dialect::Sqlite && create {
             // Readers do not block the writer (gateway and CLI share the file); persistent.
             sqlx::query("PRAGMA journal_mode=WAL")
@@ -274,8 +280,30 @@ impl Store {
 
     /// One round trip: readiness.
     pub async fn ping(&self) -> Result<(), StoreError> {
-        sqlx::query("SELECT 1").execute(&self.pool).await?;
-        Ok(())
+        self.at_home(|store| async move {
+            sqlx::query("SELECT 1").execute(&store.pool).await?;
+            Ok(())
+        })
+        .await
+    }
+
+    /// Run `f` on the runtime that opened the store. A call from a data-plane worker
+    /// (`crate::workers`) hops there, so every pooled connection is registered with that
+    /// runtime's reactor, which outlives the workers, and never with a worker's, which would
+    /// leave the pool holding dead connections once the workers stop.
+    pub(crate) async fn at_home<T, F, Fut>(&self, f: F) -> Result<T, StoreError>
+    where
+        F: FnOnce(Store) -> Fut,
+        Fut: std::future::Future<Output = Result<T, StoreError>> + Send + 'static,
+        T: Send + 'static,
+    {
+        match &self.home {
+            Some(home) if crate::workers::current().is_some() => home
+                .spawn(f(self.clone()))
+                .await
+                .map_err(|_| StoreError::Database(sqlx::Error::PoolClosed))?,
+            _ => f(self.clone()).await,
+        }
     }
 
     /// Close the pool.

@@ -1,0 +1,188 @@
+//! Data-plane workers: one thread per core, each with its own single-threaded tokio runtime,
+//! the way NGINX runs one worker process per core.
+//!
+//! A client connection and a link each live on one worker for their whole life. A call whose
+//! client connection and chosen link share a worker is served without crossing threads: the
+//! HTTP/1.1 connection task, the link's HTTP/2 connection task and every wake-up between them
+//! stay on one core, with no work stealing, no sibling wake-ups and no contention on the link's
+//! stream table. Selection prefers such a link (`routing::select`), so a service that opens
+//! one link per worker (HELLO_ACK says how many) has every call served locally.
+//!
+//! The listeners stay on the control runtime, which accepts and hands each socket to a worker
+//! (client connections round-robin, links to the worker with the fewest links). The control
+//! runtime also runs what is not per call: the store's connections, the authenticator's
+//! background tasks, the accept loops and the shutdown sequence.
+
+use std::cell::Cell;
+use std::future::Future;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+
+use tokio::runtime::Handle;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+thread_local! {
+    static CURRENT: Cell<Option<usize>> = const { Cell::new(None) };
+}
+
+/// The worker the calling thread belongs to, `None` outside the workers.
+pub fn current() -> Option<usize> {
+    CURRENT.with(Cell::get)
+}
+
+/// Worker count for a configured value: `0` means one per available CPU.
+pub fn resolve_count(configured: usize) -> usize {
+    if configured > 0 {
+        return configured;
+    }
+    std::thread::available_parallelism()
+        .map(|n| n.get())
+        .unwrap_or(1)
+}
+
+struct Worker {
+    handle: Handle,
+    /// Links running (or handshaking) on this worker.
+    links: AtomicUsize,
+}
+
+/// The running workers. Dropping the last handle stops them (their tasks are dropped).
+pub struct Workers {
+    workers: Vec<Worker>,
+    next: AtomicUsize,
+    stop: CancellationToken,
+    threads: Mutex<Vec<std::thread::JoinHandle<()>>>,
+}
+
+impl std::fmt::Debug for Workers {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Workers")
+            .field("count", &self.workers.len())
+            .finish_non_exhaustive()
+    }
+}
+
+impl Workers {
+    /// Start `n` (at least one) worker threads.
+    pub fn start(n: usize) -> std::io::Result<Arc<Self>> {
+        let stop = CancellationToken::new();
+        let mut workers = Vec::new();
+        let mut threads = Vec::new();
+        for index in 0..n.max(1) {
+            let (tx, rx) = std::sync::mpsc::sync_channel(1);
+            let stop = stop.clone();
+            let thread = std::thread::Builder::new()
+                .name(format!("portcullis-worker-{index}"))
+                .spawn(move || {
+                    CURRENT.with(|c| c.set(Some(index)));
+                    let rt = match tokio::runtime::Builder::new_current_thread()
+                        .enable_all()
+                        .build()
+                    {
+                        Ok(rt) => rt,
+                        Err(e) => {
+                            let _ = tx.send(Err(e));
+                            return;
+                        }
+                    };
+                    let _ = tx.send(Ok(rt.handle().clone()));
+                    rt.block_on(stop.cancelled());
+                    // Dropping the runtime drops the tasks still on it.
+                })?;
+            let handle = rx
+                .recv()
+                .map_err(|_| std::io::Error::other("worker thread exited at start"))??;
+            workers.push(Worker {
+                handle,
+                links: AtomicUsize::new(0),
+            });
+            threads.push(thread);
+        }
+        Ok(Arc::new(Self {
+            workers,
+            next: AtomicUsize::new(0),
+            stop,
+            threads: Mutex::new(threads),
+        }))
+    }
+
+    /// Number of workers.
+    pub fn len(&self) -> usize {
+        self.workers.len()
+    }
+
+    /// Always false: there is at least one worker.
+    pub fn is_empty(&self) -> bool {
+        self.workers.is_empty()
+    }
+
+    /// Run `fut` on the next worker in turn (client connections). A socket must be handed over
+    /// unregistered (`into_std`) and registered inside `fut` (`from_std`), which runs on the
+    /// worker, so its readiness events reach that worker's reactor.
+    pub fn spawn_next<F>(&self, tracker: &TaskTracker, fut: F)
+    where
+        F: Future<Output = ()> + Send + 'static,
+    {
+        let i = self.next.fetch_add(1, Ordering::Relaxed) % self.workers.len();
+        tracker.spawn_on(fut, &self.workers[i].handle);
+    }
+
+    /// Run a link (from its handshake on) on the worker that holds the fewest links, so the
+    /// links a service opens, one per worker, land one on each.
+    pub fn spawn_link<F>(self: &Arc<Self>, tracker: &TaskTracker, fut: F)
+    where
+        F: Future<Output = ()> + Send + 'static,
+    {
+        let i = (0..self.workers.len())
+            .min_by_key(|&i| self.workers[i].links.load(Ordering::Relaxed))
+            .unwrap_or(0);
+        self.workers[i].links.fetch_add(1, Ordering::Relaxed);
+        let release = Release {
+            workers: Arc::downgrade(self),
+            index: i,
+        };
+        tracker.spawn_on(
+            async move {
+                let _release = release;
+                fut.await;
+            },
+            &self.workers[i].handle,
+        );
+    }
+
+    /// Stop every worker and wait for the threads to end. Tasks still running are dropped.
+    pub async fn shutdown(&self) {
+        self.stop.cancel();
+        let threads = std::mem::take(&mut *self.threads.lock().unwrap_or_else(|e| e.into_inner()));
+        let _ = tokio::task::spawn_blocking(move || {
+            for t in threads {
+                let _ = t.join();
+            }
+        })
+        .await;
+    }
+}
+
+/// Counts a link on its worker until the link's task ends.
+struct Release {
+    /// Weak: a link task must not keep the workers (and so itself) alive.
+    workers: std::sync::Weak<Workers>,
+    index: usize,
+}
+
+impl Drop for Release {
+    fn drop(&mut self) {
+        if let Some(workers) = self.workers.upgrade() {
+            workers.workers[self.index]
+                .links
+                .fetch_sub(1, Ordering::Relaxed);
+        }
+    }
+}
+
+impl Drop for Workers {
+    fn drop(&mut self) {
+        self.stop.cancel();
+    }
+}
