@@ -62,6 +62,9 @@ pub async fn run(args: DemoArgs, shutdown: impl Future<Output = ()>) -> anyhow::
             token_sha256: Secret::new(hex::encode(crate::link::hash_token(&token))),
         },
     );
+    // One link per gateway worker: every call is served on the worker of its connection.
+    let links = crate::workers::resolve_count(config.runtime.workers)
+        .clamp(1, portcullis_sdk::MAX_LINKS_PER_GATEWAY);
     let gateway = crate::Running::start(config).await?;
     let key = gateway
         .auth
@@ -90,6 +93,7 @@ pub async fn run(args: DemoArgs, shutdown: impl Future<Output = ()>) -> anyhow::
         .gateway(link.clone())
         .token(token)
         .instance_id("echo-demo")
+        .links_per_gateway(links)
         .version(env!("CARGO_PKG_VERSION"));
     for e in endpoints {
         builder = builder.endpoint(e);
