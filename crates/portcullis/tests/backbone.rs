@@ -449,3 +449,86 @@ async fn calls_stay_on_the_worker_of_their_connection() {
     );
     gw.shutdown().await;
 }
+
+/// HTTPS on the ingress (ALPN `h2` and `http/1.1`, curl as the client) and a TLS link (the SDK
+/// dialling `tls://` with the CA as its root): both handshakes run on the workers.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tls_ingress_and_tls_link_serve_calls() {
+    let dir = tempfile::tempdir().unwrap();
+    let ca_key = rcgen::KeyPair::generate().unwrap();
+    let mut ca_params = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
+    ca_params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+    // Distinct names: OpenSSL takes a leaf whose issuer equals its subject for self-signed.
+    ca_params
+        .distinguished_name
+        .push(rcgen::DnType::CommonName, "Portcullis test CA");
+    let ca = ca_params.self_signed(&ca_key).unwrap();
+    let key = rcgen::KeyPair::generate().unwrap();
+    let mut leaf = rcgen::CertificateParams::new(vec!["localhost".to_string()]).unwrap();
+    leaf.distinguished_name
+        .push(rcgen::DnType::CommonName, "localhost");
+    let cert = leaf.signed_by(&key, &ca, &ca_key).unwrap();
+    let path = |name: &str| dir.path().join(name);
+    std::fs::write(path("cert.pem"), cert.pem()).unwrap();
+    std::fs::write(path("key.pem"), key.serialize_pem()).unwrap();
+    std::fs::write(path("ca.pem"), ca.pem()).unwrap();
+    let tls = portcullis::config::TlsConfig {
+        cert: path("cert.pem"),
+        key: path("key.pem"),
+    };
+    let mut cfg = config_with_services(&["echo"]);
+    cfg.ingress.tls = Some(tls.clone());
+    cfg.link.tls = Some(tls);
+    let gw = TestGateway::start(cfg).await;
+
+    let stats = echo_service::Stats::default();
+    let mut b = portcullis_sdk::Service::builder("echo")
+        .gateway(format!("tls://localhost:{}", gw.link.port()))
+        .tls_root_ca_pem(ca.pem().into_bytes())
+        .token(token_for("echo"))
+        .instance_id("echo-tls");
+    for e in echo_service::endpoints() {
+        b = b.endpoint(e);
+    }
+    let running = b.serve(echo_service::router(stats.clone())).unwrap();
+    tokio::time::timeout(Duration::from_secs(10), running.linked())
+        .await
+        .expect("the service links over TLS");
+
+    // The key goes to curl in a header file, never on its command line.
+    std::fs::write(
+        path("auth.header"),
+        format!("Authorization: Bearer {}\n", gw.api_key()),
+    )
+    .unwrap();
+    let port = gw.ingress.port();
+    for (flag, version) in [("--http1.1", "1.1"), ("--http2", "2")] {
+        let out = tokio::process::Command::new("curl")
+            .args([
+                "-sS",
+                "-o",
+                "/dev/null",
+                "-w",
+                "%{http_code} %{http_version}",
+            ])
+            .arg("--cacert")
+            .arg(path("ca.pem"))
+            .args(["--resolve", &format!("localhost:{port}:127.0.0.1")])
+            .arg("-H")
+            .arg(format!("@{}", path("auth.header").display()))
+            .arg(flag)
+            .arg(format!("https://localhost:{port}/echo/x"))
+            .output()
+            .await
+            .expect("curl runs");
+        assert_eq!(
+            String::from_utf8_lossy(&out.stdout),
+            format!("200 {version}"),
+            "curl {flag}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    assert_eq!(stats.requests(), 2);
+    running.shutdown().await;
+    gw.shutdown().await;
+}
