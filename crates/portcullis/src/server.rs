@@ -119,13 +119,13 @@ pub async fn run_with_auth(
         &config.ingress,
         pipeline,
         metrics.clone(),
-        workers.clone(),
+        &workers,
     )?);
     let link = Arc::new(LinkServer::new(
         &config,
         registry.clone(),
         metrics,
-        workers.clone(),
+        &workers,
     )?);
 
     // Audit writer, last-used writer, change poll; stopped after the listeners.

@@ -5,8 +5,13 @@
 //! client connection and chosen link share a worker is served without crossing threads: the
 //! HTTP/1.1 connection task, the link's HTTP/2 connection task and every wake-up between them
 //! stay on one core, with no work stealing, no sibling wake-ups and no contention on the link's
-//! stream table. Selection prefers such a link (`routing::select`), so a service that opens
-//! one link per worker (HELLO_ACK says how many) has every call served locally.
+//! stream table. Selection prefers such a link among the links of the instance it chose
+//! (`routing::select`), so a service that keeps one link per worker (`links_per_gateway` in
+//! the SDK) has its calls served locally.
+//!
+//! Only the gateway's `run` owns the [`Workers`]; the listeners hold a `Weak` reference (tasks
+//! on the workers hold the listeners), so dropping the gateway future without a shutdown still
+//! stops the threads and drops every connection and link on them.
 //!
 //! The listeners stay on the control runtime, which accepts and hands each socket to a worker
 //! (client connections round-robin, links to the worker with the fewest links). The control
@@ -64,9 +69,13 @@ impl std::fmt::Debug for Workers {
 }
 
 impl Workers {
-    /// Start `n` (at least one) worker threads.
+    /// Start `n` (at least one) worker threads. Each builds its runtime and reports back
+    /// before the next starts (a few microseconds each; the caller waits, once, at startup).
+    /// On failure the threads already started are stopped.
     pub fn start(n: usize) -> std::io::Result<Arc<Self>> {
         let stop = CancellationToken::new();
+        // Stops whatever started if this function returns early.
+        let on_error = stop.clone().drop_guard();
         let mut workers = Vec::new();
         let mut threads = Vec::new();
         for index in 0..n.max(1) {
@@ -99,6 +108,7 @@ impl Workers {
             });
             threads.push(thread);
         }
+        on_error.disarm();
         Ok(Arc::new(Self {
             workers,
             next: AtomicUsize::new(0),

@@ -89,7 +89,8 @@ pub struct Ingress {
     pipeline: Arc<Pipeline>,
     connections: TaskTracker,
     metrics: Arc<Metrics>,
-    workers: Arc<crate::workers::Workers>,
+    /// Weak: connection tasks hold the `Ingress`; only the gateway's `run` owns the workers.
+    workers: std::sync::Weak<crate::workers::Workers>,
 }
 
 impl Ingress {
@@ -98,7 +99,7 @@ impl Ingress {
         cfg: &IngressConfig,
         pipeline: Arc<Pipeline>,
         metrics: Arc<Metrics>,
-        workers: Arc<crate::workers::Workers>,
+        workers: &Arc<crate::workers::Workers>,
     ) -> anyhow::Result<Self> {
         let mut builder = auto::Builder::new(TokioExecutor::new());
         builder
@@ -131,7 +132,7 @@ impl Ingress {
             pipeline,
             connections: TaskTracker::new(),
             metrics,
-            workers,
+            workers: Arc::downgrade(workers),
         })
     }
 
@@ -173,13 +174,18 @@ impl Ingress {
             let drain = drain.clone();
             // Every connection's task is sized by its largest state; the protocol stacks are
             // boxed so a parked connection's task stays small (see `serve_tcp`).
-            self.workers.spawn_next(&self.connections, async move {
+            let Some(workers) = self.workers.upgrade() else {
+                break; // the gateway is gone
+            };
+            workers.spawn_next(&self.connections, async move {
                 let Ok(stream) = tokio::net::TcpStream::from_std(stream) else {
                     return;
                 };
                 match &this.tls {
                     None => this.serve_tcp(stream, peer, drain).await,
-                    Some(acc) => {
+                    // Boxed: the handshake state (1.3 KiB with its timeout) would otherwise
+                    // size every connection's task, plain TCP ones included.
+                    Some(acc) => Box::pin(async {
                         match tokio::time::timeout(this.cfg.header_read_timeout, acc.accept(stream))
                             .await
                         {
@@ -189,7 +195,8 @@ impl Ingress {
                             }
                             Err(_) => tracing::debug!(peer = %peer, "tls handshake timed out"),
                         }
-                    }
+                    })
+                    .await,
                 }
                 drop(permit);
             });

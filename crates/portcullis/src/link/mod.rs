@@ -38,7 +38,8 @@ pub struct LinkServer {
     tokens: HashMap<String, [u8; 32]>,
     tls: Option<tokio_rustls::TlsAcceptor>,
     metrics: Arc<Metrics>,
-    workers: Arc<crate::workers::Workers>,
+    /// Weak: link tasks hold the `LinkServer`; only the gateway's `run` owns the workers.
+    workers: std::sync::Weak<crate::workers::Workers>,
     /// Every link's task, from handshake to close.
     links: tokio_util::task::TaskTracker,
 }
@@ -81,7 +82,7 @@ impl LinkServer {
         config: &Config,
         registry: Arc<Registry>,
         metrics: Arc<Metrics>,
-        workers: Arc<crate::workers::Workers>,
+        workers: &Arc<crate::workers::Workers>,
     ) -> anyhow::Result<Self> {
         let mut tokens = HashMap::new();
         for (name, svc) in &config.services {
@@ -102,7 +103,7 @@ impl LinkServer {
             tokens,
             tls,
             metrics,
-            workers,
+            workers: Arc::downgrade(workers),
             links: tokio_util::task::TaskTracker::new(),
         })
     }
@@ -142,7 +143,10 @@ impl LinkServer {
             };
             let this = self.clone();
             let shutdown = shutdown.clone();
-            self.workers.spawn_link(&self.links, async move {
+            let Some(workers) = self.workers.upgrade() else {
+                return; // the gateway is gone
+            };
+            workers.spawn_link(&self.links, async move {
                 let Ok(stream) = tokio::net::TcpStream::from_std(stream) else {
                     return;
                 };
@@ -185,26 +189,33 @@ impl LinkServer {
         IO: AsyncRead + AsyncWrite + Unpin + Send + 'static,
     {
         let _gauge = self.metrics.connection(Listener::link);
-        let hello =
-            match tokio::time::timeout(self.cfg.handshake_timeout, self.handshake(&mut io)).await {
-                Ok(Ok(h)) => h,
-                Ok(Err(e)) => {
-                    if let Some(code) = e.reject_code() {
-                        self.metrics.frame("reject");
-                        let _ = write_frame(&mut io, &reject(code, &e.to_string(), None)).await;
-                    }
-                    return Err(e);
-                }
-                Err(_) => {
+        // A gateway shutting down does not wait for a handshake in progress: the service
+        // will dial again (another gateway, or this one once it is back).
+        let attempt = tokio::select! {
+            r = tokio::time::timeout(self.cfg.handshake_timeout, self.handshake(&mut io)) => r,
+            _ = shutdown.cancelled() => {
+                return Err(HandshakeError::Io(std::io::Error::other("gateway shutting down")));
+            }
+        };
+        let hello = match attempt {
+            Ok(Ok(h)) => h,
+            Ok(Err(e)) => {
+                if let Some(code) = e.reject_code() {
                     self.metrics.frame("reject");
-                    let _ = write_frame(
-                        &mut io,
-                        &reject(RejectCode::Timeout, "handshake timed out", None),
-                    )
-                    .await;
-                    return Err(HandshakeError::Timeout);
+                    let _ = write_frame(&mut io, &reject(code, &e.to_string(), None)).await;
                 }
-            };
+                return Err(e);
+            }
+            Err(_) => {
+                self.metrics.frame("reject");
+                let _ = write_frame(
+                    &mut io,
+                    &reject(RejectCode::Timeout, "handshake timed out", None),
+                )
+                .await;
+                return Err(HandshakeError::Timeout);
+            }
+        };
         let Accepted { hello, endpoints } = hello;
 
         let link_id = format!("l-{}", random_hex(8));

@@ -64,6 +64,22 @@ pub struct Instance {
     pub close: CancellationToken,
     /// The data-plane worker the link runs on (`crate::workers`), if any.
     pub worker: Option<usize>,
+    /// The links of one service process share this: the instance id without the SDK's
+    /// `.<k>` suffix for its extra links (`links_per_gateway`).
+    pub group: Arc<str>,
+}
+
+/// The instance id without a trailing `.<digits>`: the SDK names link `k ≥ 1` of an instance
+/// `<instance_id>.<k>`.
+pub fn link_group(instance_id: &str) -> &str {
+    match instance_id.rsplit_once('.') {
+        Some((base, k))
+            if !base.is_empty() && !k.is_empty() && k.bytes().all(|b| b.is_ascii_digit()) =>
+        {
+            base
+        }
+        _ => instance_id,
+    }
 }
 
 /// Initial latency estimate before the first PING returns: 1 ms.
@@ -80,6 +96,7 @@ impl Instance {
         sender: h2::client::SendRequest<Bytes>,
     ) -> Self {
         Self {
+            group: link_group(&instance_id).into(),
             service,
             instance_id,
             link_id,

@@ -40,19 +40,16 @@ impl Tiers {
 /// floor, real distance and queueing on the link still count.
 pub const RTT_FLOOR_US: u64 = 1_000;
 
-/// A link on another worker than the caller's costs this many times as much: the call
-/// crosses threads twice (request and response) and contends with that worker's own calls
-/// for the link. Strong enough that a service with a link on every worker is served locally
-/// under even load, weak enough that a local link with twice the calls in flight spills over.
+/// Among the links of the chosen instance, one on the caller's worker is taken instead of the
+/// chosen link while its cost is at most this many times the chosen one's: the call then stays
+/// on one thread (no cross-thread wake-ups, no contention for the link's stream table). Strong
+/// enough that a service with a link on every worker is served locally under even load, weak
+/// enough that a local link with twice the calls in flight spills over. Distinct instances are
+/// balanced on load alone.
 pub const REMOTE_WORKER_FACTOR: u128 = 2;
 
-fn cost(i: &Instance, here: Option<usize>) -> u128 {
-    let base = u128::from(i.in_flight() + 1) * u128::from(i.rtt_us().max(RTT_FLOOR_US));
-    if i.worker.is_some() && i.worker != here {
-        base * REMOTE_WORKER_FACTOR
-    } else {
-        base
-    }
+fn cost(i: &Instance) -> u128 {
+    u128::from(i.in_flight() + 1) * u128::from(i.rtt_us().max(RTT_FLOOR_US))
 }
 
 /// Pick an instance from `candidates`, skipping any in `exclude` (instances that just refused a
@@ -102,13 +99,28 @@ fn select_from(
                 b += 1;
             }
             let (x, y) = (pool[a], pool[b]);
-            Some(if cost(y, here) < cost(x, here) {
-                y.clone()
-            } else {
-                x.clone()
-            })
+            let chosen = if cost(y) < cost(x) { y } else { x };
+            Some(local_link(&pool, chosen, here).unwrap_or(chosen).clone())
         }
     }
+}
+
+/// A link of `chosen`'s instance on worker `here`, if `chosen` is elsewhere and the local
+/// link is not more than [`REMOTE_WORKER_FACTOR`] times as busy.
+fn local_link<'a>(
+    pool: &[&'a Arc<Instance>],
+    chosen: &'a Arc<Instance>,
+    here: Option<usize>,
+) -> Option<&'a Arc<Instance>> {
+    let here = here?;
+    if chosen.worker == Some(here) {
+        return None;
+    }
+    pool.iter()
+        .copied()
+        .filter(|i| i.worker == Some(here) && i.group == chosen.group)
+        .min_by_key(|i| cost(i))
+        .filter(|i| cost(i) <= cost(chosen) * REMOTE_WORKER_FACTOR)
 }
 
 #[cfg(test)]
@@ -127,11 +139,21 @@ mod tests {
         Arc::new(i)
     }
 
+    #[test]
+    fn extra_links_share_their_instance_group() {
+        assert_eq!(super::super::instance::link_group("echo-1"), "echo-1");
+        assert_eq!(super::super::instance::link_group("echo-1.3"), "echo-1");
+        assert_eq!(super::super::instance::link_group("v1.2.10"), "v1.2");
+        assert_eq!(super::super::instance::link_group("echo.x"), "echo.x");
+        assert_eq!(super::super::instance::link_group(".1"), ".1");
+    }
+
     #[tokio::test]
-    async fn a_link_on_the_callers_worker_wins_until_it_is_twice_as_busy() {
+    async fn an_instances_link_on_the_callers_worker_wins_until_it_is_twice_as_busy() {
+        // One service process with a link on each worker.
         let (w0, w1) = (
-            on_worker("w0", Some(0)).await,
-            on_worker("w1", Some(1)).await,
+            on_worker("p", Some(0)).await,
+            on_worker("p.1", Some(1)).await,
         );
         let pool = [w0.clone(), w1.clone()];
         let pick = |here| select_from(&pool, &Tiers::default(), &[], Some(here)).expect("one");
@@ -140,12 +162,43 @@ mod tests {
             assert!(Arc::ptr_eq(&pick(0), &w0));
             assert!(Arc::ptr_eq(&pick(1), &w1));
         }
-        // The local link holds 2 calls, the remote none: 3 × 1 against 1 × 2, spill over.
+        // The local link holds 2 calls, the remote none: 3 against 2 × 1, spill over.
         let _calls: Vec<_> = (0..2).map(|_| w0.begin_call()).collect();
         assert!(Arc::ptr_eq(&pick(0), &w1), "a busy local link spills over");
-        // Outside the workers (tests, tools) every link costs the same.
+        // Outside the workers (tests, tools) load alone decides.
         let none = select_from(&pool, &Tiers::default(), &[], None).expect("one");
         assert!(Arc::ptr_eq(&none, &w1), "the idle link wins on load alone");
+    }
+
+    #[tokio::test]
+    async fn distinct_instances_are_balanced_wherever_their_links_are() {
+        let (a, b) = (on_worker("a", Some(0)).await, on_worker("b", Some(1)).await);
+        let pool = [a.clone(), b.clone()];
+        let mut on_a = 0;
+        for _ in 0..200 {
+            let chosen = select_from(&pool, &Tiers::default(), &[], Some(0)).expect("one");
+            on_a += usize::from(Arc::ptr_eq(&chosen, &a));
+        }
+        assert!(
+            (40..=160).contains(&on_a),
+            "no locality between instances: a={on_a}/200"
+        );
+    }
+
+    #[tokio::test]
+    async fn with_more_instances_the_chosen_one_is_served_by_its_local_link() {
+        let mut pool = Vec::new();
+        for id in ["a", "b", "c"] {
+            pool.push(on_worker(id, Some(0)).await);
+            pool.push(on_worker(&format!("{id}.1"), Some(1)).await);
+        }
+        let mut groups = std::collections::HashSet::new();
+        for _ in 0..100 {
+            let chosen = select_from(&pool, &Tiers::default(), &[], Some(1)).expect("one");
+            assert_eq!(chosen.worker, Some(1), "{}", chosen.instance_id);
+            groups.insert(chosen.group.clone());
+        }
+        assert_eq!(groups.len(), 3, "every instance still gets calls");
     }
 
     #[tokio::test]

@@ -298,10 +298,16 @@ impl Store {
         T: Send + 'static,
     {
         match &self.home {
-            Some(home) if crate::workers::current().is_some() => home
-                .spawn(f(self.clone()))
-                .await
-                .map_err(|_| StoreError::Database(sqlx::Error::PoolClosed))?,
+            Some(home) if crate::workers::current().is_some() => {
+                // Aborted if the caller goes away (client gone, health timeout), so waiting
+                // queries stay bounded by the callers, as they are without the hop.
+                let task = tokio_util::task::AbortOnDropHandle::new(home.spawn(f(self.clone())));
+                match task.await {
+                    Ok(r) => r,
+                    Err(e) if e.is_panic() => Err(StoreError::Database(sqlx::Error::WorkerCrashed)),
+                    Err(_) => Err(StoreError::Database(sqlx::Error::PoolClosed)),
+                }
+            }
             _ => f(self.clone()).await,
         }
     }
