@@ -117,7 +117,9 @@ impl LinkUp {
 
     /// The gateway spoke on this link: it is routable. Idempotent.
     fn up(&self) {
-        if !self.counted.swap(true, Ordering::AcqRel) {
+        // Read first: after the first call this is a load of a shared line, not a write to it
+        // from every thread on every call.
+        if !self.counted.load(Ordering::Acquire) && !self.counted.swap(true, Ordering::AcqRel) {
             self.shared.links.send_modify(|n| *n += 1);
         }
     }
