@@ -2,7 +2,8 @@
 """Open N keep-alive HTTP/1.1 connections, send one request on each, read the whole response,
 then hold every connection open (idle) until SIGTERM or SIGINT arrives.
 
-    idle_conns.py --port P [--n 10000] [--path /echo/x] [--header 'Name: value'] [--sources K]
+    idle_conns.py --port P [--n 10000] [--path /echo/x] [--header 'Name: value'] [--header-file F]
+                  [--sources K]
 
 Prints `held N failed M` on stdout once all are open, then `closing` when it lets go. Connections are opened in batches so the listener's accept backlog
 never overflows. With --sources K, source addresses 127.0.0.1 … 127.0.0.K are used in turn
@@ -59,10 +60,15 @@ def main():
     ap.add_argument("--n", type=int, default=10000)
     ap.add_argument("--path", default="/echo/x")
     ap.add_argument("--header", action="append", default=[])
+    ap.add_argument("--header-file", action="append", default=[],
+                    help="file with one 'Name: value' line (secrets stay off the command line)")
     ap.add_argument("--sources", type=int, default=1)
     ap.add_argument("--timeout", type=float, default=10.0)
     args = ap.parse_args()
 
+    for path in args.header_file:
+        with open(path) as f:
+            args.header.append(f.read().strip())
     extra = "".join(f"{h}\r\n" for h in args.header)
     request = (f"GET {args.path} HTTP/1.1\r\nHost: {args.host}:{args.port}\r\n{extra}\r\n"
                ).encode()
