@@ -136,7 +136,7 @@ fn opt_time(ms: Option<i64>) -> Value {
 pub fn status(k: &KeyRecord, now: i64) -> &'static str {
     if k.revoked_at.is_some() {
         "revoked"
-    } else if k.expires_at.is_some_and(|e| e <= now) {
+    } else if k.is_expired(now) {
         "expired"
     } else {
         "active"

@@ -449,6 +449,10 @@ impl Config {
         if i.idle_timeout.is_zero() {
             errs.push(ConfigError::new("ingress.idle_timeout", "must be positive"));
         }
+        if i.park_after.is_zero() {
+            // Zero would re-arm the park check without ever waiting while a call runs.
+            errs.push(ConfigError::new("ingress.park_after", "must be positive"));
+        }
         if self.runtime.workers > 1024 {
             errs.push(ConfigError::new(
                 "runtime.workers",

@@ -34,18 +34,14 @@ pub async fn run(args: DemoArgs, shutdown: impl Future<Output = ()>) -> anyhow::
     let token = hex::encode(token);
 
     // Held until the demo ends: the temporary store is removed with it.
-    let temp = match &args.data_dir {
-        Some(_) => None,
-        None => Some(
-            tempfile::Builder::new()
+    let (data_dir, _temp) = match &args.data_dir {
+        Some(d) => (d.clone(), None),
+        None => {
+            let t = tempfile::Builder::new()
                 .prefix("portcullis-demo-")
-                .tempdir()?,
-        ),
-    };
-    let data_dir = match (&args.data_dir, &temp) {
-        (Some(d), _) => d.clone(),
-        (None, Some(t)) => t.path().to_path_buf(),
-        (None, None) => anyhow::bail!("no data directory"),
+                .tempdir()?;
+            (t.path().to_path_buf(), Some(t))
+        }
     };
     let mut config = Config {
         data_dir: data_dir.clone(),

@@ -23,6 +23,7 @@ use std::future::Future;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 
+use tokio::net::TcpStream;
 use tokio::runtime::Handle;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
@@ -127,23 +128,36 @@ impl Workers {
         self.workers.is_empty()
     }
 
-    /// Run `fut` on the next worker in turn (client connections). A socket must be handed over
-    /// unregistered (`into_std`) and registered inside `fut` (`from_std`), which runs on the
-    /// worker, so its readiness events reach that worker's reactor.
-    pub fn spawn_next<F>(&self, tracker: &TaskTracker, fut: F)
+    /// Serve `stream` with `serve` on the next worker in turn (client connections).
+    pub fn spawn_next<F, Fut>(
+        &self,
+        tracker: &TaskTracker,
+        stream: TcpStream,
+        serve: F,
+    ) -> std::io::Result<()>
     where
-        F: Future<Output = ()> + Send + 'static,
+        F: FnOnce(TcpStream) -> Fut + Send + 'static,
+        Fut: Future<Output = ()> + Send + 'static,
     {
+        let fut = hand_over(stream, serve)?;
         let i = self.next.fetch_add(1, Ordering::Relaxed) % self.workers.len();
         tracker.spawn_on(fut, &self.workers[i].handle);
+        Ok(())
     }
 
-    /// Run a link (from its handshake on) on the worker that holds the fewest links, so the
-    /// links a service opens, one per worker, land one on each.
-    pub fn spawn_link<F>(self: &Arc<Self>, tracker: &TaskTracker, fut: F)
+    /// Serve a link (from its handshake on) with `serve` on the worker that holds the fewest
+    /// links, so the links a service opens, one per worker, land one on each.
+    pub fn spawn_link<F, Fut>(
+        self: &Arc<Self>,
+        tracker: &TaskTracker,
+        stream: TcpStream,
+        serve: F,
+    ) -> std::io::Result<()>
     where
-        F: Future<Output = ()> + Send + 'static,
+        F: FnOnce(TcpStream) -> Fut + Send + 'static,
+        Fut: Future<Output = ()> + Send + 'static,
     {
+        let fut = hand_over(stream, serve)?;
         let i = (0..self.workers.len())
             .min_by_key(|&i| self.workers[i].links.load(Ordering::Relaxed))
             .unwrap_or(0);
@@ -159,6 +173,7 @@ impl Workers {
             },
             &self.workers[i].handle,
         );
+        Ok(())
     }
 
     /// Stop every worker and wait for the threads to end. Tasks still running are dropped.
@@ -172,6 +187,24 @@ impl Workers {
         })
         .await;
     }
+}
+
+/// The socket leaves the calling runtime's reactor here and joins the worker's when the
+/// returned future first runs (on the worker), so its readiness events reach that worker.
+fn hand_over<F, Fut>(
+    stream: TcpStream,
+    serve: F,
+) -> std::io::Result<impl Future<Output = ()> + Send + 'static>
+where
+    F: FnOnce(TcpStream) -> Fut + Send + 'static,
+    Fut: Future<Output = ()> + Send + 'static,
+{
+    let stream = stream.into_std()?;
+    Ok(async move {
+        if let Ok(stream) = TcpStream::from_std(stream) {
+            serve(stream).await;
+        }
+    })
 }
 
 /// Counts a link on its worker until the link's task ends.

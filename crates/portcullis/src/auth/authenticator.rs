@@ -237,7 +237,7 @@ impl ApiKeyAuthenticator {
         if known.record.revoked_at.is_some() {
             return Err(AuthFailure::Revoked);
         }
-        if known.record.expires_at.is_some_and(|e| e <= now) {
+        if known.record.is_expired(now) {
             return Err(AuthFailure::Expired);
         }
         // `last_used_at` is written once a minute at most; a second's precision is plenty.

@@ -162,25 +162,14 @@ impl Ingress {
                 },
             };
             let _ = stream.set_nodelay(true);
-            // Handed to a worker unregistered; it registers the socket with its own reactor.
-            let stream = match stream.into_std() {
-                Ok(s) => s,
-                Err(e) => {
-                    tracing::debug!(peer = %peer, error = %e, "cannot hand the connection to a worker");
-                    continue;
-                }
-            };
             let this = self.clone();
             let drain = drain.clone();
-            // Every connection's task is sized by its largest state; the protocol stacks are
-            // boxed so a parked connection's task stays small (see `serve_tcp`).
             let Some(workers) = self.workers.upgrade() else {
                 break; // the gateway is gone
             };
-            workers.spawn_next(&self.connections, async move {
-                let Ok(stream) = tokio::net::TcpStream::from_std(stream) else {
-                    return;
-                };
+            // Every connection's task is sized by its largest state; the protocol stacks are
+            // boxed so a parked connection's task stays small (see `serve_tcp`).
+            let handed = workers.spawn_next(&self.connections, stream, move |stream| async move {
                 match &this.tls {
                     None => this.serve_tcp(stream, peer, drain).await,
                     // Boxed: the handshake state (1.3 KiB with its timeout) would otherwise
@@ -200,6 +189,9 @@ impl Ingress {
                 }
                 drop(permit);
             });
+            if let Err(e) = handed {
+                tracing::debug!(peer = %peer, error = %e, "cannot hand the connection to a worker");
+            }
         }
         self.connections.close();
     }
@@ -307,6 +299,9 @@ impl Ingress {
             // Parked: nothing but the socket is held until the client sends again.
             let idle = self.cfg.idle_timeout;
             tokio::select! {
+                // The socket first, as in `serve_conn`: a request that already arrived when a
+                // drain begins is served (hyper then closes after it), not dropped.
+                biased;
                 r = io.inner.readable() => if r.is_err() { return },
                 _ = drain.cancelled() => return,
                 _ = idle_expired(&activity, idle) => return,
@@ -344,6 +339,8 @@ impl Ingress {
         let mut parking = false;
         loop {
             tokio::select! {
+                // The connection first, as in `serve_conn`.
+                biased;
                 r = std::future::poll_fn(|cx| conn.poll_without_shutdown(cx)) => {
                     if let Err(e) = r {
                         tracing::debug!(peer = %peer, error = %e, "client connection ended with error");

@@ -21,7 +21,7 @@ use crate::body::GatewayBody;
 use crate::error::GatewayError;
 use crate::proxy::{self, CallContext};
 use crate::routing::{Match, Registry, Tiers};
-use crate::telemetry::metrics::{method_label, CallLabels, Label, ReasonLabels, RouteLabels};
+use crate::telemetry::metrics::{method_label, CallLabels, Label, RouteLabels};
 use crate::telemetry::Metrics;
 
 const CORRELATION_ID: HeaderName =
@@ -257,10 +257,7 @@ impl Pipeline {
         peer: SocketAddr,
         capability: Option<&str>,
     ) {
-        self.metrics
-            .auth_failures
-            .get_or_create(&ReasonLabels { reason })
-            .inc();
+        self.metrics.auth_failure(reason);
         if !self
             .auth
             .report_failure(reason, key_id, Some(peer.ip()), capability)

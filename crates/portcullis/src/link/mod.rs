@@ -17,7 +17,7 @@ use rand::RngCore;
 use sha2::{Digest, Sha256};
 use std::collections::HashMap;
 use std::sync::Arc;
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant};
 use subtle::ConstantTimeEq;
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::TcpListener;
@@ -62,13 +62,6 @@ const LINK_MAX_FRAME_BYTES: u32 = 256 * 1024;
 
 /// Handshakes that may be in progress at once; further connections are closed at accept.
 const MAX_PENDING_HANDSHAKES: usize = 256;
-
-fn now_ms() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_millis() as u64)
-        .unwrap_or(0)
-}
 
 fn random_hex(bytes: usize) -> String {
     let mut b = vec![0u8; bytes];
@@ -133,23 +126,13 @@ impl LinkServer {
                 drop(stream);
                 continue;
             };
-            // The link runs on a worker (see `workers`): handed over unregistered.
-            let stream = match stream.into_std() {
-                Ok(s) => s,
-                Err(e) => {
-                    tracing::debug!(peer = %peer, error = %e, "cannot hand the link to a worker");
-                    continue;
-                }
-            };
             let this = self.clone();
             let shutdown = shutdown.clone();
             let Some(workers) = self.workers.upgrade() else {
                 return; // the gateway is gone
             };
-            workers.spawn_link(&self.links, async move {
-                let Ok(stream) = tokio::net::TcpStream::from_std(stream) else {
-                    return;
-                };
+            // The link runs on a worker (see `workers`).
+            let handed = workers.spawn_link(&self.links, stream, move |stream| async move {
                 let permit = Some(permit);
                 let res = match &this.tls {
                     None => this.handle(stream, shutdown, permit).await,
@@ -167,6 +150,9 @@ impl LinkServer {
                     tracing::info!(peer = %peer, error = %e, "link refused");
                 }
             });
+            if let Err(e) = handed {
+                tracing::debug!(peer = %peer, error = %e, "cannot hand the link to a worker");
+            }
         }
     }
 
@@ -293,7 +279,7 @@ impl LinkServer {
     {
         let challenge = Challenge {
             nonce: random_hex(32),
-            server_time_ms: now_ms(),
+            server_time_ms: u64::try_from(crate::store::now_ms()).unwrap_or(0),
             versions: vec![portcullis_link::VERSION],
         };
         write_frame(io, &Frame::Challenge(challenge)).await?;
@@ -314,12 +300,7 @@ impl LinkServer {
             .map(|e| bool::from(e.ct_eq(&presented)))
             .unwrap_or(false);
         if !ok {
-            self.metrics
-                .auth_failures
-                .get_or_create(&crate::telemetry::metrics::ReasonLabels {
-                    reason: "link_token",
-                })
-                .inc();
+            self.metrics.auth_failure("link_token");
             return Err(HandshakeError::BadCredential);
         }
         let endpoints = validate_endpoints(&hello.endpoints).map_err(HandshakeError::Register)?;
@@ -377,12 +358,7 @@ async fn heartbeat(
     // The instance is registered: say so at once with a health request. The service counts
     // itself linked on the gateway's first request (link protocol §5), and the report seeds
     // the instance's state before the first tick.
-    metrics.frame("health");
-    if let Ok(Some(report)) = tokio::time::timeout(interval, health(&inst)).await {
-        if report.draining {
-            inst.set_state(LinkState::Draining);
-        }
-    }
+    exchange_health(&inst, interval, metrics).await;
     let mut last_pong = Instant::now();
     let mut tick = tokio::time::interval(interval);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -409,11 +385,17 @@ async fn heartbeat(
         if last_pong.elapsed() >= interval * 3 {
             return "heartbeat timeout";
         }
-        metrics.frame("health");
-        if let Ok(Some(report)) = tokio::time::timeout(interval, health(&inst)).await {
-            if report.draining {
-                inst.set_state(LinkState::Draining);
-            }
+        exchange_health(&inst, interval, metrics).await;
+    }
+}
+
+/// Ask the service for its health (bounded by `interval`); a draining service stops being
+/// chosen.
+async fn exchange_health(inst: &Instance, interval: Duration, metrics: &Metrics) {
+    metrics.frame("health");
+    if let Ok(Some(report)) = tokio::time::timeout(interval, health(inst)).await {
+        if report.draining {
+            inst.set_state(LinkState::Draining);
         }
     }
 }

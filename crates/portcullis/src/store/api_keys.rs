@@ -44,9 +44,9 @@ impl KeyRecord {
         self.scopes.iter().any(|s| s == "*")
     }
 
-    /// Usable at `now` (not revoked, not expired)?
-    pub fn is_active(&self, now: i64) -> bool {
-        self.revoked_at.is_none() && self.expires_at.is_none_or(|e| e > now)
+    /// Past its expiry at `now` (Unix ms)?
+    pub fn is_expired(&self, now: i64) -> bool {
+        self.expires_at.is_some_and(|e| e <= now)
     }
 }
 
@@ -385,7 +385,7 @@ impl Store {
                 "key {key_id} is revoked; create a new key"
             )));
         }
-        if key.expires_at.is_some_and(|e| e <= now) {
+        if key.is_expired(now) {
             return Err(StoreError::Conflict(format!(
                 "key {key_id} has expired; create a new key"
             )));

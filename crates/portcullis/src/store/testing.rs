@@ -21,7 +21,8 @@ pub struct TestStore {
     pub options: StoreOptions,
     /// Temporary data directory (SQLite file, pepper), removed on drop.
     pub dir: tempfile::TempDir,
-    admin: Option<(String, String)>,
+    /// The server's URL (it may hold a password: masked in `Debug`) and the database to drop.
+    admin: Option<(crate::config::Secret, String)>,
 }
 
 fn replace_database(url: &str, db: &str) -> Option<String> {
@@ -74,7 +75,7 @@ impl TestStore {
             kind: "postgres",
             options: StoreOptions::url(&url, dir.path()),
             dir,
-            admin: Some((base, name)),
+            admin: Some((crate::config::Secret::new(base), name)),
         })
     }
 
@@ -100,7 +101,9 @@ impl TestStore {
     /// Drop the PostgreSQL database (call at the end of a test; a failed test leaves it).
     pub async fn cleanup(self) {
         if let Some((base, name)) = &self.admin {
-            if let Ok(mut conn) = <sqlx::AnyConnection as sqlx::Connection>::connect(base).await {
+            if let Ok(mut conn) =
+                <sqlx::AnyConnection as sqlx::Connection>::connect(base.expose()).await
+            {
                 let _ = sqlx::query(&format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)"))
                     .execute(&mut conn)
                     .await;

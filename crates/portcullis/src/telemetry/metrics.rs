@@ -217,6 +217,13 @@ impl Metrics {
         self.link_frames.get_or_create(&FrameLabels { kind }).inc();
     }
 
+    /// Count one refused credential (client key or link token) by reason.
+    pub fn auth_failure(&self, reason: &'static str) {
+        self.auth_failures
+            .get_or_create(&ReasonLabels { reason })
+            .inc();
+    }
+
     /// The exposition text.
     pub fn encode(&self) -> String {
         let mut out = String::with_capacity(8192);
