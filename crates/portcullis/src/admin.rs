@@ -359,17 +359,7 @@ pub async fn keys_rotate(cfg: &Config, key_id: &str, overlap: &str) -> Result<Ou
 /// `portcullis workspaces create NAME`.
 pub async fn workspaces_create(cfg: &Config, name: &str) -> Result<Output, AdminError> {
     let store = Store::open(&StoreOptions::from_config(cfg)).await?;
-    let r = store.create_workspace(name).await;
-    if let Ok(w) = &r {
-        store
-            .audit_append(&crate::store::AuditEvent {
-                event: "workspace_created",
-                actor: "cli".into(),
-                workspace: Some(w.name.clone()),
-                ..Default::default()
-            })
-            .await?;
-    }
+    let r = store.create_workspace(name, Some("cli")).await;
     store.close().await;
     let w = r?;
     Ok(Output {

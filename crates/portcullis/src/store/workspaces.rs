@@ -40,11 +40,17 @@ impl Store {
         if let Some(w) = self.workspace_by_name(name).await? {
             return Ok(w);
         }
-        self.create_workspace(name).await
+        self.create_workspace(name, None).await
     }
 
-    /// Create a workspace; a taken name is a conflict.
-    pub async fn create_workspace(&self, name: &str) -> Result<Workspace, StoreError> {
+    /// Create a workspace; a taken name is a conflict. With an `actor`, its
+    /// `workspace_created` audit row is written in the same transaction: no workspace without
+    /// its trail.
+    pub async fn create_workspace(
+        &self,
+        name: &str,
+        actor: Option<&str>,
+    ) -> Result<Workspace, StoreError> {
         if !valid_workspace_name(name) {
             return Err(StoreError::Invalid(
                 "workspace names are 1-63 of [a-z0-9-]".into(),
@@ -55,25 +61,38 @@ impl Store {
             name: name.to_string(),
             created_at: now_ms(),
         };
+        let mut tx = self.pool().begin().await?;
         let r = sqlx::query("INSERT INTO workspaces (id, name, created_at) VALUES ($1, $2, $3)")
             .bind(&w.id)
             .bind(&w.name)
             .bind(w.created_at)
-            .execute(self.pool())
+            .execute(&mut *tx)
             .await;
-        match r {
-            Ok(_) => Ok(w),
-            Err(e) => {
-                // Lost a race with another creator: the name exists now.
-                if let Some(existing) = self.workspace_by_name(name).await? {
-                    return Err(StoreError::Conflict(format!(
-                        "workspace {} already exists",
-                        existing.name
-                    )));
-                }
-                Err(e.into())
+        if let Err(e) = r {
+            drop(tx);
+            // Lost a race with another creator: the name exists now.
+            if let Some(existing) = self.workspace_by_name(name).await? {
+                return Err(StoreError::Conflict(format!(
+                    "workspace {} already exists",
+                    existing.name
+                )));
             }
+            return Err(e.into());
         }
+        if let Some(actor) = actor {
+            super::audit::append_on(
+                &mut tx,
+                &super::AuditEvent {
+                    event: "workspace_created",
+                    actor: actor.to_string(),
+                    workspace: Some(w.name.clone()),
+                    ..Default::default()
+                },
+            )
+            .await?;
+        }
+        tx.commit().await?;
+        Ok(w)
     }
 
     /// The workspace named `name`.
