@@ -143,13 +143,13 @@ impl Drop for LinkUp {
 #[derive(Clone)]
 pub(crate) struct LinkService<S> {
     inner: S,
-    shared: Arc<Shared>,
+    /// The link's up/down count; its `shared` is the service's state.
     up: Arc<LinkUp>,
 }
 
 impl<S> LinkService<S> {
-    pub(crate) fn new(inner: S, shared: Arc<Shared>, up: Arc<LinkUp>) -> Self {
-        Self { inner, shared, up }
+    pub(crate) fn new(inner: S, up: Arc<LinkUp>) -> Self {
+        Self { inner, up }
     }
 }
 
@@ -170,10 +170,10 @@ where
     fn call(&self, req: Request<Incoming>) -> Self::Future {
         self.up.up();
         if req.uri().path() == HEALTH_PATH {
-            let resp = health_response(req.method(), &self.shared.health());
+            let resp = health_response(req.method(), &self.up.shared.health());
             return Box::pin(std::future::ready(Ok(resp)));
         }
-        let guard = self.shared.enter();
+        let guard = self.up.shared.enter();
         let svc = self.inner.clone();
         Box::pin(async move {
             // An error from the user's service resets the stream; the gateway reports it to

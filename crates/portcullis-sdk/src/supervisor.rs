@@ -97,8 +97,7 @@ pub(crate) async fn supervise<S, B>(
                 );
                 let since = Instant::now();
                 let up = LinkUp::new(&shared);
-                let service =
-                    LinkService::new(service.clone(), Arc::clone(&shared), Arc::clone(&up));
+                let service = LinkService::new(service.clone(), Arc::clone(&up));
                 let r = serve_link(io, &ack, service, shutdown.clone()).await;
                 up.down();
                 if *shutdown.borrow() {

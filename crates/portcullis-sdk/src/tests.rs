@@ -154,7 +154,7 @@ async fn handshake_then_http2_on_the_same_stream() {
             serve_link(
                 svc_io,
                 &ack,
-                LinkService::new(r, shared.clone(), LinkUp::new(&shared)),
+                LinkService::new(r, LinkUp::new(&shared)),
                 stop_rx,
             )
             .await
@@ -271,7 +271,7 @@ async fn cancellation_and_drain() {
             serve_link(
                 svc_io,
                 &ack,
-                LinkService::new(r, shared.clone(), LinkUp::new(&shared)),
+                LinkService::new(r, LinkUp::new(&shared)),
                 stop_rx,
             )
             .await
