@@ -141,25 +141,26 @@ async fn get_body(send: &mut SendRequest<Empty<Bytes>>, path: &str) -> (StatusCo
     (status, resp.into_body().collect().await.unwrap().to_bytes())
 }
 
+/// The service half of a link over `io`: handshake, then serve `router` until `stop`.
+fn spawn_service_side(
+    mut io: tokio::io::DuplexStream,
+    router: axum::Router,
+    shared: &Arc<Shared>,
+    stop: watch::Receiver<bool>,
+) -> tokio::task::JoinHandle<Result<(), crate::Error>> {
+    let up = LinkUp::new(shared);
+    tokio::spawn(async move {
+        let ack = handshake(&mut io, &hello()).await?;
+        serve_link(io, &ack, LinkService::new(router, up), stop).await
+    })
+}
 #[tokio::test]
 async fn handshake_then_http2_on_the_same_stream() {
-    let (mut svc_io, mut gw_io) = tokio::io::duplex(64 * 1024);
+    let (svc_io, mut gw_io) = tokio::io::duplex(64 * 1024);
     let (r, ..) = router();
     let shared = Shared::new(100);
     let (stop, stop_rx) = watch::channel(false);
-    let service_side = {
-        let shared = Arc::clone(&shared);
-        tokio::spawn(async move {
-            let ack = handshake(&mut svc_io, &hello()).await?;
-            serve_link(
-                svc_io,
-                &ack,
-                LinkService::new(r, LinkUp::new(&shared)),
-                stop_rx,
-            )
-            .await
-        })
-    };
+    let service_side = spawn_service_side(svc_io, r, &shared, stop_rx);
 
     let got = gateway_hello(&mut gw_io).await;
     assert_eq!(got, hello());
@@ -260,23 +261,11 @@ async fn silent_gateway_times_out() {
 /// RST_STREAM from the gateway drops the handler; GOAWAY waits for in-flight calls.
 #[tokio::test]
 async fn cancellation_and_drain() {
-    let (mut svc_io, mut gw_io) = tokio::io::duplex(64 * 1024);
+    let (svc_io, mut gw_io) = tokio::io::duplex(64 * 1024);
     let (r, entered, release, mut dropped) = router();
     let shared = Shared::new(4);
     let (stop, stop_rx) = watch::channel(false);
-    let service_side = {
-        let shared = Arc::clone(&shared);
-        tokio::spawn(async move {
-            let ack = handshake(&mut svc_io, &hello()).await?;
-            serve_link(
-                svc_io,
-                &ack,
-                LinkService::new(r, LinkUp::new(&shared)),
-                stop_rx,
-            )
-            .await
-        })
-    };
+    let service_side = spawn_service_side(svc_io, r, &shared, stop_rx);
     gateway_hello(&mut gw_io).await;
     write_frame(&mut gw_io, Frame::HelloAck(ack())).await;
     let mut send = h2_client(gw_io).await;
