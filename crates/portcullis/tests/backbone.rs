@@ -490,19 +490,14 @@ async fn tls_ingress_and_tls_link_serve_calls() {
     cfg.link.tls = Some(tls);
     let gw = TestGateway::start(cfg).await;
 
-    let stats = echo_service::Stats::default();
-    let mut b = portcullis_sdk::Service::builder("echo")
-        .gateway(format!("tls://localhost:{}", gw.link.port()))
-        .tls_root_ca_pem(ca.pem().into_bytes())
-        .token(token_for("echo"))
-        .instance_id("echo-tls");
-    for e in echo_service::endpoints() {
-        b = b.endpoint(e);
-    }
-    let running = b.serve(echo_service::router(stats.clone())).unwrap();
-    tokio::time::timeout(Duration::from_secs(10), running.linked())
-        .await
-        .expect("the service links over TLS");
+    let (running, stats) = serve_echo(
+        portcullis_sdk::Service::builder("echo")
+            .gateway(format!("tls://localhost:{}", gw.link.port()))
+            .tls_root_ca_pem(ca.pem().into_bytes())
+            .token(token_for("echo"))
+            .instance_id("echo-tls"),
+    )
+    .await;
 
     // The key goes to curl in a header file, never on its command line.
     std::fs::write(

@@ -193,16 +193,13 @@ async fn a_silent_link_is_dropped() {
         drop((a, b));
     });
 
-    let stats = echo_service::Stats::default();
-    let mut b = portcullis_sdk::Service::builder("echo")
-        .gateway(format!("tcp://{relay_addr}"))
-        .token(token_for("echo"))
-        .instance_id("echo-silent");
-    for e in echo_service::endpoints() {
-        b = b.endpoint(e);
-    }
-    let svc = b.serve(echo_service::router(stats.clone())).unwrap();
-    svc.linked().await;
+    let (svc, _stats) = serve_echo(
+        portcullis_sdk::Service::builder("echo")
+            .gateway(format!("tcp://{relay_addr}"))
+            .token(token_for("echo"))
+            .instance_id("echo-silent"),
+    )
+    .await;
     let (status, _, _) = gw.get("/echo/x").await;
     assert_eq!(status, http::StatusCode::OK);
 

@@ -526,17 +526,14 @@ async fn traceparent_reaches_the_service_unchanged_without_otlp() {
 async fn a_service_keeps_serving_through_another_gateway_when_one_stops() {
     let gw1 = TestGateway::with_services(&["echo"]).await;
     let gw2 = TestGateway::with_services(&["echo"]).await;
-    let mut b = portcullis_sdk::Service::builder("echo")
-        .gateway(gw1.link_url())
-        .gateway(gw2.link_url())
-        .token(token_for("echo"))
-        .instance_id("echo-both");
-    for e in echo_service::endpoints() {
-        b = b.endpoint(e);
-    }
-    let svc = b
-        .serve(echo_service::router(echo_service::Stats::default()))
-        .unwrap();
+    let (svc, _stats) = serve_echo(
+        portcullis_sdk::Service::builder("echo")
+            .gateway(gw1.link_url())
+            .gateway(gw2.link_url())
+            .token(token_for("echo"))
+            .instance_id("echo-both"),
+    )
+    .await;
     eventually("linked to both gateways", || {
         let up = svc.links_up();
         async move { up == 2 }

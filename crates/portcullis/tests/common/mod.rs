@@ -195,22 +195,14 @@ impl TestGateway {
         service: &str,
         instance: &str,
     ) -> (portcullis_sdk::Running, echo_service::Stats) {
-        let stats = echo_service::Stats::default();
-        let mut b = portcullis_sdk::Service::builder(service)
-            .gateway(self.link_url())
-            .token(token_for(service))
-            .instance_id(instance)
-            .drain_grace(Duration::from_secs(10));
-        for e in echo_service::endpoints() {
-            b = b.endpoint(e);
-        }
-        let running = b
-            .serve(echo_service::router(stats.clone()))
-            .expect("service builds");
-        tokio::time::timeout(Duration::from_secs(10), running.linked())
-            .await
-            .expect("service links within 10 s");
-        (running, stats)
+        serve_echo(
+            portcullis_sdk::Service::builder(service)
+                .gateway(self.link_url())
+                .token(token_for(service))
+                .instance_id(instance)
+                .drain_grace(Duration::from_secs(10)),
+        )
+        .await
     }
 
     pub async fn request(&self, req: http::Request<Body>) -> http::Response<hyper::body::Incoming> {
@@ -247,6 +239,25 @@ impl TestGateway {
             s.cleanup().await;
         }
     }
+}
+
+/// Serve the echo service's routes with `builder` (gateways, token and ids already set) and
+/// wait until it counts itself linked.
+pub async fn serve_echo(
+    builder: portcullis_sdk::ServiceBuilder,
+) -> (portcullis_sdk::Running, echo_service::Stats) {
+    let stats = echo_service::Stats::default();
+    let mut b = builder;
+    for e in echo_service::endpoints() {
+        b = b.endpoint(e);
+    }
+    let running = b
+        .serve(echo_service::router(stats.clone()))
+        .expect("service builds");
+    tokio::time::timeout(Duration::from_secs(10), running.linked())
+        .await
+        .expect("service links within 10 s");
+    (running, stats)
 }
 
 pub fn client() -> Client<HttpConnector, Body> {

@@ -219,20 +219,14 @@ impl GatewayProcess {
 
     /// Link an echo service instance `echo-1` and wait until it is up.
     pub async fn echo(&self) -> (portcullis_sdk::Running, echo_service::Stats) {
-        let stats = echo_service::Stats::default();
-        let mut b = portcullis_sdk::Service::builder("echo")
-            .gateway(format!("tcp://{}", self.link))
-            .token(token_for("echo"))
-            .instance_id("echo-1");
-        for e in echo_service::endpoints() {
-            b = b.endpoint(e);
-        }
-        let running = b.serve(echo_service::router(stats.clone())).unwrap();
-        tokio::time::timeout(Duration::from_secs(10), running.linked())
-            .await
-            .expect("links");
-        // The SDK reports the link up on HELLO_ACK, a moment before the gateway has
-        // registered the routes: wait until the gateway counts the instance.
+        let (running, stats) = super::serve_echo(
+            portcullis_sdk::Service::builder("echo")
+                .gateway(format!("tcp://{}", self.link))
+                .token(token_for("echo"))
+                .instance_id("echo-1"),
+        )
+        .await;
+        // And the gateway's own count, which the tests of this process read from /metrics.
         super::eventually("the gateway routes to echo", || async {
             let (_, _, body) = self.get("/metrics").await;
             links_online(&String::from_utf8_lossy(&body), "echo") >= 1
