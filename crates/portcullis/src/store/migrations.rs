@@ -119,6 +119,14 @@ impl Store {
     /// Apply pending migrations. Refuses a newer schema before writing anything.
     pub async fn migrate(&self) -> Result<MigrationReport, StoreError> {
         let from = self.schema_version().await?;
+        self.migrate_from(from).await
+    }
+
+    /// [`Self::migrate`] from a version just read (`None`: never initialised).
+    pub(crate) async fn migrate_from(
+        &self,
+        from: Option<i64>,
+    ) -> Result<MigrationReport, StoreError> {
         if let Some(found) = from {
             if found > LATEST {
                 return Err(StoreError::SchemaTooNew {
@@ -127,7 +135,7 @@ impl Store {
                 });
             }
         }
-        if !self.has_version_table().await? {
+        if from.is_none() {
             sqlx::query(
                 "CREATE TABLE IF NOT EXISTS schema_version (
                     version BIGINT PRIMARY KEY,

@@ -261,8 +261,8 @@ impl Store {
         let store = Self::connect(opts, false).await?;
         match store.schema_version().await? {
             None => Err(StoreError::NotInitialised(opts.describe())),
-            Some(_) => {
-                store.migrate().await?;
+            from @ Some(_) => {
+                store.migrate_from(from).await?;
                 Ok(store)
             }
         }
