@@ -38,6 +38,10 @@ pub struct ConnActivity {
     last_done_ms: AtomicU64,
     /// Calls finished on this connection.
     done: AtomicU64,
+    /// Someone waits in [`ConnActivity::until_idle`]: only then does a finishing call notify,
+    /// so a call pays one atomic load for it, not a lock.
+    idle_waiter: AtomicBool,
+    idle: tokio::sync::Notify,
 }
 
 impl ConnActivity {
@@ -47,7 +51,23 @@ impl ConnActivity {
             active: AtomicUsize::new(0),
             last_done_ms: AtomicU64::new(0),
             done: AtomicU64::new(0),
+            idle_waiter: AtomicBool::new(false),
+            idle: tokio::sync::Notify::new(),
         })
+    }
+
+    /// Resolve once no call is in progress (at once if none is).
+    async fn until_idle(&self) {
+        let notified = self.idle.notified();
+        tokio::pin!(notified);
+        notified.as_mut().enable();
+        // SeqCst with the load in `ActiveCall::drop`: either the finishing call sees the flag
+        // and notifies, or this load sees the call gone.
+        self.idle_waiter.store(true, Ordering::SeqCst);
+        if self.active.load(Ordering::SeqCst) > 0 {
+            notified.await;
+        }
+        self.idle_waiter.store(false, Ordering::SeqCst);
     }
 
     /// Count a call until the guard drops (with the response body).
@@ -75,7 +95,11 @@ impl Drop for ActiveCall {
         let now = self.0.started.elapsed().as_millis() as u64;
         self.0.last_done_ms.fetch_max(now, Ordering::AcqRel);
         self.0.done.fetch_add(1, Ordering::AcqRel);
-        self.0.active.fetch_sub(1, Ordering::AcqRel);
+        if self.0.active.fetch_sub(1, Ordering::SeqCst) == 1
+            && self.0.idle_waiter.load(Ordering::SeqCst)
+        {
+            self.0.idle.notify_waiters();
+        }
     }
 }
 
@@ -394,7 +418,11 @@ async fn park_due(activity: &ConnActivity, after: Duration, since: Instant) {
     loop {
         let wait = match activity.idle_for() {
             Some(d) => after.saturating_sub(d.min(since.elapsed())),
-            None => after,
+            // A call is running (a long download, say): wait for its end, not in 50 ms steps.
+            None => {
+                activity.until_idle().await;
+                continue;
+            }
         };
         if wait.is_zero() {
             return;
