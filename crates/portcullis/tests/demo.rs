@@ -73,23 +73,13 @@ async fn demo_json_line_describes_a_working_gateway() {
 
     // The CLI, pointed at the running demo, sees its key and can revoke it.
     let key_id = v["key_id"].as_str().unwrap();
-    let out = Command::new(env!("CARGO_BIN_EXE_portcullis"))
-        .args(["keys", "list", "--json", "--data-dir", data_dir])
-        .env_remove("PORTCULLIS_PEPPER")
-        .output()
-        .unwrap();
-    assert!(out.status.success());
-    assert!(String::from_utf8_lossy(&out.stdout).contains(key_id));
-    let out = Command::new(env!("CARGO_BIN_EXE_portcullis"))
-        .args(["keys", "revoke", key_id, "--data-dir", data_dir])
-        .env_remove("PORTCULLIS_PEPPER")
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    // `process::cli` runs the binary in a clean environment: no PORTCULLIS_* of the runner's
+    // can point it at another store.
+    let (code, out, _) = process::cli(&["keys", "list", "--json", "--data-dir", data_dir]);
+    assert_eq!(code, 0);
+    assert!(out.contains(key_id));
+    let (code, _, err) = process::cli(&["keys", "revoke", key_id, "--data-dir", data_dir]);
+    assert_eq!(code, 0, "{err}");
     // Another process changed the key: the demo gateway notices within its poll interval.
     eventually("the revoked demo key is refused", || {
         let key = key.to_string();
