@@ -139,6 +139,39 @@ async fn key_on(
     row.as_ref().map(key_from_row).transpose()
 }
 
+/// [`key_on`] for a key that must exist.
+async fn existing_key_on(
+    conn: &mut sqlx::AnyConnection,
+    key_id: &str,
+) -> Result<KeyRecord, StoreError> {
+    key_on(conn, key_id)
+        .await?
+        .ok_or_else(|| StoreError::NotFound(format!("key {key_id}")))
+}
+
+/// Store secret number `serial` of a key.
+async fn insert_secret_on(
+    conn: &mut sqlx::AnyConnection,
+    key_id: &str,
+    serial: i64,
+    secret_hmac: &[u8; 32],
+    pepper_version: u32,
+    now: i64,
+) -> Result<(), sqlx::Error> {
+    sqlx::query(
+        "INSERT INTO api_key_secrets (key_id, serial, secret_hmac, pepper_version, created_at)
+         VALUES ($1, $2, $3, $4, $5)",
+    )
+    .bind(key_id)
+    .bind(serial)
+    .bind(hex::encode(secret_hmac))
+    .bind(i64::from(pepper_version))
+    .bind(now)
+    .execute(conn)
+    .await?;
+    Ok(())
+}
+
 async fn any_admin_on(conn: &mut sqlx::AnyConnection, now: i64) -> Result<bool, sqlx::Error> {
     let rows = sqlx::query(
         "SELECT scopes FROM api_keys WHERE revoked_at IS NULL
@@ -197,15 +230,14 @@ impl Store {
         .bind(new.expires_at)
         .execute(&mut *tx)
         .await?;
-        sqlx::query(
-            "INSERT INTO api_key_secrets (key_id, serial, secret_hmac, pepper_version, created_at)
-             VALUES ($1, 1, $2, $3, $4)",
+        insert_secret_on(
+            &mut tx,
+            &new.key_id,
+            1,
+            &new.secret_hmac,
+            new.pepper_version,
+            now,
         )
-        .bind(&new.key_id)
-        .bind(hex::encode(new.secret_hmac))
-        .bind(new.pepper_version as i64)
-        .bind(now)
-        .execute(&mut *tx)
         .await?;
         append_on(
             &mut tx,
@@ -222,9 +254,7 @@ impl Store {
             },
         )
         .await?;
-        let rec = key_on(&mut tx, &new.key_id)
-            .await?
-            .ok_or_else(|| StoreError::NotFound(format!("key {}", new.key_id)))?;
+        let rec = existing_key_on(&mut tx, &new.key_id).await?;
         tx.commit().await?;
         Ok(rec)
     }
@@ -331,9 +361,7 @@ impl Store {
         let now = now_ms();
         let mut tx = self.pool().begin().await?;
         bump_generation(&mut tx).await?;
-        let key = key_on(&mut tx, key_id)
-            .await?
-            .ok_or_else(|| StoreError::NotFound(format!("key {key_id}")))?;
+        let key = existing_key_on(&mut tx, key_id).await?;
         if key.revoked_at.is_some() {
             return Err(StoreError::Conflict(format!(
                 "key {key_id} is already revoked"
@@ -355,9 +383,7 @@ impl Store {
             },
         )
         .await?;
-        let rec = key_on(&mut tx, key_id)
-            .await?
-            .ok_or_else(|| StoreError::NotFound(format!("key {key_id}")))?;
+        let rec = existing_key_on(&mut tx, key_id).await?;
         tx.commit().await?;
         Ok(rec)
     }
@@ -377,9 +403,7 @@ impl Store {
         let old_until = now.saturating_add(i64::try_from(overlap.as_millis()).unwrap_or(i64::MAX));
         let mut tx = self.pool().begin().await?;
         bump_generation(&mut tx).await?;
-        let key = key_on(&mut tx, key_id)
-            .await?
-            .ok_or_else(|| StoreError::NotFound(format!("key {key_id}")))?;
+        let key = existing_key_on(&mut tx, key_id).await?;
         if key.revoked_at.is_some() {
             return Err(StoreError::Conflict(format!(
                 "key {key_id} is revoked; create a new key"
@@ -412,17 +436,7 @@ impl Store {
                 .await?
                 .try_get(0)?;
         let serial = serial.unwrap_or(0) + 1;
-        sqlx::query(
-            "INSERT INTO api_key_secrets (key_id, serial, secret_hmac, pepper_version, created_at)
-             VALUES ($1, $2, $3, $4, $5)",
-        )
-        .bind(key_id)
-        .bind(serial)
-        .bind(hex::encode(secret_hmac))
-        .bind(pepper_version as i64)
-        .bind(now)
-        .execute(&mut *tx)
-        .await?;
+        insert_secret_on(&mut tx, key_id, serial, &secret_hmac, pepper_version, now).await?;
         append_on(
             &mut tx,
             &AuditEvent {
