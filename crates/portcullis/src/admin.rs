@@ -231,7 +231,6 @@ pub async fn init(cfg: &Config) -> Result<Output, AdminError> {
 /// `portcullis bootstrap`: the first admin key (scope `*`, workspace `default`), only when
 /// no active admin key exists.
 pub async fn bootstrap(cfg: &Config) -> Result<Output, AdminError> {
-    let (store, pepper) = open(cfg).await?;
     let req = CreateKey {
         workspace: crate::store::DEFAULT_WORKSPACE.into(),
         name: "bootstrap admin".into(),
@@ -239,12 +238,23 @@ pub async fn bootstrap(cfg: &Config) -> Result<Output, AdminError> {
         expires_in: None,
         key_id: None,
     };
-    let r = create_key(&store, &pepper, &req, "cli", true).await;
+    issue(cfg, &req, true, "Created admin").await
+}
+
+/// Create a key from the CLI and say so (`verb`: "Created", "Created admin").
+async fn issue(
+    cfg: &Config,
+    req: &CreateKey,
+    bootstrap: bool,
+    verb: &str,
+) -> Result<Output, AdminError> {
+    let (store, pepper) = open(cfg).await?;
+    let r = create_key(&store, &pepper, req, "cli", bootstrap).await;
     store.close().await;
     let issued = r?;
     Ok(Output {
         json: issued_json(&issued),
-        text: issued_text("Created admin", &issued),
+        text: issued_text(verb, &issued),
     })
 }
 
@@ -275,7 +285,6 @@ pub async fn keys_create(cfg: &Config, a: &CreateArgs) -> Result<Output, AdminEr
         .as_deref()
         .map(|s| parse_duration("--expires", s))
         .transpose()?;
-    let (store, pepper) = open(cfg).await?;
     let req = CreateKey {
         workspace: a.workspace.clone(),
         name: a.name.clone(),
@@ -283,13 +292,7 @@ pub async fn keys_create(cfg: &Config, a: &CreateArgs) -> Result<Output, AdminEr
         expires_in,
         key_id: a.id.clone(),
     };
-    let r = create_key(&store, &pepper, &req, "cli", false).await;
-    store.close().await;
-    let issued = r?;
-    Ok(Output {
-        json: issued_json(&issued),
-        text: issued_text("Created", &issued),
-    })
+    issue(cfg, &req, false, "Created").await
 }
 
 /// `portcullis keys list`: never secrets or hashes.
