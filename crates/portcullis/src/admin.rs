@@ -83,21 +83,14 @@ impl Target {
     /// The effective configuration: file (with `PORTCULLIS_*` overrides) or defaults, then
     /// `--data-dir`.
     pub fn load(&self) -> Result<Config, AdminError> {
-        let mut cfg = match &self.config {
-            Some(path) => {
-                let text = std::fs::read_to_string(path)
-                    .map_err(|e| AdminError::failure(format!("{}: {e}", path.display())))?;
-                Config::from_toml_with_env(&text, std::env::vars())
-            }
-            None => Config::from_toml_with_env("", std::env::vars()),
-        }
-        .map_err(|errs| {
-            AdminError::usage(
+        let mut cfg = Config::load(self.config.as_deref()).map_err(|e| match e {
+            crate::config::LoadError::Read(m) => AdminError::failure(m),
+            crate::config::LoadError::Invalid(errs) => AdminError::usage(
                 errs.iter()
                     .map(|e| e.to_string())
                     .collect::<Vec<_>>()
                     .join("\n"),
-            )
+            ),
         })?;
         if let Some(d) = &self.data_dir {
             cfg.data_dir = d.clone();

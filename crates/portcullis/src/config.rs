@@ -307,6 +307,15 @@ pub struct RuntimeConfig {
     pub workers: usize,
 }
 
+/// Why [`Config::load`] failed.
+#[derive(Debug)]
+pub enum LoadError {
+    /// The file could not be read (`path: reason`).
+    Read(String),
+    /// The configuration has problems, each with its key path.
+    Invalid(Vec<ConfigError>),
+}
+
 /// A configuration problem, with the key path of the field at fault.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[error("{path}: {message}")]
@@ -327,6 +336,17 @@ impl ConfigError {
 }
 
 impl Config {
+    /// The effective configuration of a process: the file at `path` (or nothing: defaults),
+    /// then `PORTCULLIS_*` overrides from the environment.
+    pub fn load(path: Option<&std::path::Path>) -> Result<Self, LoadError> {
+        let text = match path {
+            Some(p) => std::fs::read_to_string(p)
+                .map_err(|e| LoadError::Read(format!("{}: {e}", p.display())))?,
+            None => String::new(),
+        };
+        Self::from_toml_with_env(&text, std::env::vars()).map_err(LoadError::Invalid)
+    }
+
     /// Parse TOML text. Every unknown key and badly typed value is reported, each with its
     /// key path, not just the first.
     pub fn from_toml(text: &str) -> Result<Self, Vec<ConfigError>> {

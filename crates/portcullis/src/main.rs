@@ -3,7 +3,7 @@
 
 use clap::{Parser, Subcommand};
 use std::io::Read;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
 use portcullis::config::Config;
@@ -246,20 +246,26 @@ enum ConfigCommand {
     },
 }
 
-fn load_config(path: &PathBuf) -> Result<Config, String> {
-    let text = std::fs::read_to_string(path).map_err(|e| format!("{}: {e}", path.display()))?;
-    Config::from_toml_with_env(&text, std::env::vars()).map_err(|errs| {
-        errs.iter()
-            .map(|e| format!("{}: {e}", path.display()))
+/// The configuration (file or defaults, then environment overrides), or every problem, one
+/// per line, each prefixed with the file's path when there is a file.
+fn load_config(path: Option<&Path>) -> Result<Config, String> {
+    Config::load(path).map_err(|e| match e {
+        portcullis::config::LoadError::Read(m) => m,
+        portcullis::config::LoadError::Invalid(errs) => errs
+            .iter()
+            .map(|e| match path {
+                Some(p) => format!("{}: {e}", p.display()),
+                None => e.to_string(),
+            })
             .collect::<Vec<_>>()
-            .join("\n")
+            .join("\n"),
     })
 }
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
     match cli.command {
-        Command::CheckConfig { file } => match load_config(&file) {
+        Command::CheckConfig { file } => match load_config(Some(&file)) {
             Ok(_) => {
                 println!("{}: ok", file.display());
                 ExitCode::SUCCESS
@@ -270,15 +276,7 @@ fn main() -> ExitCode {
             }
         },
         Command::Config(ConfigCommand::Show { config }) => {
-            let cfg = match &config {
-                Some(path) => load_config(path),
-                None => Config::from_toml_with_env("", std::env::vars()).map_err(|errs| {
-                    errs.iter()
-                        .map(|e| e.to_string())
-                        .collect::<Vec<_>>()
-                        .join("\n")
-                }),
-            };
+            let cfg = load_config(config.as_deref());
             match cfg {
                 Ok(c) => {
                     print!("{}", c.to_toml_masked());
@@ -341,7 +339,7 @@ fn main() -> ExitCode {
             }),
         },
         Command::Serve { config, data_dir } => {
-            let mut cfg = match load_config(&config) {
+            let mut cfg = match load_config(Some(&config)) {
                 Ok(c) => c,
                 Err(e) => {
                     eprintln!("{e}");
