@@ -67,8 +67,9 @@ impl Default for AuthSettings {
 /// What the store said about a key id.
 #[derive(Debug)]
 struct Known {
-    record: KeyRecord,
+    /// The record's identity fields; the rest of the record the check needs is below.
     identity: Arc<Identity>,
+    revoked_at: Option<i64>,
     secrets: Vec<KeySecret>,
     /// When this entry last reported a use to `last_used` (ms), so the shared map's lock is
     /// taken about once a second per key instead of on every call.
@@ -130,13 +131,13 @@ impl std::fmt::Debug for ApiKeyAuthenticator {
     }
 }
 
-fn to_identity(r: &KeyRecord) -> Identity {
+fn to_identity(r: KeyRecord) -> Identity {
     Identity {
-        key_id: r.key_id.clone(),
-        workspace_id: r.workspace_id.clone(),
-        workspace: r.workspace.clone(),
-        name: r.name.clone(),
-        scopes: r.scopes.clone(),
+        key_id: r.key_id,
+        workspace_id: r.workspace_id,
+        workspace: r.workspace,
+        name: r.name,
+        scopes: r.scopes,
         expires_at: r.expires_at,
     }
 }
@@ -222,8 +223,8 @@ impl ApiKeyAuthenticator {
                     return Err(AuthFailure::Unknown);
                 };
                 let k = Arc::new(Known {
-                    identity: Arc::new(to_identity(&record)),
-                    record,
+                    revoked_at: record.revoked_at,
+                    identity: Arc::new(to_identity(record)),
                     secrets,
                     noted_ms: AtomicI64::new(0),
                 });
@@ -234,16 +235,16 @@ impl ApiKeyAuthenticator {
         if !secrets_match(&known.secrets, &presented, self.pepper.version(), now) {
             return Err(AuthFailure::Wrong);
         }
-        if known.record.revoked_at.is_some() {
+        if known.revoked_at.is_some() {
             return Err(AuthFailure::Revoked);
         }
-        if known.record.is_expired(now) {
+        if known.identity.is_expired(now) {
             return Err(AuthFailure::Expired);
         }
         // `last_used_at` is written once a minute at most; a second's precision is plenty.
         if now - known.noted_ms.load(Ordering::Relaxed) >= 1_000 {
             known.noted_ms.store(now, Ordering::Relaxed);
-            self.note_used(&known.record.key_id, now);
+            self.note_used(&known.identity.key_id, now);
         }
         Ok(known.identity.clone())
     }
@@ -262,7 +263,7 @@ impl ApiKeyAuthenticator {
         if self.epoch.load(Ordering::Acquire) != epoch {
             return;
         }
-        let key_id = key.record.key_id.clone();
+        let key_id = key.identity.key_id.clone();
         if cache.len() >= self.settings.cache_capacity && !cache.contains_key(&key_id) {
             let ttl = self.settings.cache_ttl;
             cache.retain(|_, e| e.fetched.elapsed() < ttl);

@@ -38,6 +38,11 @@ pub struct Identity {
 }
 
 impl Identity {
+    /// Past its expiry at `now` (Unix ms)? The same rule as [`crate::store::KeyRecord::is_expired`].
+    pub fn is_expired(&self, now: i64) -> bool {
+        self.expires_at.is_some_and(|e| e <= now)
+    }
+
     /// Does this identity hold `capability`? Scope `*` grants every capability.
     pub fn has_capability(&self, capability: &str) -> bool {
         self.scopes.iter().any(|s| s == "*" || s == capability)
