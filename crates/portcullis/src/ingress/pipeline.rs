@@ -148,7 +148,7 @@ impl Pipeline {
                 route = &*labels.route.0,
                 service = &*labels.service.0,
                 instance = info.instance.as_deref().unwrap_or("-"),
-                key_id = info.key_id.as_deref().unwrap_or("-"),
+                key_id = info.identity.as_ref().map_or("-", |i| i.key_id.as_str()),
                 status,
                 duration_ms = started.elapsed().as_secs_f64() * 1000.0,
                 "call"
@@ -277,7 +277,7 @@ impl Pipeline {
         let identity = self.authenticate(req.headers(), peer).await?;
         // The credential is the gateway's business: services never see it.
         req.headers_mut().remove(http::header::AUTHORIZATION);
-        info.key_id = Some(identity.key_id.clone());
+        info.identity = Some(identity.clone());
         tracing::Span::current().record("key_id", identity.key_id.as_str());
         let route = {
             let _s = tracing::debug_span!("route").entered();
@@ -318,7 +318,8 @@ struct CallInfo {
     route: Option<Arc<str>>,
     service: Option<Arc<str>>,
     instance: Option<Arc<str>>,
-    key_id: Option<String>,
+    /// Who called (the access log's `key_id`): the cached identity, shared, not copied.
+    identity: Option<Arc<crate::auth::Identity>>,
 }
 
 /// Accept the client's correlation id when it is a safe token, otherwise make one.
