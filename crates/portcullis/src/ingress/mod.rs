@@ -125,12 +125,15 @@ impl Ingress {
         metrics: Arc<Metrics>,
         workers: &Arc<crate::workers::Workers>,
     ) -> anyhow::Result<Self> {
+        // HTTP/1.1 is served by two builders, the auto one (TLS, h2c detection) and the plain
+        // one that can park (`serve_h1`): the same settings for both.
+        let h1_buf = cfg.max_header_bytes.max(8192);
         let mut builder = auto::Builder::new(TokioExecutor::new());
         builder
             .http1()
             .timer(TokioTimer::new())
             .header_read_timeout(cfg.header_read_timeout)
-            .max_buf_size(cfg.max_header_bytes.max(8192))
+            .max_buf_size(h1_buf)
             .keep_alive(true);
         builder
             .http2()
@@ -142,7 +145,7 @@ impl Ingress {
         let mut h1 = hyper::server::conn::http1::Builder::new();
         h1.timer(TokioTimer::new())
             .header_read_timeout(cfg.header_read_timeout)
-            .max_buf_size(cfg.max_header_bytes.max(8192))
+            .max_buf_size(h1_buf)
             .keep_alive(true);
         let tls = match &cfg.tls {
             Some(t) => Some(crate::tls::acceptor(t, &[b"h2", b"http/1.1"])?),

@@ -8,7 +8,7 @@
 
 use std::io::{self, Write};
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::mpsc::{sync_channel, Receiver, RecvTimeoutError, SyncSender, TrySendError};
+use std::sync::mpsc::{sync_channel, Receiver, SyncSender, TrySendError};
 use std::sync::Arc;
 use std::time::Duration;
 use tracing_subscriber::fmt::MakeWriter;
@@ -81,11 +81,7 @@ fn write_loop<W: Write>(rx: Receiver<Msg>, out: W, dropped: Arc<AtomicU64>) {
                 }
                 Msg::Flush(ack) => acks.push(ack),
             }
-            next = match rx.recv_timeout(Duration::ZERO) {
-                Ok(m) => Some(m),
-                Err(RecvTimeoutError::Timeout) => None,
-                Err(RecvTimeoutError::Disconnected) => None,
-            };
+            next = rx.try_recv().ok();
         }
         let now = dropped.load(Ordering::Relaxed);
         if now > reported {
