@@ -22,6 +22,8 @@ impl<T: Send + Sync + 'static> Guard for T {}
 
 enum Inner {
     Full(Option<Bytes>),
+    /// A body the gateway produces itself (a gateway operation's router).
+    Boxed(http_body_util::combinators::UnsyncBoxBody<Bytes, BoxError>),
     Upstream {
         recv: h2::RecvStream,
         data_done: bool,
@@ -47,6 +49,14 @@ impl GatewayBody {
         let b = b.into();
         Self {
             inner: Inner::Full((!b.is_empty()).then_some(b)),
+            _guard: None,
+        }
+    }
+
+    /// A body produced by the gateway itself, e.g. a gateway operation's axum response.
+    pub fn boxed(b: http_body_util::combinators::UnsyncBoxBody<Bytes, BoxError>) -> Self {
+        Self {
+            inner: Inner::Boxed(b),
             _guard: None,
         }
     }
@@ -86,6 +96,7 @@ impl Body for GatewayBody {
     ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
         match &mut self.get_mut().inner {
             Inner::Full(b) => Poll::Ready(b.take().map(|b| Ok(Frame::data(b)))),
+            Inner::Boxed(b) => Pin::new(b).poll_frame(cx),
             Inner::Upstream {
                 recv, data_done, ..
             } => {
@@ -113,6 +124,7 @@ impl Body for GatewayBody {
     fn is_end_stream(&self) -> bool {
         match &self.inner {
             Inner::Full(b) => b.is_none(),
+            Inner::Boxed(b) => b.is_end_stream(),
             Inner::Upstream { recv, .. } => recv.is_end_stream(),
         }
     }
@@ -120,6 +132,7 @@ impl Body for GatewayBody {
     fn size_hint(&self) -> SizeHint {
         match &self.inner {
             Inner::Full(b) => SizeHint::with_exact(b.as_ref().map_or(0, |b| b.len() as u64)),
+            Inner::Boxed(b) => b.size_hint(),
             Inner::Upstream { .. } => SizeHint::default(),
         }
     }

@@ -197,6 +197,9 @@ pub struct IngressConfig {
     pub park_after: Duration,
     /// Concurrent client connections; further accepts wait. Default 20000.
     pub max_connections: usize,
+    /// Calls in progress on the whole gateway (every connection, every protocol) past which
+    /// new calls are shed with 503 and `Retry-After` instead of queueing. Default 10000.
+    pub max_in_flight: usize,
 }
 
 impl Default for IngressConfig {
@@ -211,6 +214,7 @@ impl Default for IngressConfig {
             idle_timeout: Duration::from_secs(60),
             park_after: Duration::from_millis(50),
             max_connections: 20_000,
+            max_in_flight: 10_000,
         }
     }
 }
@@ -457,6 +461,12 @@ impl Config {
         if i.max_connections == 0 {
             errs.push(ConfigError::new(
                 "ingress.max_connections",
+                "must be at least 1",
+            ));
+        }
+        if i.max_in_flight == 0 {
+            errs.push(ConfigError::new(
+                "ingress.max_in_flight",
                 "must be at least 1",
             ));
         }

@@ -1,6 +1,7 @@
 //! Health of the gateway process for orchestrators: `live` (the process answers), `startup`
 //! (initialisation finished), `ready` (listeners bound, not draining, dependencies reachable).
-//! No authentication; bodies are JSON with the status and each check.
+//! No authentication; bodies are JSON with the status and each check. Served as a gateway
+//! operation ([`operation`]) through the call pipeline like every other path.
 
 use std::future::Future;
 use std::pin::Pin;
@@ -107,5 +108,41 @@ impl Health {
             }
             _ => None,
         }
+    }
+}
+
+/// The paths health answers.
+pub const PATHS: &[&str] = &["/health/live", "/health/ready", "/health/startup"];
+
+/// The health operation: public, no capability, any method (probes differ in what they send).
+pub fn operation(health: Arc<Health>) -> crate::pipeline::Operation {
+    use axum::routing::any;
+    let mut router = axum::Router::new();
+    for path in PATHS {
+        let h = health.clone();
+        router = router.route(
+            path,
+            any(move || {
+                let h = h.clone();
+                async move {
+                    let (status, body) = h
+                        .respond(path)
+                        .await
+                        .unwrap_or((404, r#"{"error":"not_found"}"#.to_string()));
+                    (
+                        http::StatusCode::from_u16(status).unwrap_or_default(),
+                        [(http::header::CONTENT_TYPE, "application/json")],
+                        body,
+                    )
+                }
+            }),
+        );
+    }
+    crate::pipeline::Operation {
+        name: "health",
+        path: crate::pipeline::PathMatch::OneOf(PATHS),
+        capability: None,
+        auth: crate::pipeline::AuthPolicy::Public,
+        router,
     }
 }

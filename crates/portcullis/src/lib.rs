@@ -4,7 +4,9 @@
 //! Modules are named after the concern they own (CONVENTIONS "Layout"); the path of one call
 //! through them is drawn in `docs/ARCHITECTURE.md`.
 
+pub mod access;
 pub mod admin;
+pub mod audit;
 pub mod auth;
 pub mod body;
 pub mod config;
@@ -13,12 +15,14 @@ pub mod error;
 pub mod health;
 pub mod ingress;
 pub mod link;
+pub mod pipeline;
 pub mod proxy;
 pub mod routing;
 pub mod server;
 pub mod store;
 pub mod telemetry;
 pub mod tls;
+pub mod transport;
 pub mod workers;
 
 pub use config::Config;

@@ -11,7 +11,6 @@ use http::uri::{Authority, PathAndQuery, Scheme};
 use http::{HeaderMap, HeaderValue, Request, Response, Uri};
 use http_body::Body;
 use http_body_util::BodyExt;
-use hyper::body::Incoming;
 use std::sync::Arc;
 use tokio::sync::oneshot;
 
@@ -105,11 +104,15 @@ async fn open_stream(
 }
 
 /// Forward `req` to an instance of `ctx.route`.
-pub async fn forward(
-    req: Request<Incoming>,
+pub async fn forward<B>(
+    req: Request<B>,
     ctx: CallContext<'_>,
     tiers: &crate::routing::Tiers,
-) -> Result<Response<GatewayBody>, GatewayError> {
+) -> Result<Response<GatewayBody>, GatewayError>
+where
+    B: Body<Data = Bytes> + Send + 'static,
+    B::Error: Into<crate::body::BoxError>,
+{
     let (mut parts, body) = req.into_parts();
 
     if let Some(len) = body.size_hint().exact() {
@@ -226,20 +229,23 @@ fn upstream(call: &InFlight, e: h2::Error) -> GatewayError {
             inst.set_state(LinkState::Offline);
         }
     }
-    GatewayError::Upstream(format!("{}/{}: {e}", inst.service, inst.instance_id))
+    GatewayError::Upstream {
+        instance: format!("{}/{}", inst.service, inst.instance_id),
+        source: e,
+    }
 }
 
 /// Copy the client's body to the service under HTTP/2 flow control.
-async fn pump(
-    mut body: Incoming,
-    mut send: h2::SendStream<Bytes>,
-    max: u64,
-    too_large: oneshot::Sender<()>,
-) {
+async fn pump<B>(body: B, mut send: h2::SendStream<Bytes>, max: u64, too_large: oneshot::Sender<()>)
+where
+    B: Body<Data = Bytes> + Send + 'static,
+{
+    let mut body = std::pin::pin!(body);
     let mut sent: u64 = 0;
     loop {
         let frame = tokio::select! {
-            f = body.frame() => f,
+            // The error's detail is not needed, and dropping it keeps the task `Send`.
+            f = body.frame() => f.map(|r| r.map_err(drop)),
             // The service reset the stream (answered early or went away): stop reading.
             _ = std::future::poll_fn(|cx| send.poll_reset(cx)) => return,
         };
@@ -249,7 +255,7 @@ async fn pump(
                 return;
             }
             Some(Err(_)) => {
-                // The client went away mid-body.
+                // The client went away mid-body (or sent a malformed one).
                 send.send_reset(h2::Reason::CANCEL);
                 return;
             }

@@ -10,11 +10,15 @@ use std::sync::Arc;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
+use crate::access::Access;
+use crate::audit::AuditSink;
 use crate::auth::authenticator::AuthSettings;
 use crate::auth::ApiKeyAuthenticator;
+use crate::auth::Authenticators;
 use crate::config::Config;
-use crate::ingress::{Ingress, Pipeline};
+use crate::ingress::Ingress;
 use crate::link::LinkServer;
+use crate::pipeline::{Limits, Operations, Pipeline, Policy};
 use crate::routing::{Registry, Tiers};
 use crate::store::{Store, StoreOptions};
 use crate::telemetry::{LinksCollector, Metrics};
@@ -103,15 +107,28 @@ pub async fn run_with_auth(
         Box::pin(async move { store.ping().await.map_err(|_| "unavailable".to_string()) })
     });
     health.add_check("store", check);
-    let pipeline = Arc::new(Pipeline::new(
-        registry.clone(),
-        tiers,
-        config.ingress.max_body_bytes,
-        health.clone(),
+    let mut operations = Operations::default();
+    operations.register(crate::health::operation(health.clone()));
+    operations.register(crate::telemetry::metrics::operation(
         metrics.clone(),
-        auth.clone(),
-        config.auth.metrics_scope.clone(),
+        config.auth.metrics_scope.as_deref().map(Into::into),
     ));
+    let audit = AuditSink::new(metrics.clone(), auth.clone());
+    let pipeline = Pipeline::new(crate::pipeline::Parts {
+        registry: registry.clone(),
+        tiers,
+        metrics: metrics.clone(),
+        authenticators: Authenticators::new(auth.clone()),
+        access: Access::new(auth.clone()),
+        audit,
+        policy: Policy {
+            limits: Limits {
+                max_in_flight: config.ingress.max_in_flight,
+                max_body_bytes: config.ingress.max_body_bytes,
+            },
+            operations,
+        },
+    });
     let workers =
         crate::workers::Workers::start(crate::workers::resolve_count(config.runtime.workers))
             .map_err(|e| anyhow::anyhow!("cannot start the worker threads: {e}"))?;

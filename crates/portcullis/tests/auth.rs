@@ -174,15 +174,18 @@ async fn a_key_in_the_query_string_is_never_accepted() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn grpc_metadata_carries_the_key() {
+async fn grpc_metadata_carries_the_key_and_refusals_are_grpc_statuses() {
     let gw = TestGateway::with_services(&["echo"]).await;
     let (_svc, _) = gw.echo("echo-1").await;
     let h2 = hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
         .http2_only(true)
         .build_http::<Body>();
-    for (key, expected) in [
-        (None, StatusCode::UNAUTHORIZED),
-        (Some(gw.api_key().to_string()), StatusCode::OK),
+    let (_, reader) = gw.create_key("reader", &["nothing.useful"]).await;
+    // Refusals are trailers-only gRPC responses: HTTP 200, `grpc-status` in the head, no body.
+    for (key, grpc_status, message) in [
+        (None, Some("16"), "unauthenticated"),
+        (Some(reader), Some("7"), "permission denied"),
+        (Some(gw.api_key().to_string()), None, ""),
     ] {
         let mut req = http::Request::post(gw.url("/echo/pkg.Svc/Method"))
             .header("content-type", "application/grpc")
@@ -195,7 +198,19 @@ async fn grpc_metadata_carries_the_key() {
             .await
             .unwrap();
         assert_eq!(resp.version(), http::Version::HTTP_2);
-        assert_eq!(resp.status(), expected);
+        assert_eq!(resp.status(), StatusCode::OK);
+        assert_eq!(
+            resp.headers()
+                .get("grpc-status")
+                .map(|v| v.to_str().unwrap()),
+            grpc_status
+        );
+        if grpc_status.is_some() {
+            assert_eq!(resp.headers()["content-type"], "application/grpc");
+            assert_eq!(resp.headers()["grpc-message"], message);
+            let (_, _, body) = collect(resp).await;
+            assert!(body.is_empty());
+        }
     }
     gw.shutdown().await;
 }

@@ -126,10 +126,19 @@ async fn keys_verify_rotate_revoke_and_expire() {
             .unwrap();
         let raw = issued.api_key.clone();
         let id = auth.authenticate(&raw).await.unwrap();
-        assert_eq!(id.key_id, issued.record.key_id, "{k}");
-        assert_eq!(id.workspace, "default", "{k}");
-        assert!(
-            id.has_capability("echo.read") && !id.has_capability("echo.write"),
+        assert_eq!(&*id.via.id, issued.record.key_id, "{k}");
+        assert_eq!(&*id.workspace.name, "default", "{k}");
+        // The identity carries no policy; the key's scopes are its grants, read by access.
+        let access = portcullis::access::Access::new(auth.clone());
+        let echo = portcullis::access::Resource::Service { service: "echo" };
+        assert_eq!(
+            access.authorise(&id, Some("echo.read"), echo).await,
+            portcullis::access::Decision::Allow,
+            "{k}"
+        );
+        assert_eq!(
+            access.authorise(&id, Some("echo.write"), echo).await,
+            portcullis::access::Decision::Deny(portcullis::access::DenyReason::Capability),
             "{k}"
         );
         // Cached now; a wrong secret for the same id is still wrong.

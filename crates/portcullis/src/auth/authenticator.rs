@@ -27,7 +27,8 @@ use tokio_util::sync::CancellationToken;
 
 use super::audit::{Coalescer, Failure, CHANNEL_CAPACITY};
 use super::key::{self, NewKey};
-use super::{AuthFailure, Identity, Pepper};
+use super::{AuthFailure, CredentialKind, Identity, Pepper, Via, WorkspaceRef};
+use crate::access::{GrantSource, Grants};
 use crate::store::{now_ms, KeyRecord, KeySecret, Store, StoreError};
 
 /// How often `last_used_at` is written for a key, at most.
@@ -69,6 +70,8 @@ impl Default for AuthSettings {
 struct Known {
     /// The record's identity fields; the rest of the record the check needs is below.
     identity: Arc<Identity>,
+    /// The key's scopes, handed to `crate::access` through [`GrantSource`].
+    grants: Arc<Grants>,
     revoked_at: Option<i64>,
     secrets: Vec<KeySecret>,
     /// When this entry last reported a use to `last_used` (ms), so the shared map's lock is
@@ -131,15 +134,24 @@ impl std::fmt::Debug for ApiKeyAuthenticator {
     }
 }
 
-fn to_identity(r: KeyRecord) -> Identity {
-    Identity {
-        key_id: r.key_id,
-        workspace_id: r.workspace_id,
-        workspace: r.workspace,
-        name: r.name,
-        scopes: r.scopes,
+/// The identity a key proves, and apart from it the key's grants (its scopes): the identity
+/// carries no policy (`crate::access`).
+fn to_identity(r: KeyRecord) -> (Identity, Grants) {
+    let key_id: Arc<str> = r.key_id.into();
+    let identity = Identity {
+        subject: format!("key:{key_id}").into(),
+        workspace: WorkspaceRef {
+            id: r.workspace_id.into(),
+            name: r.workspace.into(),
+        },
+        via: Via {
+            kind: CredentialKind::ApiKey,
+            id: key_id,
+        },
         expires_at: r.expires_at,
-    }
+        binding: None,
+    };
+    (identity, Grants::new(r.scopes))
 }
 
 /// Check and normalise scopes.
@@ -222,9 +234,12 @@ impl ApiKeyAuthenticator {
                     let _ = bool::from(presented[..].ct_eq(&self.dummy[..]));
                     return Err(AuthFailure::Unknown);
                 };
+                let revoked_at = record.revoked_at;
+                let (identity, grants) = to_identity(record);
                 let k = Arc::new(Known {
-                    revoked_at: record.revoked_at,
-                    identity: Arc::new(to_identity(record)),
+                    revoked_at,
+                    identity: Arc::new(identity),
+                    grants: Arc::new(grants),
                     secrets,
                     noted_ms: AtomicI64::new(0),
                 });
@@ -244,7 +259,7 @@ impl ApiKeyAuthenticator {
         // `last_used_at` is written once a minute at most; a second's precision is plenty.
         if now - known.noted_ms.load(Ordering::Relaxed) >= 1_000 {
             known.noted_ms.store(now, Ordering::Relaxed);
-            self.note_used(&known.identity.key_id, now);
+            self.note_used(&known.identity.via.id, now);
         }
         Ok(known.identity.clone())
     }
@@ -263,7 +278,7 @@ impl ApiKeyAuthenticator {
         if self.epoch.load(Ordering::Acquire) != epoch {
             return;
         }
-        let key_id = key.identity.key_id.clone();
+        let key_id = key.identity.via.id.to_string();
         if cache.len() >= self.settings.cache_capacity && !cache.contains_key(&key_id) {
             let ttl = self.settings.cache_ttl;
             cache.retain(|_, e| e.fetched.elapsed() < ttl);
@@ -438,6 +453,37 @@ impl ApiKeyAuthenticator {
         let r = rotate_key(&self.store, &self.pepper, key_id, overlap, actor).await;
         self.invalidate(key_id);
         r
+    }
+}
+
+impl GrantSource for ApiKeyAuthenticator {
+    fn grants_now(&self, identity: &Identity) -> Option<Arc<Grants>> {
+        if identity.via.kind != CredentialKind::ApiKey {
+            return None;
+        }
+        self.cached(&identity.via.id).map(|k| k.grants.clone())
+    }
+
+    /// A cache miss (the entry expired or was evicted since the call authenticated) asks the
+    /// store; a store that cannot answer yields no grants, and the decision denies.
+    fn grants<'a>(
+        &'a self,
+        identity: &'a Identity,
+    ) -> std::pin::Pin<Box<dyn std::future::Future<Output = Option<Arc<Grants>>> + Send + 'a>> {
+        Box::pin(async move {
+            if let Some(g) = self.grants_now(identity) {
+                return Some(g);
+            }
+            if identity.via.kind != CredentialKind::ApiKey {
+                return None;
+            }
+            let (record, _) = self
+                .store
+                .key_for_verification(&identity.via.id, now_ms())
+                .await
+                .ok()??;
+            Some(Arc::new(to_identity(record).1))
+        })
     }
 }
 

@@ -1,9 +1,19 @@
 //! Authentication: who is calling.
 //!
-//! The contract of DESIGN §5 is `authenticate(credential) → identity`; this module implements
-//! it for API keys ([`ApiKeyAuthenticator`]). A refusal is an [`AuthFailure`] whose reason
-//! goes to the audit log and `portcullis_auth_failures_total{reason}` — never to the client,
-//! which gets the same fixed 401 whatever the reason.
+//! The contract of DESIGN §5 is `authenticate(credential) → identity`:
+//!
+//! - [`Credential`] is data: what a request presents, extracted once from the request parts
+//!   and the connection facts by [`extract`] (a bearer API key today; JWT, DPoP, client
+//!   certificates and cookies are further [`CredentialKind`]s).
+//! - an authenticator turns a credential into an [`Identity`] — who, in which workspace, by
+//!   which credential, until when — or an [`AuthFailure`]. [`ApiKeyAuthenticator`] implements it
+//!   for API keys.
+//! - An identity carries no policy: no scopes, no roles. What an identity may do is decided by
+//!   `crate::access` from grants it looks up itself.
+//!
+//! A refusal's reason goes to the audit sink (`crate::audit`) and
+//! `portcullis_auth_failures_total{reason}` — never to the client, which gets the same fixed 401
+//! whatever the reason.
 //!
 //! - [`key`]: the key format (parse, checksum, generate), pure.
 //! - [`pepper`]: the server pepper secrets are hashed under; never in the database.
@@ -19,22 +29,134 @@ pub use authenticator::ApiKeyAuthenticator;
 pub use pepper::Pepper;
 
 use http::HeaderMap;
+use std::sync::Arc;
 
-/// A verified caller.
+/// The kinds of credential a caller can present. A target's auth policy names the kinds it
+/// accepts; an identity records the kind it was proven by.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum CredentialKind {
+    /// `Authorization: Bearer pcs_…`, an API key.
+    ApiKey,
+}
+
+impl CredentialKind {
+    /// Stable lowercase name, for logs and the audit log.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::ApiKey => "api_key",
+        }
+    }
+
+    const fn bit(self) -> u8 {
+        match self {
+            Self::ApiKey => 1,
+        }
+    }
+}
+
+/// A set of credential kinds (what a target accepts).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct CredentialKinds(u8);
+
+impl CredentialKinds {
+    /// No credential is accepted (and none is needed: public targets).
+    pub const NONE: Self = Self(0);
+    /// API keys only.
+    pub const API_KEY: Self = Self(CredentialKind::ApiKey.bit());
+
+    /// Does the set hold `kind`?
+    pub fn contains(self, kind: CredentialKind) -> bool {
+        self.0 & kind.bit() != 0
+    }
+
+    /// Is the set empty?
+    pub fn is_empty(self) -> bool {
+        self.0 == 0
+    }
+}
+
+/// What a request presents to prove who is calling. Borrowed from the request: extracting a
+/// credential copies nothing.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Credential<'a> {
+    /// A raw API key (`pcs_…`), from `Authorization: Bearer`.
+    ApiKey(&'a str),
+}
+
+impl Credential<'_> {
+    /// The kind of this credential.
+    pub fn kind(&self) -> CredentialKind {
+        match self {
+            Self::ApiKey(_) => CredentialKind::ApiKey,
+        }
+    }
+
+    /// The id the credential claims, for the audit log of a refusal (an API key's key id when
+    /// it parses; never a secret).
+    pub fn claimed_id(&self) -> Option<&str> {
+        match self {
+            Self::ApiKey(raw) => key::parse(raw).ok().map(|p| p.key_id),
+        }
+    }
+}
+
+/// Extract the one credential of a request that `accepted` allows. Credentials are read from
+/// `Authorization: Bearer` only (HTTP headers and gRPC metadata alike); a key in the query string
+/// is never looked at. `_conn` is where connection-bound credentials (client certificates, the TLS
+/// exporter for DPoP) will come from.
+pub fn extract<'a>(
+    headers: &'a HeaderMap,
+    _conn: Option<&crate::transport::ConnFacts>,
+    accepted: CredentialKinds,
+) -> Result<Credential<'a>, AuthFailure> {
+    let token = bearer_token(headers)?;
+    if accepted.contains(CredentialKind::ApiKey) && token.starts_with(key::PREFIX) {
+        return Ok(Credential::ApiKey(token));
+    }
+    Err(AuthFailure::Malformed)
+}
+
+/// How the caller proved who it is: the credential kind and that credential's id (an API
+/// key's key id).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Via {
+    /// Kind of credential.
+    pub kind: CredentialKind,
+    /// Id of the credential (never a secret).
+    pub id: Arc<str>,
+}
+
+/// The workspace (tenant) an identity belongs to.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct WorkspaceRef {
+    /// Workspace id.
+    pub id: Arc<str>,
+    /// Workspace name.
+    pub name: Arc<str>,
+}
+
+/// What a proof-of-possession credential is bound to (a DPoP key thumbprint, a client
+/// certificate). API keys are bearer credentials: unbound.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Binding {
+    /// SHA-256 thumbprint of the key or certificate the credential is bound to.
+    Thumbprint([u8; 32]),
+}
+
+/// A verified caller: who, in which workspace, proven how, until when. No policy: what the
+/// caller may do is `crate::access`'s decision.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Identity {
-    /// The API key's id.
-    pub key_id: String,
-    /// Workspace id.
-    pub workspace_id: String,
-    /// Workspace name.
-    pub workspace: String,
-    /// The key's display name.
-    pub name: String,
-    /// Capabilities granted; `*` grants all.
-    pub scopes: Vec<String>,
-    /// When the key expires (Unix ms).
+    /// Who is calling. For an API key, the key itself (`key:<key-id>`).
+    pub subject: Arc<str>,
+    /// The workspace it belongs to.
+    pub workspace: WorkspaceRef,
+    /// The credential that proved it.
+    pub via: Via,
+    /// When the credential stops being valid (Unix ms).
     pub expires_at: Option<i64>,
+    /// What the credential is bound to, if it is not a bearer credential.
+    pub binding: Option<Binding>,
 }
 
 impl Identity {
@@ -42,10 +164,35 @@ impl Identity {
     pub fn is_expired(&self, now: i64) -> bool {
         self.expires_at.is_some_and(|e| e <= now)
     }
+}
 
-    /// Does this identity hold `capability`? Scope `*` grants every capability.
-    pub fn has_capability(&self, capability: &str) -> bool {
-        self.scopes.iter().any(|s| s == "*" || s == capability)
+/// The one authentication contract of the gateway: every credential kind goes through
+/// [`Authenticators::authenticate`], which hands it to the authenticator of its kind. A new kind
+/// of credential is a new field here and a new arm below, not a branch in the request path.
+#[derive(Debug, Clone)]
+pub struct Authenticators {
+    api_keys: Arc<ApiKeyAuthenticator>,
+}
+
+impl Authenticators {
+    /// The authenticators of every credential kind the gateway knows.
+    pub fn new(api_keys: Arc<ApiKeyAuthenticator>) -> Self {
+        Self { api_keys }
+    }
+
+    /// `authenticate(credential) → identity`.
+    pub async fn authenticate(
+        &self,
+        credential: &Credential<'_>,
+    ) -> Result<Arc<Identity>, AuthFailure> {
+        match credential {
+            Credential::ApiKey(raw) => self.api_keys.authenticate(raw).await,
+        }
+    }
+
+    /// The API key authenticator (its store, cache and audit queue).
+    pub fn api_keys(&self) -> &Arc<ApiKeyAuthenticator> {
+        &self.api_keys
     }
 }
 
@@ -132,22 +279,6 @@ pub fn bearer_token(headers: &HeaderMap) -> Result<&str, AuthFailure> {
 mod tests {
     use super::*;
     use http::HeaderValue;
-
-    #[test]
-    fn capabilities() {
-        let mut id = Identity {
-            key_id: "k".into(),
-            workspace_id: "w".into(),
-            workspace: "default".into(),
-            name: "n".into(),
-            scopes: vec!["echo.read".into()],
-            expires_at: None,
-        };
-        assert!(id.has_capability("echo.read"));
-        assert!(!id.has_capability("echo.write"));
-        id.scopes.push("*".into());
-        assert!(id.has_capability("anything"));
-    }
 
     #[test]
     fn bearer_parsing() {

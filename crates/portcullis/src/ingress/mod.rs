@@ -1,14 +1,11 @@
 //! Ingress: the client-facing listener. Accepts TCP (optionally TLS with ALPN h2/http1.1),
 //! serves HTTP/1.1 and HTTP/2 (h2c prior knowledge without TLS) with bounded heads, bodies,
-//! streams and idle time, and hands each request to the call pipeline in [`pipeline`].
+//! streams and idle time, and hands each request — with its connection's facts in the
+//! request extensions (`crate::transport::Conn`) — to the call pipeline (`crate::pipeline`).
 //!
 //! Each connection runs in its own task, tracked so shutdown can wait for it: on shutdown the
 //! connection is told to finish (HTTP/2 GOAWAY, idle HTTP/1.1 closed) and left to complete
 //! its in-flight calls up to the grace period.
-
-mod pipeline;
-
-pub use pipeline::Pipeline;
 
 use bytes::Bytes;
 use hyper::service::service_fn;
@@ -27,7 +24,9 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use crate::config::IngressConfig;
+use crate::pipeline::Pipeline;
 use crate::telemetry::metrics::{Listener, Metrics};
+use crate::transport::{Conn, ConnFacts, TlsFacts};
 
 /// Activity of one client connection, for the idle timeout: calls in progress and when the
 /// last one finished.
@@ -110,7 +109,7 @@ pub struct Ingress {
     /// HTTP/1.1 on plain TCP, where idle connections are parked (see [`Ingress::serve_tcp`]).
     h1: hyper::server::conn::http1::Builder,
     tls: Option<tokio_rustls::TlsAcceptor>,
-    pipeline: Arc<Pipeline>,
+    pipeline: Pipeline,
     connections: TaskTracker,
     metrics: Arc<Metrics>,
     /// Weak: connection tasks hold the `Ingress`; only the gateway's `run` owns the workers.
@@ -121,7 +120,7 @@ impl Ingress {
     /// Build from configuration.
     pub fn new(
         cfg: &IngressConfig,
-        pipeline: Arc<Pipeline>,
+        pipeline: Pipeline,
         metrics: Arc<Metrics>,
         workers: &Arc<crate::workers::Workers>,
     ) -> anyhow::Result<Self> {
@@ -205,7 +204,14 @@ impl Ingress {
                         match tokio::time::timeout(this.cfg.header_read_timeout, acc.accept(stream))
                             .await
                         {
-                            Ok(Ok(tls)) => Box::pin(this.serve_conn(tls, peer, drain)).await,
+                            Ok(Ok(tls)) => {
+                                let facts = ConnFacts {
+                                    peer,
+                                    local: tls.get_ref().0.local_addr().ok(),
+                                    tls: Some(TlsFacts::of(tls.get_ref().1)),
+                                };
+                                Box::pin(this.serve_conn(tls, facts, drain)).await
+                            }
                             Ok(Err(e)) => {
                                 tracing::debug!(peer = %peer, error = %e, "tls handshake failed")
                             }
@@ -233,18 +239,22 @@ impl Ingress {
         self.connections.len()
     }
 
-    async fn serve_conn<IO>(self: &Arc<Self>, io: IO, peer: SocketAddr, drain: CancellationToken)
+    async fn serve_conn<IO>(self: &Arc<Self>, io: IO, facts: ConnFacts, drain: CancellationToken)
     where
         IO: AsyncRead + AsyncWrite + Unpin + Send + 'static,
     {
         let _gauge = self.metrics.connection(Listener::ingress);
+        let peer = facts.peer;
         let activity = ConnActivity::new();
         let pipeline = self.pipeline.clone();
-        let act = activity.clone();
-        let svc = service_fn(move |req| {
+        let conn = Conn {
+            facts: Arc::new(facts),
+            activity: activity.clone(),
+        };
+        let svc = service_fn(move |mut req: hyper::Request<hyper::body::Incoming>| {
             let pipeline = pipeline.clone();
-            let call = act.begin();
-            async move { Ok::<_, std::convert::Infallible>(pipeline.handle(req, peer, call).await) }
+            req.extensions_mut().insert(conn.clone());
+            async move { Ok::<_, std::convert::Infallible>(pipeline.handle(req).await) }
         });
         let conn = self
             .builder
@@ -309,14 +319,23 @@ impl Ingress {
             },
             _ = drain.cancelled() => return,
         };
+        let facts = ConnFacts {
+            peer,
+            local: stream.local_addr().ok(),
+            tls: None,
+        };
         if H2_PREFACE.starts_with(&first[..n]) {
-            return Box::pin(self.serve_conn(stream, peer, drain)).await;
+            return Box::pin(self.serve_conn(stream, facts, drain)).await;
         }
         let _gauge = self.metrics.connection(Listener::ingress);
         let activity = ConnActivity::new();
+        let conn = Conn {
+            facts: Arc::new(facts),
+            activity: activity.clone(),
+        };
         let mut io = PrefixedTcp::new(Bytes::new(), stream);
         loop {
-            io = match Box::pin(self.serve_h1(io, peer, &drain, &activity)).await {
+            io = match Box::pin(self.serve_h1(io, &conn, &drain)).await {
                 H1End::Done => return,
                 H1End::Parked(io) => io,
             };
@@ -340,22 +359,21 @@ impl Ingress {
     async fn serve_h1(
         self: &Arc<Self>,
         mut io: PrefixedTcp,
-        peer: SocketAddr,
+        conn: &Conn,
         drain: &CancellationToken,
-        activity: &Arc<ConnActivity>,
     ) -> H1End {
         io.new_period();
+        let peer = conn.facts.peer;
+        let activity = &conn.activity;
+        // The pipeline is a tower service whose future is boxed, so the connection can be
+        // taken apart (`poll_without_shutdown` wants an `Unpin` future); one allocation per call.
         let pipeline = self.pipeline.clone();
-        let act = activity.clone();
-        let svc = service_fn(move |req| {
-            let pipeline = pipeline.clone();
-            let call = act.begin();
-            // Boxed so the connection can be taken apart (`poll_without_shutdown` wants an
-            // `Unpin` future); one small allocation per call.
-            Box::pin(async move {
-                Ok::<_, std::convert::Infallible>(pipeline.handle(req, peer, call).await)
-            })
-        });
+        let c = conn.clone();
+        let svc =
+            hyper::service::service_fn(move |mut req: hyper::Request<hyper::body::Incoming>| {
+                req.extensions_mut().insert(c.clone());
+                tower::Service::call(&mut pipeline.clone(), req)
+            });
         let io_state = io.state.clone();
         let done_before = activity.done.load(Ordering::Acquire);
         let mut park_from = Instant::now();

@@ -253,3 +253,38 @@ impl Drop for ConnectionGauge {
         self.0.dec();
     }
 }
+
+/// The `/metrics` operation: open unless `capability` is set (`auth.metrics_scope`), in which
+/// case it needs an API key with that capability — decided by the pipeline's authenticate and
+/// authorise phases like any other call.
+pub fn operation(
+    metrics: Arc<Metrics>,
+    capability: Option<Arc<str>>,
+) -> crate::pipeline::Operation {
+    use crate::pipeline::AuthPolicy;
+    let router = axum::Router::new().route(
+        "/metrics",
+        axum::routing::any(move || {
+            let m = metrics.clone();
+            async move {
+                (
+                    [(
+                        http::header::CONTENT_TYPE,
+                        "application/openmetrics-text; version=1.0.0; charset=utf-8",
+                    )],
+                    m.encode(),
+                )
+            }
+        }),
+    );
+    crate::pipeline::Operation {
+        name: "metrics",
+        path: crate::pipeline::PathMatch::Exact("/metrics"),
+        auth: match capability {
+            Some(_) => AuthPolicy::Credential(crate::auth::CredentialKinds::API_KEY),
+            None => AuthPolicy::Public,
+        },
+        capability,
+        router,
+    }
+}

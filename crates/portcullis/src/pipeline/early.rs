@@ -1,0 +1,213 @@
+//! Early phase: before anything else looks at a call. Sheds load past the in-flight ceiling,
+//! strips every header a client could use to impersonate the gateway, and applies the RFC 9112
+//! head rules hyper leaves to us. The correlation id is made here too, when the call's context
+//! is created.
+
+use http::header::{self, HeaderName};
+use http::uri::Authority;
+use http::{HeaderMap, HeaderValue, Request, Version};
+use rand::RngCore;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+
+use super::call::Call;
+use super::Limits;
+use crate::error::GatewayError;
+
+const CORRELATION_ID: HeaderName =
+    HeaderName::from_static(portcullis_link::headers::CORRELATION_ID);
+
+/// Accept the client's correlation id when it is a safe token, otherwise make one.
+pub fn correlation_id(h: &http::HeaderMap) -> HeaderValue {
+    if let Some(v) = h.get(CORRELATION_ID) {
+        let b = v.as_bytes();
+        if !b.is_empty()
+            && b.len() <= 128
+            && b.iter()
+                .all(|c| c.is_ascii_alphanumeric() || matches!(c, b'.' | b'_' | b'-'))
+        {
+            return v.clone();
+        }
+    }
+    let mut id = [0u8; 16];
+    rand::thread_rng().fill_bytes(&mut id);
+    HeaderValue::from_maybe_shared(bytes::Bytes::from(hex::encode(id)))
+        .unwrap_or(HeaderValue::from_static("0"))
+}
+
+/// Remove every header a client could use to impersonate the gateway (`x-portcullis-*`).
+/// Allocates only when there is something to remove.
+pub fn strip_gateway_headers(headers: &mut HeaderMap) {
+    if !headers
+        .keys()
+        .any(|k| k.as_str().starts_with(portcullis_link::headers::PREFIX))
+    {
+        return;
+    }
+    let spoofed: Vec<HeaderName> = headers
+        .keys()
+        .filter(|k| k.as_str().starts_with(portcullis_link::headers::PREFIX))
+        .cloned()
+        .collect();
+    for k in spoofed {
+        headers.remove(&k);
+    }
+}
+
+/// RFC 9112 head rules hyper leaves to us, checked before anything else sees the request:
+/// an HTTP/1.1 request has exactly one `Host` and it is a valid authority (§3.2: 400 otherwise);
+/// the only transfer coding the gateway implements is `chunked` alone (§6.1: 501 for any
+/// other, which would otherwise be de-chunked and forwarded as if it were the plain body).
+pub fn check_head<B>(req: &Request<B>) -> Result<(), GatewayError> {
+    let h = req.headers();
+    let mut hosts = h.get_all(header::HOST).iter();
+    match (hosts.next(), hosts.next()) {
+        (_, Some(_)) => return Err(GatewayError::BadRequest("host")),
+        (None, None) if req.version() == Version::HTTP_11 => {
+            return Err(GatewayError::BadRequest("host"))
+        }
+        (Some(v), None)
+            if v.to_str()
+                .ok()
+                .and_then(|v| v.parse::<Authority>().ok())
+                .is_none_or(|a| a.as_str().contains('@')) =>
+        {
+            return Err(GatewayError::BadRequest("host"));
+        }
+        _ => {}
+    }
+    let mut codings = h.get_all(header::TRANSFER_ENCODING).iter();
+    if let Some(first) = codings.next() {
+        let only_chunked = codings.next().is_none()
+            && first
+                .as_bytes()
+                .trim_ascii()
+                .eq_ignore_ascii_case(b"chunked");
+        if !only_chunked {
+            return Err(GatewayError::NotImplemented("transfer-encoding"));
+        }
+    }
+    Ok(())
+}
+
+/// Calls in progress on the whole gateway, against the configured ceiling.
+#[derive(Debug, Default)]
+pub struct InFlight(AtomicUsize);
+
+/// One admitted call; gives its slot back when the response body ends.
+#[derive(Debug)]
+pub struct InFlightSlot(Arc<InFlight>);
+
+impl Drop for InFlightSlot {
+    fn drop(&mut self) {
+        self.0 .0.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+impl InFlight {
+    /// Calls in progress.
+    pub fn current(&self) -> usize {
+        self.0.load(Ordering::Relaxed)
+    }
+
+    /// Admit a call unless `max` are already in progress: past the ceiling the gateway
+    /// sheds load with 503 instead of queueing without bound (DESIGN §8).
+    fn admit(self: &Arc<Self>, max: usize) -> Result<InFlightSlot, GatewayError> {
+        if self.0.fetch_add(1, Ordering::Relaxed) >= max {
+            self.0.fetch_sub(1, Ordering::Relaxed);
+            return Err(GatewayError::Overloaded);
+        }
+        Ok(InFlightSlot(self.clone()))
+    }
+}
+
+/// The early phase, built once.
+#[derive(Debug, Default)]
+pub struct Early {
+    in_flight: Arc<InFlight>,
+}
+
+impl Early {
+    /// Shed load past `limits.max_in_flight`, strip spoofable headers, check the head.
+    pub fn run<B>(
+        &self,
+        call: &mut Call,
+        req: &mut Request<B>,
+        limits: &Limits,
+    ) -> Result<(), GatewayError> {
+        call.holds.slot = Some(self.in_flight.admit(limits.max_in_flight)?);
+        strip_gateway_headers(req.headers_mut());
+        check_head(req)
+    }
+
+    /// The gateway's in-flight count.
+    pub fn in_flight(&self) -> &Arc<InFlight> {
+        &self.in_flight
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn correlation_ids() {
+        let mut h = http::HeaderMap::new();
+        h.insert(CORRELATION_ID, HeaderValue::from_static("abc-123_x.y"));
+        assert_eq!(correlation_id(&h), "abc-123_x.y");
+        h.insert(
+            CORRELATION_ID,
+            HeaderValue::from_str(&"a".repeat(129)).unwrap(),
+        );
+        assert_eq!(correlation_id(&h).len(), 32);
+        h.insert(CORRELATION_ID, HeaderValue::from_static("a b"));
+        assert_ne!(correlation_id(&h), "a b");
+    }
+}
+
+#[cfg(test)]
+mod head_tests {
+    use super::*;
+
+    fn req(version: Version, hosts: &[&str], te: &[&str]) -> Request<()> {
+        let mut r = Request::get("/x").version(version);
+        for h in hosts {
+            r = r.header("host", *h);
+        }
+        for t in te {
+            r = r.header("transfer-encoding", *t);
+        }
+        r.body(()).unwrap()
+    }
+
+    #[test]
+    fn http11_needs_exactly_one_valid_host() {
+        assert!(check_head(&req(Version::HTTP_11, &["example.com:8080"], &[])).is_ok());
+        for hosts in [&[][..], &["a", "b"], &["a b"], &["user@evil"], &[""]] {
+            let e = check_head(&req(Version::HTTP_11, hosts, &[])).unwrap_err();
+            assert_eq!(e.status(), http::StatusCode::BAD_REQUEST, "{hosts:?}");
+        }
+        // HTTP/2 carries :authority; HTTP/1.0 may omit Host.
+        assert!(check_head(&req(Version::HTTP_2, &[], &[])).is_ok());
+        assert!(check_head(&req(Version::HTTP_10, &[], &[])).is_ok());
+    }
+
+    #[test]
+    fn only_plain_chunked_is_implemented() {
+        assert!(check_head(&req(Version::HTTP_11, &["h"], &["chunked"])).is_ok());
+        assert!(check_head(&req(Version::HTTP_11, &["h"], &["Chunked "])).is_ok());
+        for te in [&["gzip, chunked"][..], &["gzip", "chunked"], &["identity"]] {
+            let e = check_head(&req(Version::HTTP_11, &["h"], te)).unwrap_err();
+            assert_eq!(e.status(), http::StatusCode::NOT_IMPLEMENTED, "{te:?}");
+        }
+    }
+
+    #[test]
+    fn the_ceiling_sheds_and_a_finished_call_frees_its_slot() {
+        let f = Arc::new(InFlight::default());
+        let a = f.admit(1).unwrap();
+        assert!(matches!(f.admit(1), Err(GatewayError::Overloaded)));
+        drop(a);
+        assert!(f.admit(1).is_ok());
+    }
+}
