@@ -7,7 +7,6 @@
 use std::future::Future;
 use std::net::SocketAddr;
 use std::sync::Arc;
-use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
 use crate::access::Access;
@@ -22,23 +21,24 @@ use crate::pipeline::{Limits, Operations, Pipeline, Policy};
 use crate::routing::{Registry, Tiers};
 use crate::store::{Store, StoreOptions};
 use crate::telemetry::{LinksCollector, Metrics};
+use crate::transport::Listener;
 
 /// The two listeners the gateway serves.
 #[derive(Debug)]
 pub struct Listeners {
     /// Client-facing.
-    pub ingress: TcpListener,
+    pub ingress: Listener,
     /// Service-facing.
-    pub link: TcpListener,
+    pub link: Listener,
 }
 
 impl Listeners {
     /// Bind the addresses in `config`.
     pub async fn bind(config: &Config) -> anyhow::Result<Self> {
-        let ingress = TcpListener::bind(config.ingress.listen)
+        let ingress = Listener::tcp(config.ingress.listen)
             .await
             .map_err(|e| anyhow::anyhow!("ingress.listen {}: {e}", config.ingress.listen))?;
-        let link = TcpListener::bind(config.link.listen)
+        let link = Listener::tcp(config.link.listen)
             .await
             .map_err(|e| anyhow::anyhow!("link.listen {}: {e}", config.link.listen))?;
         Ok(Self { ingress, link })
@@ -152,8 +152,8 @@ pub async fn run_with_auth(
     let drain = CancellationToken::new();
     let close_links = CancellationToken::new();
     tracing::info!(
-        ingress = %listeners.ingress.local_addr()?,
-        link = %listeners.link.local_addr()?,
+        ingress = %listeners.ingress.describe(),
+        link = %listeners.link.describe(),
         workers = workers.len(),
         "gateway listening"
     );
@@ -214,8 +214,14 @@ impl Running {
         validate(&config)?;
         let auth = open_auth(&config).await?;
         let listeners = Listeners::bind(&config).await?;
-        let ingress_addr = listeners.ingress.local_addr()?;
-        let link_addr = listeners.link.local_addr()?;
+        let ingress_addr = listeners
+            .ingress
+            .local_addr()
+            .ok_or_else(|| anyhow::anyhow!("the ingress listener has no TCP address"))?;
+        let link_addr = listeners
+            .link
+            .local_addr()
+            .ok_or_else(|| anyhow::anyhow!("the link listener has no TCP address"))?;
         let shutdown = CancellationToken::new();
         let s = shutdown.clone();
         let a = auth.clone();

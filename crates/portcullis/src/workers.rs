@@ -23,10 +23,11 @@ use std::future::Future;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 
-use tokio::net::TcpStream;
 use tokio::runtime::Handle;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
+
+use crate::transport::Stream;
 
 thread_local! {
     static CURRENT: Cell<Option<usize>> = const { Cell::new(None) };
@@ -132,11 +133,11 @@ impl Workers {
     pub fn spawn_next<F, Fut>(
         &self,
         tracker: &TaskTracker,
-        stream: TcpStream,
+        stream: Stream,
         serve: F,
     ) -> std::io::Result<()>
     where
-        F: FnOnce(TcpStream) -> Fut + Send + 'static,
+        F: FnOnce(Stream) -> Fut + Send + 'static,
         Fut: Future<Output = ()> + Send + 'static,
     {
         let fut = hand_over(stream, serve)?;
@@ -150,11 +151,11 @@ impl Workers {
     pub fn spawn_link<F, Fut>(
         self: &Arc<Self>,
         tracker: &TaskTracker,
-        stream: TcpStream,
+        stream: Stream,
         serve: F,
     ) -> std::io::Result<()>
     where
-        F: FnOnce(TcpStream) -> Fut + Send + 'static,
+        F: FnOnce(Stream) -> Fut + Send + 'static,
         Fut: Future<Output = ()> + Send + 'static,
     {
         let fut = hand_over(stream, serve)?;
@@ -192,16 +193,16 @@ impl Workers {
 /// The socket leaves the calling runtime's reactor here and joins the worker's when the
 /// returned future first runs (on the worker), so its readiness events reach that worker.
 fn hand_over<F, Fut>(
-    stream: TcpStream,
+    stream: Stream,
     serve: F,
 ) -> std::io::Result<impl Future<Output = ()> + Send + 'static>
 where
-    F: FnOnce(TcpStream) -> Fut + Send + 'static,
+    F: FnOnce(Stream) -> Fut + Send + 'static,
     Fut: Future<Output = ()> + Send + 'static,
 {
     let stream = stream.into_std()?;
     Ok(async move {
-        if let Ok(stream) = TcpStream::from_std(stream) {
+        if let Ok(stream) = stream.into_tokio() {
             serve(stream).await;
         }
     })

@@ -11,14 +11,12 @@ use bytes::Bytes;
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
-use std::net::SocketAddr;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
-use tokio::net::TcpListener;
 use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
@@ -26,7 +24,8 @@ use tokio_util::task::TaskTracker;
 use crate::config::IngressConfig;
 use crate::pipeline::Pipeline;
 use crate::telemetry::metrics::{Listener, Metrics};
-use crate::transport::{Conn, ConnFacts, TlsFacts};
+use crate::transport::{accept_loop, Conn, ConnFacts, Stream, TlsFacts};
+use std::ops::ControlFlow;
 
 /// Activity of one client connection, for the idle timeout: calls in progress and when the
 /// last one finished.
@@ -166,67 +165,70 @@ impl Ingress {
     /// `drain` fires. Returns once accepting has stopped; use [`Ingress::wait`] for the rest.
     pub async fn serve(
         self: Arc<Self>,
-        listener: TcpListener,
+        listener: crate::transport::Listener,
         stop_accepting: CancellationToken,
         drain: CancellationToken,
     ) {
         let limit = Arc::new(Semaphore::new(self.cfg.max_connections));
-        loop {
-            let permit = tokio::select! {
-                _ = stop_accepting.cancelled() => break,
-                p = limit.clone().acquire_owned() => match p { Ok(p) => p, Err(_) => break },
-            };
-            let (stream, peer) = tokio::select! {
-                _ = stop_accepting.cancelled() => break,
-                r = listener.accept() => match r {
-                    Ok(x) => x,
-                    Err(e) => {
-                        tracing::warn!(error = %e, "ingress accept failed");
-                        tokio::time::sleep(Duration::from_millis(50)).await;
-                        continue;
-                    }
-                },
-            };
-            let _ = stream.set_nodelay(true);
-            let this = self.clone();
-            let drain = drain.clone();
-            let Some(workers) = self.workers.upgrade() else {
-                break; // the gateway is gone
-            };
-            // Every connection's task is sized by its largest state; the protocol stacks are
-            // boxed so a parked connection's task stays small (see `serve_tcp`).
-            let handed = workers.spawn_next(&self.connections, stream, move |stream| async move {
-                match &this.tls {
-                    None => this.serve_tcp(stream, peer, drain).await,
-                    // Boxed: the handshake state (1.3 KiB with its timeout) would otherwise
-                    // size every connection's task, plain TCP ones included.
-                    Some(acc) => Box::pin(async {
-                        match tokio::time::timeout(this.cfg.header_read_timeout, acc.accept(stream))
-                            .await
-                        {
-                            Ok(Ok(tls)) => {
-                                let facts = ConnFacts {
-                                    peer,
-                                    local: tls.get_ref().0.local_addr().ok(),
-                                    tls: Some(TlsFacts::of(tls.get_ref().1)),
-                                };
-                                Box::pin(this.serve_conn(tls, facts, drain)).await
+        let local = listener.local_addr();
+        accept_loop(
+            &listener,
+            "ingress",
+            &stop_accepting,
+            Some(limit),
+            |stream, peer, permit| {
+                let Some(workers) = self.workers.upgrade() else {
+                    return ControlFlow::Break(()); // the gateway is gone
+                };
+                let this = self.clone();
+                let drain = drain.clone();
+                // Every connection's task is sized by its largest state; the protocol stacks
+                // are boxed so a parked connection's task stays small (see `serve_tcp`).
+                let handed =
+                    workers.spawn_next(&self.connections, stream, move |stream| async move {
+                        let facts = ConnFacts {
+                            peer,
+                            local,
+                            tls: None,
+                        };
+                        match (&this.tls, stream) {
+                            (None, Stream::Tcp(tcp)) => this.serve_tcp(tcp, facts, drain).await,
+                            (None, unix) => Box::pin(this.serve_conn(unix, facts, drain)).await,
+                            // Boxed: the handshake state (1.3 KiB with its timeout) would
+                            // otherwise size every connection's task, plain TCP ones included.
+                            (Some(acc), stream) => {
+                                Box::pin(this.serve_tls(acc, stream, facts, drain)).await
                             }
-                            Ok(Err(e)) => {
-                                tracing::debug!(peer = %peer, error = %e, "tls handshake failed")
-                            }
-                            Err(_) => tracing::debug!(peer = %peer, "tls handshake timed out"),
                         }
-                    })
-                    .await,
+                        drop(permit);
+                    });
+                if let Err(e) = handed {
+                    tracing::debug!(peer = %peer, error = %e, "cannot hand the connection to a worker");
                 }
-                drop(permit);
-            });
-            if let Err(e) = handed {
-                tracing::debug!(peer = %peer, error = %e, "cannot hand the connection to a worker");
-            }
-        }
+                ControlFlow::Continue(())
+            },
+        )
+        .await;
         self.connections.close();
+    }
+
+    /// A TLS client connection: handshake within the header-read timeout, then HTTP/1.1 or
+    /// HTTP/2 by ALPN, with the negotiated facts in every request.
+    async fn serve_tls(
+        self: &Arc<Self>,
+        acc: &tokio_rustls::TlsAcceptor,
+        stream: Stream,
+        mut facts: ConnFacts,
+        drain: CancellationToken,
+    ) {
+        match tokio::time::timeout(self.cfg.header_read_timeout, acc.accept(stream)).await {
+            Ok(Ok(tls)) => {
+                facts.tls = Some(TlsFacts::of(tls.get_ref().1));
+                self.serve_conn(tls, facts, drain).await
+            }
+            Ok(Err(e)) => tracing::debug!(peer = %facts.peer, error = %e, "tls handshake failed"),
+            Err(_) => tracing::debug!(peer = %facts.peer, "tls handshake timed out"),
+        }
     }
 
     /// Wait until every connection has finished.
@@ -306,7 +308,7 @@ impl Ingress {
     async fn serve_tcp(
         self: &Arc<Self>,
         stream: tokio::net::TcpStream,
-        peer: SocketAddr,
+        facts: ConnFacts,
         drain: CancellationToken,
     ) {
         // The first bytes decide: the HTTP/2 preface, or anything that might still become it,
@@ -318,11 +320,6 @@ impl Ingress {
                 _ => return,
             },
             _ = drain.cancelled() => return,
-        };
-        let facts = ConnFacts {
-            peer,
-            local: stream.local_addr().ok(),
-            tls: None,
         };
         if H2_PREFACE.starts_with(&first[..n]) {
             return Box::pin(self.serve_conn(stream, facts, drain)).await;

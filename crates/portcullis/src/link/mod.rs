@@ -20,7 +20,6 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 use subtle::ConstantTimeEq;
 use tokio::io::{AsyncRead, AsyncWrite};
-use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
 use crate::config::{Config, LinkConfig};
@@ -103,7 +102,11 @@ impl LinkServer {
 
     /// Accept links until `shutdown` fires. Established links are closed through their
     /// instances' close tokens by the caller's shutdown sequence.
-    pub async fn serve(self: Arc<Self>, listener: TcpListener, shutdown: CancellationToken) {
+    pub async fn serve(
+        self: Arc<Self>,
+        listener: crate::transport::Listener,
+        shutdown: CancellationToken,
+    ) {
         // Handshakes in progress are bounded; established links are bounded by the services
         // the configuration allows and the per-service instance cap in the registry.
         let pending = Arc::new(tokio::sync::Semaphore::new(MAX_PENDING_HANDSHAKES));
@@ -120,7 +123,6 @@ impl LinkServer {
                     }
                 },
             };
-            let _ = stream.set_nodelay(true);
             let Ok(permit) = pending.clone().try_acquire_owned() else {
                 tracing::warn!(peer = %peer, "too many link handshakes in progress: refused");
                 drop(stream);
