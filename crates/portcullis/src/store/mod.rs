@@ -18,6 +18,7 @@
 pub mod api_keys;
 pub mod audit;
 pub mod migrations;
+#[cfg(any(test, feature = "test-support"))]
 #[doc(hidden)]
 pub mod testing;
 pub mod workspaces;
