@@ -1,65 +1,96 @@
-//! Admin commands on the store: `init`, `bootstrap`, `keys create|list|revoke|rotate`,
-//! `workspaces create|list`, `audit list`. The binary parses flags into these [`clap`] structs and prints the
-//! [`Output`]; everything else — validation, the store, the audit trail — happens here.
+//! Admin operations on the store: `init`, `bootstrap`, `keys create|list|revoke|rotate`,
+//! `workspaces create|list`, `audit list`.
 //!
-//! Conventions every command follows: `--json` prints one JSON document on stdout; errors go
-//! to stderr (as `{"error":…}` with `--json`); exit code 0 on success, 1 on failure, 2 on bad
-//! usage. Commands that touch the store take `--config FILE` or `--data-dir DIR`
-//! (`PORTCULLIS_DATA_DIR`). A raw key is printed exactly once, by the command that made it.
+//! Each operation returns a typed value (`InitReport`, `IssuedKeyView`, `KeyList`, …) and
+//! knows nothing of how it is shown: the CLI ([`crate::cli`]) renders text or `--json` from
+//! it, and the coming admin HTTP API renders JSON from the same values, so the JSON shape of
+//! an operation is its serde shape and is the same everywhere. Validation, the store and the
+//! audit trail happen here; failures are an [`AdminError`] whose [`ErrorKind`] maps to an exit
+//! code (and later an HTTP status).
+//!
+//! No view carries a secret or a hash, with one exception: the raw key of an
+//! [`IssuedKeyView`], shown once by the operation that made it, in a [`OneTimeKey`] whose
+//! `Debug` is masked.
+//!
+//! Each operation comes twice: on an open [`Store`] (what a running gateway will call) and on
+//! a [`Config`] (the CLI: open the store, run, close it).
 
-use serde_json::{json, Value};
+use serde::Serialize;
+use std::fmt;
 use std::path::PathBuf;
 use std::time::{Duration, UNIX_EPOCH};
 
 use crate::auth::authenticator::{create_key, rotate_key, CreateKey, IssuedKey};
 use crate::auth::Pepper;
 use crate::config::Config;
-use crate::store::{now_ms, AuditEntry, KeyRecord, Store, StoreError, StoreOptions};
+use crate::store::{now_ms, AuditEntry, KeyRecord, Store, StoreError, StoreOptions, Workspace};
 
-/// Where the store is: a configuration file, a data directory, or both (the directory wins).
-#[derive(Debug, Clone, Default, clap::Args)]
-pub struct Target {
-    /// TOML configuration file (its `data_dir`, `[store]` and `[auth]` are used).
-    #[arg(long, short, env = "PORTCULLIS_CONFIG", global = true)]
-    pub config: Option<PathBuf>,
-    /// Data directory (SQLite store and pepper file); overrides the configuration's.
-    #[arg(long, env = "PORTCULLIS_DATA_DIR", global = true)]
-    pub data_dir: Option<PathBuf>,
-    /// Print JSON instead of text.
-    #[arg(long, global = true)]
-    pub json: bool,
+/// What kind of failure an [`AdminError`] is: decides the exit code (and, for the admin API,
+/// the status).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ErrorKind {
+    /// The request itself is wrong (a bad flag value, an invalid name): exit 2.
+    Usage,
+    /// Something named does not exist: exit 1.
+    NotFound,
+    /// The request conflicts with what is stored (a name taken, an admin key exists): exit 1.
+    Conflict,
+    /// Anything else (no store, database down, unreadable pepper): exit 1.
+    Failure,
 }
 
-/// A failed command: its message and exit code.
-#[derive(Debug, thiserror::Error)]
+/// A failed operation: what went wrong, for stderr or an error body, and its kind.
+///
+/// Serialises as `{"error": message}`, the shape `--json` prints on stderr.
+#[derive(Debug, Clone, thiserror::Error, Serialize)]
 #[error("{message}")]
 pub struct AdminError {
-    /// What went wrong, for stderr.
+    /// What went wrong. Never a secret or the database URL.
+    #[serde(rename = "error")]
     pub message: String,
-    /// 1 failure, 2 usage.
-    pub code: u8,
+    /// Which kind of failure.
+    #[serde(skip)]
+    pub kind: ErrorKind,
 }
 
 impl AdminError {
-    fn usage(m: impl Into<String>) -> Self {
+    /// A usage error (exit 2).
+    pub fn usage(m: impl Into<String>) -> Self {
         Self {
             message: m.into(),
-            code: 2,
+            kind: ErrorKind::Usage,
         }
     }
-    fn failure(m: impl Into<String>) -> Self {
+
+    /// A failure (exit 1).
+    pub fn failure(m: impl Into<String>) -> Self {
         Self {
             message: m.into(),
-            code: 1,
+            kind: ErrorKind::Failure,
+        }
+    }
+
+    /// The process exit code of this error: 2 for usage, 1 otherwise.
+    pub fn exit_code(&self) -> u8 {
+        match self.kind {
+            ErrorKind::Usage => 2,
+            ErrorKind::NotFound | ErrorKind::Conflict | ErrorKind::Failure => 1,
         }
     }
 }
 
 impl From<StoreError> for AdminError {
     fn from(e: StoreError) -> Self {
-        match e {
-            StoreError::Invalid(m) => Self::usage(m),
-            other => Self::failure(other.to_string()),
+        let kind = match &e {
+            StoreError::Invalid(_) => ErrorKind::Usage,
+            StoreError::NotFound(_) => ErrorKind::NotFound,
+            StoreError::Conflict(_) => ErrorKind::Conflict,
+            _ => ErrorKind::Failure,
+        };
+        Self {
+            message: e.to_string(),
+            kind,
         }
     }
 }
@@ -70,33 +101,271 @@ impl From<crate::auth::pepper::PepperError> for AdminError {
     }
 }
 
-/// What a command printed: JSON for `--json`, text otherwise.
-#[derive(Debug, Clone)]
-pub struct Output {
-    /// The JSON document.
-    pub json: Value,
-    /// The human text.
-    pub text: String,
+/// A point in time, held as Unix ms and shown (and serialised) as RFC 3339 to the second.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub struct Timestamp(pub i64);
+
+impl fmt::Display for Timestamp {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&rfc3339(self.0))
+    }
 }
 
-impl Target {
-    /// The effective configuration: file (with `PORTCULLIS_*` overrides) or defaults, then
-    /// `--data-dir`.
-    pub fn load(&self) -> Result<Config, AdminError> {
-        let mut cfg = Config::load(self.config.as_deref()).map_err(|e| match e {
-            crate::config::LoadError::Read(m) => AdminError::failure(m),
-            crate::config::LoadError::Invalid(errs) => AdminError::usage(
-                errs.iter()
-                    .map(|e| e.to_string())
-                    .collect::<Vec<_>>()
-                    .join("\n"),
-            ),
-        })?;
-        if let Some(d) = &self.data_dir {
-            cfg.data_dir = d.clone();
-        }
-        Ok(cfg)
+impl Serialize for Timestamp {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_str(self)
     }
+}
+
+/// Unix ms as RFC 3339.
+pub fn rfc3339(ms: i64) -> String {
+    let t = UNIX_EPOCH + Duration::from_millis(u64::try_from(ms).unwrap_or(0));
+    humantime::format_rfc3339_seconds(t).to_string()
+}
+
+/// Where a key stands at a moment.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum KeyStatus {
+    /// Accepted.
+    Active,
+    /// Revoked: refused.
+    Revoked,
+    /// Past its expiry: refused.
+    Expired,
+}
+
+impl KeyStatus {
+    /// The status of `k` at `now` (Unix ms); revocation wins over expiry.
+    pub fn of(k: &KeyRecord, now: i64) -> Self {
+        if k.revoked_at.is_some() {
+            Self::Revoked
+        } else if k.is_expired(now) {
+            Self::Expired
+        } else {
+            Self::Active
+        }
+    }
+
+    /// `active`, `revoked` or `expired`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Active => "active",
+            Self::Revoked => "revoked",
+            Self::Expired => "expired",
+        }
+    }
+}
+
+impl fmt::Display for KeyStatus {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// An API key as an operator sees it: never a secret or a hash.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct KeyView {
+    /// Public key id (the part between `pcs_` and the next `_`).
+    pub key_id: String,
+    /// Workspace name.
+    pub workspace: String,
+    /// Display name.
+    pub name: String,
+    /// Capabilities the key grants; `*` grants all.
+    pub scopes: Vec<String>,
+    /// Active, revoked or expired, at the time the view was made.
+    pub status: KeyStatus,
+    /// When it was created.
+    pub created_at: Timestamp,
+    /// When it expires; `null`: never.
+    pub expires_at: Option<Timestamp>,
+    /// When it was last used (written at most once a minute); `null`: never.
+    pub last_used_at: Option<Timestamp>,
+    /// When it was revoked; `null`: not revoked.
+    pub revoked_at: Option<Timestamp>,
+}
+
+impl KeyView {
+    /// The view of `k` at `now` (Unix ms).
+    pub fn new(k: &KeyRecord, now: i64) -> Self {
+        Self {
+            key_id: k.key_id.clone(),
+            workspace: k.workspace.clone(),
+            name: k.name.clone(),
+            scopes: k.scopes.clone(),
+            status: KeyStatus::of(k, now),
+            created_at: Timestamp(k.created_at),
+            expires_at: k.expires_at.map(Timestamp),
+            last_used_at: k.last_used_at.map(Timestamp),
+            revoked_at: k.revoked_at.map(Timestamp),
+        }
+    }
+}
+
+/// A raw API key, shown once by the operation that made it. It serialises as itself (that is
+/// the point of the one-time view) but its `Debug` is masked, so a logged view leaks nothing.
+#[derive(Clone, PartialEq, Eq, Serialize)]
+#[serde(transparent)]
+pub struct OneTimeKey(String);
+
+impl OneTimeKey {
+    /// The key, to print once.
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Debug for OneTimeKey {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("***")
+    }
+}
+
+/// Why a key was issued: decides how it is announced.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Issuance {
+    /// `keys create`.
+    Created,
+    /// `bootstrap`: the first admin key.
+    Bootstrap,
+    /// `keys rotate`: a new secret for an existing key.
+    Rotated,
+}
+
+/// A key just issued (created, bootstrapped or rotated), with its raw key shown this once.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct IssuedKeyView {
+    /// The key.
+    #[serde(flatten)]
+    pub key: KeyView,
+    /// The whole key, `pcs_<key-id>_<secret><checksum>`.
+    pub api_key: OneTimeKey,
+    /// Rotation only: until when the previous secret is still accepted.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub previous_valid_until: Option<Timestamp>,
+    /// How the key came to be; not part of the JSON (each operation has its own).
+    #[serde(skip)]
+    pub issuance: Issuance,
+}
+
+impl IssuedKeyView {
+    fn new(i: IssuedKey, issuance: Issuance, previous_valid_until: Option<i64>) -> Self {
+        Self {
+            key: KeyView::new(&i.record, now_ms()),
+            api_key: OneTimeKey(i.api_key),
+            previous_valid_until: previous_valid_until.map(Timestamp),
+            issuance,
+        }
+    }
+}
+
+/// `keys list`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct KeyList {
+    /// The keys, as the store orders them.
+    pub keys: Vec<KeyView>,
+}
+
+/// `keys revoke`: the key as it is now.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[serde(transparent)]
+pub struct RevokedKey(pub KeyView);
+
+/// A workspace (tenant).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct WorkspaceView {
+    /// Stable id (`ws_` + 16 hex digits).
+    pub id: String,
+    /// Unique name.
+    pub name: String,
+    /// When it was created.
+    pub created_at: Timestamp,
+}
+
+impl From<&Workspace> for WorkspaceView {
+    fn from(w: &Workspace) -> Self {
+        Self {
+            id: w.id.clone(),
+            name: w.name.clone(),
+            created_at: Timestamp(w.created_at),
+        }
+    }
+}
+
+/// `workspaces create`: the new workspace.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[serde(transparent)]
+pub struct CreatedWorkspace(pub WorkspaceView);
+
+/// `workspaces list`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct WorkspaceList {
+    /// The workspaces.
+    pub workspaces: Vec<WorkspaceView>,
+}
+
+/// One audit event.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct AuditView {
+    /// Monotonic id.
+    pub id: i64,
+    /// When.
+    pub at: Timestamp,
+    /// Kind: `key_created`, `key_rotated`, `key_revoked`, `bootstrap`, `auth_failure`, …
+    pub event: String,
+    /// Who: `cli`, `gateway`, `demo`, or a key id.
+    pub actor: String,
+    /// The key concerned (a claimed key id for failures), never a secret.
+    pub key_id: Option<String>,
+    /// Workspace name.
+    pub workspace: Option<String>,
+    /// Reason (failures), from a closed set of names.
+    pub reason: Option<String>,
+    /// Detail, as the JSON it was recorded as; `null` when there is none.
+    pub detail: Option<serde_json::Value>,
+}
+
+impl From<&AuditEntry> for AuditView {
+    fn from(e: &AuditEntry) -> Self {
+        Self {
+            id: e.id,
+            at: Timestamp(e.at),
+            event: e.event.clone(),
+            actor: e.actor.clone(),
+            key_id: e.key_id.clone(),
+            workspace: e.workspace.clone(),
+            reason: e.reason.clone(),
+            detail: e
+                .detail
+                .as_deref()
+                .and_then(|d| serde_json::from_str(d).ok()),
+        }
+    }
+}
+
+/// `audit list`: the newest events, newest first.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct AuditPage {
+    /// The events, newest first.
+    pub entries: Vec<AuditView>,
+}
+
+/// `init`: what is ready.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct InitReport {
+    /// The data directory.
+    pub data_dir: PathBuf,
+    /// The store, described without credentials (a path, or `postgres://host/db`).
+    pub store: String,
+    /// Schema version after migrations.
+    pub schema_version: i64,
+    /// The workspace made sure of (`default`).
+    pub workspace: String,
+    /// The pepper file written by this run; `null` when none was (configured, from the
+    /// environment, or already there).
+    pub pepper_file_created: Option<PathBuf>,
 }
 
 /// Load the pepper the configuration names.
@@ -115,69 +384,9 @@ pub async fn open(cfg: &Config) -> Result<(Store, Pepper), AdminError> {
     Ok((store, pepper))
 }
 
-/// Unix ms as RFC 3339.
-pub fn rfc3339(ms: i64) -> String {
-    let t = UNIX_EPOCH + Duration::from_millis(u64::try_from(ms).unwrap_or(0));
-    humantime::format_rfc3339_seconds(t).to_string()
-}
-
-fn opt_time(ms: Option<i64>) -> Value {
-    ms.map(|m| Value::String(rfc3339(m))).unwrap_or(Value::Null)
-}
-
-/// `active`, `revoked` or `expired`.
-pub fn status(k: &KeyRecord, now: i64) -> &'static str {
-    if k.revoked_at.is_some() {
-        "revoked"
-    } else if k.is_expired(now) {
-        "expired"
-    } else {
-        "active"
-    }
-}
-
-/// A key as JSON: never a secret or a hash.
-pub fn key_json(k: &KeyRecord) -> Value {
-    json!({
-        "key_id": k.key_id,
-        "workspace": k.workspace,
-        "name": k.name,
-        "scopes": k.scopes,
-        "status": status(k, now_ms()),
-        "created_at": rfc3339(k.created_at),
-        "expires_at": opt_time(k.expires_at),
-        "last_used_at": opt_time(k.last_used_at),
-        "revoked_at": opt_time(k.revoked_at),
-    })
-}
-
-fn issued_json(i: &IssuedKey) -> Value {
-    let mut v = key_json(&i.record);
-    if let Some(o) = v.as_object_mut() {
-        o.insert("api_key".into(), Value::String(i.api_key.clone()));
-    }
-    v
-}
-
-fn issued_text(verb: &str, i: &IssuedKey) -> String {
-    format!(
-        "{verb} key {} in workspace {} (scopes: {}).\n\n  {}\n\nThis is the only time the key is shown: store it now. Send it as `Authorization: Bearer <key>`.\n",
-        i.record.key_id,
-        i.record.workspace,
-        i.record.scopes.join(","),
-        i.api_key
-    )
-}
-
-/// Parse a duration flag (`30d`, `24h`, `0`).
-pub fn parse_duration(flag: &str, s: &str) -> Result<Duration, AdminError> {
-    humantime::parse_duration(s.trim())
-        .map_err(|e| AdminError::usage(format!("{flag} {s:?}: {e} (e.g. 30d, 12h, 0)")))
-}
-
-/// `portcullis init`: create the data directory, the store (migrations), the `default`
-/// workspace and — when no pepper is configured — a pepper file (0600) in the data directory.
-pub async fn init(cfg: &Config) -> Result<Output, AdminError> {
+/// `init`: create the data directory, the store (migrations), the `default` workspace and —
+/// when no pepper is configured — a pepper file (0600) in the data directory. Safe to repeat.
+pub async fn init(cfg: &Config) -> Result<InitReport, AdminError> {
     std::fs::create_dir_all(&cfg.data_dir)
         .map_err(|e| AdminError::failure(format!("{}: {e}", cfg.data_dir.display())))?;
     let env_pepper = std::env::var(crate::auth::pepper::PEPPER_ENV)
@@ -194,36 +403,28 @@ pub async fn init(cfg: &Config) -> Result<Output, AdminError> {
     load_pepper(cfg)?;
     let opts = StoreOptions::from_config(cfg);
     let store = Store::init(&opts).await?;
-    let version = store.schema_version().await?.unwrap_or(0);
-    let ws = store
-        .ensure_workspace(crate::store::DEFAULT_WORKSPACE)
-        .await?;
-    store.close().await;
-    let json = json!({
-        "data_dir": cfg.data_dir,
-        "store": opts.describe(),
-        "schema_version": version,
-        "workspace": ws.name,
-        "pepper_file_created": pepper_created,
-    });
-    let mut text = format!(
-        "Store ready: {} (schema version {version}), workspace `{}`.\n",
-        opts.describe(),
-        ws.name
-    );
-    if let Some(p) = &pepper_created {
-        text.push_str(&format!(
-            "Pepper written to {} (mode 0600): back it up — keys cannot be verified without it.\n",
-            p.display()
-        ));
+    let r = async {
+        let version = store.schema_version().await?.unwrap_or(0);
+        let ws = store
+            .ensure_workspace(crate::store::DEFAULT_WORKSPACE)
+            .await?;
+        Ok::<_, StoreError>((version, ws))
     }
-    text.push_str("Next: `portcullis bootstrap` creates the first admin key.\n");
-    Ok(Output { json, text })
+    .await;
+    store.close().await;
+    let (schema_version, ws) = r?;
+    Ok(InitReport {
+        data_dir: cfg.data_dir.clone(),
+        store: opts.describe(),
+        schema_version,
+        workspace: ws.name,
+        pepper_file_created: pepper_created,
+    })
 }
 
-/// `portcullis bootstrap`: the first admin key (scope `*`, workspace `default`), only when
-/// no active admin key exists.
-pub async fn bootstrap(cfg: &Config) -> Result<Output, AdminError> {
+/// `bootstrap` on an open store: the first admin key (scope `*`, workspace `default`), only
+/// when no active admin key exists.
+pub async fn bootstrap_on(store: &Store, pepper: &Pepper) -> Result<IssuedKeyView, AdminError> {
     let req = CreateKey {
         workspace: crate::store::DEFAULT_WORKSPACE.into(),
         name: "bootstrap admin".into(),
@@ -231,194 +432,211 @@ pub async fn bootstrap(cfg: &Config) -> Result<Output, AdminError> {
         expires_in: None,
         key_id: None,
     };
-    issue(cfg, &req, true, "Created admin").await
+    let issued = create_key(store, pepper, &req, "cli", true).await?;
+    Ok(IssuedKeyView::new(issued, Issuance::Bootstrap, None))
 }
 
-/// Create a key from the CLI and say so (`verb`: "Created", "Created admin").
-async fn issue(
-    cfg: &Config,
+/// `bootstrap`.
+pub async fn bootstrap(cfg: &Config) -> Result<IssuedKeyView, AdminError> {
+    let (store, pepper) = open(cfg).await?;
+    let r = bootstrap_on(&store, &pepper).await;
+    store.close().await;
+    r
+}
+
+/// `keys create` on an open store; `actor` is recorded in the audit log.
+pub async fn keys_create_on(
+    store: &Store,
+    pepper: &Pepper,
     req: &CreateKey,
-    bootstrap: bool,
-    verb: &str,
-) -> Result<Output, AdminError> {
+    actor: &str,
+) -> Result<IssuedKeyView, AdminError> {
+    let issued = create_key(store, pepper, req, actor, false).await?;
+    Ok(IssuedKeyView::new(issued, Issuance::Created, None))
+}
+
+/// `keys create`.
+pub async fn keys_create(cfg: &Config, req: &CreateKey) -> Result<IssuedKeyView, AdminError> {
     let (store, pepper) = open(cfg).await?;
-    let r = create_key(&store, &pepper, req, "cli", bootstrap).await;
+    let r = keys_create_on(&store, &pepper, req, "cli").await;
     store.close().await;
-    let issued = r?;
-    Ok(Output {
-        json: issued_json(&issued),
-        text: issued_text(verb, &issued),
-    })
+    r
 }
 
-/// Flags of `keys create`.
-#[derive(Debug, Clone, clap::Args)]
-pub struct CreateArgs {
-    /// Workspace the key belongs to.
-    #[arg(long, short, default_value = crate::store::DEFAULT_WORKSPACE)]
-    pub workspace: String,
-    /// Display name (who or what uses the key).
-    #[arg(long, short)]
-    pub name: String,
-    /// Capabilities the key grants, comma-separated (`*` grants all: an admin key).
-    #[arg(long, short, value_delimiter = ',', required = true)]
-    pub scopes: Vec<String>,
-    /// Lifetime, e.g. `30d`, `12h`. Default: no expiry.
-    #[arg(long)]
-    pub expires: Option<String>,
-    /// Key id, 4-64 of [a-z0-9-]. Default: generated.
-    #[arg(long)]
-    pub id: Option<String>,
-}
-
-/// `portcullis keys create`.
-pub async fn keys_create(cfg: &Config, a: &CreateArgs) -> Result<Output, AdminError> {
-    let expires_in = a
-        .expires
-        .as_deref()
-        .map(|s| parse_duration("--expires", s))
-        .transpose()?;
-    let req = CreateKey {
-        workspace: a.workspace.clone(),
-        name: a.name.clone(),
-        scopes: a.scopes.clone(),
-        expires_in,
-        key_id: a.id.clone(),
-    };
-    issue(cfg, &req, false, "Created").await
-}
-
-/// `portcullis keys list`: never secrets or hashes.
-pub async fn keys_list(cfg: &Config, workspace: Option<&str>) -> Result<Output, AdminError> {
-    let store = Store::open(&StoreOptions::from_config(cfg)).await?;
-    let r = store.list_keys(workspace).await;
-    store.close().await;
-    let keys = r?;
+/// `keys list` on an open store: never secrets or hashes.
+pub async fn keys_list_on(store: &Store, workspace: Option<&str>) -> Result<KeyList, AdminError> {
+    let keys = store.list_keys(workspace).await?;
     let now = now_ms();
-    let mut text = format!(
-        "{:<24} {:<16} {:<8} {:<24} {:<20} NAME\n",
-        "KEY ID", "WORKSPACE", "STATUS", "SCOPES", "LAST USED"
-    );
-    for k in &keys {
-        text.push_str(&format!(
-            "{:<24} {:<16} {:<8} {:<24} {:<20} {}\n",
-            k.key_id,
-            k.workspace,
-            status(k, now),
-            k.scopes.join(","),
-            k.last_used_at
-                .map(rfc3339)
-                .unwrap_or_else(|| "never".into()),
-            k.name
-        ));
-    }
-    Ok(Output {
-        json: json!({ "keys": keys.iter().map(key_json).collect::<Vec<_>>() }),
-        text,
+    Ok(KeyList {
+        keys: keys.iter().map(|k| KeyView::new(k, now)).collect(),
     })
 }
 
-/// `portcullis keys revoke ID`.
-pub async fn keys_revoke(cfg: &Config, key_id: &str) -> Result<Output, AdminError> {
+/// `keys list`.
+pub async fn keys_list(cfg: &Config, workspace: Option<&str>) -> Result<KeyList, AdminError> {
     let store = Store::open(&StoreOptions::from_config(cfg)).await?;
-    let r = store.revoke_key(key_id, "cli").await;
+    let r = keys_list_on(&store, workspace).await;
     store.close().await;
-    let k = r?;
-    Ok(Output {
-        json: key_json(&k),
-        text: format!(
-            "Revoked key {}. Gateways refuse it from now on (other nodes within auth.invalidation_poll).\n",
-            k.key_id
-        ),
-    })
+    r
 }
 
-/// `portcullis keys rotate ID [--overlap D]`.
-pub async fn keys_rotate(cfg: &Config, key_id: &str, overlap: &str) -> Result<Output, AdminError> {
-    let overlap = parse_duration("--overlap", overlap)?;
+/// `keys revoke` on an open store.
+pub async fn keys_revoke_on(
+    store: &Store,
+    key_id: &str,
+    actor: &str,
+) -> Result<RevokedKey, AdminError> {
+    let k = store.revoke_key(key_id, actor).await?;
+    Ok(RevokedKey(KeyView::new(&k, now_ms())))
+}
+
+/// `keys revoke`.
+pub async fn keys_revoke(cfg: &Config, key_id: &str) -> Result<RevokedKey, AdminError> {
+    let store = Store::open(&StoreOptions::from_config(cfg)).await?;
+    let r = keys_revoke_on(&store, key_id, "cli").await;
+    store.close().await;
+    r
+}
+
+/// `keys rotate` on an open store: a new secret now; the previous one until `overlap` ends.
+pub async fn keys_rotate_on(
+    store: &Store,
+    pepper: &Pepper,
+    key_id: &str,
+    overlap: Duration,
+    actor: &str,
+) -> Result<IssuedKeyView, AdminError> {
+    let (issued, until) = rotate_key(store, pepper, key_id, overlap, actor).await?;
+    Ok(IssuedKeyView::new(issued, Issuance::Rotated, Some(until)))
+}
+
+/// `keys rotate`.
+pub async fn keys_rotate(
+    cfg: &Config,
+    key_id: &str,
+    overlap: Duration,
+) -> Result<IssuedKeyView, AdminError> {
     let (store, pepper) = open(cfg).await?;
-    let r = rotate_key(&store, &pepper, key_id, overlap, "cli").await;
+    let r = keys_rotate_on(&store, &pepper, key_id, overlap, "cli").await;
     store.close().await;
-    let (issued, until) = r?;
-    let mut json = issued_json(&issued);
-    if let Some(o) = json.as_object_mut() {
-        o.insert("previous_valid_until".into(), Value::String(rfc3339(until)));
-    }
-    let mut text = issued_text("Rotated", &issued);
-    text.push_str(&format!(
-        "The previous secret works until {}.\n",
-        rfc3339(until)
-    ));
-    Ok(Output { json, text })
+    r
 }
 
-/// `portcullis workspaces create NAME`.
-pub async fn workspaces_create(cfg: &Config, name: &str) -> Result<Output, AdminError> {
+/// `workspaces create` on an open store.
+pub async fn workspaces_create_on(
+    store: &Store,
+    name: &str,
+    actor: &str,
+) -> Result<CreatedWorkspace, AdminError> {
+    let w = store.create_workspace(name, Some(actor)).await?;
+    Ok(CreatedWorkspace(WorkspaceView::from(&w)))
+}
+
+/// `workspaces create`.
+pub async fn workspaces_create(cfg: &Config, name: &str) -> Result<CreatedWorkspace, AdminError> {
     let store = Store::open(&StoreOptions::from_config(cfg)).await?;
-    let r = store.create_workspace(name, Some("cli")).await;
+    let r = workspaces_create_on(&store, name, "cli").await;
     store.close().await;
-    let w = r?;
-    Ok(Output {
-        json: json!({"id": w.id, "name": w.name, "created_at": rfc3339(w.created_at)}),
-        text: format!("Created workspace {} ({}).\n", w.name, w.id),
+    r
+}
+
+/// `workspaces list` on an open store.
+pub async fn workspaces_list_on(store: &Store) -> Result<WorkspaceList, AdminError> {
+    let list = store.list_workspaces().await?;
+    Ok(WorkspaceList {
+        workspaces: list.iter().map(WorkspaceView::from).collect(),
     })
 }
 
-/// `portcullis workspaces list`.
-pub async fn workspaces_list(cfg: &Config) -> Result<Output, AdminError> {
+/// `workspaces list`.
+pub async fn workspaces_list(cfg: &Config) -> Result<WorkspaceList, AdminError> {
     let store = Store::open(&StoreOptions::from_config(cfg)).await?;
-    let r = store.list_workspaces().await;
+    let r = workspaces_list_on(&store).await;
     store.close().await;
-    let list = r?;
-    let mut text = format!("{:<24} {:<20} CREATED\n", "NAME", "ID");
-    for w in &list {
-        text.push_str(&format!(
-            "{:<24} {:<20} {}\n",
-            w.name,
-            w.id,
-            rfc3339(w.created_at)
-        ));
-    }
-    Ok(Output {
-        json: json!({"workspaces": list.iter().map(|w| json!({"id": w.id, "name": w.name, "created_at": rfc3339(w.created_at)})).collect::<Vec<_>>()}),
-        text,
+    r
+}
+
+/// `audit list` on an open store: the newest `limit` events, newest first.
+pub async fn audit_list_on(store: &Store, limit: i64) -> Result<AuditPage, AdminError> {
+    let entries = store.audit_list(limit).await?;
+    Ok(AuditPage {
+        entries: entries.iter().map(AuditView::from).collect(),
     })
 }
 
-/// `portcullis audit list`.
-pub async fn audit_list(cfg: &Config, limit: i64) -> Result<Output, AdminError> {
+/// `audit list`.
+pub async fn audit_list(cfg: &Config, limit: i64) -> Result<AuditPage, AdminError> {
     let store = Store::open(&StoreOptions::from_config(cfg)).await?;
-    let r = store.audit_list(limit).await;
+    let r = audit_list_on(&store, limit).await;
     store.close().await;
-    let entries = r?;
-    let mut text = String::new();
-    for e in entries.iter().rev() {
-        text.push_str(&format!(
-            "{} {:<14} actor={} key={} workspace={} reason={} {}\n",
-            rfc3339(e.at),
-            e.event,
-            e.actor,
-            e.key_id.as_deref().unwrap_or("-"),
-            e.workspace.as_deref().unwrap_or("-"),
-            e.reason.as_deref().unwrap_or("-"),
-            e.detail.as_deref().unwrap_or("")
-        ));
-    }
-    Ok(Output {
-        json: json!({ "entries": entries.iter().map(audit_json).collect::<Vec<_>>() }),
-        text,
-    })
+    r
 }
 
-fn audit_json(e: &AuditEntry) -> Value {
-    json!({
-        "id": e.id,
-        "at": rfc3339(e.at),
-        "event": e.event,
-        "actor": e.actor,
-        "key_id": e.key_id,
-        "workspace": e.workspace,
-        "reason": e.reason,
-        "detail": e.detail.as_deref().and_then(|d| serde_json::from_str::<Value>(d).ok()),
-    })
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn record() -> KeyRecord {
+        KeyRecord {
+            key_id: "ci-key".into(),
+            workspace_id: "ws_0000000000000001".into(),
+            workspace: "default".into(),
+            name: "ci".into(),
+            scopes: vec!["echo.read".into()],
+            created_at: 0,
+            expires_at: Some(1_000),
+            last_used_at: None,
+            revoked_at: None,
+        }
+    }
+
+    #[test]
+    fn key_view_json_has_the_cli_field_names_and_rfc3339_times() {
+        let v = serde_json::to_value(KeyView::new(&record(), 0)).unwrap();
+        assert_eq!(
+            v,
+            serde_json::json!({
+                "key_id": "ci-key",
+                "workspace": "default",
+                "name": "ci",
+                "scopes": ["echo.read"],
+                "status": "active",
+                "created_at": "1970-01-01T00:00:00Z",
+                "expires_at": "1970-01-01T00:00:01Z",
+                "last_used_at": null,
+                "revoked_at": null,
+            })
+        );
+        assert_eq!(KeyView::new(&record(), 1_000).status, KeyStatus::Expired);
+    }
+
+    #[test]
+    fn issued_key_json_adds_the_raw_key_and_debug_masks_it() {
+        let issued = IssuedKey {
+            record: record(),
+            api_key: "pcs_ci-key_SecretSecretSecret".into(),
+        };
+        let v = IssuedKeyView::new(issued, Issuance::Rotated, Some(2_000));
+        let json = serde_json::to_value(&v).unwrap();
+        assert_eq!(json["api_key"], "pcs_ci-key_SecretSecretSecret");
+        assert_eq!(json["key_id"], "ci-key");
+        assert_eq!(json["previous_valid_until"], "1970-01-01T00:00:02Z");
+        assert!(json.get("issuance").is_none(), "{json}");
+        assert!(!format!("{v:?}").contains("SecretSecret"), "{v:?}");
+    }
+
+    #[test]
+    fn errors_serialise_as_an_error_object_and_map_kinds_to_exit_codes() {
+        let e = AdminError::from(StoreError::Invalid("bad".into()));
+        assert_eq!(e.exit_code(), 2);
+        assert_eq!(
+            serde_json::to_value(&e).unwrap(),
+            serde_json::json!({"error": "bad"})
+        );
+        assert_eq!(
+            AdminError::from(StoreError::NotFound("key x".into())).kind,
+            ErrorKind::NotFound
+        );
+        assert_eq!(AdminError::failure("x").exit_code(), 1);
+    }
 }

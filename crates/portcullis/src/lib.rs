@@ -1,5 +1,7 @@
 //! Portcullis, the gateway: ingress, authentication, link server, routing and proxying, wired
-//! together by [`server::run`]; the identity store and its admin commands. The binary in `main.rs` only parses flags and handles signals.
+//! together by [`server::run`]; the identity store and its admin operations; the command line
+//! ([`cli`]). The binary in `main.rs` only parses the command line and turns signals into the
+//! shutdown future.
 //!
 //! Modules are named after the concern they own (CONVENTIONS "Layout"); the path of one call
 //! through them is drawn in `docs/ARCHITECTURE.md`.
@@ -9,7 +11,10 @@ pub mod admin;
 pub mod audit;
 pub mod auth;
 pub mod body;
+pub mod cli;
 pub mod config;
+/// `portcullis demo`; left out of builds without the default `demo` feature.
+#[cfg(feature = "demo")]
 pub mod demo;
 pub mod error;
 pub mod health;

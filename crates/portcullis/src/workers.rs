@@ -29,6 +29,27 @@ use tokio_util::task::TaskTracker;
 
 use crate::transport::Stream;
 
+/// The `[runtime]` section: threads of the data plane.
+#[derive(Debug, Clone, Default, serde::Deserialize, serde::Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RuntimeConfig {
+    /// Worker threads serving client connections and links, each with its own event loop
+    /// (like NGINX's `worker_processes`). `0`, the default, means one per available CPU.
+    pub workers: usize,
+}
+
+impl RuntimeConfig {
+    /// Check the section at key path `at` (`runtime`).
+    pub fn validate(&self, at: &str, errs: &mut Vec<crate::config::ConfigError>) {
+        if self.workers > 1024 {
+            errs.push(crate::config::ConfigError::new(
+                format!("{at}.workers"),
+                "must be at most 1024 (0: one per CPU)",
+            ));
+        }
+    }
+}
+
 thread_local! {
     static CURRENT: Cell<Option<usize>> = const { Cell::new(None) };
 }

@@ -335,3 +335,143 @@ async fn serve_refuses_an_uninitialised_store() {
     assert_eq!(code, 1);
     assert!(err.contains("portcullis init"), "{err}");
 }
+
+/// The field names of a JSON object, sorted.
+fn fields(v: &serde_json::Value) -> Vec<String> {
+    let mut f: Vec<String> = v.as_object().expect("an object").keys().cloned().collect();
+    f.sort();
+    f
+}
+
+/// Every admin command's `--json` is its view's serde shape, with the field names scripts
+/// have relied on, and the text of the same result says what the JSON says.
+#[test]
+fn cli_json_shapes_and_text_of_each_admin_result() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path().to_str().unwrap();
+    let json = |args: &[&str]| {
+        let mut all = args.to_vec();
+        all.extend(["--data-dir", d, "--json"]);
+        let (code, out, err) = cli(&all);
+        assert_eq!(code, 0, "{args:?}: {err}");
+        serde_json::from_str::<serde_json::Value>(out.trim()).unwrap()
+    };
+    let key_fields = [
+        "created_at",
+        "expires_at",
+        "key_id",
+        "last_used_at",
+        "name",
+        "revoked_at",
+        "scopes",
+        "status",
+        "workspace",
+    ];
+    let with = |extra: &[&str]| {
+        let mut f: Vec<String> = key_fields
+            .iter()
+            .chain(extra)
+            .map(|s| s.to_string())
+            .collect();
+        f.sort();
+        f
+    };
+
+    let init = json(&["init"]);
+    assert_eq!(
+        fields(&init),
+        [
+            "data_dir",
+            "pepper_file_created",
+            "schema_version",
+            "store",
+            "workspace"
+        ]
+    );
+    assert!(init["pepper_file_created"].is_string(), "{init}");
+    let created = json(&[
+        "keys", "create", "--name", "ci", "--scopes", "x", "--id", "ci-key",
+    ]);
+    assert_eq!(fields(&created), with(&["api_key"]));
+    assert_eq!(created["status"], "active");
+    assert!(created["expires_at"].is_null());
+    let rotated = json(&["keys", "rotate", "ci-key", "--overlap", "1h"]);
+    assert_eq!(fields(&rotated), with(&["api_key", "previous_valid_until"]));
+    let list = json(&["keys", "list"]);
+    assert_eq!(fields(&list), ["keys"]);
+    assert_eq!(fields(&list["keys"][0]), with(&[]));
+    let revoked = json(&["keys", "revoke", "ci-key"]);
+    assert_eq!(fields(&revoked), with(&[]));
+    assert_eq!(revoked["status"], "revoked");
+    let ws = json(&["workspaces", "create", "team-a"]);
+    assert_eq!(fields(&ws), ["created_at", "id", "name"]);
+    let wss = json(&["workspaces", "list"]);
+    assert_eq!(fields(&wss["workspaces"][0]), ["created_at", "id", "name"]);
+    let audit = json(&["audit", "list"]);
+    assert_eq!(
+        fields(&audit["entries"][0]),
+        [
+            "actor",
+            "at",
+            "detail",
+            "event",
+            "id",
+            "key_id",
+            "reason",
+            "workspace"
+        ]
+    );
+
+    // The text of a rotation names the key once and the overlap's end.
+    let (code, text, err) = cli(&[
+        "keys",
+        "rotate",
+        "ci-key",
+        "--overlap",
+        "0",
+        "--data-dir",
+        d,
+    ]);
+    assert_eq!(code, 1, "a revoked key cannot be rotated: {text}");
+    assert!(err.starts_with("error: "), "{err}");
+    let (_, out, _) = cli(&[
+        "keys",
+        "create",
+        "--name",
+        "t",
+        "--scopes",
+        "x",
+        "--id",
+        "text-key",
+        "--data-dir",
+        d,
+    ]);
+    assert!(
+        out.starts_with("Created key text-key in workspace default (scopes: x)."),
+        "{out}"
+    );
+    let (code, out, _) = cli(&["keys", "rotate", "text-key", "--data-dir", d]);
+    assert_eq!(code, 0);
+    let raw = out
+        .lines()
+        .find(|l| l.trim_start().starts_with("pcs_text-key_"));
+    assert!(raw.is_some(), "the new key is shown: {out}");
+    assert!(out.contains("The previous secret works until "), "{out}");
+
+    // A bad flag value is a usage error, as JSON on stderr with --json.
+    let (code, out, err) = cli(&[
+        "keys",
+        "rotate",
+        "text-key",
+        "--overlap",
+        "soon",
+        "--data-dir",
+        d,
+        "--json",
+    ]);
+    assert_eq!(code, 2);
+    assert!(out.is_empty());
+    let e: serde_json::Value = serde_json::from_str(err.trim()).unwrap();
+    assert_eq!(fields(&e), ["error"]);
+    assert!(e["error"].as_str().unwrap().starts_with("--overlap"), "{e}");
+}

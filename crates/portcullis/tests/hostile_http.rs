@@ -95,7 +95,7 @@ async fn past_the_in_flight_ceiling_calls_are_shed_with_503_and_retry_after() {
     let (_svc, _stats) = gw.echo("echo-1").await;
     let slow = {
         let client = gw.client.clone();
-        let url = gw.url("/sleep?ms=2000");
+        let url = gw.url("/sleep?ms=30000");
         tokio::spawn(async move {
             let resp = client
                 .request(http::Request::get(url).body(empty()).unwrap())
@@ -106,7 +106,7 @@ async fn past_the_in_flight_ceiling_calls_are_shed_with_503_and_retry_after() {
     };
     // Once the slow call holds the one slot, the next call is shed.
     let mut shed = None;
-    for _ in 0..200 {
+    for _ in 0..1000 {
         let (status, headers, body) = gw.get("/echo/x").await;
         if status == StatusCode::SERVICE_UNAVAILABLE {
             shed = Some((headers, body));
@@ -117,8 +117,8 @@ async fn past_the_in_flight_ceiling_calls_are_shed_with_503_and_retry_after() {
     let (headers, body) = shed.expect("a call was shed while the slow one ran");
     assert_eq!(headers["retry-after"], "1");
     assert_eq!(&body[..], br#"{"error":"overloaded"}"#);
-    assert_eq!(slow.await.unwrap(), StatusCode::OK);
-    // The slot is free again once the slow call's response has ended.
+    // The slot is free again once the slow call has ended (its client gave up).
+    slow.abort();
     eventually("calls admitted again", || async {
         gw.get("/echo/x").await.0 == StatusCode::OK
     })

@@ -731,6 +731,34 @@ fn check_config_names_every_problem_with_its_key_path() {
 }
 
 #[test]
+fn check_config_names_an_otlp_endpoint_that_is_not_an_http_or_https_url() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("portcullis.toml");
+    for bad in [
+        "grpc://127.0.0.1:4317",
+        "127.0.0.1:4318/v1/traces",
+        "https:///v1/traces",
+    ] {
+        std::fs::write(&file, format!("[telemetry]\notlp_endpoint = \"{bad}\"\n")).unwrap();
+        let out = process::run(&["check-config", file.to_str().unwrap()], &[]);
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(1), "{bad}: {stderr}");
+        assert!(
+            stderr.contains("telemetry.otlp_endpoint") && stderr.contains("https://"),
+            "{bad}: {stderr}"
+        );
+    }
+    for good in [
+        "http://127.0.0.1:4318/v1/traces",
+        "https://collector.example:4318/v1/traces",
+    ] {
+        std::fs::write(&file, format!("[telemetry]\notlp_endpoint = \"{good}\"\n")).unwrap();
+        let out = process::run(&["check-config", file.to_str().unwrap()], &[]);
+        assert!(out.status.success(), "{good}: {out:?}");
+    }
+}
+
+#[test]
 fn config_show_masks_secrets_and_shows_overrides() {
     let dir = tempfile::tempdir().unwrap();
     let file = dir.path().join("portcullis.toml");
@@ -867,49 +895,69 @@ async fn call_log_line_has_every_field_and_the_correlation_id_is_on_every_line()
     }
 }
 
-/// A fake OTLP/HTTP collector: records each export's path, content type and body size.
-async fn fake_collector() -> (
-    std::net::SocketAddr,
-    Arc<Mutex<Vec<(String, String, usize)>>>,
-) {
+/// What a fake collector saw: each export's path, content type and body size.
+type Exports = Arc<Mutex<Vec<(String, String, usize)>>>;
+
+/// A fake OTLP/HTTP collector: records each export's path, content type and body size. With
+/// `tls`, it speaks HTTPS.
+async fn fake_collector_with(
+    tls: Option<tokio_rustls::TlsAcceptor>,
+) -> (std::net::SocketAddr, Exports) {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
-    let got = Arc::new(Mutex::new(Vec::new()));
+    let got: Exports = Arc::new(Mutex::new(Vec::new()));
     let g = got.clone();
     tokio::spawn(async move {
         while let Ok((stream, _)) = listener.accept().await {
             let g = g.clone();
+            let tls = tls.clone();
             tokio::spawn(async move {
-                let svc =
-                    hyper::service::service_fn(move |req: http::Request<hyper::body::Incoming>| {
-                        let g = g.clone();
-                        async move {
-                            let path = req.uri().path().to_string();
-                            let ct = req
-                                .headers()
-                                .get("content-type")
-                                .and_then(|v| v.to_str().ok())
-                                .unwrap_or_default()
-                                .to_string();
-                            let body = req.into_body().collect().await.map(|c| c.to_bytes());
-                            let len = body.map(|b| b.len()).unwrap_or(0);
-                            g.lock().unwrap().push((path, ct, len));
-                            let mut resp =
-                                http::Response::new(http_body_util::Full::new(Bytes::new()));
-                            resp.headers_mut().insert(
-                                "content-type",
-                                http::HeaderValue::from_static("application/x-protobuf"),
-                            );
-                            Ok::<_, std::convert::Infallible>(resp)
+                match tls {
+                    Some(acceptor) => {
+                        if let Ok(stream) = acceptor.accept(stream).await {
+                            serve_collector(stream, g).await;
                         }
-                    });
-                let _ = hyper::server::conn::http1::Builder::new()
-                    .serve_connection(TokioIo::new(stream), svc)
-                    .await;
+                    }
+                    None => serve_collector(stream, g).await,
+                }
             });
         }
     });
     (addr, got)
+}
+
+async fn fake_collector() -> (std::net::SocketAddr, Exports) {
+    fake_collector_with(None).await
+}
+
+async fn serve_collector<IO>(io: IO, g: Exports)
+where
+    IO: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+{
+    let svc = hyper::service::service_fn(move |req: http::Request<hyper::body::Incoming>| {
+        let g = g.clone();
+        async move {
+            let path = req.uri().path().to_string();
+            let ct = req
+                .headers()
+                .get("content-type")
+                .and_then(|v| v.to_str().ok())
+                .unwrap_or_default()
+                .to_string();
+            let body = req.into_body().collect().await.map(|c| c.to_bytes());
+            let len = body.map(|b| b.len()).unwrap_or(0);
+            g.lock().unwrap().push((path, ct, len));
+            let mut resp = http::Response::new(http_body_util::Full::new(Bytes::new()));
+            resp.headers_mut().insert(
+                "content-type",
+                http::HeaderValue::from_static("application/x-protobuf"),
+            );
+            Ok::<_, std::convert::Infallible>(resp)
+        }
+    });
+    let _ = hyper::server::conn::http1::Builder::new()
+        .serve_connection(TokioIo::new(io), svc)
+        .await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -944,6 +992,65 @@ async fn spans_are_exported_over_otlp_and_flushed_on_shutdown() {
     assert!(
         !got.is_empty(),
         "no export reached the collector\n{}",
+        gw.logs()
+    );
+    for (path, ct, len) in &got {
+        assert_eq!(path, "/v1/traces");
+        assert_eq!(ct, "application/x-protobuf");
+        assert!(*len > 0);
+    }
+}
+
+/// An `https://` endpoint works: the exporter speaks TLS through rustls on the ring provider
+/// (no second TLS stack, no aws-lc) and trusts the roots of `SSL_CERT_FILE`, like the system's.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn spans_are_exported_over_https_otlp_to_a_collector_the_roots_trust() {
+    let dir = tempfile::tempdir().unwrap();
+    let ca_key = rcgen::KeyPair::generate().unwrap();
+    let mut ca_params = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
+    ca_params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+    ca_params
+        .distinguished_name
+        .push(rcgen::DnType::CommonName, "Portcullis test CA");
+    let ca = ca_params.self_signed(&ca_key).unwrap();
+    let key = rcgen::KeyPair::generate().unwrap();
+    let mut leaf = rcgen::CertificateParams::new(vec!["127.0.0.1".to_string()]).unwrap();
+    leaf.distinguished_name
+        .push(rcgen::DnType::CommonName, "collector");
+    let cert = leaf.signed_by(&key, &ca, &ca_key).unwrap();
+    let ca_file = dir.path().join("ca.pem");
+    std::fs::write(&ca_file, ca.pem()).unwrap();
+    let server = rustls::ServerConfig::builder_with_provider(Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()
+    .unwrap()
+    .with_no_client_auth()
+    .with_single_cert(
+        vec![cert.der().clone()],
+        rustls::pki_types::PrivateKeyDer::Pkcs8(key.serialize_der().into()),
+    )
+    .unwrap();
+    let (collector, got) =
+        fake_collector_with(Some(tokio_rustls::TlsAcceptor::from(Arc::new(server)))).await;
+
+    let mut gw = GatewayProcess::start_with_env(
+        &format!("[telemetry]\notlp_endpoint = \"https://{collector}/v1/traces\"\n"),
+        &[
+            ("PORTCULLIS_LOG", "info"),
+            ("SSL_CERT_FILE", ca_file.to_str().unwrap()),
+        ],
+    );
+    let (_svc, _) = gw.echo().await;
+    let (status, _, _) = gw.get("/echo/traced").await;
+    assert_eq!(status, StatusCode::OK);
+    gw.signal("-TERM");
+    let exit = gw.wait_exit(Duration::from_secs(20)).await.expect("exits");
+    assert!(exit.success(), "{exit:?}\n{}", gw.logs());
+    let got = got.lock().unwrap().clone();
+    assert!(
+        !got.is_empty(),
+        "no export reached the https collector\n{}",
         gw.logs()
     );
     for (path, ct, len) in &got {

@@ -13,6 +13,9 @@ pub use instance::{InFlight, Instance, LinkState};
 pub use select::{select, Tiers};
 pub use table::{Match, Route, RouteTable};
 
+mod config;
+pub use config::RoutingConfig;
+
 use arc_swap::ArcSwap;
 use portcullis_link::{EndpointDescriptor, PathTemplate};
 use std::collections::{BTreeMap, HashMap};

@@ -18,6 +18,7 @@
 pub mod api_keys;
 pub mod audit;
 pub mod migrations;
+#[cfg(any(test, feature = "test-support"))]
 #[doc(hidden)]
 pub mod testing;
 pub mod workspaces;
@@ -77,6 +78,60 @@ pub enum StoreError {
     /// The database failed or could not be reached.
     #[error("database: {0}")]
     Database(#[from] sqlx::Error),
+}
+
+/// The `[store]` section: where identities live and how the gateway reaches them.
+#[derive(Debug, Clone, serde::Deserialize, serde::Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct StoreConfig {
+    /// PostgreSQL URL (`postgres://user:password@host/db`) for several gateway nodes. Absent:
+    /// SQLite at `<data_dir>/portcullis.db`. Masked when shown: it may hold a password.
+    pub url: Option<crate::config::Secret>,
+    /// Largest number of database connections. Default 8.
+    pub max_connections: u32,
+    /// How long a query waits for a free connection before the call fails closed (503).
+    /// Default 5 s.
+    #[serde(with = "humantime_serde")]
+    pub acquire_timeout: Duration,
+}
+
+impl Default for StoreConfig {
+    fn default() -> Self {
+        Self {
+            url: None,
+            max_connections: 8,
+            acquire_timeout: Duration::from_secs(5),
+        }
+    }
+}
+
+impl StoreConfig {
+    /// Check the section at key path `at` (`store`). Messages never echo the URL: it may hold
+    /// a password.
+    pub fn validate(&self, at: &str, errs: &mut Vec<crate::config::ConfigError>) {
+        use crate::config::ConfigError;
+        if self.max_connections == 0 {
+            errs.push(ConfigError::new(
+                format!("{at}.max_connections"),
+                "must be at least 1",
+            ));
+        }
+        if self.acquire_timeout.is_zero() {
+            errs.push(ConfigError::new(
+                format!("{at}.acquire_timeout"),
+                "must be positive",
+            ));
+        }
+        if let Some(u) = &self.url {
+            let u = u.expose();
+            if !(u.starts_with("postgres://") || u.starts_with("postgresql://")) {
+                errs.push(ConfigError::new(
+                    format!("{at}.url"),
+                    "must be a postgres:// URL (leave it out for SQLite in data_dir)",
+                ));
+            }
+        }
+    }
 }
 
 /// Where the store is and how to reach it.

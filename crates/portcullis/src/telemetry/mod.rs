@@ -54,7 +54,9 @@ impl prometheus_client::collector::Collector for LinksCollector {
 #[serde(deny_unknown_fields, default)]
 pub struct TelemetryConfig {
     /// OTLP/HTTP (protobuf) traces endpoint, the full URL, e.g.
-    /// `http://127.0.0.1:4318/v1/traces`. Absent: spans are not exported.
+    /// `http://127.0.0.1:4318/v1/traces`, or `https://…` (rustls on the ring provider, the
+    /// system's root certificates; `SSL_CERT_FILE` names another bundle). Absent: spans are
+    /// not exported.
     pub otlp_endpoint: Option<String>,
     /// `service.name` resource attribute of exported spans. Default `portcullis`.
     pub service_name: String,
@@ -65,6 +67,34 @@ impl Default for TelemetryConfig {
         Self {
             otlp_endpoint: None,
             service_name: "portcullis".into(),
+        }
+    }
+}
+
+impl TelemetryConfig {
+    /// Check the section at key path `at` (`telemetry`): the endpoint must be an `http://` or
+    /// `https://` URL with a host, so a typo is named by `check-config` rather than found
+    /// when the first batch of spans fails to leave.
+    pub fn validate(&self, at: &str, errs: &mut Vec<crate::config::ConfigError>) {
+        use crate::config::ConfigError;
+        if let Some(e) = &self.otlp_endpoint {
+            let host = e
+                .strip_prefix("http://")
+                .or_else(|| e.strip_prefix("https://"))
+                .map(|rest| rest.split(['/', '?', '#']).next().unwrap_or_default());
+            match host.and_then(|h| h.parse::<http::uri::Authority>().ok()) {
+                Some(a) if !a.host().is_empty() => {}
+                _ => errs.push(ConfigError::new(
+                    format!("{at}.otlp_endpoint"),
+                    "must be an http:// or https:// URL with a host, e.g. http://127.0.0.1:4318/v1/traces",
+                )),
+            }
+        }
+        if self.service_name.trim().is_empty() {
+            errs.push(ConfigError::new(
+                format!("{at}.service_name"),
+                "must not be empty",
+            ));
         }
     }
 }
@@ -139,6 +169,10 @@ pub fn init(cfg: &TelemetryConfig) -> anyhow::Result<TelemetryGuard> {
         None => None,
         Some(endpoint) => {
             use opentelemetry_otlp::WithExportConfig;
+            // The exporter's HTTP client is reqwest on rustls without a built-in crypto
+            // provider (one TLS stack, no aws-lc): it takes the process default, which must
+            // be ring before the client is built. Already installed (by an embedder): keep it.
+            let _ = rustls::crypto::ring::default_provider().install_default();
             let exporter = opentelemetry_otlp::SpanExporter::builder()
                 .with_http()
                 .with_endpoint(endpoint.clone())

@@ -1,0 +1,475 @@
+//! The command-line grammar of `portcullis` and its dispatch.
+//!
+//! The binary (`main.rs`) parses a [`Cli`], makes the shutdown future from signals and calls
+//! [`run`]; everything between — loading configuration, starting runtimes, calling the admin
+//! operations and rendering what they return — is here, in the library, where it can be read
+//! and tested without a process.
+//!
+//! Admin commands print what their operation returned through one rendering layer
+//! ([`render`]): the value's serde shape with `--json`, its [`Render`] text otherwise; errors
+//! go to stderr (as `{"error":…}` with `--json`) with exit code 1, or 2 for bad usage.
+//! Commands that touch the store take `--config FILE` or `--data-dir DIR`
+//! (`PORTCULLIS_DATA_DIR`). A raw key is printed exactly once, by the command that made it.
+
+pub mod render;
+
+pub use render::Render;
+
+use clap::{Parser, Subcommand};
+use serde::Serialize;
+use std::future::Future;
+use std::io::Read;
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+use std::time::Duration;
+
+use crate::admin::{self, AdminError};
+use crate::config::Config;
+
+/// Portcullis: a secure front door for internal services.
+///
+/// Clients reach the gateway over HTTP/1.1, HTTP/2 and TLS; services dial out to it over an
+/// authenticated link and declare the endpoints they serve.
+#[derive(Debug, Parser)]
+#[command(name = "portcullis", version, propagate_version = true)]
+pub struct Cli {
+    /// What to do.
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+/// The subcommands.
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Run the gateway from a configuration file. The store must exist: run
+    /// `portcullis init` first.
+    Serve {
+        /// TOML configuration file (see docs/configuration.md).
+        #[arg(long, short, env = "PORTCULLIS_CONFIG")]
+        config: PathBuf,
+        /// Data directory; overrides the configuration's `data_dir`.
+        #[arg(long, env = "PORTCULLIS_DATA_DIR")]
+        data_dir: Option<PathBuf>,
+    },
+    /// Create the store (SQLite in the data directory, or PostgreSQL from `store.url`), apply
+    /// migrations, create the `default` workspace and, when no pepper is configured, a pepper
+    /// file (mode 0600) in the data directory. Safe to run again.
+    Init(Target),
+    /// Create the first admin key (scope `*`, workspace `default`) and print it once. Refused
+    /// when an active admin key exists.
+    Bootstrap(Target),
+    /// Manage API keys.
+    Keys(KeysArgs),
+    /// Manage workspaces (tenants); `init` creates `default`.
+    Workspaces(WorkspacesArgs),
+    /// Read the audit log.
+    Audit(AuditArgs),
+    /// Run a self-contained demo: a gateway on 127.0.0.1:8080 with the echo service linked.
+    #[cfg(feature = "demo")]
+    Demo(crate::demo::DemoArgs),
+    /// Not in this build: it was built without the `demo` feature.
+    #[cfg(not(feature = "demo"))]
+    #[command(hide = true)]
+    Demo {
+        /// Whatever was passed; refused.
+        #[arg(trailing_var_arg = true, allow_hyphen_values = true, hide = true)]
+        args: Vec<String>,
+    },
+    /// Check a configuration file (with PORTCULLIS_* overrides) and print every problem with
+    /// its key path; exits 1 if there is any.
+    CheckConfig {
+        /// TOML configuration file.
+        file: PathBuf,
+    },
+    /// Inspect the configuration.
+    #[command(subcommand)]
+    Config(ConfigCommand),
+    /// Read a service link token from standard input and print the SHA-256 to put in
+    /// `services.<name>.token_sha256`. The token never appears on a command line.
+    HashToken,
+}
+
+/// Where the store is: a configuration file, a data directory, or both (the directory wins).
+#[derive(Debug, Clone, Default, clap::Args)]
+pub struct Target {
+    /// TOML configuration file (its `data_dir`, `[store]` and `[auth]` are used).
+    #[arg(long, short, env = "PORTCULLIS_CONFIG", global = true)]
+    pub config: Option<PathBuf>,
+    /// Data directory (SQLite store and pepper file); overrides the configuration's.
+    #[arg(long, env = "PORTCULLIS_DATA_DIR", global = true)]
+    pub data_dir: Option<PathBuf>,
+    /// Print JSON instead of text.
+    #[arg(long, global = true)]
+    pub json: bool,
+}
+
+impl Target {
+    /// The effective configuration: file (with `PORTCULLIS_*` overrides) or defaults, then
+    /// `--data-dir`.
+    pub fn load(&self) -> Result<Config, AdminError> {
+        let mut cfg = Config::load(self.config.as_deref()).map_err(|e| match e {
+            crate::config::LoadError::Read(m) => AdminError::failure(m),
+            crate::config::LoadError::Invalid(errs) => AdminError::usage(
+                errs.iter()
+                    .map(|e| e.to_string())
+                    .collect::<Vec<_>>()
+                    .join("\n"),
+            ),
+        })?;
+        if let Some(d) = &self.data_dir {
+            cfg.data_dir = d.clone();
+        }
+        Ok(cfg)
+    }
+}
+
+/// `portcullis keys …`.
+#[derive(Debug, clap::Args)]
+pub struct KeysArgs {
+    /// Where the store is.
+    #[command(flatten)]
+    pub target: Target,
+    /// What to do with keys.
+    #[command(subcommand)]
+    pub command: KeysCommand,
+}
+
+/// `portcullis keys` subcommands.
+#[derive(Debug, Subcommand)]
+pub enum KeysCommand {
+    /// Create a key and print it once (`pcs_<key-id>_<secret><checksum>`). Only an HMAC of
+    /// its secret is stored.
+    Create(CreateArgs),
+    /// List keys: id, workspace, status, scopes, times. Never secrets or hashes.
+    List {
+        /// Only keys of this workspace.
+        #[arg(long, short)]
+        workspace: Option<String>,
+    },
+    /// Revoke a key: gateways refuse it from the next call on.
+    Revoke {
+        /// Key id (the part between `pcs_` and the next `_`).
+        id: String,
+    },
+    /// Issue a new secret for a key and print the new key once; the old one keeps working
+    /// until the overlap ends.
+    Rotate {
+        /// Key id.
+        id: String,
+        /// How long the previous secret stays valid, e.g. `24h`, `15m`, `0` for immediately.
+        #[arg(long, default_value = "24h")]
+        overlap: String,
+    },
+}
+
+/// Flags of `keys create`.
+#[derive(Debug, Clone, clap::Args)]
+pub struct CreateArgs {
+    /// Workspace the key belongs to.
+    #[arg(long, short, default_value = crate::store::DEFAULT_WORKSPACE)]
+    pub workspace: String,
+    /// Display name (who or what uses the key).
+    #[arg(long, short)]
+    pub name: String,
+    /// Capabilities the key grants, comma-separated (`*` grants all: an admin key).
+    #[arg(long, short, value_delimiter = ',', required = true)]
+    pub scopes: Vec<String>,
+    /// Lifetime, e.g. `30d`, `12h`. Default: no expiry.
+    #[arg(long)]
+    pub expires: Option<String>,
+    /// Key id, 4-64 of [a-z0-9-]. Default: generated.
+    #[arg(long)]
+    pub id: Option<String>,
+}
+
+impl CreateArgs {
+    /// The request these flags make; a bad `--expires` is a usage error.
+    pub fn request(&self) -> Result<crate::auth::authenticator::CreateKey, AdminError> {
+        let expires_in = self
+            .expires
+            .as_deref()
+            .map(|s| parse_duration("--expires", s))
+            .transpose()?;
+        Ok(crate::auth::authenticator::CreateKey {
+            workspace: self.workspace.clone(),
+            name: self.name.clone(),
+            scopes: self.scopes.clone(),
+            expires_in,
+            key_id: self.id.clone(),
+        })
+    }
+}
+
+/// `portcullis workspaces …`.
+#[derive(Debug, clap::Args)]
+pub struct WorkspacesArgs {
+    /// Where the store is.
+    #[command(flatten)]
+    pub target: Target,
+    /// What to do with workspaces.
+    #[command(subcommand)]
+    pub command: WorkspacesCommand,
+}
+
+/// `portcullis workspaces` subcommands.
+#[derive(Debug, Subcommand)]
+pub enum WorkspacesCommand {
+    /// Create a workspace.
+    Create {
+        /// Name, 1-63 of [a-z0-9-].
+        name: String,
+    },
+    /// List workspaces.
+    List,
+}
+
+/// `portcullis audit …`.
+#[derive(Debug, clap::Args)]
+pub struct AuditArgs {
+    /// Where the store is.
+    #[command(flatten)]
+    pub target: Target,
+    /// What to read.
+    #[command(subcommand)]
+    pub command: AuditCommand,
+}
+
+/// `portcullis audit` subcommands.
+#[derive(Debug, Subcommand)]
+pub enum AuditCommand {
+    /// Print the newest audit events (key created, rotated, revoked, bootstrap,
+    /// authentication failures coalesced per reason per second).
+    List {
+        /// How many events, newest first.
+        #[arg(long, default_value_t = 100)]
+        limit: i64,
+    },
+}
+
+/// `portcullis config …`.
+#[derive(Debug, Subcommand)]
+pub enum ConfigCommand {
+    /// Print the effective configuration (file, overrides and defaults) with secrets masked.
+    Show {
+        /// TOML configuration file; without it, the defaults plus PORTCULLIS_* overrides.
+        #[arg(long, short, env = "PORTCULLIS_CONFIG")]
+        config: Option<PathBuf>,
+    },
+}
+
+/// Parse a duration flag (`30d`, `24h`, `0`); a bad one is a usage error naming the flag.
+pub fn parse_duration(flag: &str, s: &str) -> Result<Duration, AdminError> {
+    humantime::parse_duration(s.trim())
+        .map_err(|e| AdminError::usage(format!("{flag} {s:?}: {e} (e.g. 30d, 12h, 0)")))
+}
+
+/// Run a parsed command to its exit code. `shutdown` ends `serve` and `demo` (the binary makes
+/// it from signals); other commands ignore it.
+pub fn run(cli: Cli, shutdown: impl Future<Output = ()> + Send + 'static) -> ExitCode {
+    match cli.command {
+        Command::CheckConfig { file } => match load_config(Some(&file)) {
+            Ok(_) => {
+                println!("{}: ok", file.display());
+                ExitCode::SUCCESS
+            }
+            Err(e) => {
+                eprintln!("{e}");
+                ExitCode::FAILURE
+            }
+        },
+        Command::Config(ConfigCommand::Show { config }) => match load_config(config.as_deref()) {
+            Ok(c) => {
+                print!("{}", c.to_toml_masked());
+                ExitCode::SUCCESS
+            }
+            Err(e) => {
+                eprintln!("{e}");
+                ExitCode::FAILURE
+            }
+        },
+        Command::HashToken => hash_token(),
+        Command::Init(t) => admin_command(&t, |c| async move { admin::init(&c).await }),
+        Command::Bootstrap(t) => admin_command(&t, |c| async move { admin::bootstrap(&c).await }),
+        Command::Keys(KeysArgs { target, command }) => match command {
+            KeysCommand::Create(a) => admin_command(&target, |c| async move {
+                admin::keys_create(&c, &a.request()?).await
+            }),
+            KeysCommand::List { workspace } => admin_command(&target, |c| async move {
+                admin::keys_list(&c, workspace.as_deref()).await
+            }),
+            KeysCommand::Revoke { id } => {
+                admin_command(
+                    &target,
+                    |c| async move { admin::keys_revoke(&c, &id).await },
+                )
+            }
+            KeysCommand::Rotate { id, overlap } => admin_command(&target, |c| async move {
+                let overlap = parse_duration("--overlap", &overlap)?;
+                admin::keys_rotate(&c, &id, overlap).await
+            }),
+        },
+        Command::Workspaces(WorkspacesArgs { target, command }) => match command {
+            WorkspacesCommand::Create { name } => admin_command(&target, |c| async move {
+                admin::workspaces_create(&c, &name).await
+            }),
+            WorkspacesCommand::List => {
+                admin_command(&target, |c| async move { admin::workspaces_list(&c).await })
+            }
+        },
+        Command::Audit(AuditArgs { target, command }) => match command {
+            AuditCommand::List { limit } => {
+                admin_command(
+                    &target,
+                    |c| async move { admin::audit_list(&c, limit).await },
+                )
+            }
+        },
+        Command::Serve { config, data_dir } => serve(&config, data_dir, shutdown),
+        #[cfg(feature = "demo")]
+        Command::Demo(args) => {
+            let _telemetry = crate::telemetry::init(&crate::telemetry::TelemetryConfig::default());
+            runtime(crate::demo::run(args, shutdown))
+        }
+        #[cfg(not(feature = "demo"))]
+        Command::Demo { .. } => {
+            eprintln!(
+                "error: this portcullis was built without the demo (cargo feature `demo`); \
+                 build it with default features to run `portcullis demo`"
+            );
+            ExitCode::from(2)
+        }
+    }
+}
+
+/// `serve`: the gateway until `shutdown`.
+fn serve(
+    config: &Path,
+    data_dir: Option<PathBuf>,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> ExitCode {
+    let mut cfg = match load_config(Some(config)) {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("{e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    if let Some(d) = data_dir {
+        cfg.data_dir = d;
+    }
+    // Outside the runtime: the span exporter owns a blocking HTTP client and its guard
+    // flushes after the runtime has stopped.
+    let _telemetry = match crate::telemetry::init(&cfg.telemetry) {
+        Ok(g) => g,
+        Err(e) => {
+            eprintln!("{e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    runtime(async move {
+        let listeners = crate::Listeners::bind(&cfg).await?;
+        crate::run(cfg, listeners, shutdown).await
+    })
+}
+
+/// `hash-token`: the token from standard input (bounded), never from a command line.
+fn hash_token() -> ExitCode {
+    let mut token = String::new();
+    if std::io::stdin()
+        .take(4096)
+        .read_to_string(&mut token)
+        .is_err()
+    {
+        eprintln!("could not read the token from standard input");
+        return ExitCode::FAILURE;
+    }
+    let token = token.trim_end_matches(['\r', '\n']);
+    if token.is_empty() {
+        eprintln!("empty token on standard input");
+        return ExitCode::FAILURE;
+    }
+    println!("{}", hex::encode(crate::link::hash_token(token)));
+    ExitCode::SUCCESS
+}
+
+/// The configuration (file or defaults, then environment overrides), or every problem, one
+/// per line, each prefixed with the file's path when there is a file.
+pub fn load_config(path: Option<&Path>) -> Result<Config, String> {
+    Config::load(path).map_err(|e| match e {
+        crate::config::LoadError::Read(m) => m,
+        crate::config::LoadError::Invalid(errs) => errs
+            .iter()
+            .map(|e| match path {
+                Some(p) => format!("{}: {e}", p.display()),
+                None => e.to_string(),
+            })
+            .collect::<Vec<_>>()
+            .join("\n"),
+    })
+}
+
+/// Run an admin operation on a single-threaded runtime and print what it returned.
+fn admin_command<T, F, Fut>(target: &Target, f: F) -> ExitCode
+where
+    T: Serialize + Render,
+    F: FnOnce(Config) -> Fut,
+    Fut: Future<Output = Result<T, AdminError>>,
+{
+    let result = target.load().and_then(|cfg| {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .map_err(|e| AdminError::failure(format!("cannot start the runtime: {e}")))?;
+        rt.block_on(f(cfg))
+    });
+    let (stdout, stderr) = render::outcome(&result, target.json);
+    print!("{stdout}");
+    eprint!("{stderr}");
+    match result {
+        Ok(_) => ExitCode::SUCCESS,
+        Err(e) => ExitCode::from(e.exit_code()),
+    }
+}
+
+/// Run `fut` on a multi-threaded runtime (the control runtime of `serve` and `demo`).
+fn runtime(fut: impl Future<Output = anyhow::Result<()>>) -> ExitCode {
+    let rt = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("cannot start the runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match rt.block_on(fut) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::CommandFactory;
+
+    #[test]
+    fn the_grammar_is_consistent() {
+        Cli::command().debug_assert();
+    }
+
+    #[test]
+    fn a_bad_duration_flag_is_a_usage_error_naming_the_flag() {
+        let e = parse_duration("--overlap", "soon").unwrap_err();
+        assert_eq!(e.exit_code(), 2);
+        assert!(e.message.starts_with("--overlap \"soon\""), "{e}");
+        assert_eq!(
+            parse_duration("--expires", "30d").unwrap(),
+            Duration::from_secs(30 * 86_400)
+        );
+    }
+}
