@@ -32,12 +32,14 @@ pub const MAX_LINKS_PER_GATEWAY: usize = 16;
 /// Default of [`ServiceBuilder::max_header_list_size`]: 4 MiB.
 ///
 /// The gateway forwards request heads up to its `ingress.max_header_bytes` (64 KiB by
-/// default, at most 1 MiB), plus the headers it adds. Two limits of the HTTP/2 server derive
-/// from this one setting: the decoded size of a head (RFC 9113 §6.5.2: name + value + 32 per
-/// field), and the CONTINUATION frames one head may span, about 1.25 × this many *encoded*
-/// bytes; past either the whole link fails (GOAWAY), not the call. HPACK's Huffman code takes
-/// up to 3.5 bytes for some header bytes, so a 1 MiB head can take 3.5 MiB on the wire: 4 MiB
-/// is the least power of two that takes the largest head any gateway configuration forwards.
+/// default, at most 1 MiB), plus the headers it adds. h2 derives two limits from this one
+/// setting: the decoded size of a head (RFC 9113 §6.5.2: name + value + 32 per field), over
+/// which a head is refused — on its stream with 431 if it is a little over, but with GOAWAY
+/// for the whole link once it has more than the limit left to decode — and the CONTINUATION
+/// frames one head may span, about 1.25 × this many *encoded* bytes, past which the whole link
+/// fails too. HPACK's Huffman code takes up to 28 bits for some header bytes, so a 1 MiB head
+/// can take 3.5 MiB on the wire: 4 MiB is the least power of two that takes the largest head
+/// any gateway configuration forwards, however it encodes.
 pub const DEFAULT_MAX_HEADER_LIST_SIZE: u32 = 4 << 20;
 /// Smallest [`ServiceBuilder::max_header_list_size`]: room for the pseudo-headers and the
 /// headers the gateway adds (its route header alone may carry a 1 KiB template).
