@@ -1,5 +1,7 @@
 //! Endpoint descriptors: what a service declares it serves.
 
+use std::collections::HashMap;
+
 use serde::{Deserialize, Serialize};
 
 use crate::template::{PathTemplate, TemplateError};
@@ -90,6 +92,48 @@ impl EndpointDescriptor {
     }
 }
 
+/// Do two methods overlap? `*` overlaps every method; otherwise only equal methods do.
+pub fn methods_overlap(a: &str, b: &str) -> bool {
+    a == "*" || b == "*" || a == b
+}
+
+/// Two descriptors of one declaration that claim the same requests: their templates have the
+/// same shape ([`PathTemplate::shape`]) and their methods overlap ([`methods_overlap`]).
+/// Indices count the descriptors given to [`find_overlap`], `first < second`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Overlap {
+    /// The earlier descriptor.
+    pub first: usize,
+    /// The later descriptor, the one to name as declared twice.
+    pub second: usize,
+}
+
+/// The first pair of descriptors in one declaration (one HELLO) that claim the same requests,
+/// if any: each descriptor with its parsed template (from [`EndpointDescriptor::validate`]),
+/// in declaration order.
+///
+/// The gateway refuses such a HELLO with `invalid_descriptor`, and the SDK runs this same
+/// function when a service is built, so a declaration one side accepts is one the other side
+/// accepts. Linear in the number of descriptors per shape; a HELLO holds at most
+/// [`MAX_ENDPOINTS`].
+pub fn find_overlap<'a, I>(endpoints: I) -> Option<Overlap>
+where
+    I: IntoIterator<Item = (&'a EndpointDescriptor, &'a PathTemplate)>,
+{
+    let mut by_shape: HashMap<String, Vec<(usize, &'a str)>> = HashMap::new();
+    for (second, (d, t)) in endpoints.into_iter().enumerate() {
+        let same_shape = by_shape.entry(t.shape()).or_default();
+        if let Some(&(first, _)) = same_shape
+            .iter()
+            .find(|(_, m)| methods_overlap(m, &d.method))
+        {
+            return Some(Overlap { first, second });
+        }
+        same_shape.push((second, d.method.as_str()));
+    }
+    None
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -103,6 +147,53 @@ mod tests {
             capability: None,
             protocol: Protocol::Http,
         }
+    }
+
+    fn overlap(decls: &[(&str, &str)]) -> Option<Overlap> {
+        let ds: Vec<_> = decls.iter().map(|(m, p)| d(m, p)).collect();
+        let ts: Vec<_> = ds.iter().map(|d| d.validate().unwrap()).collect();
+        find_overlap(ds.iter().zip(&ts))
+    }
+
+    #[test]
+    fn any_method_overlaps_every_method_on_the_same_shape() {
+        let o = overlap(&[("GET", "/a"), ("*", "/x"), ("GET", "/x")]);
+        assert_eq!(
+            o,
+            Some(Overlap {
+                first: 1,
+                second: 2
+            })
+        );
+        assert_eq!(
+            overlap(&[("GET", "/x"), ("*", "/x")]),
+            Some(Overlap {
+                first: 0,
+                second: 1
+            })
+        );
+        assert!(overlap(&[("*", "/x"), ("*", "/x")]).is_some());
+    }
+
+    #[test]
+    fn same_method_on_the_same_shape_overlaps_whatever_the_parameter_names() {
+        assert_eq!(
+            overlap(&[("GET", "/a/{x}"), ("GET", "/a/{y}")]),
+            Some(Overlap {
+                first: 0,
+                second: 1
+            })
+        );
+        assert!(overlap(&[("GET", "/f/{*a}"), ("GET", "/f/{*b}")]).is_some());
+    }
+
+    #[test]
+    fn different_methods_or_shapes_do_not_overlap() {
+        assert_eq!(overlap(&[("GET", "/a/{x}"), ("POST", "/a/{y}")]), None);
+        assert_eq!(overlap(&[("*", "/a"), ("GET", "/a/")]), None);
+        assert_eq!(overlap(&[("*", "/a/{x}"), ("GET", "/a/{*x}")]), None);
+        assert_eq!(overlap(&[("*", "/a/b"), ("GET", "/a/{x}")]), None);
+        assert_eq!(overlap(&[]), None);
     }
 
     #[test]

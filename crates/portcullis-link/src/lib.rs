@@ -15,7 +15,8 @@ mod frame;
 mod template;
 
 pub use descriptor::{
-    DescriptorError, EndpointDescriptor, Protocol, MAX_ENDPOINTS, MAX_TIMEOUT_MS,
+    find_overlap, methods_overlap, DescriptorError, EndpointDescriptor, Overlap, Protocol,
+    MAX_ENDPOINTS, MAX_TIMEOUT_MS,
 };
 pub use frame::{
     Challenge, Credential, DecodeError, Frame, FrameHeader, FrameType, Hello, HelloAck, LinkLimits,

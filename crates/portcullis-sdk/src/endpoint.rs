@@ -3,7 +3,7 @@
 
 use std::time::Duration;
 
-use portcullis_link::{EndpointDescriptor, Protocol, RESERVED_PREFIX};
+use portcullis_link::{EndpointDescriptor, PathTemplate, Protocol, RESERVED_PREFIX};
 
 use crate::error::Error;
 
@@ -100,8 +100,8 @@ impl Endpoint {
         &self.descriptor
     }
 
-    /// Check the endpoint; the error names it.
-    pub(crate) fn validate(&self) -> Result<String, Error> {
+    /// Check the endpoint on its own; the error names it.
+    pub(crate) fn validate(&self) -> Result<PathTemplate, Error> {
         let d = &self.descriptor;
         let template = d.validate().map_err(|e| {
             Error::config(format!("endpoint {} {}: {e}", d.method, d.path)).with_source(e)
@@ -112,7 +112,7 @@ impl Endpoint {
                 d.method, d.path
             )));
         }
-        Ok(format!("{} {}", d.method, template.shape()))
+        Ok(template)
     }
 }
 
@@ -122,7 +122,10 @@ impl From<Endpoint> for EndpointDescriptor {
     }
 }
 
-/// Validate every endpoint and refuse two with the same method and template shape.
+/// Validate every endpoint, then the declaration as a whole with the gateway's own rule
+/// ([`portcullis_link::find_overlap`]): two endpoints whose templates have the same shape and
+/// whose methods overlap (`*` overlaps every method) claim the same requests, and the gateway
+/// would refuse the HELLO with `invalid_descriptor` on every attempt. The error names both.
 pub(crate) fn validate_all(endpoints: &[Endpoint]) -> Result<(), Error> {
     if endpoints.len() > portcullis_link::MAX_ENDPOINTS {
         return Err(Error::config(format!(
@@ -130,16 +133,20 @@ pub(crate) fn validate_all(endpoints: &[Endpoint]) -> Result<(), Error> {
             portcullis_link::MAX_ENDPOINTS
         )));
     }
-    let mut seen = std::collections::HashSet::new();
-    for e in endpoints {
-        let key = e.validate()?;
-        if !seen.insert(key) {
-            let d = &e.descriptor;
-            return Err(Error::config(format!(
-                "endpoint {} {}: declared twice",
-                d.method, d.path
-            )));
-        }
+    let templates = endpoints
+        .iter()
+        .map(Endpoint::validate)
+        .collect::<Result<Vec<_>, _>>()?;
+    let descriptors = endpoints.iter().map(Endpoint::descriptor);
+    if let Some(o) = portcullis_link::find_overlap(descriptors.zip(&templates)) {
+        let (a, b) = (
+            &endpoints[o.first].descriptor,
+            &endpoints[o.second].descriptor,
+        );
+        return Err(Error::config(format!(
+            "endpoint {} {}: declared twice: overlaps {} {} (same path shape, overlapping methods)",
+            b.method, b.path, a.method, a.path
+        )));
     }
     Ok(())
 }
@@ -179,5 +186,30 @@ mod tests {
         let err = validate_all(&[Endpoint::get("/a/{x}"), Endpoint::get("/a/{y}")]).unwrap_err();
         assert!(err.to_string().contains("declared twice"), "{err}");
         assert!(validate_all(&[Endpoint::get("/a/{x}"), Endpoint::post("/a/{y}")]).is_ok());
+    }
+
+    /// The gateway refuses `*` beside any other method on the same shape (it overlaps them
+    /// all); the SDK must refuse it too instead of dialling into a REJECT on every attempt.
+    #[test]
+    fn any_beside_a_method_on_the_same_path_is_refused_naming_both() {
+        for pair in [
+            [Endpoint::any("/x"), Endpoint::get("/x")],
+            [Endpoint::get("/x"), Endpoint::any("/x")],
+            [Endpoint::any("/x/{a}"), Endpoint::post("/x/{b}")],
+        ] {
+            let err = validate_all(&pair).unwrap_err();
+            assert_eq!(err.kind(), ErrorKind::Config);
+            let (a, b) = (pair[0].descriptor(), pair[1].descriptor());
+            let msg = err.to_string();
+            assert!(
+                msg.contains(&format!("endpoint {} {}: declared twice", b.method, b.path)),
+                "{msg}"
+            );
+            assert!(
+                msg.contains(&format!("overlaps {} {}", a.method, a.path)),
+                "{msg}"
+            );
+        }
+        assert!(validate_all(&[Endpoint::any("/x"), Endpoint::get("/x/{id}")]).is_ok());
     }
 }

@@ -4,6 +4,7 @@
 //! callers depend only on the kind and, for refusals, on the gateway's [`RejectCode`].
 
 use std::fmt;
+use std::sync::Arc;
 use std::time::Duration;
 
 use portcullis_link::RejectCode;
@@ -43,17 +44,22 @@ impl fmt::Display for ErrorKind {
 }
 
 /// An SDK error. Opaque: inspect it through [`Error::kind`] and, for refusals,
-/// [`Error::reject_code`] and [`Error::retry_after`].
-#[derive(thiserror::Error)]
+/// [`Error::reject_code`], [`Error::retry_after`] and [`Error::is_permanent`].
+///
+/// Cloning is cheap and shares the source: [`Running::failures`](crate::Running::failures)
+/// hands out the refusals it keeps.
+#[derive(thiserror::Error, Clone)]
 #[error(transparent)]
 pub struct Error(Box<Inner>);
 
-#[derive(Debug)]
+#[derive(Debug, Clone)]
 struct Inner {
     kind: ErrorKind,
     message: String,
     reject: Option<(RejectCode, Option<u64>)>,
-    source: Option<BoxError>,
+    /// The gateway the error concerns, once a supervisor has attributed it.
+    gateway: Option<String>,
+    source: Option<Arc<dyn std::error::Error + Send + Sync>>,
 }
 
 impl fmt::Display for Inner {
@@ -74,12 +80,13 @@ impl Error {
             kind,
             message: message.into(),
             reject: None,
+            gateway: None,
             source: None,
         }))
     }
 
     pub(crate) fn with_source(mut self, source: impl Into<BoxError>) -> Self {
-        self.0.source = Some(source.into());
+        self.0.source = Some(Arc::from(source.into()));
         self
     }
 
@@ -96,6 +103,16 @@ impl Error {
         e
     }
 
+    /// This refusal, as the error of a link slot that stopped dialling `gateway` for good.
+    pub(crate) fn given_up(mut self, gateway: &str) -> Self {
+        self.0.message = format!(
+            "gateway {gateway} refused the link and retrying cannot fix it, stopped dialling it: {}",
+            self.0.message
+        );
+        self.0.gateway = Some(gateway.to_string());
+        self
+    }
+
     /// The broad kind of the error.
     pub fn kind(&self) -> ErrorKind {
         self.0.kind
@@ -106,12 +123,56 @@ impl Error {
         self.0.reject.map(|(c, _)| c)
     }
 
+    /// The gateway (`tcp://host:port` or `tls://host:port`) a refusal came from, for the errors
+    /// [`Running::failures`](crate::Running::failures) reports.
+    pub fn gateway(&self) -> Option<&str> {
+        self.0.gateway.as_deref()
+    }
+
+    /// Is this a refusal that retrying cannot fix? The SDK stops dialling a gateway that
+    /// answers with one (its other gateways are unaffected); the crate documentation, section
+    /// *Refusals*, lists the codes and why.
+    pub fn is_permanent(&self) -> bool {
+        self.reject_code().is_some_and(permanent)
+    }
+
     /// How long the gateway asked us to wait before retrying, if it said.
     pub fn retry_after(&self) -> Option<Duration> {
         self.0
             .reject
             .and_then(|(_, ms)| ms)
             .map(Duration::from_millis)
+    }
+}
+
+/// Is `code` a refusal that retrying with the same HELLO cannot fix?
+///
+/// A HELLO is the same on every attempt (identity, endpoints, credential are fixed when the
+/// service is built) and so is the gateway's configuration (loaded when it starts). So:
+///
+/// - **Permanent** — `invalid_descriptor`, `unsupported_version`, `malformed_frame`,
+///   `too_large`: a property of the HELLO or of the protocol versions; the same bytes get the
+///   same answer every time. `bad_credential`: the gateway holds one token hash per service,
+///   read from its configuration at start; a wrong token stays wrong for as long as both
+///   processes run, and every retry is one more authentication failure on the gateway's
+///   alerts. Giving up turns a silent retry loop into an error the service can act on
+///   (exit, alert); when the gateway's configuration is fixed, restarting the service links it.
+/// - **Transient** — `unavailable`, `timeout`: the gateway's load or shutdown.
+///   `route_conflict`: another service holds a route *now*; during a deploy that moves a
+///   route from one service to another the new owner is refused until the old one unlinks,
+///   and giving up would turn that ordering race into an outage. `duplicate_instance`: the
+///   live link it names goes away. These keep the backoff (and `retry_after_ms`).
+pub(crate) fn permanent(code: RejectCode) -> bool {
+    match code {
+        RejectCode::InvalidDescriptor
+        | RejectCode::UnsupportedVersion
+        | RejectCode::MalformedFrame
+        | RejectCode::TooLarge
+        | RejectCode::BadCredential => true,
+        RejectCode::Unavailable
+        | RejectCode::Timeout
+        | RejectCode::RouteConflict
+        | RejectCode::DuplicateInstance => false,
     }
 }
 

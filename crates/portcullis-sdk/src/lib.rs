@@ -24,12 +24,45 @@
 //!     .version(env!("CARGO_PKG_VERSION"))
 //!     .endpoint(Endpoint::get("/hello").timeout(Duration::from_secs(5)))
 //!     .serve(router)?;
-//! running.linked().await;
+//! // Fails, instead of waiting forever, if every gateway refuses the service for good.
+//! running.try_linked().await?;
 //! // ... until a shutdown signal:
 //! running.shutdown().await;
 //! # Ok(())
 //! # }
 //! ```
+//!
+//! # Refusals
+//!
+//! Everything the gateway would refuse about a service's declaration is refused first by
+//! [`ServiceBuilder::serve`], naming the endpoint: invalid descriptors, reserved paths, and two
+//! endpoints that claim the same requests (same template shape and overlapping methods, `*`
+//! overlapping every method — the rule is `portcullis_link::find_overlap`, shared with the
+//! gateway).
+//!
+//! A gateway's REJECT is then either transient — the link slot reconnects with backoff — or
+//! permanent ([`Error::is_permanent`]): the same HELLO would get the same answer, so the slot
+//! stops dialling that gateway and keeps the reason in [`Running::failures`];
+//! [`Running::try_linked`] fails once no gateway is left. Links to other gateways carry on.
+//!
+//! | code | | why |
+//! |------|-|-----|
+//! | `invalid_descriptor`, `malformed_frame`, `too_large` | permanent | the HELLO is fixed when the service is built |
+//! | `unsupported_version` | permanent | neither side's versions change while it runs |
+//! | `bad_credential` | permanent | the gateway reads its token hashes at start and the service's token is fixed: retrying only adds authentication failures to the gateway's alerts; restart the service once the configuration is fixed |
+//! | `route_conflict` | transient | another service holds the route now; during a deploy that moves a route the old owner unlinks soon, and giving up would make that race an outage |
+//! | `duplicate_instance`, `unavailable`, `timeout` | transient | the gateway's state, not the HELLO |
+//!
+//! Connection, TLS and I/O failures are always retried.
+//!
+//! # What a link accepts
+//!
+//! The SDK's HTTP/2 server takes request heads up to [`DEFAULT_MAX_HEADER_LIST_SIZE`] (4 MiB,
+//! enough for the largest head a gateway can be configured to forward, in the worst HPACK
+//! encoding) and advertises the limit in its SETTINGS so the gateway answers larger heads with
+//! 431 itself. No single call can fail the link: a burst of calls cancelled before they are
+//! accepted, a handler that never reads its upload, or a handler that errors or panics costs
+//! only its own stream.
 
 mod endpoint;
 mod error;
@@ -47,5 +80,6 @@ pub use error::{BoxError, Error, ErrorKind};
 pub use portcullis_link::{EndpointDescriptor, HealthReport, Protocol, RejectCode};
 pub use service::{
     Running, Service, ServiceBuilder, DEFAULT_CONCURRENCY, DEFAULT_DRAIN_GRACE,
-    MAX_LINKS_PER_GATEWAY,
+    DEFAULT_MAX_HEADER_LIST_SIZE, MAX_LINKS_PER_GATEWAY, MAX_MAX_HEADER_LIST_SIZE,
+    MIN_MAX_HEADER_LIST_SIZE,
 };

@@ -10,7 +10,7 @@
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -40,17 +40,41 @@ pub(crate) struct Shared {
     idle: Notify,
     /// Number of links that completed the handshake and are serving.
     pub(crate) links: watch::Sender<usize>,
+    /// Link slots still dialling or serving: every slot, less those that gave up after a
+    /// refusal retrying cannot fix. A wait for `n` links fails once this drops below `n`.
+    pub(crate) dialling: watch::Sender<usize>,
+    /// The refusals that made slots give up, in order. At most one per slot.
+    failures: Mutex<Vec<Error>>,
 }
 
 impl Shared {
-    pub(crate) fn new(concurrency: u32) -> Arc<Self> {
+    pub(crate) fn new(concurrency: u32, slots: usize) -> Arc<Self> {
         Arc::new(Self {
             in_flight: AtomicU32::new(0),
             draining: AtomicBool::new(false),
             concurrency: concurrency.max(1),
             idle: Notify::new(),
             links: watch::Sender::new(0),
+            dialling: watch::Sender::new(slots),
+            failures: Mutex::new(Vec::new()),
         })
+    }
+
+    /// A slot stopped dialling for good because of `error`.
+    pub(crate) fn give_up(&self, error: Error) {
+        self.failures
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .push(error);
+        self.dialling.send_modify(|n| *n = n.saturating_sub(1));
+    }
+
+    /// The refusals that made slots give up.
+    pub(crate) fn failures(&self) -> Vec<Error> {
+        self.failures
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
     }
 
     pub(crate) fn health(&self) -> HealthReport {
@@ -212,11 +236,54 @@ fn health_response(method: &Method, report: &HealthReport) -> Response<LinkBody>
     resp
 }
 
+/// How the SDK's HTTP/2 server on a link is configured, beyond what HELLO_ACK says.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct LinkSettings {
+    /// `SETTINGS_MAX_HEADER_LIST_SIZE`, see
+    /// [`ServiceBuilder::max_header_list_size`](crate::ServiceBuilder::max_header_list_size).
+    pub(crate) max_header_list_size: u32,
+}
+
+/// Streams the gateway may reset before the server has accepted them, at least. h2 answers
+/// more than this many *at once* with GOAWAY `ENHANCE_YOUR_CALM` (its rapid-reset defence,
+/// default 20). On a link each reset is a client of the gateway giving up on a call — a burst
+/// of cancellations arriving in one read would otherwise close the link under every other
+/// call on it. The bound used is the larger of this and the link's stream limit: the gateway
+/// may have that many calls open, so it may cancel that many at once.
+const MIN_PENDING_ACCEPT_RESETS: usize = 256;
+
+/// The link's HTTP/2 connection receive window. A stream's window (hyper's default, 1 MiB)
+/// bounds what one call's unread request body may hold; the connection window bounds them
+/// all together. With both equal (hyper's default) one handler that does not read its upload
+/// stops every other upload on the link; sixteen times the stream window keeps the link
+/// moving until sixteen handlers at once sit on full windows, at a bound of 16 MiB of
+/// buffered request bodies per link.
+const CONNECTION_WINDOW: u32 = 16 << 20;
+
+/// h2 counts the streams it resets itself because the peer sent something malformed for
+/// them (a `content-length` it cannot parse, a head over the limit...) over the whole life of
+/// the connection, and at 1024 (hyper's default) sends GOAWAY `ENHANCE_YOUR_CALM`. On a link
+/// those frames are the gateway relaying what its clients sent: `Content-Length: 5, 5` is valid
+/// HTTP/1.1 that the gateway forwards as it is and h2 refuses, so 1024 such calls from anyone
+/// holding a key would close the link under every tenant's calls. The counter guards a
+/// server against a hostile *peer*; the peer here is the gateway the service dialled and
+/// authenticated, memory stays bounded without it (h2 keeps at most a fixed number of reset
+/// streams), and the stream error alone answers each bad call. So: no limit.
+const LOCAL_ERROR_RESETS: Option<usize> = None;
+
 /// Serve HTTP/2 on `io` (already past HELLO_ACK) until the gateway closes it, keep-alive
 /// fails, or `shutdown` turns true — then GOAWAY and wait for in-flight streams to finish.
+///
+/// No setting here lets one stream's behaviour become a connection error: request heads up to
+/// the header list size are taken, larger ones are one stream's 431; bursts of resets are
+/// bounded by the stream limit (see [`MIN_PENDING_ACCEPT_RESETS`]); streams h2 refuses as
+/// malformed are never counted against the link ([`LOCAL_ERROR_RESETS`]); an unread upload
+/// holds its own window only ([`CONNECTION_WINDOW`]); an error or panic in the user's service
+/// resets its own stream only.
 pub(crate) async fn serve_link<IO, S, B>(
     io: IO,
     ack: &HelloAck,
+    settings: &LinkSettings,
     service: LinkService<S>,
     mut shutdown: watch::Receiver<bool>,
 ) -> Result<(), Error>
@@ -233,11 +300,18 @@ where
     builder
         .timer(TokioTimer::new())
         .keep_alive_interval(heartbeat)
-        .keep_alive_timeout(heartbeat.saturating_mul(2));
+        .keep_alive_timeout(heartbeat.saturating_mul(2))
+        .max_header_list_size(settings.max_header_list_size)
+        .initial_connection_window_size(CONNECTION_WINDOW)
+        .max_local_error_reset_streams(LOCAL_ERROR_RESETS);
     let streams = ack.limits.max_concurrent_streams;
     if streams > 0 {
         builder.max_concurrent_streams(streams);
     }
+    let resets = usize::try_from(streams)
+        .unwrap_or(usize::MAX)
+        .max(MIN_PENDING_ACCEPT_RESETS);
+    builder.max_pending_accept_reset_streams(resets);
     let conn = builder.serve_connection(TokioIo::new(io), service);
     tokio::pin!(conn);
     let link_err =

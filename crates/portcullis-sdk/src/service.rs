@@ -20,7 +20,7 @@ use tokio::task::{AbortHandle, JoinSet};
 use crate::endpoint::{validate_all, Endpoint};
 use crate::error::{BoxError, Error};
 use crate::gateway::{tls_config, GatewayAddr};
-use crate::serve::Shared;
+use crate::serve::{LinkSettings, Shared};
 use crate::supervisor::{supervise, LinkSlot};
 
 /// Default grace period of [`Running::shutdown`].
@@ -29,6 +29,23 @@ pub const DEFAULT_DRAIN_GRACE: Duration = Duration::from_secs(30);
 pub const DEFAULT_CONCURRENCY: u32 = 100;
 /// Most links one instance may keep to one gateway.
 pub const MAX_LINKS_PER_GATEWAY: usize = 16;
+/// Default of [`ServiceBuilder::max_header_list_size`]: 4 MiB.
+///
+/// The gateway forwards request heads up to its `ingress.max_header_bytes` (64 KiB by
+/// default, at most 1 MiB), plus the headers it adds. h2 derives two limits from this one
+/// setting: the decoded size of a head (RFC 9113 §6.5.2: name + value + 32 per field), over
+/// which a head is refused — on its stream with 431 if it is a little over, but with GOAWAY
+/// for the whole link once it has more than the limit left to decode — and the CONTINUATION
+/// frames one head may span, about 1.25 × this many *encoded* bytes, past which the whole link
+/// fails too. HPACK's Huffman code takes up to 28 bits for some header bytes, so a 1 MiB head
+/// can take 3.5 MiB on the wire: 4 MiB is the least power of two that takes the largest head
+/// any gateway configuration forwards, however it encodes.
+pub const DEFAULT_MAX_HEADER_LIST_SIZE: u32 = 4 << 20;
+/// Smallest [`ServiceBuilder::max_header_list_size`]: room for the pseudo-headers and the
+/// headers the gateway adds (its route header alone may carry a 1 KiB template).
+pub const MIN_MAX_HEADER_LIST_SIZE: u32 = 8 << 10;
+/// Largest [`ServiceBuilder::max_header_list_size`].
+pub const MAX_MAX_HEADER_LIST_SIZE: u32 = 16 << 20;
 
 /// Entry point: `Service::builder("name")`.
 #[derive(Debug)]
@@ -50,6 +67,7 @@ impl Service {
             openapi: None,
             drain_grace: DEFAULT_DRAIN_GRACE,
             concurrency: DEFAULT_CONCURRENCY,
+            max_header_list_size: DEFAULT_MAX_HEADER_LIST_SIZE,
         }
     }
 }
@@ -80,6 +98,7 @@ pub struct ServiceBuilder {
     openapi: Option<serde_json::Value>,
     drain_grace: Duration,
     concurrency: u32,
+    max_header_list_size: u32,
 }
 
 impl ServiceBuilder {
@@ -165,6 +184,22 @@ impl ServiceBuilder {
         self
     }
 
+    /// Largest request head the service accepts, as HTTP/2 counts it (RFC 9113 §6.5.2: the
+    /// sum over fields of name + value + 32 bytes), advertised to the gateway as
+    /// `SETTINGS_MAX_HEADER_LIST_SIZE`. Between [`MIN_MAX_HEADER_LIST_SIZE`] and
+    /// [`MAX_MAX_HEADER_LIST_SIZE`]; default [`DEFAULT_MAX_HEADER_LIST_SIZE`] (4 MiB), which
+    /// takes every head a gateway may be configured to forward.
+    ///
+    /// Lower it only if the service would rather not be sent large heads. The gateway reads
+    /// the value from the link's SETTINGS and answers larger heads itself with 431; a gateway
+    /// that did not would make the service's HTTP/2 server fail the whole link on a head far
+    /// over the limit (h2 closes the connection when one head's encoded bytes exceed about
+    /// 1.25 × the limit, or its decoded size 4 ×), taking every call in flight on it down.
+    pub fn max_header_list_size(mut self, bytes: u32) -> Self {
+        self.max_header_list_size = bytes;
+        self
+    }
+
     /// Validate everything and build the HELLO of each link slot, without dialling.
     fn plan(&self) -> Result<Vec<LinkSlot>, Error> {
         if !portcullis_link::valid_service_name(&self.name) {
@@ -198,7 +233,17 @@ impl ServiceBuilder {
                 )));
             }
         }
+        if !(MIN_MAX_HEADER_LIST_SIZE..=MAX_MAX_HEADER_LIST_SIZE)
+            .contains(&self.max_header_list_size)
+        {
+            return Err(Error::config(format!(
+                "max_header_list_size must be {MIN_MAX_HEADER_LIST_SIZE}-{MAX_MAX_HEADER_LIST_SIZE} bytes"
+            )));
+        }
         validate_all(&self.endpoints)?;
+        let settings = LinkSettings {
+            max_header_list_size: self.max_header_list_size,
+        };
         let instance_id = match &self.instance_id {
             Some(id) => id.clone(),
             None => format!("{}-{:08x}", self.name, rand::thread_rng().gen::<u32>()),
@@ -247,6 +292,7 @@ impl ServiceBuilder {
                     addr: addr.clone(),
                     tls: tls.clone(),
                     hello,
+                    settings,
                 });
             }
         }
@@ -286,7 +332,7 @@ impl ServiceBuilder {
             .first()
             .map(|s| s.hello.instance_id.clone())
             .unwrap_or_default();
-        let shared = Shared::new(self.concurrency);
+        let shared = Shared::new(self.concurrency, slots.len());
         let (stop, stop_rx) = watch::channel(false);
         let mut tasks = JoinSet::new();
         let mut aborts = Vec::new();
@@ -347,11 +393,56 @@ impl Running {
         self.wait_for_links(1).await;
     }
 
-    /// Resolve once at least `n` links are up.
+    /// Resolve once at least `n` links are up. Never resolves if fewer than `n` link slots are
+    /// left dialling (see [`Running::try_wait_for_links`], which then fails).
     pub async fn wait_for_links(&self, n: usize) {
         let mut rx = self.shared.links.subscribe();
         // The sender lives in `shared`, which outlives this borrow: no error is possible.
         let _ = rx.wait_for(|up| *up >= n).await;
+    }
+
+    /// Like [`Running::linked`], but fails when no link can come up any more: every gateway
+    /// refused the service for a reason retrying cannot fix (see [`Error::is_permanent`]).
+    ///
+    /// # Errors
+    /// The last such refusal, naming the gateway and the gateway's reason.
+    pub async fn try_linked(&self) -> Result<(), Error> {
+        self.try_wait_for_links(1).await
+    }
+
+    /// Resolve once at least `n` links are up, or fail as soon as fewer than `n` link slots are
+    /// left dialling: a slot stops only on a refusal retrying cannot fix, so the wait could
+    /// never end.
+    ///
+    /// # Errors
+    /// The last refusal that stopped a slot ([`ErrorKind::Rejected`](crate::ErrorKind)), or
+    /// [`ErrorKind::Config`](crate::ErrorKind::Config) when `n` exceeds the service's slots.
+    pub async fn try_wait_for_links(&self, n: usize) -> Result<(), Error> {
+        let mut links = self.shared.links.subscribe();
+        let mut dialling = self.shared.dialling.subscribe();
+        loop {
+            if *links.borrow_and_update() >= n {
+                return Ok(());
+            }
+            let left = *dialling.borrow_and_update();
+            if left < n {
+                return Err(self.shared.failures().pop().unwrap_or_else(|| {
+                    Error::config(format!("{n} links wanted, the service has {left} slots"))
+                }));
+            }
+            // Both senders live in `shared`, which outlives this borrow: neither can close.
+            tokio::select! {
+                _ = links.changed() => {}
+                _ = dialling.changed() => {}
+            }
+        }
+    }
+
+    /// The refusals that made link slots stop dialling, oldest first: one per slot that gave
+    /// up, each naming its gateway ([`Error::gateway`]) and the gateway's reason. Empty while
+    /// every slot keeps trying; a slot that gave up stays stopped for the life of the service.
+    pub fn failures(&self) -> Vec<Error> {
+        self.shared.failures()
     }
 
     /// The health report the gateway would get now.

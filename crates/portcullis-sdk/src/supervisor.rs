@@ -4,9 +4,14 @@
 //! Backoff is "full jitter": each wait is uniform in `[0, ceiling]`, the ceiling starting at
 //! 100 ms and doubling up to 30 s. It resets once a link has stayed up for 10 s, and a
 //! REJECT's `retry_after_ms` is honoured as the minimum wait.
+//!
+//! A REJECT that retrying cannot fix ([`Error::is_permanent`](crate::Error::is_permanent):
+//! the same HELLO would get the same answer) ends the slot instead: it records the refusal,
+//! naming the gateway, where [`Running`](crate::Running) reports it, and stops dialling that
+//! gateway. The slots of other gateways are separate tasks and carry on.
 
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use bytes::Bytes;
 use http::{Request, Response};
@@ -14,11 +19,12 @@ use hyper::body::Incoming;
 use portcullis_link::Hello;
 use rand::Rng;
 use tokio::sync::watch;
+use tokio::time::Instant;
 
 use crate::error::{BoxError, Chain, ErrorKind};
 use crate::gateway::{dial, GatewayAddr};
 use crate::handshake::handshake;
-use crate::serve::{serve_link, LinkService, LinkUp, Shared};
+use crate::serve::{serve_link, LinkService, LinkSettings, LinkUp, Shared};
 
 const BACKOFF_BASE: Duration = Duration::from_millis(100);
 const BACKOFF_CAP: Duration = Duration::from_secs(30);
@@ -58,6 +64,7 @@ pub(crate) struct LinkSlot {
     pub(crate) addr: GatewayAddr,
     pub(crate) tls: Option<Arc<rustls::ClientConfig>>,
     pub(crate) hello: Hello,
+    pub(crate) settings: LinkSettings,
 }
 
 /// Run one link slot until `shutdown` turns true (then drain) or the task is aborted.
@@ -98,7 +105,7 @@ pub(crate) async fn supervise<S, B>(
                 let since = Instant::now();
                 let up = LinkUp::new(&shared);
                 let service = LinkService::new(service.clone(), Arc::clone(&up));
-                let r = serve_link(io, &ack, service, shutdown.clone()).await;
+                let r = serve_link(io, &ack, &slot.settings, service, shutdown.clone()).await;
                 up.down();
                 if *shutdown.borrow() {
                     tracing::info!(%gateway, instance, link_id = %ack.link_id, "link drained");
@@ -116,6 +123,16 @@ pub(crate) async fn supervise<S, B>(
                     backoff.reset();
                 }
                 None
+            }
+            Err(e) if e.is_permanent() => {
+                let e = e.given_up(&gateway);
+                tracing::error!(
+                    %gateway, instance,
+                    code = %e.reject_code().map(|c| c.as_str()).unwrap_or("?"),
+                    error = %e, "gateway refused the link for good; no longer dialling it"
+                );
+                shared.give_up(e);
+                return;
             }
             Err(e) if e.kind() == ErrorKind::Rejected => {
                 tracing::warn!(

@@ -18,7 +18,7 @@ use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, DuplexStream
 use tokio::sync::{oneshot, watch, Notify};
 
 use crate::handshake::{handshake, handshake_within};
-use crate::serve::{serve_link, LinkService, LinkUp, Shared};
+use crate::serve::{serve_link, LinkService, LinkSettings, LinkUp, Shared};
 use crate::{Endpoint, ErrorKind, Service};
 
 const TOKEN: &str = "s3cret-token";
@@ -143,22 +143,38 @@ async fn get_body(send: &mut SendRequest<Empty<Bytes>>, path: &str) -> (StatusCo
 
 /// The service half of a link over `io`: handshake, then serve `router` until `stop`.
 fn spawn_service_side(
-    mut io: tokio::io::DuplexStream,
+    io: tokio::io::DuplexStream,
     router: axum::Router,
     shared: &Arc<Shared>,
     stop: watch::Receiver<bool>,
 ) -> tokio::task::JoinHandle<Result<(), crate::Error>> {
+    spawn_service_side_with(io, router, shared, stop, default_settings())
+}
+
+fn default_settings() -> LinkSettings {
+    LinkSettings {
+        max_header_list_size: crate::DEFAULT_MAX_HEADER_LIST_SIZE,
+    }
+}
+
+fn spawn_service_side_with(
+    mut io: tokio::io::DuplexStream,
+    router: axum::Router,
+    shared: &Arc<Shared>,
+    stop: watch::Receiver<bool>,
+    settings: LinkSettings,
+) -> tokio::task::JoinHandle<Result<(), crate::Error>> {
     let up = LinkUp::new(shared);
     tokio::spawn(async move {
         let ack = handshake(&mut io, &hello()).await?;
-        serve_link(io, &ack, LinkService::new(router, up), stop).await
+        serve_link(io, &ack, &settings, LinkService::new(router, up), stop).await
     })
 }
 #[tokio::test]
 async fn handshake_then_http2_on_the_same_stream() {
     let (svc_io, mut gw_io) = tokio::io::duplex(64 * 1024);
     let (r, ..) = router();
-    let shared = Shared::new(100);
+    let shared = Shared::new(100, 1);
     let (stop, stop_rx) = watch::channel(false);
     let service_side = spawn_service_side(svc_io, r, &shared, stop_rx);
 
@@ -263,7 +279,7 @@ async fn silent_gateway_times_out() {
 async fn cancellation_and_drain() {
     let (svc_io, mut gw_io) = tokio::io::duplex(64 * 1024);
     let (r, entered, release, mut dropped) = router();
-    let shared = Shared::new(4);
+    let shared = Shared::new(4, 1);
     let (stop, stop_rx) = watch::channel(false);
     let service_side = spawn_service_side(svc_io, r, &shared, stop_rx);
     gateway_hello(&mut gw_io).await;
@@ -492,7 +508,556 @@ fn builder_validates_before_dialling() {
     assert!(err(ok().instance_id("a b"))
         .to_string()
         .contains("instance id"));
+    assert!(
+        err(ok().max_header_list_size(crate::MIN_MAX_HEADER_LIST_SIZE - 1))
+            .to_string()
+            .contains("max_header_list_size")
+    );
+    assert!(
+        err(ok().max_header_list_size(crate::MAX_MAX_HEADER_LIST_SIZE + 1))
+            .to_string()
+            .contains("max_header_list_size")
+    );
+    let e = err(ok()
+        .endpoint(Endpoint::any("/x"))
+        .endpoint(Endpoint::get("/x")));
+    assert_eq!(e.kind(), ErrorKind::Config);
+    assert!(e.to_string().contains("GET /x: declared twice"), "{e}");
     let e = err(ok().gateway("http://x:1"));
     assert!(!format!("{e:?}").contains(TOKEN));
     assert!(!format!("{:?}", ok()).contains(TOKEN));
+}
+
+// ----- What the gateway may send over a link: heads, resets, uploads ---------------------------
+
+/// A router for the limits tests: `/headers` sums the value lengths of `x-big-*` headers,
+/// `/hold` never reads its body until `release`, `/upload` reads its body and returns its length.
+fn limits_router(release: Arc<Notify>) -> axum::Router {
+    axum::Router::new()
+        .route("/hello", get(|| async { "hello" }))
+        .route(
+            "/headers",
+            get(|h: http::HeaderMap| async move {
+                h.iter()
+                    .filter(|(k, _)| k.as_str().starts_with("x-big-"))
+                    .map(|(_, v)| v.len())
+                    .sum::<usize>()
+                    .to_string()
+            }),
+        )
+        .route(
+            "/hold",
+            axum::routing::post(move |body: axum::body::Body| async move {
+                // Held unread inside the future (a closure argument the future does not use
+                // would be dropped at once, releasing its window).
+                let _unread = body;
+                release.notified().await;
+                "held"
+            }),
+        )
+        .route(
+            "/upload",
+            axum::routing::post(|body: Bytes| async move { body.len().to_string() }),
+        )
+        .route(
+            "/panic",
+            get(|| async {
+                if true {
+                    panic!("handler panics");
+                }
+                "unreachable"
+            }),
+        )
+}
+
+/// Handshake over a duplex and hand back the gateway side, ready for HTTP/2.
+async fn linked_duplex(
+    router: axum::Router,
+    settings: LinkSettings,
+) -> (
+    DuplexStream,
+    tokio::task::JoinHandle<Result<(), crate::Error>>,
+    watch::Sender<bool>,
+) {
+    let (svc_io, mut gw_io) = tokio::io::duplex(256 * 1024);
+    let shared = Shared::new(100, 1);
+    let (stop, stop_rx) = watch::channel(false);
+    let service_side = spawn_service_side_with(svc_io, router, &shared, stop_rx, settings);
+    gateway_hello(&mut gw_io).await;
+    write_frame(&mut gw_io, Frame::HelloAck(ack())).await;
+    (gw_io, service_side, stop)
+}
+
+/// A GET of `/headers` carrying `headers`; answers (status, body).
+async fn get_with_headers(
+    send: &mut SendRequest<Empty<Bytes>>,
+    headers: &[(String, http::HeaderValue)],
+) -> Result<(StatusCode, Bytes), hyper::Error> {
+    let mut req = Request::get("http://service/headers")
+        .body(Empty::new())
+        .unwrap();
+    for (k, v) in headers {
+        req.headers_mut().append(
+            http::HeaderName::from_bytes(k.as_bytes()).unwrap(),
+            v.clone(),
+        );
+    }
+    let resp = send.send_request(req).await?;
+    let status = resp.status();
+    Ok((status, resp.into_body().collect().await?.to_bytes()))
+}
+
+/// `n` headers `x-big-<i>` of `len` bytes each, all `byte`.
+fn big_headers(n: usize, len: usize, byte: u8) -> Vec<(String, http::HeaderValue)> {
+    (0..n)
+        .map(|i| {
+            let v = http::HeaderValue::from_bytes(&vec![byte; len]).unwrap();
+            (format!("x-big-{i}"), v)
+        })
+        .collect()
+}
+
+/// The issue's case: a ~60 KiB head of many fields (under the gateway's default 64 KiB, over
+/// hyper's 16 KiB default). With the old limit h2 answered it with GOAWAY COMPRESSION_ERROR.
+#[tokio::test]
+async fn a_60_kib_request_head_reaches_the_handler_and_the_link_survives() {
+    let router = limits_router(Arc::new(Notify::new()));
+    let (gw_io, service_side, stop) = linked_duplex(router, default_settings()).await;
+    let mut send = h2_client(gw_io).await;
+    let headers = big_headers(60, 1000, b'a');
+    let (status, body) = get_with_headers(&mut send, &headers).await.unwrap();
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(body, "60000");
+    assert_eq!(
+        get_body(&mut send, "/hello").await,
+        (StatusCode::OK, Bytes::from_static(b"hello"))
+    );
+    assert!(!service_side.is_finished(), "the link must stay up");
+    stop.send_replace(true);
+    service_side.await.unwrap().unwrap();
+}
+
+/// HELLO_ACK's heartbeat is any u64 above zero: the largest must not overflow the keep-alive
+/// clock (hyper adds the interval to an `Instant`) and kill the link's task. A guard: this
+/// holds without any change, on a clock whose range takes it.
+#[tokio::test]
+async fn a_huge_heartbeat_interval_is_served_not_a_panic() {
+    let (svc_io, mut gw_io) = tokio::io::duplex(64 * 1024);
+    let shared = Shared::new(100, 1);
+    let (stop, stop_rx) = watch::channel(false);
+    let (r, ..) = router();
+    let service_side = spawn_service_side(svc_io, r, &shared, stop_rx);
+    gateway_hello(&mut gw_io).await;
+    let mut a = ack();
+    a.heartbeat_interval_ms = u64::MAX;
+    write_frame(&mut gw_io, Frame::HelloAck(a)).await;
+    let mut send = h2_client(gw_io).await;
+    assert_eq!(get_body(&mut send, "/hello").await.0, StatusCode::OK);
+    assert_eq!(get_body(&mut send, "/hello").await.0, StatusCode::OK);
+    stop.send_replace(true);
+    service_side.await.expect("no panic").unwrap();
+}
+
+/// A handler that panics costs its own stream (reset), not the link.
+#[tokio::test]
+async fn a_panicking_handler_resets_its_stream_only() {
+    let router = limits_router(Arc::new(Notify::new()));
+    let (gw_io, service_side, stop) = linked_duplex(router, default_settings()).await;
+    let mut send = h2_client(gw_io).await;
+    let req = Request::get("http://service/panic")
+        .body(Empty::new())
+        .unwrap();
+    assert!(send.send_request(req).await.is_err());
+    assert_eq!(get_body(&mut send, "/hello").await.0, StatusCode::OK);
+    assert!(!service_side.is_finished(), "the link must stay up");
+    stop.send_replace(true);
+    service_side.await.unwrap().unwrap();
+}
+
+/// The default covers the largest head a gateway may be configured to forward
+/// (`ingress.max_header_bytes` at its 1 MiB maximum, plus the headers the gateway adds), in
+/// the worst HPACK case: bytes whose Huffman code is 28 bits, so the encoded head is 3.5 times
+/// its size and spans some 230 CONTINUATION frames.
+#[tokio::test]
+async fn the_default_takes_a_1_mib_head_whatever_its_encoded_size() {
+    let router = limits_router(Arc::new(Notify::new()));
+    let (gw_io, service_side, stop) = linked_duplex(router, default_settings()).await;
+    let mut send = h2_client(gw_io).await;
+    // 100 fields (hyper's HTTP/1.1 limit at the gateway's ingress) filling 1 MiB.
+    let mut headers = big_headers(100, (1 << 20) / 100, 0xdc);
+    for (k, v) in [
+        ("x-correlation-id", "c".repeat(36)),
+        ("x-portcullis-route", format!("/{}", "r".repeat(1023))),
+        ("x-forwarded-for", "203.0.113.7, 198.51.100.23".into()),
+        (
+            "traceparent",
+            "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01".into(),
+        ),
+    ] {
+        headers.push((k.into(), http::HeaderValue::from_str(&v).unwrap()));
+    }
+    let (status, body) = get_with_headers(&mut send, &headers).await.unwrap();
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(body, ((1 << 20) / 100 * 100).to_string());
+    assert_eq!(get_body(&mut send, "/hello").await.0, StatusCode::OK);
+    assert!(!service_side.is_finished(), "the link must stay up");
+    stop.send_replace(true);
+    service_side.await.unwrap().unwrap();
+}
+
+/// `ServiceBuilder::max_header_list_size` reaches the server: a 10 KiB head, which the
+/// default takes, is one stream's 431 under an 8 KiB limit, and the link carries on.
+#[tokio::test]
+async fn a_lowered_header_limit_refuses_larger_heads_with_431_on_their_stream_only() {
+    let router = limits_router(Arc::new(Notify::new()));
+    let settings = LinkSettings {
+        max_header_list_size: crate::MIN_MAX_HEADER_LIST_SIZE,
+    };
+    let (gw_io, service_side, stop) = linked_duplex(router, settings).await;
+    let mut send = h2_client(gw_io).await;
+    let (status, _) = get_with_headers(&mut send, &big_headers(1, 10 * 1024, b'a'))
+        .await
+        .unwrap();
+    assert_eq!(status, StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE);
+    assert_eq!(get_body(&mut send, "/hello").await.0, StatusCode::OK);
+    assert!(!service_side.is_finished(), "the link must stay up");
+    stop.send_replace(true);
+    service_side.await.unwrap().unwrap();
+}
+
+/// Clients of the gateway that give up on their calls make it reset the link's streams; when
+/// a burst of them arrives before the service has accepted the streams, h2's default (20
+/// pending) answered with GOAWAY ENHANCE_YOUR_CALM and every other call on the link failed.
+#[tokio::test]
+async fn a_burst_of_calls_reset_before_accept_does_not_close_the_link() {
+    let router = limits_router(Arc::new(Notify::new()));
+    let (gw_io, service_side, stop) = linked_duplex(router, default_settings()).await;
+    let (client, conn) = h2::client::handshake(gw_io).await.unwrap();
+    let conn = tokio::spawn(conn);
+    let get = || Request::get("http://service/hello").body(()).unwrap();
+    // One call first, so both sides' SETTINGS are in force.
+    let mut client = client.ready().await.unwrap();
+    let (resp, _) = client.send_request(get(), true).unwrap();
+    assert_eq!(resp.await.unwrap().status(), StatusCode::OK);
+    // As many as the link may have open (HELLO_ACK's max_concurrent_streams), each reset at
+    // once: the test task does not yield, so they leave in one write and arrive in one read.
+    let burst = ack().limits.max_concurrent_streams;
+    for _ in 0..burst {
+        client = client.ready().await.unwrap();
+        let (resp, mut stream) = client.send_request(get(), false).unwrap();
+        stream.send_reset(h2::Reason::CANCEL);
+        drop(resp);
+    }
+    let mut client = client.ready().await.unwrap();
+    let (resp, _) = client.send_request(get(), true).unwrap();
+    let resp = resp.await.expect("the link must survive the burst");
+    assert_eq!(resp.status(), StatusCode::OK);
+    assert!(!conn.is_finished() && !service_side.is_finished());
+    stop.send_replace(true);
+    service_side.await.unwrap().unwrap();
+}
+
+/// `Content-Length: 5, 5` is valid HTTP/1.1 (equal values) that the gateway forwards as it is;
+/// h2 refuses it with a stream reset, and hyper's default closed the link at the 1025th such
+/// reset over its life.
+#[tokio::test]
+async fn malformed_calls_reset_their_streams_without_ever_closing_the_link() {
+    let router = limits_router(Arc::new(Notify::new()));
+    let (gw_io, service_side, stop) = linked_duplex(router, default_settings()).await;
+    let (client, conn) = h2::client::handshake(gw_io).await.unwrap();
+    let conn = tokio::spawn(conn);
+    let mut client = client.ready().await.unwrap();
+    for _ in 0..1100 {
+        let req = Request::post("http://service/upload")
+            .header(http::header::CONTENT_LENGTH, "5, 5")
+            .body(())
+            .unwrap();
+        client = client.ready().await.unwrap();
+        let (resp, mut body) = client.send_request(req, false).unwrap();
+        let _ = body.send_data(Bytes::from_static(b"hello"), true);
+        let err = resp.await.expect_err("h2 refuses the head");
+        assert_eq!(err.reason(), Some(h2::Reason::PROTOCOL_ERROR), "{err}");
+    }
+    let req = Request::get("http://service/hello").body(()).unwrap();
+    let (resp, _) = client.send_request(req, true).unwrap();
+    assert_eq!(resp.await.unwrap().status(), StatusCode::OK);
+    assert!(!conn.is_finished() && !service_side.is_finished());
+    stop.send_replace(true);
+    service_side.await.unwrap().unwrap();
+}
+
+/// Send `len` bytes on `stream` as h2 grants capacity (both windows), ending the stream with
+/// the last chunk if `end`.
+async fn send_when_granted(stream: &mut h2::SendStream<Bytes>, len: usize, end: bool) {
+    let mut left = len;
+    while left > 0 {
+        stream.reserve_capacity(left);
+        let granted = match futures_util::future::poll_fn(|cx| stream.poll_capacity(cx)).await {
+            Some(Ok(n)) => n.min(left),
+            other => panic!("no capacity: {other:?}"),
+        };
+        if granted > 0 {
+            left -= granted;
+            let chunk = Bytes::from(vec![7u8; granted]);
+            stream.send_data(chunk, end && left == 0).unwrap();
+        }
+    }
+}
+
+/// A handler that does not read its upload holds its stream's window (1 MiB). With the
+/// connection window equal to it (hyper's default), that one call stopped every other upload
+/// on the link until it finished. Paused time: a stall would run into the deadline at once.
+#[tokio::test(start_paused = true)]
+async fn a_handler_not_reading_its_upload_does_not_stop_other_uploads() {
+    let release = Arc::new(Notify::new());
+    let router = limits_router(Arc::clone(&release));
+    let (gw_io, service_side, stop) = linked_duplex(router, default_settings()).await;
+    let (client, conn) = h2::client::handshake(gw_io).await.unwrap();
+    tokio::spawn(conn);
+    let post = |path: &str| {
+        Request::post(format!("http://service{path}"))
+            .body(())
+            .unwrap()
+    };
+    let mut client = client.ready().await.unwrap();
+    let (held, mut hold) = client.send_request(post("/hold"), false).unwrap();
+    send_when_granted(&mut hold, 1 << 20, false).await;
+
+    let mut client = client.ready().await.unwrap();
+    let (uploaded, mut upload) = client.send_request(post("/upload"), false).unwrap();
+    let upload_len = 256 * 1024;
+    let call = async {
+        send_when_granted(&mut upload, upload_len, true).await;
+        let resp = uploaded.await.unwrap();
+        let mut body = resp.into_body();
+        let mut got = Vec::new();
+        while let Some(chunk) = body.data().await {
+            let chunk = chunk.unwrap();
+            body.flow_control().release_capacity(chunk.len()).unwrap();
+            got.extend_from_slice(&chunk);
+        }
+        got
+    };
+    let got = tokio::time::timeout(Duration::from_secs(60), call)
+        .await
+        .expect("the upload must not wait for the held call");
+    assert_eq!(got, upload_len.to_string().as_bytes());
+
+    release.notify_one();
+    // The handler answered without reading: the server may have reset the upload already.
+    let _ = hold.send_data(Bytes::new(), true);
+    assert_eq!(held.await.unwrap().status(), StatusCode::OK);
+    stop.send_replace(true);
+    service_side.await.unwrap().unwrap();
+}
+
+// ----- REJECT codes retrying cannot fix -----------------------------------------------------
+
+/// A fake gateway on a real listener that answers every HELLO with `reject` and reports each
+/// attempt (the instance id of its HELLO).
+async fn rejecting_gateway(
+    reject: Reject,
+) -> (
+    std::net::SocketAddr,
+    tokio::sync::mpsc::UnboundedReceiver<String>,
+) {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
+    tokio::spawn(async move {
+        loop {
+            let Ok((mut io, _)) = listener.accept().await else {
+                return;
+            };
+            write_frame(&mut io, challenge(vec![1])).await;
+            let Frame::Hello(h) = read_frame(&mut io).await else {
+                panic!("expected HELLO")
+            };
+            write_frame(&mut io, Frame::Reject(reject.clone())).await;
+            if tx.send(h.instance_id).is_err() {
+                return;
+            }
+        }
+    });
+    (addr, rx)
+}
+
+/// A fake gateway that accepts every link and keeps it registered.
+async fn accepting_gateway() -> std::net::SocketAddr {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        loop {
+            let Ok((mut io, _)) = listener.accept().await else {
+                return;
+            };
+            tokio::spawn(async move {
+                write_frame(&mut io, challenge(vec![1])).await;
+                let _ = read_frame(&mut io).await;
+                write_frame(&mut io, Frame::HelloAck(ack())).await;
+                let (send, conn): (SendRequest<Empty<Bytes>>, _) =
+                    hyper::client::conn::http2::handshake(TokioExecutor::new(), TokioIo::new(io))
+                        .await
+                        .unwrap();
+                tokio::spawn(conn);
+                let send = registered(send).await;
+                // Keep the link (and its sender) until the service drops it.
+                std::future::pending::<()>().await;
+                drop(send);
+            });
+        }
+    });
+    addr
+}
+
+fn reject(code: RejectCode, message: &str) -> Reject {
+    Reject {
+        code,
+        message: message.into(),
+        retry_after_ms: Some(1),
+    }
+}
+
+fn slot_for(addr: std::net::SocketAddr) -> crate::supervisor::LinkSlot {
+    crate::supervisor::LinkSlot {
+        addr: crate::gateway::GatewayAddr::parse(&format!("tcp://{addr}")).unwrap(),
+        tls: None,
+        hello: hello(),
+        settings: default_settings(),
+    }
+}
+
+/// Every code retrying cannot fix ends the slot after one attempt, keeping the reason.
+#[tokio::test]
+async fn a_permanent_reject_ends_dialling_with_the_gateways_reason() {
+    for code in [
+        RejectCode::InvalidDescriptor,
+        RejectCode::UnsupportedVersion,
+        RejectCode::MalformedFrame,
+        RejectCode::TooLarge,
+        RejectCode::BadCredential,
+    ] {
+        let (addr, mut attempts) = rejecting_gateway(reject(code, "refused for a reason")).await;
+        let shared = Shared::new(100, 1);
+        let (_stop, stop_rx) = watch::channel(false);
+        let (r, ..) = router();
+        // supervise returns only on shutdown or when it gives up: its end is the proof.
+        tokio::time::timeout(
+            Duration::from_secs(30),
+            crate::supervisor::supervise(slot_for(addr), Arc::clone(&shared), r, stop_rx),
+        )
+        .await
+        .unwrap_or_else(|_| panic!("{code}: the slot must stop dialling"));
+        assert_eq!(attempts.recv().await.as_deref(), Some("echo-1"));
+        assert!(attempts.try_recv().is_err(), "{code}: dialled again");
+        let failures = shared.failures();
+        assert_eq!(failures.len(), 1, "{code}");
+        let e = &failures[0];
+        assert_eq!(e.kind(), ErrorKind::Rejected);
+        assert_eq!(e.reject_code(), Some(code));
+        assert!(e.is_permanent());
+        let gateway = format!("tcp://{addr}");
+        assert_eq!(e.gateway(), Some(gateway.as_str()));
+        let msg = e.to_string();
+        assert!(msg.contains(&gateway), "{msg}");
+        assert!(
+            msg.contains(code.as_str()) && msg.contains("refused for a reason"),
+            "{msg}"
+        );
+        assert_eq!(*shared.dialling.borrow(), 0);
+    }
+}
+
+/// Codes that describe the gateway's state, not the HELLO, keep the backoff going.
+#[tokio::test]
+async fn a_transient_reject_keeps_retrying() {
+    for code in [
+        RejectCode::Unavailable,
+        RejectCode::Timeout,
+        RejectCode::RouteConflict,
+        RejectCode::DuplicateInstance,
+    ] {
+        let (addr, mut attempts) = rejecting_gateway(reject(code, "later")).await;
+        let shared = Shared::new(100, 1);
+        let (stop, stop_rx) = watch::channel(false);
+        let (r, ..) = router();
+        let slot = tokio::spawn(crate::supervisor::supervise(
+            slot_for(addr),
+            Arc::clone(&shared),
+            r,
+            stop_rx,
+        ));
+        for _ in 0..3 {
+            assert_eq!(attempts.recv().await.as_deref(), Some("echo-1"), "{code}");
+        }
+        assert!(!slot.is_finished(), "{code}: must still be dialling");
+        assert!(shared.failures().is_empty(), "{code}");
+        assert_eq!(*shared.dialling.borrow(), 1);
+        stop.send_replace(true);
+        slot.await.unwrap();
+        assert!(
+            shared.failures().is_empty(),
+            "{code}: shutdown is not a failure"
+        );
+    }
+}
+
+/// With two gateways, the one that refuses for good stops being dialled and the other links;
+/// `Running` says why the second link will never come.
+#[tokio::test]
+async fn a_permanent_reject_from_one_gateway_leaves_the_others_linked() {
+    let (refusing, _attempts) = rejecting_gateway(reject(
+        RejectCode::InvalidDescriptor,
+        "endpoint * /x: declared twice",
+    ))
+    .await;
+    let accepting = accepting_gateway().await;
+    let (r, ..) = router();
+    let running = Service::builder("echo")
+        .gateway(format!("tcp://{refusing}"))
+        .gateway(format!("tcp://{accepting}"))
+        .token(TOKEN)
+        .endpoint(Endpoint::get("/hello"))
+        .serve(r)
+        .unwrap();
+    let err = tokio::time::timeout(Duration::from_secs(30), running.try_wait_for_links(2))
+        .await
+        .expect("the refusing gateway's slot must give up")
+        .unwrap_err();
+    assert_eq!(err.reject_code(), Some(RejectCode::InvalidDescriptor));
+    assert_eq!(err.gateway(), Some(format!("tcp://{refusing}").as_str()));
+    assert!(err.to_string().contains("declared twice"), "{err}");
+    running.try_linked().await.unwrap();
+    assert_eq!(running.links_up(), 1);
+    let failures = running.failures();
+    assert_eq!(failures.len(), 1);
+    assert_eq!(failures[0].gateway(), err.gateway());
+    running.shutdown().await;
+}
+
+/// With every gateway refusing for good, `try_linked` fails instead of waiting forever.
+#[tokio::test]
+async fn try_linked_fails_once_no_gateway_is_left() {
+    // Keep the attempt receivers: a fake gateway stops listening once its receiver is gone.
+    let (a, _a_attempts) =
+        rejecting_gateway(reject(RejectCode::BadCredential, "bad credential")).await;
+    let (b, _b_attempts) =
+        rejecting_gateway(reject(RejectCode::BadCredential, "bad credential")).await;
+    let (r, ..) = router();
+    let running = Service::builder("echo")
+        .gateway(a.to_string())
+        .gateway(b.to_string())
+        .token(TOKEN)
+        .links_per_gateway(2)
+        .endpoint(Endpoint::get("/hello"))
+        .serve(r)
+        .unwrap();
+    let err = tokio::time::timeout(Duration::from_secs(30), running.try_linked())
+        .await
+        .expect("try_linked must fail, not wait")
+        .unwrap_err();
+    assert_eq!(err.reject_code(), Some(RejectCode::BadCredential));
+    assert_eq!(running.failures().len(), 4);
+    assert_eq!(running.links_up(), 0);
+    assert!(!format!("{:?}", running.failures()).contains(TOKEN));
 }

@@ -85,7 +85,10 @@ async fn main() -> anyhow::Result<()> {
     let stop = signal();
     tokio::pin!(stop);
     tokio::select! {
-        _ = running.linked() => {
+        linked = running.try_linked() => {
+            // Every gateway refused the service for good (a bad token, say): exit with the
+            // reason instead of running unlinked.
+            linked?;
             tracing::info!(instance = running.instance_id(), "linked");
             (&mut stop).await;
         }
