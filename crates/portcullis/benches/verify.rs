@@ -1,5 +1,7 @@
 //! API key verification on SQLite: cached (checksum + HMAC + constant-time compare, no
-//! store) and uncached (the same plus one indexed lookup), and the refusal paths.
+//! store) and uncached (the same plus one indexed lookup), and the refusal paths. The two
+//! cached refusals — a wrong secret for a known id and an unknown id (negative cache) — must
+//! cost the same, or the timing tells which key ids exist.
 //!
 //! `cargo bench -p portcullis --bench verify`
 
@@ -48,8 +50,28 @@ fn bench(c: &mut Criterion) {
             rt.block_on(auth.authenticate(black_box(&key))).unwrap()
         })
     });
-    g.bench_function("unknown_key_sqlite", |b| {
+    let wrong = portcullis::auth::key::format_key(
+        portcullis::auth::key::parse(&key).unwrap().key_id,
+        &portcullis::auth::key::random_base62(30),
+    );
+    // Cached first, so both measure the hot path only.
+    rt.block_on(auth.authenticate(&wrong)).unwrap_err();
+    rt.block_on(auth.authenticate(&unknown)).unwrap_err();
+    g.bench_function("wrong secret (cached)", |b| {
         b.iter(|| {
+            rt.block_on(auth.authenticate(black_box(&wrong)))
+                .unwrap_err()
+        })
+    });
+    g.bench_function("unknown id (cached negative)", |b| {
+        b.iter(|| {
+            rt.block_on(auth.authenticate(black_box(&unknown)))
+                .unwrap_err()
+        })
+    });
+    g.bench_function("unknown id (uncached, sqlite)", |b| {
+        b.iter(|| {
+            auth.invalidate_all();
             rt.block_on(auth.authenticate(black_box(&unknown)))
                 .unwrap_err()
         })

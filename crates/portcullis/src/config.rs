@@ -132,6 +132,24 @@ pub struct AuthConfig {
     pub metrics_scope: Option<String>,
     /// Most rows kept in the audit log; the oldest are trimmed. Default 100000.
     pub audit_max_rows: u64,
+    /// How long "no such key id" stays in the negative cache, so a key id that does not exist
+    /// costs one store lookup per lifetime instead of one per try. Keys created on this node
+    /// are seen at once, elsewhere within `invalidation_poll`. Default 30 s.
+    #[serde(with = "humantime_serde")]
+    pub negative_cache_ttl: Duration,
+    /// Most unknown key ids held in the negative cache (apart from `cache_capacity`, so a
+    /// flood of random ids cannot evict real keys); the oldest go first. Default 10000.
+    pub negative_cache_capacity: usize,
+    /// Most verification lookups sent to the store at once; further cache misses wait for
+    /// one. Concurrent misses for one key id share a lookup. Default 4.
+    pub max_concurrent_lookups: usize,
+    /// Most distinct key ids waiting for or in a store lookup; a miss beyond it is refused
+    /// with 503 (fail closed) instead of queueing without bound. Default 1024.
+    pub max_pending_lookups: usize,
+    /// Deadline for one verification lookup, waiting included; past it the call fails closed
+    /// with 503. Default 5 s.
+    #[serde(with = "humantime_serde")]
+    pub lookup_timeout: Duration,
 }
 
 impl Default for AuthConfig {
@@ -144,6 +162,11 @@ impl Default for AuthConfig {
             invalidation_poll: Duration::from_secs(1),
             metrics_scope: None,
             audit_max_rows: 100_000,
+            negative_cache_ttl: Duration::from_secs(30),
+            negative_cache_capacity: 10_000,
+            max_concurrent_lookups: 4,
+            max_pending_lookups: 1024,
+            lookup_timeout: Duration::from_secs(5),
         }
     }
 }
@@ -522,6 +545,18 @@ impl Config {
                 "auth.audit_max_rows",
                 "must be at least 100",
             ));
+        }
+        for (path, v) in [
+            ("auth.negative_cache_capacity", a.negative_cache_capacity),
+            ("auth.max_concurrent_lookups", a.max_concurrent_lookups),
+            ("auth.max_pending_lookups", a.max_pending_lookups),
+        ] {
+            if v == 0 {
+                errs.push(ConfigError::new(path, "must be at least 1"));
+            }
+        }
+        if a.lookup_timeout.is_zero() {
+            errs.push(ConfigError::new("auth.lookup_timeout", "must be positive"));
         }
         self.routing.validate("routing", &mut errs);
         self.shutdown.validate("shutdown", &mut errs);

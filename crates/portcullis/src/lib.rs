@@ -12,6 +12,7 @@ pub mod audit;
 pub mod auth;
 pub mod body;
 pub mod cli;
+pub mod clock;
 pub mod config;
 /// `portcullis demo`; left out of builds without the default `demo` feature.
 #[cfg(feature = "demo")]

@@ -57,27 +57,30 @@ async fn routes_echo_and_outcomes() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn endpoint_timeout_is_504_and_cancels_the_call() {
+async fn endpoint_timeout_is_504_and_cancels_the_call_at_the_service() {
     let gw = TestGateway::with_services(&["echo", "slow"]).await;
-    // A service whose /sleep endpoint declares a 300 ms timeout.
+    // The echo service's routes, with /sleep declared with a 300 ms timeout: its handler
+    // counts a cancellation when it is dropped before it answers.
     let stats = echo_service::Stats::default();
     let svc = portcullis_sdk::Service::builder("slow")
         .gateway(gw.link_url())
         .token(token_for("slow"))
-        .endpoint(portcullis_sdk::Endpoint::get("/slow/sleep").timeout(Duration::from_millis(300)))
-        .serve(axum::Router::new().route(
-            "/slow/sleep",
-            axum::routing::get(|| async {
-                tokio::time::sleep(Duration::from_secs(30)).await;
-                "late"
-            }),
-        ))
+        .endpoint(portcullis_sdk::Endpoint::get("/sleep").timeout(Duration::from_millis(300)))
+        .serve(echo_service::router(stats.clone()))
         .unwrap();
-    svc.linked().await;
-    let (status, _, body) = gw.get("/slow/sleep").await;
+    tokio::time::timeout(Duration::from_secs(10), svc.linked())
+        .await
+        .expect("service links within 10 s");
+    let (status, _, body) = gw.get("/sleep?ms=30000").await;
     assert_eq!(status, StatusCode::GATEWAY_TIMEOUT);
     assert_eq!(&body[..], br#"{"error":"upstream_timeout"}"#);
-    drop(stats);
+    assert_eq!(stats.requests(), 1, "the call reached the service");
+    // The gateway's 504 is not the end of it: the service's handler is dropped too.
+    eventually("the service observed the cancellation", || {
+        let s = stats.clone();
+        async move { s.cancellations() == 1 }
+    })
+    .await;
     gw.shutdown().await;
 }
 

@@ -353,12 +353,19 @@ async fn failures_are_audited_coalesced_off_the_request_path() {
         let k = ts.kind;
         let store = ts.init().await;
         let auth = ApiKeyAuthenticator::new(store.clone(), pepper(), AuthSettings::default());
-        let stop = tokio_util::sync::CancellationToken::new();
-        let task = auth.start(stop.clone());
+        // Reporting only queues (a synchronous, non-blocking call): with the writer not yet
+        // started, nothing has reached the store.
         for _ in 0..500 {
             assert!(auth.report_failure("malformed", None, None, None));
         }
         auth.report_failure("unknown", Some("abcd"), None, None);
+        assert_eq!(
+            store.audit_count().await.unwrap(),
+            0,
+            "{k}: written off the request path"
+        );
+        let stop = tokio_util::sync::CancellationToken::new();
+        let task = auth.start(stop.clone());
         stop.cancel();
         task.await.unwrap();
         let entries = store.audit_list(100).await.unwrap();
@@ -419,5 +426,184 @@ async fn the_verification_cache_is_bounded() {
         }
         store.close().await;
         ts.cleanup().await;
+    }
+}
+
+/// Settings for the lookup tests: the defaults, with `f` applied.
+fn settings(f: impl FnOnce(&mut AuthSettings)) -> AuthSettings {
+    let mut s = AuthSettings::default();
+    f(&mut s);
+    s
+}
+
+#[tokio::test]
+async fn an_unknown_key_id_costs_one_store_query_and_a_key_created_later_verifies() {
+    for ts in TestStore::all().await {
+        let k = ts.kind;
+        let store = ts.init().await;
+        let auth = ApiKeyAuthenticator::new(store.clone(), pepper(), AuthSettings::default());
+        auth.poll_changes().await.unwrap();
+
+        // One try after another: the first asks the store, the rest are answered by the
+        // negative cache.
+        let unknown = portcullis::auth::key::generate("made-here-later").raw;
+        let before = store.verification_queries();
+        for _ in 0..20 {
+            assert_eq!(
+                auth.authenticate(&unknown).await.unwrap_err(),
+                AuthFailure::Unknown,
+                "{k}"
+            );
+        }
+        assert_eq!(store.verification_queries() - before, 1, "{k}: one query");
+        assert_eq!(auth.cached_unknown_ids(), 1, "{k}");
+
+        // Twenty at once: they share one lookup.
+        let racing = portcullis::auth::key::generate("twenty-at-once").raw;
+        let before = store.verification_queries();
+        let tries = futures_util::future::join_all((0..20).map(|_| auth.authenticate(&racing)));
+        for r in tries.await {
+            assert_eq!(r.unwrap_err(), AuthFailure::Unknown, "{k}");
+        }
+        assert_eq!(store.verification_queries() - before, 1, "{k}: one query");
+
+        // Created through this authenticator after the negative entry: verifies at once.
+        let mut req = create(&["a"]);
+        req.key_id = Some("made-here-later".into());
+        let made = auth.create_key(&req, "test").await.unwrap();
+        assert!(auth.authenticate(&made.api_key).await.is_ok(), "{k}");
+
+        // Created by another process (the CLI) after the negative entry: verifies once the
+        // change generation is polled.
+        let elsewhere = portcullis::auth::key::generate("made-elsewhere").raw;
+        assert_eq!(
+            auth.authenticate(&elsewhere).await.unwrap_err(),
+            AuthFailure::Unknown,
+            "{k}"
+        );
+        let cli = Store::open(&ts.options).await.unwrap();
+        let mut req = create(&["a"]);
+        req.key_id = Some("made-elsewhere".into());
+        let made = portcullis::auth::authenticator::create_key(&cli, &pepper(), &req, "cli", false)
+            .await
+            .unwrap();
+        assert!(auth.poll_changes().await.unwrap(), "{k}");
+        assert_eq!(auth.cached_unknown_ids(), 0, "{k}");
+        assert!(auth.authenticate(&made.api_key).await.is_ok(), "{k}");
+        cli.close().await;
+        store.close().await;
+        ts.cleanup().await;
+    }
+}
+
+#[tokio::test]
+async fn a_key_is_refused_as_expired_once_the_wall_clock_passes_its_expiry() {
+    for ts in TestStore::all().await {
+        let k = ts.kind;
+        let store = ts.init().await;
+        let wall = portcullis::clock::ManualClock::starting_now();
+        let auth = ApiKeyAuthenticator::new(
+            store.clone(),
+            pepper(),
+            settings(|s| s.clock = wall.clock()),
+        );
+        let mut req = create(&["*"]);
+        req.expires_in = Some(Duration::from_secs(3600));
+        let issued = auth.create_key(&req, "test").await.unwrap();
+        assert_eq!(
+            issued.record.expires_at,
+            Some(wall.now_ms() + 3_600_000),
+            "{k}: the lifetime starts on the authenticator's clock"
+        );
+        assert!(auth.authenticate(&issued.api_key).await.is_ok(), "{k}");
+        wall.advance(Duration::from_secs(3599));
+        assert!(auth.authenticate(&issued.api_key).await.is_ok(), "{k}");
+        // Cached or not, the expiry is checked on every call.
+        wall.advance(Duration::from_secs(1));
+        assert_eq!(
+            auth.authenticate(&issued.api_key).await.unwrap_err(),
+            AuthFailure::Expired,
+            "{k}"
+        );
+        auth.invalidate_all();
+        assert_eq!(
+            auth.authenticate(&issued.api_key).await.unwrap_err(),
+            AuthFailure::Expired,
+            "{k}: and from the store"
+        );
+        store.close().await;
+        ts.cleanup().await;
+    }
+}
+
+/// Run `f` with tokio's clock running. The database drivers await other threads and
+/// sockets while their own timers (pool acquire deadline, reaper) and the lookup deadline are
+/// pending; a paused clock would jump to those timers and fire them, so store I/O runs
+/// unpaused and only `tokio::time::advance` moves the clock by the amounts under test.
+async fn unpaused<F: std::future::Future>(f: F) -> F::Output {
+    tokio::time::resume();
+    let out = f.await;
+    tokio::time::pause();
+    out
+}
+
+#[tokio::test(start_paused = true)]
+async fn cache_entries_live_their_ttl_on_tokios_clock() {
+    let ttl = Duration::from_secs(30);
+    let negative_ttl = Duration::from_secs(60);
+    for ts in unpaused(TestStore::all()).await {
+        let k = ts.kind;
+        let store = unpaused(ts.init()).await;
+        let auth = ApiKeyAuthenticator::new(
+            store.clone(),
+            pepper(),
+            settings(|s| {
+                s.cache_ttl = ttl;
+                s.negative_cache_ttl = negative_ttl;
+            }),
+        );
+        let issued = unpaused(auth.create_key(&create(&["a"]), "test"))
+            .await
+            .unwrap();
+        let unknown = portcullis::auth::key::generate("never-made").raw;
+        let q0 = store.verification_queries();
+        unpaused(async {
+            auth.authenticate(&issued.api_key).await.unwrap();
+            auth.authenticate(&unknown).await.unwrap_err();
+        })
+        .await;
+        assert_eq!(store.verification_queries() - q0, 2, "{k}");
+
+        // Half the TTL (the unpaused store calls take far less than the other half).
+        tokio::time::advance(ttl / 2).await;
+        auth.authenticate(&issued.api_key).await.unwrap();
+        auth.authenticate(&unknown).await.unwrap_err();
+        assert_eq!(store.verification_queries() - q0, 2, "{k}: both cached");
+
+        // Past the positive TTL, within the negative one.
+        tokio::time::advance(ttl).await;
+        unpaused(async {
+            auth.authenticate(&issued.api_key).await.unwrap();
+            auth.authenticate(&unknown).await.unwrap_err();
+        })
+        .await;
+        assert_eq!(store.verification_queries() - q0, 3, "{k}: the key again");
+
+        // Past the negative TTL.
+        tokio::time::advance(negative_ttl).await;
+        unpaused(async {
+            auth.authenticate(&unknown).await.unwrap_err();
+        })
+        .await;
+        assert_eq!(
+            store.verification_queries() - q0,
+            4,
+            "{k}: the unknown id again"
+        );
+        unpaused(async {
+            store.close().await;
+            ts.cleanup().await;
+        })
+        .await;
     }
 }

@@ -15,9 +15,11 @@ use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::task::{Context, Poll};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::sync::Semaphore;
+// tokio's clock, not std's: idle and park timing follow a paused test clock.
+use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
@@ -563,5 +565,87 @@ async fn idle_expired(activity: &ConnActivity, limit: Duration) {
             None => limit,
         };
         tokio::time::sleep(wait).await;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    //! The connection timing on a paused clock: these would spin for ever on `std::time`,
+    //! whose clock a paused test does not move.
+    use super::*;
+
+    /// Run `f` under a generous deadline on the paused clock, so a timer that never fires
+    /// fails the test instead of hanging it.
+    async fn within<F: std::future::Future>(limit: Duration, f: F) -> F::Output {
+        tokio::time::timeout(limit, f)
+            .await
+            .unwrap_or_else(|_| panic!("did not resolve within {limit:?} of paused time"))
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn idle_expired_fires_once_the_connection_has_been_idle_for_the_limit() {
+        let activity = ConnActivity::new();
+        let limit = Duration::from_secs(60);
+        let t0 = Instant::now();
+        within(Duration::from_secs(600), idle_expired(&activity, limit)).await;
+        assert_eq!(
+            t0.elapsed(),
+            limit,
+            "idle from the start: expires after the limit"
+        );
+
+        // A call in progress holds the connection open however long it runs; the idle time
+        // counts from its end.
+        let call = activity.begin();
+        let watcher = tokio::spawn({
+            let activity = activity.clone();
+            async move {
+                idle_expired(&activity, limit).await;
+                Instant::now()
+            }
+        });
+        tokio::time::sleep(Duration::from_secs(300)).await;
+        assert!(!watcher.is_finished(), "a running call is never idle");
+        let ended = Instant::now();
+        drop(call);
+        let fired = within(Duration::from_secs(600), watcher).await.unwrap();
+        assert_eq!(
+            fired - ended,
+            limit,
+            "idle counts from the end of the last call"
+        );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn park_due_waits_for_the_period_and_for_running_calls() {
+        let activity = ConnActivity::new();
+        let after = Duration::from_millis(50);
+        let t0 = Instant::now();
+        within(
+            Duration::from_secs(60),
+            park_due(&activity, after, Instant::now()),
+        )
+        .await;
+        assert_eq!(t0.elapsed(), after);
+
+        let call = activity.begin();
+        let since = Instant::now();
+        let parker = tokio::spawn({
+            let activity = activity.clone();
+            async move {
+                park_due(&activity, after, since).await;
+                Instant::now()
+            }
+        });
+        tokio::time::sleep(Duration::from_secs(10)).await;
+        assert!(!parker.is_finished(), "never parks under a running call");
+        let ended = Instant::now();
+        drop(call);
+        let parked = within(Duration::from_secs(60), parker).await.unwrap();
+        assert_eq!(
+            parked - ended,
+            after,
+            "parks `after` past the end of the call"
+        );
     }
 }

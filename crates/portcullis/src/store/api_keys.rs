@@ -292,6 +292,7 @@ impl Store {
         key_id: &str,
         now: i64,
     ) -> Result<Option<(KeyRecord, Vec<KeySecret>)>, StoreError> {
+        self.count_verification_query();
         let key_id = key_id.to_owned();
         self.at_home(
             move |store| async move { store.key_for_verification_here(&key_id, now).await },

@@ -26,6 +26,8 @@ pub mod workspaces;
 use sqlx::any::{AnyPoolOptions, AnyRow};
 use sqlx::{AnyPool, Row};
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 pub use api_keys::{KeyRecord, KeySecret, NewKeyRow};
@@ -250,6 +252,9 @@ pub struct Store {
     dialect: Dialect,
     /// The runtime that opened the store, where its connections live (see [`Store::at_home`]).
     home: Option<tokio::runtime::Handle>,
+    /// Verification lookups sent to the database by this handle and its clones (see
+    /// [`Store::verification_queries`]).
+    verification_queries: Arc<AtomicU64>,
 }
 
 /// Now, Unix milliseconds.
@@ -291,6 +296,7 @@ impl Store {
             pool,
             dialect,
             home: tokio::runtime::Handle::try_current().ok(),
+            verification_queries: Arc::default(),
         };
         if dialect == Dialect::Sqlite && create {
             // Readers do not block the writer (gateway and CLI share the file); persistent.
@@ -326,6 +332,17 @@ impl Store {
     /// The dialect of this store.
     pub fn dialect(&self) -> Dialect {
         self.dialect
+    }
+
+    /// How many verification lookups ([`Store::key_for_verification`]) this store handle and
+    /// its clones have sent to the database. The authenticator's cache promises that a key id
+    /// costs one lookup per cache lifetime, known or not; tests read this to hold it to that.
+    pub fn verification_queries(&self) -> u64 {
+        self.verification_queries.load(Ordering::Relaxed)
+    }
+
+    pub(crate) fn count_verification_query(&self) {
+        self.verification_queries.fetch_add(1, Ordering::Relaxed);
     }
 
     /// The pool, for the modules of the store.
