@@ -2,6 +2,7 @@
 //! a shutdown (a runtime torn down, a task aborted), and take their connections with them.
 //! Alone in its test binary: it counts the process's threads by name.
 
+#[path = "gateway/common/mod.rs"]
 mod common;
 
 use common::*;

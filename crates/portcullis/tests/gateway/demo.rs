@@ -2,9 +2,7 @@
 //! API key and data directory), the routes it lists answer through the gateway with that key
 //! and refuse calls without it, and the CLI pointed at the demo's store manages its key.
 
-mod common;
-
-use common::*;
+use crate::common::*;
 use std::io::{BufRead, BufReader};
 use std::process::{Command, Stdio};
 use std::time::Duration;

@@ -1,8 +1,6 @@
 //! The SDK's link through the real gateway: what the gateway forwards, the service takes.
 
-mod common;
-
-use common::*;
+use crate::common::*;
 use http::StatusCode;
 
 /// A ~60 KiB head of many fields: under the gateway's default `ingress.max_header_bytes`

@@ -3,13 +3,11 @@
 //! binary's help, OTLP export, log lines, signals, and services surviving a gateway's exit.
 //!
 //! In-process tests use the `TestGateway` harness; what only a process shows (exit codes,
-//! signals, log output, span export) uses the real binary through `common::process`.
+//! signals, log output, span export) uses the real binary through `crate::common::process`.
 
-mod common;
-
+use crate::common::process::{self, GatewayProcess};
+use crate::common::*;
 use bytes::Bytes;
-use common::process::{self, GatewayProcess};
-use common::*;
 use http::StatusCode;
 use http_body_util::BodyExt;
 use hyper_util::rt::TokioIo;

@@ -3,9 +3,7 @@
 //! spoofed gateway headers, and load past the in-flight ceiling (503). Raw sockets, so nothing
 //! between the test and the gateway tidies the bytes up.
 
-mod common;
-
-use common::*;
+use crate::common::*;
 use http::StatusCode;
 use std::time::Duration;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -92,7 +90,8 @@ async fn past_the_in_flight_ceiling_calls_are_shed_with_503_and_retry_after() {
     let mut cfg = config_with_services(&["echo"]);
     cfg.ingress.max_in_flight = 1;
     let gw = TestGateway::start(cfg).await;
-    let (_svc, _stats) = gw.echo("echo-1").await;
+    let (_svc, stats) = gw.echo("echo-1").await;
+    let before = stats.requests();
     let slow = {
         let client = gw.client.clone();
         let url = gw.url("/sleep?ms=30000");
@@ -104,9 +103,13 @@ async fn past_the_in_flight_ceiling_calls_are_shed_with_503_and_retry_after() {
             collect(resp).await.0
         })
     };
-    // Once the slow call holds the one slot, the next call is shed.
+    // Once the slow call holds the one slot (the service has it), the next call is shed.
+    eventually("the slow call reaches the service", || async {
+        stats.requests() > before
+    })
+    .await;
     let mut shed = None;
-    for _ in 0..1000 {
+    for _ in 0..100 {
         let (status, headers, body) = gw.get("/echo/x").await;
         if status == StatusCode::SERVICE_UNAVAILABLE {
             shed = Some((headers, body));

@@ -1,9 +1,7 @@
 //! Handshake refusals over a raw socket: each bad HELLO gets its REJECT code, and the gateway
 //! keeps serving linked services throughout.
 
-mod common;
-
-use common::*;
+use crate::common::*;
 use portcullis_link::{
     Credential, EndpointDescriptor, Frame, FrameHeader, Hello, Protocol, RejectCode, HEADER_LEN,
     MAX_FRAME_LEN,

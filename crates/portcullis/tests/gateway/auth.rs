@@ -3,9 +3,7 @@
 //! strings are never accepted, rotation overlaps, revocation is immediate, the store failing
 //! closes the door (503), and health stays open.
 
-mod common;
-
-use common::*;
+use crate::common::*;
 use http::StatusCode;
 use portcullis::auth::authenticator::CreateKey;
 use portcullis::store::testing::TestStore;

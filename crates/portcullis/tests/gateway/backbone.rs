@@ -1,8 +1,6 @@
 //! The backbone end to end: real gateway, real SDK services, real sockets on port 0.
 
-mod common;
-
-use common::*;
+use crate::common::*;
 use http::StatusCode;
 use std::time::Duration;
 

@@ -9,9 +9,7 @@
 //! that only a broken limit reaches. The timing logic itself (idle and park timers) has
 //! paused-time tests next to it in `ingress/mod.rs`.
 
-mod common;
-
-use common::*;
+use crate::common::*;
 use http::StatusCode;
 use std::time::Duration;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};

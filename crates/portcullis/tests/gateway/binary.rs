@@ -2,10 +2,8 @@
 //! graceful shutdown on SIGTERM, redaction of every log line, and memory bounded while
 //! 256 MiB bodies stream through.
 
-mod common;
-
-use common::process::{cli, GatewayProcess};
-use common::*;
+use crate::common::process::{cli, GatewayProcess};
+use crate::common::*;
 use http::StatusCode;
 use sha2::{Digest, Sha256};
 use std::time::Duration;

@@ -1,0 +1,21 @@
+//! The gateway's integration tests, in one test binary: each links the whole gateway, and on
+//! the two cores CI builds on, one link step beats a dozen. Each module is one area; the
+//! harness (`common`) starts real gateways on port 0, real SDK services and, where it matters,
+//! the real binary.
+//!
+//! `tests/workers.rs` stays its own binary: it counts the process's threads.
+
+mod common;
+
+mod auth;
+mod backbone;
+mod binary;
+#[cfg(feature = "demo")]
+mod demo;
+mod hostile_http;
+mod limits;
+mod link_handshake;
+mod operations;
+mod pipeline;
+mod sdk_limits;
+mod store;
