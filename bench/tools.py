@@ -296,7 +296,7 @@ def cmd_report(results_path, meta_path, out_path):
            f"- commit: {meta['commit']}",
            f"- versions: {meta['versions']}",
            f"- proxies: nginx `worker_processes {meta['nginx_workers']}`, HAProxy "
-           f"`nbthread {meta['nproc']}`, Portcullis `runtime.workers` default ({meta['nproc']} "
+           f"`nbthread {meta['nproc']}`, Portcullis `runtime.threads` default ({meta['nproc']} "
            f"workers, one per core); backend: echo-service `--listen` (direct, nginx, HAProxy) or linked "
            f"(Portcullis, {meta.get('links', 1)} link(s))",
            f"- API key: " + ("required and checked on every Portcullis call in every scenario "

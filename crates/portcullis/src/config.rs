@@ -19,10 +19,10 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::Duration;
 
+pub use crate::dataplane::RuntimeConfig;
 pub use crate::routing::RoutingConfig;
 pub use crate::store::StoreConfig;
 pub use crate::telemetry::TelemetryConfig;
-pub use crate::workers::RuntimeConfig;
 
 /// A string that must never be printed: `Debug` and `Display` show `***`.
 #[derive(Clone, Default, PartialEq, Eq, Deserialize)]

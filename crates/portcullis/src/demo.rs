@@ -59,7 +59,7 @@ pub async fn run(args: DemoArgs, shutdown: impl Future<Output = ()>) -> anyhow::
         },
     );
     // One link per gateway worker: every call is served on the worker of its connection.
-    let links = crate::workers::resolve_count(config.runtime.workers)
+    let links = crate::dataplane::resolve_count(config.runtime.threads)
         .clamp(1, portcullis_sdk::MAX_LINKS_PER_GATEWAY);
     let gateway = crate::Running::start(config).await?;
     let key = gateway

@@ -14,6 +14,7 @@ pub mod body;
 pub mod cli;
 pub mod clock;
 pub mod config;
+pub mod dataplane;
 /// `portcullis demo`; left out of builds without the default `demo` feature.
 #[cfg(feature = "demo")]
 pub mod demo;
@@ -29,7 +30,6 @@ pub mod store;
 pub mod telemetry;
 pub mod tls;
 pub mod transport;
-pub mod workers;
 
 pub use config::Config;
 pub use server::{run, run_with_auth, Listeners, Running};

@@ -129,20 +129,20 @@ pub async fn run_with_auth(
             operations,
         },
     });
-    let workers =
-        crate::workers::Workers::start(crate::workers::resolve_count(config.runtime.workers))
-            .map_err(|e| anyhow::anyhow!("cannot start the worker threads: {e}"))?;
+    let dataplane =
+        crate::dataplane::DataPlane::start(crate::dataplane::resolve_count(config.runtime.threads))
+            .map_err(|e| anyhow::anyhow!("cannot start the data-plane threads: {e}"))?;
     let ingress = Arc::new(Ingress::new(
         &config.ingress,
         pipeline,
         metrics.clone(),
-        &workers,
+        &dataplane,
     )?);
     let link = Arc::new(LinkServer::new(
         &config,
         registry.clone(),
         metrics,
-        &workers,
+        &dataplane,
     )?);
 
     // Audit writer, last-used writer, change poll; stopped after the listeners.
@@ -154,7 +154,7 @@ pub async fn run_with_auth(
     tracing::info!(
         ingress = %listeners.ingress.describe(),
         link = %listeners.link.describe(),
-        workers = workers.len(),
+        threads = dataplane.len(),
         "gateway listening"
     );
     let ingress_task = tokio::spawn(ingress.clone().serve(
@@ -187,7 +187,7 @@ pub async fn run_with_auth(
     }
     // Established links end at once; one still handshaking is dropped with its worker.
     let _ = tokio::time::timeout(std::time::Duration::from_secs(1), link.wait()).await;
-    workers.shutdown().await;
+    dataplane.shutdown().await;
     // Last: write what the authenticator still holds (audit rows, last-used times).
     background.cancel();
     let _ = auth_task.await;

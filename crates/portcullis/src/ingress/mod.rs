@@ -113,8 +113,8 @@ pub struct Ingress {
     pipeline: Pipeline,
     connections: TaskTracker,
     metrics: Arc<Metrics>,
-    /// Weak: connection tasks hold the `Ingress`; only the gateway's `run` owns the workers.
-    workers: std::sync::Weak<crate::workers::Workers>,
+    /// Weak: connection tasks hold the `Ingress`; only the gateway's `run` owns the data plane.
+    dataplane: std::sync::Weak<crate::dataplane::DataPlane>,
 }
 
 impl Ingress {
@@ -123,7 +123,7 @@ impl Ingress {
         cfg: &IngressConfig,
         pipeline: Pipeline,
         metrics: Arc<Metrics>,
-        workers: &Arc<crate::workers::Workers>,
+        dataplane: &Arc<crate::dataplane::DataPlane>,
     ) -> anyhow::Result<Self> {
         // HTTP/1.1 is served by two builders, the auto one (TLS, h2c detection) and the plain
         // one that can park (`serve_h1`): the same settings for both.
@@ -159,7 +159,7 @@ impl Ingress {
             pipeline,
             connections: TaskTracker::new(),
             metrics,
-            workers: Arc::downgrade(workers),
+            dataplane: Arc::downgrade(dataplane),
         })
     }
 
@@ -179,7 +179,7 @@ impl Ingress {
             &stop_accepting,
             Some(limit),
             |stream, peer, permit| {
-                let Some(workers) = self.workers.upgrade() else {
+                let Some(dataplane) = self.dataplane.upgrade() else {
                     return ControlFlow::Break(()); // the gateway is gone
                 };
                 let this = self.clone();
@@ -187,7 +187,7 @@ impl Ingress {
                 // Every connection's task is sized by its largest state; the protocol stacks
                 // are boxed so a parked connection's task stays small (see `serve_tcp`).
                 let handed =
-                    workers.spawn_next(&self.connections, stream, move |stream| async move {
+                    dataplane.spawn_next(&self.connections, stream, move |stream| async move {
                         let facts = ConnFacts {
                             peer,
                             local,
@@ -205,7 +205,7 @@ impl Ingress {
                         drop(permit);
                     });
                 if let Err(e) = handed {
-                    tracing::debug!(peer = %peer, error = %e, "cannot hand the connection to a worker");
+                    tracing::debug!(peer = %peer, error = %e, "cannot hand the connection to a data-plane thread");
                 }
                 ControlFlow::Continue(())
             },

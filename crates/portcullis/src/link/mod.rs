@@ -38,7 +38,7 @@ pub struct LinkServer {
     tls: Option<tokio_rustls::TlsAcceptor>,
     metrics: Arc<Metrics>,
     /// Weak: link tasks hold the `LinkServer`; only the gateway's `run` owns the workers.
-    workers: std::sync::Weak<crate::workers::Workers>,
+    workers: std::sync::Weak<crate::dataplane::DataPlane>,
     /// Every link's task, from handshake to close.
     links: tokio_util::task::TaskTracker,
 }
@@ -74,7 +74,7 @@ impl LinkServer {
         config: &Config,
         registry: Arc<Registry>,
         metrics: Arc<Metrics>,
-        workers: &Arc<crate::workers::Workers>,
+        workers: &Arc<crate::dataplane::DataPlane>,
     ) -> anyhow::Result<Self> {
         let mut tokens = HashMap::new();
         for (name, svc) in &config.services {

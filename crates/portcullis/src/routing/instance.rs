@@ -107,7 +107,7 @@ impl Instance {
             in_flight: AtomicU32::new(0),
             rtt_us: AtomicU64::new(INITIAL_RTT_US),
             close: CancellationToken::new(),
-            worker: crate::workers::current(),
+            worker: crate::dataplane::current(),
         }
     }
 

@@ -60,7 +60,7 @@ pub fn select(
     tiers: &Tiers,
     exclude: &[Arc<Instance>],
 ) -> Option<Arc<Instance>> {
-    select_from(candidates, tiers, exclude, crate::workers::current())
+    select_from(candidates, tiers, exclude, crate::dataplane::current())
 }
 
 /// [`select`] for a caller on worker `here`.

@@ -370,7 +370,7 @@ impl Store {
         T: Send + 'static,
     {
         match &self.home {
-            Some(home) if crate::workers::current().is_some() => {
+            Some(home) if crate::dataplane::current().is_some() => {
                 // Aborted if the caller goes away (client gone, health timeout), so waiting
                 // queries stay bounded by the callers, as they are without the hop.
                 let task = tokio_util::task::AbortOnDropHandle::new(home.spawn(f(self.clone())));

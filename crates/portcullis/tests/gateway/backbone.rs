@@ -404,7 +404,7 @@ async fn idle_http1_connections_park_and_keep_serving() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn calls_stay_on_the_worker_of_their_connection() {
     let mut cfg = config_with_services(&["echo"]);
-    cfg.runtime.workers = 2;
+    cfg.runtime.threads = 2;
     // No PING during the test: a slow one on a loaded machine would raise one link's RTT.
     cfg.link.heartbeat_interval = Duration::from_secs(60);
     let gw = TestGateway::start(cfg).await;

@@ -1,4 +1,4 @@
-//! The data-plane worker threads end with the gateway, even when its future is dropped without
+//! The data-plane threads end with the gateway, even when its future is dropped without
 //! a shutdown (a runtime torn down, a task aborted), and take their connections with them.
 //! Alone in its test binary: it counts the process's threads by name.
 
@@ -9,14 +9,14 @@ use common::*;
 use std::io::{Read, Write};
 use std::time::{Duration, Instant};
 
-/// Threads named `portcullis-worker-N` (the kernel keeps 15 characters of a name).
-fn worker_threads() -> usize {
+/// Threads named `portcullis-dp-N` (the kernel keeps 15 characters of a name).
+fn data_plane_threads() -> usize {
     std::fs::read_dir("/proc/self/task")
         .map(|dir| {
             dir.filter_map(Result::ok)
                 .filter(|t| {
                     std::fs::read_to_string(t.path().join("comm"))
-                        .is_ok_and(|c| c.starts_with("portcullis-work"))
+                        .is_ok_and(|c| c.starts_with("portcullis-dp-"))
                 })
                 .count()
         })
@@ -24,7 +24,7 @@ fn worker_threads() -> usize {
 }
 
 #[test]
-fn workers_stop_when_the_gateway_future_is_dropped() {
+fn data_plane_threads_stop_when_the_gateway_future_is_dropped() {
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
@@ -32,7 +32,7 @@ fn workers_stop_when_the_gateway_future_is_dropped() {
         .unwrap();
     let (gw, svc, mut client) = rt.block_on(async {
         let mut cfg = config_with_services(&["echo"]);
-        cfg.runtime.workers = 2;
+        cfg.runtime.threads = 2;
         let gw = TestGateway::start(cfg).await;
         let svc = gw.echo("echo-1").await;
         // A keep-alive client connection outside the runtime: only the gateway can close it.
@@ -50,20 +50,24 @@ fn workers_stop_when_the_gateway_future_is_dropped() {
         assert_eq!(&head, b"HTTP/1.1 200");
         (gw, svc, client)
     });
-    assert_eq!(worker_threads(), 2, "two workers while the gateway runs");
+    assert_eq!(
+        data_plane_threads(),
+        2,
+        "two data-plane threads while the gateway runs"
+    );
 
-    // The gateway's task (and with it the only owner of the workers) goes with the runtime.
+    // The gateway's task (and with it the only owner of the data plane) goes with the runtime.
     rt.shutdown_timeout(Duration::from_secs(5));
     let deadline = Instant::now() + Duration::from_secs(10);
-    while worker_threads() > 0 && Instant::now() < deadline {
+    while data_plane_threads() > 0 && Instant::now() < deadline {
         std::thread::sleep(Duration::from_millis(20));
     }
     assert_eq!(
-        worker_threads(),
+        data_plane_threads(),
         0,
-        "the worker threads end with the gateway"
+        "the data-plane threads end with the gateway"
     );
-    // The connection was dropped with its worker: the rest of the response, then EOF.
+    // The connection was dropped with its thread: the rest of the response, then EOF.
     let mut rest = Vec::new();
     client
         .read_to_end(&mut rest)

@@ -1,20 +1,21 @@
-//! Data-plane workers: one thread per core, each with its own single-threaded tokio runtime,
-//! the way NGINX runs one worker process per core.
+//! The data plane: one thread per core, each with its own single-threaded tokio runtime (an
+//! event loop), the way NGINX runs one worker process per core. (Named apart from the session
+//! worker *processes* the gateway spawns for stateful clients.)
 //!
-//! A client connection and a link each live on one worker for their whole life. A call whose
-//! client connection and chosen link share a worker is served without crossing threads: the
+//! A client connection and a link each live on one event loop for their whole life. A call whose
+//! client connection and chosen link share a event loop is served without crossing threads: the
 //! HTTP/1.1 connection task, the link's HTTP/2 connection task and every wake-up between them
 //! stay on one core, with no work stealing, no sibling wake-ups and no contention on the link's
 //! stream table. Selection prefers such a link among the links of the instance it chose
-//! (`routing::select`), so a service that keeps one link per worker (`links_per_gateway` in
+//! (`routing::select`), so a service that keeps one link per event loop (`links_per_gateway` in
 //! the SDK) has its calls served locally.
 //!
-//! Only the gateway's `run` owns the [`Workers`]; the listeners hold a `Weak` reference (tasks
-//! on the workers hold the listeners), so dropping the gateway future without a shutdown still
+//! Only the gateway's `run` owns the [`DataPlane`]; the listeners hold a `Weak` reference (tasks
+//! on the event loops hold the listeners), so dropping the gateway future without a shutdown still
 //! stops the threads and drops every connection and link on them.
 //!
-//! The listeners stay on the control runtime, which accepts and hands each socket to a worker
-//! (client connections round-robin, links to the worker with the fewest links). The control
+//! The listeners stay on the control runtime, which accepts and hands each socket to a event loop
+//! (client connections round-robin, links to the event loop with the fewest links). The control
 //! runtime also runs what is not per call: the store's connections, the authenticator's
 //! background tasks, the accept loops and the shutdown sequence.
 
@@ -33,17 +34,19 @@ use crate::transport::Stream;
 #[derive(Debug, Clone, Default, serde::Deserialize, serde::Serialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct RuntimeConfig {
-    /// Worker threads serving client connections and links, each with its own event loop
+    /// Data-plane threads serving client connections and links, each with its own event loop
     /// (like NGINX's `worker_processes`). `0`, the default, means one per available CPU.
-    pub workers: usize,
+    /// (`workers`, its former name, is still read.)
+    #[serde(alias = "workers")]
+    pub threads: usize,
 }
 
 impl RuntimeConfig {
     /// Check the section at key path `at` (`runtime`).
     pub fn validate(&self, at: &str, errs: &mut Vec<crate::config::ConfigError>) {
-        if self.workers > 1024 {
+        if self.threads > 1024 {
             errs.push(crate::config::ConfigError::new(
-                format!("{at}.workers"),
+                format!("{at}.threads"),
                 "must be at most 1024 (0: one per CPU)",
             ));
         }
@@ -54,12 +57,12 @@ thread_local! {
     static CURRENT: Cell<Option<usize>> = const { Cell::new(None) };
 }
 
-/// The worker the calling thread belongs to, `None` outside the workers.
+/// The event loop the calling thread belongs to, `None` outside the event loops.
 pub fn current() -> Option<usize> {
     CURRENT.with(Cell::get)
 }
 
-/// Worker count for a configured value: `0` means one per available CPU.
+/// Event loop count for a configured value: `0` means one per available CPU.
 pub fn resolve_count(configured: usize) -> usize {
     if configured > 0 {
         return configured;
@@ -69,43 +72,43 @@ pub fn resolve_count(configured: usize) -> usize {
         .unwrap_or(1)
 }
 
-struct Worker {
+struct EventLoop {
     handle: Handle,
-    /// Links running (or handshaking) on this worker.
+    /// Links running (or handshaking) on this event loop.
     links: AtomicUsize,
 }
 
-/// The running workers. Dropping the last handle stops them (their tasks are dropped).
-pub struct Workers {
-    workers: Vec<Worker>,
+/// The running event loops. Dropping the last handle stops them (their tasks are dropped).
+pub struct DataPlane {
+    loops: Vec<EventLoop>,
     next: AtomicUsize,
     stop: CancellationToken,
     threads: Mutex<Vec<std::thread::JoinHandle<()>>>,
 }
 
-impl std::fmt::Debug for Workers {
+impl std::fmt::Debug for DataPlane {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Workers")
-            .field("count", &self.workers.len())
+        f.debug_struct("DataPlane")
+            .field("count", &self.loops.len())
             .finish_non_exhaustive()
     }
 }
 
-impl Workers {
-    /// Start `n` (at least one) worker threads. Each builds its runtime and reports back
+impl DataPlane {
+    /// Start `n` (at least one) data-plane threads. Each builds its runtime and reports back
     /// before the next starts (a few microseconds each; the caller waits, once, at startup).
     /// On failure the threads already started are stopped.
     pub fn start(n: usize) -> std::io::Result<Arc<Self>> {
         let stop = CancellationToken::new();
         // Stops whatever started if this function returns early.
         let on_error = stop.clone().drop_guard();
-        let mut workers = Vec::new();
+        let mut loops = Vec::new();
         let mut threads = Vec::new();
         for index in 0..n.max(1) {
             let (tx, rx) = std::sync::mpsc::sync_channel(1);
             let stop = stop.clone();
             let thread = std::thread::Builder::new()
-                .name(format!("portcullis-worker-{index}"))
+                .name(format!("portcullis-dp-{index}"))
                 .spawn(move || {
                     CURRENT.with(|c| c.set(Some(index)));
                     let rt = match tokio::runtime::Builder::new_current_thread()
@@ -124,8 +127,8 @@ impl Workers {
                 })?;
             let handle = rx
                 .recv()
-                .map_err(|_| std::io::Error::other("worker thread exited at start"))??;
-            workers.push(Worker {
+                .map_err(|_| std::io::Error::other("event loop thread exited at start"))??;
+            loops.push(EventLoop {
                 handle,
                 links: AtomicUsize::new(0),
             });
@@ -133,24 +136,24 @@ impl Workers {
         }
         on_error.disarm();
         Ok(Arc::new(Self {
-            workers,
+            loops,
             next: AtomicUsize::new(0),
             stop,
             threads: Mutex::new(threads),
         }))
     }
 
-    /// Number of workers.
+    /// Number of event loops.
     pub fn len(&self) -> usize {
-        self.workers.len()
+        self.loops.len()
     }
 
-    /// Always false: there is at least one worker.
+    /// Always false: there is at least one event loop.
     pub fn is_empty(&self) -> bool {
-        self.workers.is_empty()
+        self.loops.is_empty()
     }
 
-    /// Serve `stream` with `serve` on the next worker in turn (client connections).
+    /// Serve `stream` with `serve` on the next event loop in turn (client connections).
     pub fn spawn_next<F, Fut>(
         &self,
         tracker: &TaskTracker,
@@ -162,13 +165,13 @@ impl Workers {
         Fut: Future<Output = ()> + Send + 'static,
     {
         let fut = hand_over(stream, serve)?;
-        let i = self.next.fetch_add(1, Ordering::Relaxed) % self.workers.len();
-        tracker.spawn_on(fut, &self.workers[i].handle);
+        let i = self.next.fetch_add(1, Ordering::Relaxed) % self.loops.len();
+        tracker.spawn_on(fut, &self.loops[i].handle);
         Ok(())
     }
 
-    /// Serve a link (from its handshake on) with `serve` on the worker that holds the fewest
-    /// links, so the links a service opens, one per worker, land one on each.
+    /// Serve a link (from its handshake on) with `serve` on the event loop that holds the fewest
+    /// links, so the links a service opens, one per event loop, land one on each.
     pub fn spawn_link<F, Fut>(
         self: &Arc<Self>,
         tracker: &TaskTracker,
@@ -180,12 +183,12 @@ impl Workers {
         Fut: Future<Output = ()> + Send + 'static,
     {
         let fut = hand_over(stream, serve)?;
-        let i = (0..self.workers.len())
-            .min_by_key(|&i| self.workers[i].links.load(Ordering::Relaxed))
+        let i = (0..self.loops.len())
+            .min_by_key(|&i| self.loops[i].links.load(Ordering::Relaxed))
             .unwrap_or(0);
-        self.workers[i].links.fetch_add(1, Ordering::Relaxed);
+        self.loops[i].links.fetch_add(1, Ordering::Relaxed);
         let release = Release {
-            workers: Arc::downgrade(self),
+            plane: Arc::downgrade(self),
             index: i,
         };
         tracker.spawn_on(
@@ -193,12 +196,12 @@ impl Workers {
                 let _release = release;
                 fut.await;
             },
-            &self.workers[i].handle,
+            &self.loops[i].handle,
         );
         Ok(())
     }
 
-    /// Stop every worker and wait for the threads to end. Tasks still running are dropped.
+    /// Stop every event loop and wait for the threads to end. Tasks still running are dropped.
     pub async fn shutdown(&self) {
         self.stop.cancel();
         let threads = std::mem::take(&mut *self.threads.lock().unwrap_or_else(|e| e.into_inner()));
@@ -211,8 +214,8 @@ impl Workers {
     }
 }
 
-/// The socket leaves the calling runtime's reactor here and joins the worker's when the
-/// returned future first runs (on the worker), so its readiness events reach that worker.
+/// The socket leaves the calling runtime's reactor here and joins the event loop's when the
+/// returned future first runs (on the event loop), so its readiness events reach that event loop.
 fn hand_over<F, Fut>(
     stream: Stream,
     serve: F,
@@ -229,24 +232,24 @@ where
     })
 }
 
-/// Counts a link on its worker until the link's task ends.
+/// Counts a link on its event loop until the link's task ends.
 struct Release {
-    /// Weak: a link task must not keep the workers (and so itself) alive.
-    workers: std::sync::Weak<Workers>,
+    /// Weak: a link task must not keep the event loops (and so itself) alive.
+    plane: std::sync::Weak<DataPlane>,
     index: usize,
 }
 
 impl Drop for Release {
     fn drop(&mut self) {
-        if let Some(workers) = self.workers.upgrade() {
-            workers.workers[self.index]
+        if let Some(plane) = self.plane.upgrade() {
+            plane.loops[self.index]
                 .links
                 .fetch_sub(1, Ordering::Relaxed);
         }
     }
 }
 
-impl Drop for Workers {
+impl Drop for DataPlane {
     fn drop(&mut self) {
         self.stop.cancel();
     }
