@@ -28,6 +28,10 @@ pub enum GatewayError {
     /// The request body exceeds the limit.
     #[error("payload too large")]
     PayloadTooLarge,
+    /// The request head is larger than the service's link accepts (its HTTP/2
+    /// `SETTINGS_MAX_HEADER_LIST_SIZE`): refused before a byte of it is sent.
+    #[error("request header fields too large")]
+    HeadersTooLarge,
     /// The route exists but no instance can take the call.
     #[error("no healthy instance of {0}")]
     NoHealthyInstance(String),
@@ -55,6 +59,7 @@ impl GatewayError {
             Self::NotFound => StatusCode::NOT_FOUND,
             Self::MethodNotAllowed(_) => StatusCode::METHOD_NOT_ALLOWED,
             Self::PayloadTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
+            Self::HeadersTooLarge => StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
             Self::NoHealthyInstance(_) | Self::Overloaded | Self::Unavailable(_) => {
                 StatusCode::SERVICE_UNAVAILABLE
             }
@@ -72,6 +77,7 @@ impl GatewayError {
             Self::NotFound => "not_found",
             Self::MethodNotAllowed(_) => "method_not_allowed",
             Self::PayloadTooLarge => "payload_too_large",
+            Self::HeadersTooLarge => "request_header_fields_too_large",
             Self::NoHealthyInstance(_) => "no_healthy_instance",
             Self::Overloaded => "overloaded",
             Self::Unavailable(_) => "unavailable",
@@ -89,6 +95,7 @@ impl GatewayError {
             Self::NotFound => r#"{"error":"not_found"}"#,
             Self::MethodNotAllowed(_) => r#"{"error":"method_not_allowed"}"#,
             Self::PayloadTooLarge => r#"{"error":"payload_too_large"}"#,
+            Self::HeadersTooLarge => r#"{"error":"request_header_fields_too_large"}"#,
             Self::NoHealthyInstance(_) => r#"{"error":"no_healthy_instance"}"#,
             Self::Overloaded => r#"{"error":"overloaded"}"#,
             Self::Unavailable(_) => r#"{"error":"unavailable"}"#,

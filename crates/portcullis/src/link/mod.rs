@@ -6,7 +6,9 @@
 //! heartbeat until the link dies, is replaced, or the gateway shuts down. A REJECT is sent for
 //! every refusal with its code, and the gateway keeps serving others.
 
+mod admission;
 mod handshake;
+mod peer;
 
 use bytes::Bytes;
 use http::Request;
@@ -17,16 +19,18 @@ use rand::RngCore;
 use sha2::{Digest, Sha256};
 use std::collections::HashMap;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 use subtle::ConstantTimeEq;
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::TcpListener;
+use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
 use crate::config::{Config, LinkConfig};
 use crate::routing::{validate_endpoints, Instance, LinkState, RegisterError, Registry};
 use crate::telemetry::metrics::{Listener, Metrics};
 
+pub use admission::{Admission, Slot};
 pub use handshake::{read_frame, write_frame, HandshakeError};
 
 /// Everything the link server needs, built once from the configuration.
@@ -34,6 +38,8 @@ pub struct LinkServer {
     registry: Arc<Registry>,
     cfg: LinkConfig,
     max_request_body: u64,
+    /// `ingress.response_stall_timeout`, given to every instance.
+    response_stall_timeout: Duration,
     /// service name → SHA-256 of its token.
     tokens: HashMap<String, [u8; 32]>,
     tls: Option<tokio_rustls::TlsAcceptor>,
@@ -93,6 +99,7 @@ impl LinkServer {
             registry,
             cfg: config.link.clone(),
             max_request_body: config.ingress.max_body_bytes,
+            response_stall_timeout: config.ingress.response_stall_timeout,
             tokens,
             tls,
             metrics,
@@ -104,9 +111,12 @@ impl LinkServer {
     /// Accept links until `shutdown` fires. Established links are closed through their
     /// instances' close tokens by the caller's shutdown sequence.
     pub async fn serve(self: Arc<Self>, listener: TcpListener, shutdown: CancellationToken) {
-        // Handshakes in progress are bounded; established links are bounded by the services
-        // the configuration allows and the per-service instance cap in the registry.
-        let pending = Arc::new(tokio::sync::Semaphore::new(MAX_PENDING_HANDSHAKES));
+        // Handshakes in progress are bounded (see `admission`); established links are bounded
+        // by the services the configuration allows and the per-service instance cap.
+        let admission = Admission::new(
+            MAX_PENDING_HANDSHAKES,
+            self.cfg.max_pending_handshakes_per_ip,
+        );
         loop {
             let (stream, peer) = tokio::select! {
                 _ = shutdown.cancelled() => return,
@@ -121,8 +131,8 @@ impl LinkServer {
                 },
             };
             let _ = stream.set_nodelay(true);
-            let Ok(permit) = pending.clone().try_acquire_owned() else {
-                tracing::warn!(peer = %peer, "too many link handshakes in progress: refused");
+            let Some(slot) = admission.admit(peer.ip()) else {
+                tracing::warn!(peer = %peer, "every link handshake slot holds a HELLO: refused");
                 drop(stream);
                 continue;
             };
@@ -133,14 +143,20 @@ impl LinkServer {
             };
             // The link runs on a worker (see `workers`).
             let handed = workers.spawn_link(&self.links, stream, move |stream| async move {
-                let permit = Some(permit);
+                let hello_by = Instant::now() + this.cfg.hello_timeout;
                 let res = match &this.tls {
-                    None => this.handle(stream, shutdown, permit).await,
+                    None => this.handle(stream, shutdown, Some(slot)).await,
                     Some(acc) => {
-                        match tokio::time::timeout(this.cfg.handshake_timeout, acc.accept(stream))
-                            .await
-                        {
-                            Ok(Ok(tls)) => this.handle(tls, shutdown, permit).await,
+                        // The TLS handshake comes out of the time to HELLO, and an evicted
+                        // slot ends it too.
+                        let tls = tokio::select! {
+                            r = tokio::time::timeout_at(hello_by, acc.accept(stream)) => r,
+                            _ = slot.evicted() => Ok(Err(std::io::Error::other("evicted"))),
+                        };
+                        match tls {
+                            Ok(Ok(tls)) => {
+                                this.handle_until(tls, shutdown, Some(slot), hello_by).await
+                            }
                             Ok(Err(e)) => Err(HandshakeError::Io(e)),
                             Err(_) => Err(HandshakeError::Timeout),
                         }
@@ -164,21 +180,47 @@ impl LinkServer {
     }
 
     /// Handshake, register and run one link to its end.
-    /// `permit` is the handshake slot; it is released once the link is established.
+    /// `slot` is the handshake slot (see [`Admission`]); it is released once the link is
+    /// established, and the handshake ends if it is evicted first.
     pub async fn handle<IO>(
+        &self,
+        io: IO,
+        shutdown: CancellationToken,
+        slot: Option<Slot>,
+    ) -> Result<(), HandshakeError>
+    where
+        IO: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+    {
+        let hello_by = Instant::now() + self.cfg.hello_timeout;
+        self.handle_until(io, shutdown, slot, hello_by).await
+    }
+
+    /// [`LinkServer::handle`] with the HELLO due by `hello_by`.
+    async fn handle_until<IO>(
         &self,
         mut io: IO,
         shutdown: CancellationToken,
-        mut permit: Option<tokio::sync::OwnedSemaphorePermit>,
+        mut slot: Option<Slot>,
+        hello_by: Instant,
     ) -> Result<(), HandshakeError>
     where
         IO: AsyncRead + AsyncWrite + Unpin + Send + 'static,
     {
         let _gauge = self.metrics.connection(Listener::link);
+        let evicted = async {
+            match &slot {
+                Some(s) => s.evicted().await,
+                None => std::future::pending().await,
+            }
+        };
         // A gateway shutting down does not wait for a handshake in progress: the service
         // will dial again (another gateway, or this one once it is back).
         let attempt = tokio::select! {
-            r = tokio::time::timeout(self.cfg.handshake_timeout, self.handshake(&mut io)) => r,
+            r = tokio::time::timeout(
+                self.cfg.handshake_timeout,
+                self.handshake(&mut io, slot.as_ref(), hello_by),
+            ) => r,
+            _ = evicted => return Err(HandshakeError::Evicted),
             _ = shutdown.cancelled() => {
                 return Err(HandshakeError::Io(std::io::Error::other("gateway shutting down")));
             }
@@ -216,33 +258,51 @@ impl LinkServer {
         write_frame(&mut io, &ack).await?;
         self.metrics.frame("hello_ack");
 
+        // Learn the service's limits from its SETTINGS (see `peer`) before it is routable.
+        let (io, peer_settings) = peer::SettingsSniffer::new(io);
         let (sender, mut conn) = h2::client::Builder::new()
             // Large DATA frames: a streamed response crosses the link in a quarter as many
             // frames as with the 16 KiB default, and reaches the client in as many writes.
             .max_frame_size(LINK_MAX_FRAME_BYTES)
-            .initial_window_size(1 << 20)
-            .initial_connection_window_size(16 << 20)
+            // Every stream may hold its whole window while its client is not reading, and the
+            // connection window still has room for one more: a stalled stream costs only
+            // itself (`body`). Validated to fit an HTTP/2 window.
+            .initial_window_size(self.cfg.stream_window_bytes)
+            .initial_connection_window_size(self.connection_window())
             .max_concurrent_reset_streams(1024)
             .max_send_buffer_size(256 * 1024)
             .handshake::<_, Bytes>(io)
             .await
             .map_err(|e| HandshakeError::Http2(e.to_string()))?;
         let ping_pong = conn.ping_pong();
+        // The server's preface is its SETTINGS; drive the connection until it has arrived.
+        tokio::select! {
+            _ = peer_settings.seen() => {}
+            r = &mut conn => {
+                let e = r.err().map_or_else(|| "closed".to_string(), |e| e.to_string());
+                return Err(HandshakeError::Http2(e));
+            }
+            _ = tokio::time::sleep(self.cfg.handshake_timeout) => return Err(HandshakeError::Timeout),
+        }
 
-        let instance = Arc::new(Instance::new(
-            hello.service.as_str().into(),
-            hello.instance_id.as_str().into(),
-            link_id.as_str().into(),
-            hello.region.as_deref().map(Into::into),
-            hello.version.as_str().into(),
-            sender,
-        ));
+        let instance = Arc::new(
+            Instance::new(
+                hello.service.as_str().into(),
+                hello.instance_id.as_str().into(),
+                link_id.as_str().into(),
+                hello.region.as_deref().map(Into::into),
+                hello.version.as_str().into(),
+                sender,
+            )
+            .with_max_header_list_size(peer_settings.max_header_list_size())
+            .with_response_stall_timeout(self.response_stall_timeout),
+        );
         if let Err(e) = self.registry.register(instance.clone(), endpoints) {
             // Lost a race with another service registering the same route after our check.
             tracing::warn!(service = %hello.service, error = %e, "link closed after HELLO_ACK");
             return Err(HandshakeError::Register(e));
         }
-        permit.take();
+        slot.take();
         tracing::info!(
             service = %instance.service, instance = %instance.instance_id, link = %link_id,
             region = instance.region.as_deref().unwrap_or("-"), "link up"
@@ -261,6 +321,7 @@ impl LinkServer {
                 Err(_) => "connection error",
             },
             r = heartbeat => r,
+            _ = instance.stall_watch.run(instance.response_stall_timeout) => "stall watch ended",
             _ = instance.close.cancelled() => "closed by gateway",
             _ = shutdown.cancelled() => "gateway shutdown",
         };
@@ -273,7 +334,20 @@ impl LinkServer {
         Ok(())
     }
 
-    async fn handshake<IO>(&self, io: &mut IO) -> Result<Accepted, HandshakeError>
+    /// The link's connection window: one stream window per stream it may carry, plus one.
+    fn connection_window(&self) -> u32 {
+        let w = u64::from(self.cfg.stream_window_bytes)
+            * (u64::from(self.cfg.max_concurrent_streams) + 1);
+        u32::try_from(w.min(u64::from(crate::config::MAX_H2_WINDOW)))
+            .unwrap_or(crate::config::MAX_H2_WINDOW)
+    }
+
+    async fn handshake<IO>(
+        &self,
+        io: &mut IO,
+        slot: Option<&Slot>,
+        hello_by: Instant,
+    ) -> Result<Accepted, HandshakeError>
     where
         IO: AsyncRead + AsyncWrite + Unpin,
     {
@@ -284,13 +358,19 @@ impl LinkServer {
         };
         write_frame(io, &Frame::Challenge(challenge)).await?;
         self.metrics.frame("challenge");
-        let hello = match read_frame(io, self.cfg.max_frame_bytes).await? {
+        let frame = tokio::time::timeout_at(hello_by, read_frame(io, self.cfg.max_frame_bytes))
+            .await
+            .map_err(|_| HandshakeError::Timeout)??;
+        let hello = match frame {
             Frame::Hello(h) => {
                 self.metrics.frame("hello");
                 *h
             }
             _ => return Err(HandshakeError::Unexpected),
         };
+        if let Some(s) = slot {
+            s.hello_received();
+        }
         // Hash the presented token whether or not the service is known, so both paths cost
         // the same and an unknown name is indistinguishable from a wrong token.
         let Credential::Token { token } = &hello.credential;
@@ -339,7 +419,7 @@ impl HandshakeError {
             }
             Self::Register(RegisterError::TooManyInstances(_)) => RejectCode::Unavailable,
             Self::Timeout => RejectCode::Timeout,
-            Self::Io(_) | Self::Http2(_) => return None,
+            Self::Io(_) | Self::Http2(_) | Self::Evicted => return None,
         })
     }
 }
