@@ -116,18 +116,24 @@ async fn a_head_the_service_cannot_take_is_refused_with_431_and_the_link_and_its
         .unwrap();
     assert_eq!(gw.request(small).await.status(), http::StatusCode::OK);
 
-    // 40 KiB: under the gateway's 64 KiB ingress limit, over the service's 16 KiB.
-    let big = incompressible(40 * 1024);
-    let h1 = http::Request::get(gw.url("/raw/big"))
-        .header("x-big", big.as_str())
+    // 40 KiB in ten fields: under the gateway's 64 KiB ingress limit, over the service's
+    // 16 KiB, and spread so the service sees its limit crossed before the block ends (which
+    // is when h2 answers the CONTINUATION with GOAWAY instead of resetting one stream).
+    let big = incompressible(4 * 1024);
+    let with_big = |mut b: http::request::Builder| {
+        for i in 0..10 {
+            b = b.header(format!("x-big-{i}"), big.as_str());
+        }
+        b
+    };
+    let h1 = with_big(http::Request::get(gw.url("/raw/big")))
         .body(empty())
         .unwrap();
     let (status, _, body) = collect(gw.request(h1).await).await;
     assert_eq!(status, http::StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE);
     assert_eq!(&body[..], br#"{"error":"request_header_fields_too_large"}"#);
 
-    let h2 = http::Request::get(gw.url("/raw/big"))
-        .header("x-big", big.as_str())
+    let h2 = with_big(http::Request::get(gw.url("/raw/big")))
         .header("authorization", format!("Bearer {}", gw.api_key()))
         .body(empty())
         .unwrap();
