@@ -502,3 +502,161 @@ async fn health(inst: &Instance) -> Option<portcullis_link::HealthReport> {
     }
     serde_json::from_slice(&buf).ok()
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::pin::Pin;
+    use std::sync::atomic::{AtomicBool, Ordering};
+    use std::task::{Context, Poll};
+    use tokio::io::ReadBuf;
+
+    /// A byte stream whose bytes stop flowing, both ways, once `frozen` is set: a peer
+    /// that is still connected but has gone silent.
+    struct Freezable<IO> {
+        io: IO,
+        frozen: Arc<AtomicBool>,
+    }
+
+    impl<IO: AsyncRead + Unpin> AsyncRead for Freezable<IO> {
+        fn poll_read(
+            self: Pin<&mut Self>,
+            cx: &mut Context<'_>,
+            buf: &mut ReadBuf<'_>,
+        ) -> Poll<std::io::Result<()>> {
+            let this = self.get_mut();
+            if this.frozen.load(Ordering::SeqCst) {
+                return Poll::Pending;
+            }
+            Pin::new(&mut this.io).poll_read(cx, buf)
+        }
+    }
+
+    impl<IO: AsyncWrite + Unpin> AsyncWrite for Freezable<IO> {
+        fn poll_write(
+            self: Pin<&mut Self>,
+            cx: &mut Context<'_>,
+            buf: &[u8],
+        ) -> Poll<std::io::Result<usize>> {
+            let this = self.get_mut();
+            if this.frozen.load(Ordering::SeqCst) {
+                return Poll::Pending;
+            }
+            Pin::new(&mut this.io).poll_write(cx, buf)
+        }
+        fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+            Pin::new(&mut self.get_mut().io).poll_flush(cx)
+        }
+        fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+            Pin::new(&mut self.get_mut().io).poll_shutdown(cx)
+        }
+    }
+
+    fn server(interval: Duration) -> (Arc<LinkServer>, Arc<Registry>) {
+        let mut config = Config::default();
+        config.link.heartbeat_interval = interval;
+        let registry = Arc::new(Registry::new(Duration::from_secs(30)));
+        let mut tokens = HashMap::new();
+        tokens.insert("svc".to_string(), hash_token("svc-token"));
+        let server = LinkServer {
+            registry: registry.clone(),
+            cfg: config.link.clone(),
+            max_request_body: config.ingress.max_body_bytes,
+            response_stall_timeout: config.ingress.response_stall_timeout,
+            tokens,
+            tls: None,
+            metrics: Arc::new(Metrics::new(Vec::new())),
+            workers: std::sync::Weak::new(),
+            links: tokio_util::task::TaskTracker::new(),
+        };
+        (Arc::new(server), registry)
+    }
+
+    /// The service side: handshake, then an HTTP/2 server answering 404 (PINGs are answered
+    /// by h2 itself) until its bytes are frozen.
+    async fn service(io: tokio::io::DuplexStream, frozen: Arc<AtomicBool>) {
+        let mut io = Freezable { io, frozen };
+        assert!(matches!(
+            read_frame(&mut io, portcullis_link::MAX_FRAME_LEN).await,
+            Ok(Frame::Challenge(_))
+        ));
+        let hello = Hello {
+            service: "svc".into(),
+            instance_id: "svc-1".into(),
+            version: "0".into(),
+            region: None,
+            endpoints: vec![portcullis_link::EndpointDescriptor {
+                method: "GET".into(),
+                path: "/svc".into(),
+                timeout_ms: None,
+                streaming: false,
+                capability: None,
+                protocol: portcullis_link::Protocol::Http,
+            }],
+            openapi: None,
+            credential: Credential::Token {
+                token: "svc-token".into(),
+            },
+        };
+        write_frame(&mut io, &Frame::Hello(Box::new(hello)))
+            .await
+            .unwrap();
+        assert!(matches!(
+            read_frame(&mut io, portcullis_link::MAX_FRAME_LEN).await,
+            Ok(Frame::HelloAck(_))
+        ));
+        let mut conn = h2::server::handshake(io).await.unwrap();
+        while let Some(Ok((_req, mut respond))) = conn.accept().await {
+            let resp = http::Response::builder().status(404).body(()).unwrap();
+            let _ = respond.send_response(resp, true);
+        }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_silent_link_goes_unstable_then_is_removed_after_three_intervals() {
+        let interval = Duration::from_secs(1);
+        let (server, registry) = server(interval);
+        let (gw_side, svc_side) = tokio::io::duplex(64 * 1024);
+        let frozen = Arc::new(AtomicBool::new(false));
+        tokio::spawn(service(svc_side, frozen.clone()));
+        let link = {
+            let s = server.clone();
+            tokio::spawn(async move { s.handle(gw_side, CancellationToken::new(), None).await })
+        };
+
+        let inst = loop {
+            if let Some(i) = registry.instances().pop() {
+                break i;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        };
+        // Answered heartbeats keep it Online.
+        tokio::time::sleep(interval * 5).await;
+        assert_eq!(inst.state(), LinkState::Online);
+        assert!(!link.is_finished());
+
+        frozen.store(true, Ordering::SeqCst);
+        let silent_since = Instant::now();
+        while inst.state() == LinkState::Online {
+            assert!(silent_since.elapsed() < interval * 3, "never went Unstable");
+            tokio::time::sleep(interval / 10).await;
+        }
+        assert_eq!(inst.state(), LinkState::Unstable);
+        assert_eq!(registry.instances().len(), 1, "Unstable is still routable");
+
+        let ended = tokio::time::timeout(interval * 10, link)
+            .await
+            .expect("the link ends")
+            .unwrap();
+        assert!(ended.is_ok());
+        // Three intervals after the last PONG, which came at most one interval before the
+        // freeze: never sooner than two intervals of silence, never later than four.
+        let silent = silent_since.elapsed();
+        assert!(
+            silent >= interval * 2 && silent <= interval * 4,
+            "{silent:?}"
+        );
+        assert_eq!(inst.state(), LinkState::Offline);
+        assert!(registry.instances().is_empty());
+    }
+}
