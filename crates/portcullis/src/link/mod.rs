@@ -659,4 +659,31 @@ mod tests {
         assert_eq!(inst.state(), LinkState::Offline);
         assert!(registry.instances().is_empty());
     }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_connection_that_sends_no_hello_loses_its_slot_after_the_hello_timeout() {
+        let (server, _registry) = server(Duration::from_secs(1));
+        let admission = Admission::new(4, 4);
+        let slot = admission.admit([127, 0, 0, 1].into()).unwrap();
+        let (gw_side, mut peer) = tokio::io::duplex(64 * 1024);
+        let started = Instant::now();
+        let s = server.clone();
+        let link = tokio::spawn(async move {
+            s.handle(gw_side, CancellationToken::new(), Some(slot))
+                .await
+        });
+        // The peer reads the CHALLENGE and goes silent.
+        assert!(matches!(
+            read_frame(&mut peer, portcullis_link::MAX_FRAME_LEN).await,
+            Ok(Frame::Challenge(_))
+        ));
+        let res = link.await.unwrap();
+        assert!(matches!(res, Err(HandshakeError::Timeout)), "{res:?}");
+        let took = started.elapsed();
+        assert!(
+            took >= server.cfg.hello_timeout && took < server.cfg.handshake_timeout,
+            "{took:?}"
+        );
+        assert_eq!(admission.pending(), 0, "the slot is released");
+    }
 }
