@@ -143,7 +143,8 @@ impl LinkServer {
             };
             // The link runs on a worker (see `workers`).
             let handed = workers.spawn_link(&self.links, stream, move |stream| async move {
-                let hello_by = Instant::now() + this.cfg.hello_timeout;
+                let hello_by =
+                    Instant::now() + this.cfg.hello_timeout.min(this.cfg.handshake_timeout);
                 let res = match &this.tls {
                     None => this.handle(stream, shutdown, Some(slot)).await,
                     Some(acc) => {
@@ -191,7 +192,7 @@ impl LinkServer {
     where
         IO: AsyncRead + AsyncWrite + Unpin + Send + 'static,
     {
-        let hello_by = Instant::now() + self.cfg.hello_timeout;
+        let hello_by = Instant::now() + self.cfg.hello_timeout.min(self.cfg.handshake_timeout);
         self.handle_until(io, shutdown, slot, hello_by).await
     }
 
