@@ -5,11 +5,24 @@
 //! handed to the client connection, so a slow client slows the service instead of growing a
 //! buffer in the gateway. Guards riding on the body (the instance's in-flight count, the client
 //! connection's activity count) drop when the body is finished or abandoned.
+//!
+//! A client that stops reading must cost only its own stream. What one stream can hold in the
+//! gateway is bounded by its HTTP/2 stream window, and the link's connection window is sized
+//! for every stream to hold that much (`link`), so stalled streams never starve the others.
+//! Each link's [`StallWatch`] cuts a relayed body that keeps data waiting while its client
+//! takes none for `ingress.response_stall_timeout`: it drops the h2 stream —
+//! RST_STREAM(CANCEL) to the service, its buffered data and window released at once — and the
+//! client response ends with an error the next time its connection asks for data. The watch
+//! must see bodies that were never polled at all (an HTTP/2 client with a zero window), so
+//! every relayed body registers with it: one small allocation per call.
 
 use bytes::Bytes;
 use http_body::{Body, Frame, SizeHint};
 use std::pin::Pin;
+use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, Weak};
 use std::task::{ready, Context, Poll};
+use std::time::Duration;
 
 use crate::routing::InFlight;
 
@@ -25,10 +38,136 @@ enum Inner {
     /// A body the gateway produces itself (a gateway operation's router).
     Boxed(http_body_util::combinators::UnsyncBoxBody<Bytes, BoxError>),
     Upstream {
-        recv: h2::RecvStream,
+        shared: Arc<Watched>,
         data_done: bool,
-        _call: InFlight,
+        /// The body ended (as opposed to having been cut).
+        finished: bool,
     },
+}
+
+/// A relayed body as its link's [`StallWatch`] sees it.
+struct Watched {
+    /// The service's stream and the call's in-flight guard; `None` once cut.
+    stream: Mutex<Option<(h2::RecvStream, InFlight)>>,
+    /// Frames handed to the client connection so far.
+    progress: AtomicU64,
+    /// The watch's own bookkeeping: progress at its last look, and looks without progress
+    /// while data waited.
+    seen: AtomicU64,
+    stalled_looks: AtomicU32,
+}
+
+impl Watched {
+    fn lock(&self) -> std::sync::MutexGuard<'_, Option<(h2::RecvStream, InFlight)>> {
+        // Every mutation under this lock is a single assignment: a poisoned lock still holds
+        // a consistent value.
+        self.stream.lock().unwrap_or_else(|p| p.into_inner())
+    }
+}
+
+/// The body was cut because its client stopped reading.
+#[derive(Debug, thiserror::Error)]
+#[error("response body stalled: the client took no data")]
+pub struct Stalled;
+
+/// Looks per stall timeout: a body is cut after this many looks in a row without progress.
+const LOOKS: u32 = 4;
+
+/// Every relayed body of one link, looked at a few times per stall timeout.
+#[derive(Default)]
+pub struct StallWatch {
+    bodies: Mutex<Bodies>,
+}
+
+#[derive(Default)]
+struct Bodies {
+    list: Vec<Weak<Watched>>,
+    /// Forget finished bodies when the list reaches this length, so it stays within twice
+    /// the live bodies between looks (amortised O(1) per call).
+    prune_at: usize,
+}
+
+impl std::fmt::Debug for StallWatch {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("StallWatch")
+    }
+}
+
+impl StallWatch {
+    fn bodies(&self) -> std::sync::MutexGuard<'_, Bodies> {
+        self.bodies.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn register(&self, w: &Arc<Watched>) {
+        let mut b = self.bodies();
+        if b.list.len() >= b.prune_at {
+            b.list.retain(|w| w.strong_count() > 0);
+            b.prune_at = (b.list.len() * 2).max(64);
+        }
+        b.list.push(Arc::downgrade(w));
+    }
+
+    /// Bodies registered and not known to be finished.
+    pub fn len(&self) -> usize {
+        self.bodies().list.len()
+    }
+
+    /// Whether no body is registered.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// Look at every body each `timeout / 4`, forever (the link's task runs it beside its
+    /// heartbeat). Never returns; a zero `timeout` watches nothing.
+    pub async fn run(&self, timeout: Duration) {
+        if timeout.is_zero() {
+            return std::future::pending().await;
+        }
+        let mut tick = tokio::time::interval(timeout / LOOKS);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        tick.tick().await;
+        loop {
+            tick.tick().await;
+            self.look();
+        }
+    }
+
+    /// One look: forget finished bodies, count stalls, cut the bodies stalled for `LOOKS`
+    /// looks in a row.
+    pub(crate) fn look(&self) {
+        let mut cut = Vec::new();
+        self.bodies().list.retain(|w| {
+            let Some(w) = w.upgrade() else { return false };
+            let mut slot = w.lock();
+            let Some((recv, _)) = slot.as_mut() else {
+                return false;
+            };
+            let progress = w.progress.load(Ordering::Relaxed);
+            let before = w.seen.swap(progress, Ordering::Relaxed);
+            // Data waiting and none taken: the client is not reading. Nothing waiting: the
+            // service is slow, which is the route timeout's business, not this one's.
+            if progress == before && recv.flow_control().used_capacity() > 0 {
+                if w.stalled_looks.fetch_add(1, Ordering::Relaxed) + 1 >= LOOKS {
+                    if let Some(s) = slot.take() {
+                        cut.push(s);
+                    }
+                    return false;
+                }
+            } else {
+                w.stalled_looks.store(0, Ordering::Relaxed);
+            }
+            true
+        });
+        for (recv, call) in cut {
+            tracing::debug!(
+                service = %call.instance().service, instance = %call.instance().instance_id,
+                "response body stalled: stream cancelled"
+            );
+            // The last handle of the stream: h2 sends RST_STREAM(CANCEL) and gives the
+            // buffered data's window back to the link.
+            drop(recv);
+        }
+    }
 }
 
 /// Response body of every ingress response.
@@ -67,13 +206,21 @@ impl GatewayBody {
     }
 
     /// A service's response stream; `call` keeps the instance's in-flight count until the
-    /// body ends or is dropped.
+    /// body ends, is dropped or is cut, and its instance's [`StallWatch`] watches it.
     pub fn upstream(recv: h2::RecvStream, call: InFlight) -> Self {
+        let inst = call.instance().clone();
+        let shared = Arc::new(Watched {
+            stream: Mutex::new(Some((recv, call))),
+            progress: AtomicU64::new(0),
+            seen: AtomicU64::new(0),
+            stalled_looks: AtomicU32::new(0),
+        });
+        inst.stall_watch.register(&shared);
         Self {
             inner: Inner::Upstream {
-                recv,
+                shared,
                 data_done: false,
-                _call: call,
+                finished: false,
             },
             _guard: None,
         }
@@ -83,6 +230,30 @@ impl GatewayBody {
     pub fn with_guard(mut self, g: impl Guard) -> Self {
         self._guard = Some(Box::new(g));
         self
+    }
+}
+
+fn poll_recv(
+    recv: &mut h2::RecvStream,
+    data_done: &mut bool,
+    cx: &mut Context<'_>,
+) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+    if !*data_done {
+        match ready!(recv.poll_data(cx)) {
+            Some(Ok(data)) => {
+                // Credit goes back as the chunk leaves us; hyper writes it before
+                // polling again, so at most one window is buffered per stream.
+                let _ = recv.flow_control().release_capacity(data.len());
+                return Poll::Ready(Some(Ok(Frame::data(data))));
+            }
+            Some(Err(e)) => return Poll::Ready(Some(Err(Box::new(e)))),
+            None => *data_done = true,
+        }
+    }
+    match ready!(recv.poll_trailers(cx)) {
+        Ok(Some(t)) => Poll::Ready(Some(Ok(Frame::trailers(t)))),
+        Ok(None) => Poll::Ready(None),
+        Err(e) => Poll::Ready(Some(Err(Box::new(e)))),
     }
 }
 
@@ -98,25 +269,26 @@ impl Body for GatewayBody {
             Inner::Full(b) => Poll::Ready(b.take().map(|b| Ok(Frame::data(b)))),
             Inner::Boxed(b) => Pin::new(b).poll_frame(cx),
             Inner::Upstream {
-                recv, data_done, ..
+                shared,
+                data_done,
+                finished,
             } => {
-                if !*data_done {
-                    match ready!(recv.poll_data(cx)) {
-                        Some(Ok(data)) => {
-                            // Credit goes back as the chunk leaves us; hyper writes it before
-                            // polling again, so at most one window is buffered per stream.
-                            let _ = recv.flow_control().release_capacity(data.len());
-                            return Poll::Ready(Some(Ok(Frame::data(data))));
-                        }
-                        Some(Err(e)) => return Poll::Ready(Some(Err(Box::new(e)))),
-                        None => *data_done = true,
-                    }
+                if *finished {
+                    return Poll::Ready(None);
                 }
-                match ready!(recv.poll_trailers(cx)) {
-                    Ok(Some(t)) => Poll::Ready(Some(Ok(Frame::trailers(t)))),
-                    Ok(None) => Poll::Ready(None),
-                    Err(e) => Poll::Ready(Some(Err(Box::new(e)))),
+                let mut slot = shared.lock();
+                let Some((recv, _)) = slot.as_mut() else {
+                    return Poll::Ready(Some(Err(Box::new(Stalled))));
+                };
+                let r = ready!(poll_recv(recv, data_done, cx));
+                if r.is_none() {
+                    // Finished: the in-flight count drops now, not when hyper drops the body.
+                    *slot = None;
+                    *finished = true;
                 }
+                drop(slot);
+                shared.progress.fetch_add(1, Ordering::Relaxed);
+                Poll::Ready(r)
             }
         }
     }
@@ -125,7 +297,15 @@ impl Body for GatewayBody {
         match &self.inner {
             Inner::Full(b) => b.is_none(),
             Inner::Boxed(b) => b.is_end_stream(),
-            Inner::Upstream { recv, .. } => recv.is_end_stream(),
+            Inner::Upstream {
+                shared, finished, ..
+            } => {
+                *finished
+                    || shared
+                        .lock()
+                        .as_ref()
+                        .is_some_and(|(r, _)| r.is_end_stream())
+            }
         }
     }
 

@@ -2,7 +2,7 @@
 //! [`Config::validate`] that names the offending field.
 //!
 //! Each section lives with the module that owns it and validates itself, naming the key path
-//! it was given: [`StoreConfig`] in `store`, [`RuntimeConfig`] in `workers`, [`RoutingConfig`]
+//! it was given: [`StoreConfig`] in `store`, [`RuntimeConfig`] in `dataplane`, [`RoutingConfig`]
 //! in `routing`, [`TelemetryConfig`] in `telemetry`. This module assembles them into
 //! [`Config`], parses and overrides, and re-exports every section so `crate::config::X` names
 //! each one wherever it lives. (The ingress, link and auth sections are still here: they move
@@ -211,6 +211,12 @@ pub struct IngressConfig {
     /// Calls in progress on the whole gateway (every connection, every protocol) past which
     /// new calls are shed with 503 and `Retry-After` instead of queueing. Default 10000.
     pub max_in_flight: usize,
+    /// A relayed response body whose data waits while its client takes none for this long
+    /// is cut (the service's stream is cancelled, the client's response ends in error), so a
+    /// client that stops reading holds a link's flow-control window for a bounded time.
+    /// Default 30 s.
+    #[serde(with = "humantime_serde")]
+    pub response_stall_timeout: Duration,
 }
 
 impl Default for IngressConfig {
@@ -226,9 +232,13 @@ impl Default for IngressConfig {
             park_after: Duration::from_millis(50),
             max_connections: 20_000,
             max_in_flight: 10_000,
+            response_stall_timeout: Duration::from_secs(30),
         }
     }
 }
+
+/// Largest HTTP/2 flow-control window (RFC 9113 §6.9.1).
+pub const MAX_H2_WINDOW: u32 = (1 << 31) - 1;
 
 /// Service-facing link listener.
 #[derive(Debug, Clone, Deserialize, Serialize)]
@@ -249,6 +259,19 @@ pub struct LinkConfig {
     pub max_frame_bytes: u32,
     /// Concurrent calls the gateway opens on one link. Default 1000.
     pub max_concurrent_streams: u32,
+    /// Time a new link connection has to deliver a complete HELLO (TLS included) before
+    /// it loses its handshake slot: a silent connection holds one only this long (capped by
+    /// `handshake_timeout`). Default 3 s.
+    #[serde(with = "humantime_serde")]
+    pub hello_timeout: Duration,
+    /// Handshakes one source address may have in progress; at the cap its oldest connection
+    /// that has not yet sent a complete HELLO makes room. Default 32.
+    pub max_pending_handshakes_per_ip: usize,
+    /// HTTP/2 receive window of each call on a link, bytes: the most one response stream can
+    /// hold in the gateway when its client stops reading. The link's connection window is
+    /// this times `max_concurrent_streams` (plus one window), so stalled streams can never
+    /// exhaust it for the others. Default 256 KiB.
+    pub stream_window_bytes: u32,
 }
 
 impl Default for LinkConfig {
@@ -260,6 +283,9 @@ impl Default for LinkConfig {
             handshake_timeout: Duration::from_secs(10),
             max_frame_bytes: portcullis_link::MAX_FRAME_LEN,
             max_concurrent_streams: 1000,
+            hello_timeout: Duration::from_secs(3),
+            max_pending_handshakes_per_ip: 32,
+            stream_window_bytes: 256 * 1024,
         }
     }
 }
@@ -511,6 +537,32 @@ impl Config {
             errs.push(ConfigError::new(
                 "link.max_concurrent_streams",
                 "must be at least 1",
+            ));
+        }
+        if l.hello_timeout.is_zero() {
+            errs.push(ConfigError::new("link.hello_timeout", "must be positive"));
+        }
+        if l.max_pending_handshakes_per_ip == 0 {
+            errs.push(ConfigError::new(
+                "link.max_pending_handshakes_per_ip",
+                "must be at least 1",
+            ));
+        }
+        if l.stream_window_bytes < 65_535
+            || u64::from(l.stream_window_bytes) * (u64::from(l.max_concurrent_streams) + 1)
+                > u64::from(MAX_H2_WINDOW)
+        {
+            errs.push(ConfigError::new(
+                "link.stream_window_bytes",
+                format!(
+                    "must be at least 65535, and times (link.max_concurrent_streams + 1) at most {MAX_H2_WINDOW}"
+                ),
+            ));
+        }
+        if i.response_stall_timeout.is_zero() {
+            errs.push(ConfigError::new(
+                "ingress.response_stall_timeout",
+                "must be positive",
             ));
         }
         let a = &self.auth;

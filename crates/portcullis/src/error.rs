@@ -35,7 +35,8 @@ pub enum GatewayError {
     /// The request body exceeds the limit.
     #[error("payload too large")]
     PayloadTooLarge,
-    /// The request head is larger than the link to the chosen service accepts.
+    /// The request head is larger than the service's link accepts (its HTTP/2
+    /// `SETTINGS_MAX_HEADER_LIST_SIZE`): refused before a byte of it is sent.
     #[error("request header fields too large")]
     HeadersTooLarge,
     /// The request uses something the gateway does not implement (a transfer coding other

@@ -157,6 +157,9 @@ pub async fn run_with_auth(
         threads = dataplane.len(),
         "gateway listening"
     );
+    // Everything is built and the listeners are bound: a probe on the first accepted
+    // connection must already see a started gateway.
+    health.set_started();
     let ingress_task = tokio::spawn(ingress.clone().serve(
         listeners.ingress,
         stop_accepting.clone(),
@@ -164,7 +167,6 @@ pub async fn run_with_auth(
     ));
     let link_task = tokio::spawn(link.clone().serve(listeners.link, close_links.clone()));
 
-    health.set_started();
     shutdown.await;
     tracing::info!(grace = ?config.shutdown.grace_period, "shutting down: draining");
     health.set_draining();

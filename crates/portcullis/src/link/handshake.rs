@@ -23,6 +23,9 @@ pub enum HandshakeError {
     /// Endpoints refused.
     #[error("{0}")]
     Register(RegisterError),
+    /// The handshake slot was given to a newer connection before a HELLO arrived.
+    #[error("handshake slot evicted before HELLO")]
+    Evicted,
     /// The handshake did not finish in time.
     #[error("handshake timed out")]
     Timeout,

@@ -6,7 +6,9 @@
 //! heartbeat until the link dies, is replaced, or the gateway shuts down. A REJECT is sent for
 //! every refusal with its code, and the gateway keeps serving others.
 
+mod admission;
 mod handshake;
+mod peer;
 
 use bytes::Bytes;
 use http::Request;
@@ -16,16 +18,19 @@ use portcullis_link::{
 use rand::RngCore;
 use sha2::{Digest, Sha256};
 use std::collections::HashMap;
+use std::ops::ControlFlow;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 use subtle::ConstantTimeEq;
 use tokio::io::{AsyncRead, AsyncWrite};
+use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
 use crate::config::{Config, LinkConfig};
 use crate::routing::{validate_endpoints, Instance, LinkState, RegisterError, Registry};
 use crate::telemetry::metrics::{Listener, Metrics};
 
+pub use admission::{Admission, Slot};
 pub use handshake::{read_frame, write_frame, HandshakeError};
 
 /// Everything the link server needs, built once from the configuration.
@@ -33,12 +38,14 @@ pub struct LinkServer {
     registry: Arc<Registry>,
     cfg: LinkConfig,
     max_request_body: u64,
+    /// `ingress.response_stall_timeout`, given to every instance.
+    response_stall_timeout: Duration,
     /// service name → SHA-256 of its token.
     tokens: HashMap<String, [u8; 32]>,
     tls: Option<tokio_rustls::TlsAcceptor>,
     metrics: Arc<Metrics>,
-    /// Weak: link tasks hold the `LinkServer`; only the gateway's `run` owns the workers.
-    workers: std::sync::Weak<crate::dataplane::DataPlane>,
+    /// Weak: link tasks hold the `LinkServer`; only the gateway's `run` owns the data plane.
+    dataplane: std::sync::Weak<crate::dataplane::DataPlane>,
     /// Every link's task, from handshake to close.
     links: tokio_util::task::TaskTracker,
 }
@@ -74,7 +81,7 @@ impl LinkServer {
         config: &Config,
         registry: Arc<Registry>,
         metrics: Arc<Metrics>,
-        workers: &Arc<crate::dataplane::DataPlane>,
+        dataplane: &Arc<crate::dataplane::DataPlane>,
     ) -> anyhow::Result<Self> {
         let mut tokens = HashMap::new();
         for (name, svc) in &config.services {
@@ -92,10 +99,11 @@ impl LinkServer {
             registry,
             cfg: config.link.clone(),
             max_request_body: config.ingress.max_body_bytes,
+            response_stall_timeout: config.ingress.response_stall_timeout,
             tokens,
             tls,
             metrics,
-            workers: Arc::downgrade(workers),
+            dataplane: Arc::downgrade(dataplane),
             links: tokio_util::task::TaskTracker::new(),
         })
     }
@@ -107,42 +115,41 @@ impl LinkServer {
         listener: crate::transport::Listener,
         shutdown: CancellationToken,
     ) {
-        // Handshakes in progress are bounded; established links are bounded by the services
-        // the configuration allows and the per-service instance cap in the registry.
-        let pending = Arc::new(tokio::sync::Semaphore::new(MAX_PENDING_HANDSHAKES));
-        loop {
-            let (stream, peer) = tokio::select! {
-                _ = shutdown.cancelled() => return,
-                r = listener.accept() => match r {
-                    Ok(x) => x,
-                    Err(e) => {
-                        // EMFILE and friends: back off instead of spinning.
-                        tracing::warn!(error = %e, "link accept failed");
-                        tokio::time::sleep(Duration::from_millis(50)).await;
-                        continue;
-                    }
-                },
+        // Handshakes in progress are bounded (see `admission`); established links are bounded
+        // by the services the configuration allows and the per-service instance cap.
+        let admission = Admission::new(
+            MAX_PENDING_HANDSHAKES,
+            self.cfg.max_pending_handshakes_per_ip,
+        );
+        // Admission is per connection (evicting the oldest HELLO-less one at a cap), so the
+        // loop itself admits everything.
+        crate::transport::accept_loop(&listener, "link", &shutdown, None, |stream, peer, _| {
+            let Some(slot) = admission.admit(peer.ip()) else {
+                tracing::warn!(peer = %peer, "every link handshake slot holds a HELLO: refused");
+                return ControlFlow::Continue(());
             };
-            let Ok(permit) = pending.clone().try_acquire_owned() else {
-                tracing::warn!(peer = %peer, "too many link handshakes in progress: refused");
-                drop(stream);
-                continue;
+            let Some(dataplane) = self.dataplane.upgrade() else {
+                return ControlFlow::Break(()); // the gateway is gone
             };
             let this = self.clone();
             let shutdown = shutdown.clone();
-            let Some(workers) = self.workers.upgrade() else {
-                return; // the gateway is gone
-            };
-            // The link runs on a worker (see `workers`).
-            let handed = workers.spawn_link(&self.links, stream, move |stream| async move {
-                let permit = Some(permit);
+            // The link runs on a data-plane thread (see `dataplane`).
+            let handed = dataplane.spawn_link(&self.links, stream, move |stream| async move {
+                let hello_by =
+                    Instant::now() + this.cfg.hello_timeout.min(this.cfg.handshake_timeout);
                 let res = match &this.tls {
-                    None => this.handle(stream, shutdown, permit).await,
+                    None => this.handle(stream, shutdown, Some(slot)).await,
                     Some(acc) => {
-                        match tokio::time::timeout(this.cfg.handshake_timeout, acc.accept(stream))
-                            .await
-                        {
-                            Ok(Ok(tls)) => this.handle(tls, shutdown, permit).await,
+                        // The TLS handshake comes out of the time to HELLO, and an evicted
+                        // slot ends it too.
+                        let tls = tokio::select! {
+                            r = tokio::time::timeout_at(hello_by, acc.accept(stream)) => r,
+                            _ = slot.evicted() => Ok(Err(std::io::Error::other("evicted"))),
+                        };
+                        match tls {
+                            Ok(Ok(tls)) => {
+                                this.handle_until(tls, shutdown, Some(slot), hello_by).await
+                            }
                             Ok(Err(e)) => Err(HandshakeError::Io(e)),
                             Err(_) => Err(HandshakeError::Timeout),
                         }
@@ -153,9 +160,11 @@ impl LinkServer {
                 }
             });
             if let Err(e) = handed {
-                tracing::debug!(peer = %peer, error = %e, "cannot hand the link to a worker");
+                tracing::debug!(peer = %peer, error = %e, "cannot hand the link to a data-plane thread");
             }
-        }
+            ControlFlow::Continue(())
+        })
+        .await;
     }
 
     /// Wait until every link's task has ended. Call after closing the links (their instances'
@@ -166,21 +175,47 @@ impl LinkServer {
     }
 
     /// Handshake, register and run one link to its end.
-    /// `permit` is the handshake slot; it is released once the link is established.
+    /// `slot` is the handshake slot (see [`Admission`]); it is released once the link is
+    /// established, and the handshake ends if it is evicted first.
     pub async fn handle<IO>(
+        &self,
+        io: IO,
+        shutdown: CancellationToken,
+        slot: Option<Slot>,
+    ) -> Result<(), HandshakeError>
+    where
+        IO: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+    {
+        let hello_by = Instant::now() + self.cfg.hello_timeout.min(self.cfg.handshake_timeout);
+        self.handle_until(io, shutdown, slot, hello_by).await
+    }
+
+    /// [`LinkServer::handle`] with the HELLO due by `hello_by`.
+    async fn handle_until<IO>(
         &self,
         mut io: IO,
         shutdown: CancellationToken,
-        mut permit: Option<tokio::sync::OwnedSemaphorePermit>,
+        mut slot: Option<Slot>,
+        hello_by: Instant,
     ) -> Result<(), HandshakeError>
     where
         IO: AsyncRead + AsyncWrite + Unpin + Send + 'static,
     {
         let _gauge = self.metrics.connection(Listener::link);
+        let evicted = async {
+            match &slot {
+                Some(s) => s.evicted().await,
+                None => std::future::pending().await,
+            }
+        };
         // A gateway shutting down does not wait for a handshake in progress: the service
         // will dial again (another gateway, or this one once it is back).
         let attempt = tokio::select! {
-            r = tokio::time::timeout(self.cfg.handshake_timeout, self.handshake(&mut io)) => r,
+            r = tokio::time::timeout(
+                self.cfg.handshake_timeout,
+                self.handshake(&mut io, slot.as_ref(), hello_by),
+            ) => r,
+            _ = evicted => return Err(HandshakeError::Evicted),
             _ = shutdown.cancelled() => {
                 return Err(HandshakeError::Io(std::io::Error::other("gateway shutting down")));
             }
@@ -218,33 +253,51 @@ impl LinkServer {
         write_frame(&mut io, &ack).await?;
         self.metrics.frame("hello_ack");
 
+        // Learn the service's limits from its SETTINGS (see `peer`) before it is routable.
+        let (io, peer_settings) = peer::SettingsSniffer::new(io);
         let (sender, mut conn) = h2::client::Builder::new()
             // Large DATA frames: a streamed response crosses the link in a quarter as many
             // frames as with the 16 KiB default, and reaches the client in as many writes.
             .max_frame_size(LINK_MAX_FRAME_BYTES)
-            .initial_window_size(1 << 20)
-            .initial_connection_window_size(16 << 20)
+            // Every stream may hold its whole window while its client is not reading, and the
+            // connection window still has room for one more: a stalled stream costs only
+            // itself (`body`). Validated to fit an HTTP/2 window.
+            .initial_window_size(self.cfg.stream_window_bytes)
+            .initial_connection_window_size(self.connection_window())
             .max_concurrent_reset_streams(1024)
             .max_send_buffer_size(256 * 1024)
             .handshake::<_, Bytes>(io)
             .await
             .map_err(|e| HandshakeError::Http2(e.to_string()))?;
         let ping_pong = conn.ping_pong();
+        // The server's preface is its SETTINGS; drive the connection until it has arrived.
+        tokio::select! {
+            _ = peer_settings.seen() => {}
+            r = &mut conn => {
+                let e = r.err().map_or_else(|| "closed".to_string(), |e| e.to_string());
+                return Err(HandshakeError::Http2(e));
+            }
+            _ = tokio::time::sleep(self.cfg.handshake_timeout) => return Err(HandshakeError::Timeout),
+        }
 
-        let instance = Arc::new(Instance::new(
-            hello.service.as_str().into(),
-            hello.instance_id.as_str().into(),
-            link_id.as_str().into(),
-            hello.region.as_deref().map(Into::into),
-            hello.version.as_str().into(),
-            sender,
-        ));
+        let instance = Arc::new(
+            Instance::new(
+                hello.service.as_str().into(),
+                hello.instance_id.as_str().into(),
+                link_id.as_str().into(),
+                hello.region.as_deref().map(Into::into),
+                hello.version.as_str().into(),
+                sender,
+            )
+            .with_max_header_list_size(peer_settings.max_header_list_size())
+            .with_response_stall_timeout(self.response_stall_timeout),
+        );
         if let Err(e) = self.registry.register(instance.clone(), endpoints) {
             // Lost a race with another service registering the same route after our check.
             tracing::warn!(service = %hello.service, error = %e, "link closed after HELLO_ACK");
             return Err(HandshakeError::Register(e));
         }
-        permit.take();
+        slot.take();
         tracing::info!(
             service = %instance.service, instance = %instance.instance_id, link = %link_id,
             region = instance.region.as_deref().unwrap_or("-"), "link up"
@@ -263,6 +316,7 @@ impl LinkServer {
                 Err(_) => "connection error",
             },
             r = heartbeat => r,
+            _ = instance.stall_watch.run(instance.response_stall_timeout) => "stall watch ended",
             _ = instance.close.cancelled() => "closed by gateway",
             _ = shutdown.cancelled() => "gateway shutdown",
         };
@@ -275,7 +329,20 @@ impl LinkServer {
         Ok(())
     }
 
-    async fn handshake<IO>(&self, io: &mut IO) -> Result<Accepted, HandshakeError>
+    /// The link's connection window: one stream window per stream it may carry, plus one.
+    fn connection_window(&self) -> u32 {
+        let w = u64::from(self.cfg.stream_window_bytes)
+            * (u64::from(self.cfg.max_concurrent_streams) + 1);
+        u32::try_from(w.min(u64::from(crate::config::MAX_H2_WINDOW)))
+            .unwrap_or(crate::config::MAX_H2_WINDOW)
+    }
+
+    async fn handshake<IO>(
+        &self,
+        io: &mut IO,
+        slot: Option<&Slot>,
+        hello_by: Instant,
+    ) -> Result<Accepted, HandshakeError>
     where
         IO: AsyncRead + AsyncWrite + Unpin,
     {
@@ -286,13 +353,19 @@ impl LinkServer {
         };
         write_frame(io, &Frame::Challenge(challenge)).await?;
         self.metrics.frame("challenge");
-        let hello = match read_frame(io, self.cfg.max_frame_bytes).await? {
+        let frame = tokio::time::timeout_at(hello_by, read_frame(io, self.cfg.max_frame_bytes))
+            .await
+            .map_err(|_| HandshakeError::Timeout)??;
+        let hello = match frame {
             Frame::Hello(h) => {
                 self.metrics.frame("hello");
                 *h
             }
             _ => return Err(HandshakeError::Unexpected),
         };
+        if let Some(s) = slot {
+            s.hello_received();
+        }
         // Hash the presented token whether or not the service is known, so both paths cost
         // the same and an unknown name is indistinguishable from a wrong token.
         let Credential::Token { token } = &hello.credential;
@@ -341,7 +414,7 @@ impl HandshakeError {
             }
             Self::Register(RegisterError::TooManyInstances(_)) => RejectCode::Unavailable,
             Self::Timeout => RejectCode::Timeout,
-            Self::Io(_) | Self::Http2(_) => return None,
+            Self::Io(_) | Self::Http2(_) | Self::Evicted => return None,
         })
     }
 }
@@ -423,4 +496,189 @@ async fn health(inst: &Instance) -> Option<portcullis_link::HealthReport> {
         buf.extend_from_slice(&chunk);
     }
     serde_json::from_slice(&buf).ok()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::pin::Pin;
+    use std::sync::atomic::{AtomicBool, Ordering};
+    use std::task::{Context, Poll};
+    use tokio::io::ReadBuf;
+
+    /// A byte stream whose bytes stop flowing, both ways, once `frozen` is set: a peer
+    /// that is still connected but has gone silent.
+    struct Freezable<IO> {
+        io: IO,
+        frozen: Arc<AtomicBool>,
+    }
+
+    impl<IO: AsyncRead + Unpin> AsyncRead for Freezable<IO> {
+        fn poll_read(
+            self: Pin<&mut Self>,
+            cx: &mut Context<'_>,
+            buf: &mut ReadBuf<'_>,
+        ) -> Poll<std::io::Result<()>> {
+            let this = self.get_mut();
+            if this.frozen.load(Ordering::SeqCst) {
+                return Poll::Pending;
+            }
+            Pin::new(&mut this.io).poll_read(cx, buf)
+        }
+    }
+
+    impl<IO: AsyncWrite + Unpin> AsyncWrite for Freezable<IO> {
+        fn poll_write(
+            self: Pin<&mut Self>,
+            cx: &mut Context<'_>,
+            buf: &[u8],
+        ) -> Poll<std::io::Result<usize>> {
+            let this = self.get_mut();
+            if this.frozen.load(Ordering::SeqCst) {
+                return Poll::Pending;
+            }
+            Pin::new(&mut this.io).poll_write(cx, buf)
+        }
+        fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+            Pin::new(&mut self.get_mut().io).poll_flush(cx)
+        }
+        fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+            Pin::new(&mut self.get_mut().io).poll_shutdown(cx)
+        }
+    }
+
+    fn server(interval: Duration) -> (Arc<LinkServer>, Arc<Registry>) {
+        let mut config = Config::default();
+        config.link.heartbeat_interval = interval;
+        let registry = Arc::new(Registry::new(Duration::from_secs(30)));
+        let mut tokens = HashMap::new();
+        tokens.insert("svc".to_string(), hash_token("svc-token"));
+        let server = LinkServer {
+            registry: registry.clone(),
+            cfg: config.link.clone(),
+            max_request_body: config.ingress.max_body_bytes,
+            response_stall_timeout: config.ingress.response_stall_timeout,
+            tokens,
+            tls: None,
+            metrics: Arc::new(Metrics::new(Vec::new())),
+            dataplane: std::sync::Weak::new(),
+            links: tokio_util::task::TaskTracker::new(),
+        };
+        (Arc::new(server), registry)
+    }
+
+    /// The service side: handshake, then an HTTP/2 server answering 404 (PINGs are answered
+    /// by h2 itself) until its bytes are frozen.
+    async fn service(io: tokio::io::DuplexStream, frozen: Arc<AtomicBool>) {
+        let mut io = Freezable { io, frozen };
+        assert!(matches!(
+            read_frame(&mut io, portcullis_link::MAX_FRAME_LEN).await,
+            Ok(Frame::Challenge(_))
+        ));
+        let hello = Hello {
+            service: "svc".into(),
+            instance_id: "svc-1".into(),
+            version: "0".into(),
+            region: None,
+            endpoints: vec![portcullis_link::EndpointDescriptor {
+                method: "GET".into(),
+                path: "/svc".into(),
+                timeout_ms: None,
+                streaming: false,
+                capability: None,
+                protocol: portcullis_link::Protocol::Http,
+            }],
+            openapi: None,
+            credential: Credential::Token {
+                token: "svc-token".into(),
+            },
+        };
+        write_frame(&mut io, &Frame::Hello(Box::new(hello)))
+            .await
+            .unwrap();
+        assert!(matches!(
+            read_frame(&mut io, portcullis_link::MAX_FRAME_LEN).await,
+            Ok(Frame::HelloAck(_))
+        ));
+        let mut conn = h2::server::handshake(io).await.unwrap();
+        while let Some(Ok((_req, mut respond))) = conn.accept().await {
+            let resp = http::Response::builder().status(404).body(()).unwrap();
+            let _ = respond.send_response(resp, true);
+        }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_silent_link_goes_unstable_then_is_removed_after_three_intervals() {
+        let interval = Duration::from_secs(1);
+        let (server, registry) = server(interval);
+        let (gw_side, svc_side) = tokio::io::duplex(64 * 1024);
+        let frozen = Arc::new(AtomicBool::new(false));
+        tokio::spawn(service(svc_side, frozen.clone()));
+        let link = {
+            let s = server.clone();
+            tokio::spawn(async move { s.handle(gw_side, CancellationToken::new(), None).await })
+        };
+
+        let inst = loop {
+            if let Some(i) = registry.instances().pop() {
+                break i;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        };
+        // Answered heartbeats keep it Online.
+        tokio::time::sleep(interval * 5).await;
+        assert_eq!(inst.state(), LinkState::Online);
+        assert!(!link.is_finished());
+
+        frozen.store(true, Ordering::SeqCst);
+        let silent_since = Instant::now();
+        while inst.state() == LinkState::Online {
+            assert!(silent_since.elapsed() < interval * 3, "never went Unstable");
+            tokio::time::sleep(interval / 10).await;
+        }
+        assert_eq!(inst.state(), LinkState::Unstable);
+        assert_eq!(registry.instances().len(), 1, "Unstable is still routable");
+
+        let ended = tokio::time::timeout(interval * 10, link)
+            .await
+            .expect("the link ends")
+            .unwrap();
+        assert!(ended.is_ok());
+        // Three intervals after the last PONG, which came at most one interval before the
+        // freeze: never sooner than two intervals of silence, never later than four.
+        let silent = silent_since.elapsed();
+        assert!(
+            silent >= interval * 2 && silent <= interval * 4,
+            "{silent:?}"
+        );
+        assert_eq!(inst.state(), LinkState::Offline);
+        assert!(registry.instances().is_empty());
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_connection_that_sends_no_hello_loses_its_slot_after_the_hello_timeout() {
+        let (server, _registry) = server(Duration::from_secs(1));
+        let admission = Admission::new(4, 4);
+        let slot = admission.admit([127, 0, 0, 1].into()).unwrap();
+        let (gw_side, mut peer) = tokio::io::duplex(64 * 1024);
+        let started = Instant::now();
+        let s = server.clone();
+        let link = tokio::spawn(async move {
+            s.handle(gw_side, CancellationToken::new(), Some(slot))
+                .await
+        });
+        // The peer reads the CHALLENGE and goes silent.
+        assert!(matches!(
+            read_frame(&mut peer, portcullis_link::MAX_FRAME_LEN).await,
+            Ok(Frame::Challenge(_))
+        ));
+        let res = link.await.unwrap();
+        assert!(matches!(res, Err(HandshakeError::Timeout)), "{res:?}");
+        let took = started.elapsed();
+        assert!(
+            took >= server.cfg.hello_timeout && took < server.cfg.handshake_timeout,
+            "{took:?}"
+        );
+        assert_eq!(admission.pending(), 0, "the slot is released");
+    }
 }

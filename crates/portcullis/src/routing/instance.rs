@@ -62,11 +62,20 @@ pub struct Instance {
     rtt_us: AtomicU64,
     /// Cancelled to close the link (replacement, shutdown, dead peer).
     pub close: CancellationToken,
-    /// The data-plane worker the link runs on (`crate::workers`), if any.
+    /// The data-plane thread the link runs on (`crate::dataplane`), if any.
     pub worker: Option<usize>,
     /// The links of one service process share this: the instance id without the SDK's
     /// `.<k>` suffix for its extra links (`links_per_gateway`).
     pub group: Arc<str>,
+    /// The service's `SETTINGS_MAX_HEADER_LIST_SIZE` (`u32::MAX`: none declared). A request
+    /// head at or over it is refused with 431 before a byte is sent: the service would reset
+    /// it, or, when the block spans CONTINUATION frames, close the whole link.
+    pub max_header_list_size: u32,
+    /// How long a relayed response body may keep data waiting while its client takes none
+    /// before it is cut (`ingress.response_stall_timeout`; zero: never).
+    pub response_stall_timeout: std::time::Duration,
+    /// The relayed bodies of this link, for the stall check (`crate::body`).
+    pub stall_watch: crate::body::StallWatch,
 }
 
 /// The instance id without a trailing `.<digits>`: the SDK names link `k ≥ 1` of an instance
@@ -108,7 +117,22 @@ impl Instance {
             rtt_us: AtomicU64::new(INITIAL_RTT_US),
             close: CancellationToken::new(),
             worker: crate::dataplane::current(),
+            max_header_list_size: u32::MAX,
+            response_stall_timeout: std::time::Duration::ZERO,
+            stall_watch: crate::body::StallWatch::default(),
         }
+    }
+
+    /// Set how long a response body may stall before it is cut.
+    pub fn with_response_stall_timeout(mut self, t: std::time::Duration) -> Self {
+        self.response_stall_timeout = t;
+        self
+    }
+
+    /// Set the header list limit the service declared in its SETTINGS.
+    pub fn with_max_header_list_size(mut self, max: u32) -> Self {
+        self.max_header_list_size = max;
+        self
     }
 
     /// Current state.

@@ -165,7 +165,7 @@ mod tests {
         // The local link holds 2 calls, the remote none: 3 against 2 × 1, spill over.
         let _calls: Vec<_> = (0..2).map(|_| w0.begin_call()).collect();
         assert!(Arc::ptr_eq(&pick(0), &w1), "a busy local link spills over");
-        // Outside the workers (tests, tools) load alone decides.
+        // Outside the data plane (tests, tools) load alone decides.
         let none = select_from(&pool, &Tiers::default(), &[], None).expect("one");
         assert!(Arc::ptr_eq(&none, &w1), "the idle link wins on load alone");
     }

@@ -13,6 +13,7 @@ mod binary;
 #[cfg(feature = "demo")]
 mod demo;
 mod hostile_http;
+mod hostile_link;
 mod limits;
 mod link_handshake;
 mod operations;

@@ -310,3 +310,73 @@ where
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
 }
+
+/// A service linked by hand for limits the SDK does not expose: the real handshake over TCP
+/// (CHALLENGE, HELLO with the configured token, HELLO_ACK), then a hyper HTTP/2 server with
+/// `max_header_list_size` serving `router`. Returns once HELLO_ACK has arrived; the task
+/// serves until the link ends.
+pub async fn raw_h2_service(
+    link: SocketAddr,
+    service: &str,
+    instance: &str,
+    endpoints: Vec<portcullis_link::EndpointDescriptor>,
+    max_header_list_size: u32,
+    router: axum::Router,
+) -> tokio::task::JoinHandle<()> {
+    use portcullis_link::{Credential, Frame, Hello, MAX_FRAME_LEN};
+    let mut s = tokio::net::TcpStream::connect(link)
+        .await
+        .expect("link port");
+    let challenge = portcullis::link::read_frame(&mut s, MAX_FRAME_LEN)
+        .await
+        .expect("challenge");
+    assert!(matches!(challenge, Frame::Challenge(_)));
+    let hello = Hello {
+        service: service.into(),
+        instance_id: instance.into(),
+        version: "0".into(),
+        region: None,
+        endpoints,
+        openapi: None,
+        credential: Credential::Token {
+            token: token_for(service),
+        },
+    };
+    portcullis::link::write_frame(&mut s, &Frame::Hello(Box::new(hello)))
+        .await
+        .expect("hello sent");
+    let ack = portcullis::link::read_frame(&mut s, MAX_FRAME_LEN)
+        .await
+        .expect("answer");
+    assert!(matches!(ack, Frame::HelloAck(_)), "got {ack:?}");
+    tokio::spawn(async move {
+        use tower::ServiceExt;
+        let svc = hyper::service::service_fn(move |req: http::Request<hyper::body::Incoming>| {
+            router.clone().oneshot(req)
+        });
+        let _ = hyper::server::conn::http2::Builder::new(TokioExecutor::new())
+            .max_header_list_size(max_header_list_size)
+            .max_concurrent_streams(1000)
+            .serve_connection(hyper_util::rt::TokioIo::new(s), svc)
+            .await;
+    })
+}
+
+/// A descriptor for [`raw_h2_service`].
+pub fn descriptor(method: &str, path: &str) -> portcullis_link::EndpointDescriptor {
+    portcullis_link::EndpointDescriptor {
+        method: method.into(),
+        path: path.into(),
+        timeout_ms: None,
+        streaming: true,
+        capability: None,
+        protocol: portcullis_link::Protocol::Http,
+    }
+}
+
+/// An HTTP/2 (prior knowledge) client to the gateway.
+pub fn h2_client() -> Client<HttpConnector, Body> {
+    Client::builder(TokioExecutor::new())
+        .http2_only(true)
+        .build_http()
+}
