@@ -30,8 +30,9 @@ pub struct Refusal<'a> {
 #[derive(Clone)]
 pub struct AuditSink {
     metrics: Arc<Metrics>,
-    /// Holds the bounded queue the audit writer drains (see `auth::authenticator`).
-    queue: Arc<ApiKeyAuthenticator>,
+    /// Holds the bounded queue the audit writer drains (see `auth::authenticator`); `None`
+    /// counts refusals without recording them (component tests without a store).
+    queue: Option<Arc<ApiKeyAuthenticator>>,
 }
 
 impl std::fmt::Debug for AuditSink {
@@ -43,16 +44,27 @@ impl std::fmt::Debug for AuditSink {
 impl AuditSink {
     /// A sink counting in `metrics` and queueing on the authenticator's audit writer.
     pub fn new(metrics: Arc<Metrics>, queue: Arc<ApiKeyAuthenticator>) -> Self {
-        Self { metrics, queue }
+        Self {
+            metrics,
+            queue: Some(queue),
+        }
+    }
+
+    /// A sink that only counts (for component tests that run without a store).
+    pub fn metrics_only(metrics: Arc<Metrics>) -> Self {
+        Self {
+            metrics,
+            queue: None,
+        }
     }
 
     /// Report one refusal. Never blocks and never fails the call.
     pub fn refused(&self, r: Refusal<'_>) {
         self.metrics.auth_failure(r.reason);
-        if !self
-            .queue
-            .report_failure(r.reason, r.credential_id, r.peer, r.capability)
-        {
+        let Some(queue) = &self.queue else {
+            return;
+        };
+        if !queue.report_failure(r.reason, r.credential_id, r.peer, r.capability) {
             self.metrics.audit_dropped.inc();
         }
     }

@@ -114,6 +114,7 @@ pub async fn run_with_auth(
         config.auth.metrics_scope.as_deref().map(Into::into),
     ));
     let audit = AuditSink::new(metrics.clone(), auth.clone());
+    let link_audit = audit.clone();
     let pipeline = Pipeline::new(crate::pipeline::Parts {
         registry: registry.clone(),
         tiers,
@@ -142,6 +143,7 @@ pub async fn run_with_auth(
         &config,
         registry.clone(),
         metrics,
+        link_audit,
         &dataplane,
     )?);
 

@@ -1,7 +1,7 @@
 //! Who is linking: the link handshake's credential contract.
 //!
-//! The gateway hands every HELLO, with what it knows of the handshake (the nonce it sent, its
-//! time, the peer, the TLS facts), to one [`LinkAuthenticator`], which answers with the
+//! The gateway hands every HELLO, with what it knows of the handshake (the nonce it sent and
+//! its time), to one [`LinkAuthenticator`], which answers with the
 //! service's [`LinkIdentity`] or a [`LinkAuthFailure`]. A service token is the credential today
 //! ([`ServiceTokens`]); an enrolled Ed25519 key signing the challenge (with the TLS exporter
 //! value) and a client certificate naming the service are further implementations of the same
@@ -18,19 +18,14 @@ use std::pin::Pin;
 use std::sync::Arc;
 use subtle::ConstantTimeEq;
 
-use crate::transport::{Peer, TlsFacts};
-
-/// What the gateway knows of a handshake when it checks the HELLO.
+/// What the gateway knows of a handshake when it checks the HELLO: what a signed challenge
+/// must cover. (The peer and the TLS facts join it with the credentials that need them.)
 #[derive(Debug, Clone)]
 pub struct HandshakeFacts {
     /// The nonce of the CHALLENGE this HELLO answers.
     pub nonce: Arc<str>,
     /// The gateway's time in the CHALLENGE (Unix ms).
     pub server_time_ms: u64,
-    /// Who connected.
-    pub peer: Option<Peer>,
-    /// TLS facts, when the link runs over TLS (client certificates, exporter).
-    pub tls: Option<TlsFacts>,
 }
 
 /// How a service proved who it is.

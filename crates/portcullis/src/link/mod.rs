@@ -7,30 +7,30 @@
 //! every refusal with its code, and the gateway keeps serving others.
 
 mod admission;
+pub mod authenticator;
 mod handshake;
 mod peer;
 
 use bytes::Bytes;
 use http::Request;
 use portcullis_link::{
-    Challenge, Credential, Frame, Hello, HelloAck, LinkLimits, Reject, RejectCode, HEALTH_PATH,
+    Challenge, Frame, Hello, HelloAck, LinkLimits, Reject, RejectCode, HEALTH_PATH,
 };
 use rand::RngCore;
-use sha2::{Digest, Sha256};
-use std::collections::HashMap;
 use std::ops::ControlFlow;
 use std::sync::Arc;
 use std::time::Duration;
-use subtle::ConstantTimeEq;
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
+use crate::audit::{AuditSink, Refusal};
 use crate::config::{Config, LinkConfig};
 use crate::routing::{validate_endpoints, Instance, LinkState, RegisterError, Registry};
 use crate::telemetry::metrics::{Listener, Metrics};
 
 pub use admission::{Admission, Slot};
+pub use authenticator::{HandshakeFacts, LinkAuthenticator, ServiceTokens};
 pub use handshake::{read_frame, write_frame, HandshakeError};
 
 /// Everything the link server needs, built once from the configuration.
@@ -40,8 +40,10 @@ pub struct LinkServer {
     max_request_body: u64,
     /// `ingress.response_stall_timeout`, given to every instance.
     response_stall_timeout: Duration,
-    /// service name → SHA-256 of its token.
-    tokens: HashMap<String, [u8; 32]>,
+    /// Who may link: the link's credential contract.
+    authenticator: Arc<dyn LinkAuthenticator>,
+    /// Where refused credentials go.
+    audit: AuditSink,
     tls: Option<tokio_rustls::TlsAcceptor>,
     metrics: Arc<Metrics>,
     /// Weak: link tasks hold the `LinkServer`; only the gateway's `run` owns the data plane.
@@ -53,15 +55,12 @@ pub struct LinkServer {
 impl std::fmt::Debug for LinkServer {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("LinkServer")
-            .field("services", &self.tokens.keys().collect::<Vec<_>>())
+            .field("cfg", &self.cfg)
             .finish_non_exhaustive()
     }
 }
 
-/// SHA-256 of a service token, as configured in `services.<name>.token_sha256`.
-pub fn hash_token(token: &str) -> [u8; 32] {
-    Sha256::digest(token.as_bytes()).into()
-}
+pub use authenticator::hash_token;
 
 /// Largest HTTP/2 DATA frame the gateway accepts on a link (SETTINGS_MAX_FRAME_SIZE).
 const LINK_MAX_FRAME_BYTES: u32 = 256 * 1024;
@@ -81,16 +80,10 @@ impl LinkServer {
         config: &Config,
         registry: Arc<Registry>,
         metrics: Arc<Metrics>,
+        audit: AuditSink,
         dataplane: &Arc<crate::dataplane::DataPlane>,
     ) -> anyhow::Result<Self> {
-        let mut tokens = HashMap::new();
-        for (name, svc) in &config.services {
-            let mut h = [0u8; 32];
-            hex::decode_to_slice(svc.token_sha256.expose(), &mut h).map_err(|_| {
-                anyhow::anyhow!("services.{name}.token_sha256: must be 64 hex characters")
-            })?;
-            tokens.insert(name.clone(), h);
-        }
+        let authenticator = Arc::new(ServiceTokens::from_config(config)?);
         let tls = match &config.link.tls {
             Some(t) => Some(crate::tls::acceptor(t, &[])?),
             None => None,
@@ -100,7 +93,8 @@ impl LinkServer {
             cfg: config.link.clone(),
             max_request_body: config.ingress.max_body_bytes,
             response_stall_timeout: config.ingress.response_stall_timeout,
-            tokens,
+            authenticator,
+            audit,
             tls,
             metrics,
             dataplane: Arc::downgrade(dataplane),
@@ -265,6 +259,9 @@ impl LinkServer {
             .initial_window_size(self.cfg.stream_window_bytes)
             .initial_connection_window_size(self.connection_window())
             .max_concurrent_reset_streams(1024)
+            // The link's own stream limit from the start, not h2's unlimited default, so no call
+            // is refused by the service before its SETTINGS arrive.
+            .initial_max_send_streams(self.cfg.max_concurrent_streams as usize)
             .max_send_buffer_size(256 * 1024)
             .handshake::<_, Bytes>(io)
             .await
@@ -351,6 +348,10 @@ impl LinkServer {
             server_time_ms: u64::try_from(crate::store::now_ms()).unwrap_or(0),
             versions: vec![portcullis_link::VERSION],
         };
+        let facts = HandshakeFacts {
+            nonce: challenge.nonce.as_str().into(),
+            server_time_ms: challenge.server_time_ms,
+        };
         write_frame(io, &Frame::Challenge(challenge)).await?;
         self.metrics.frame("challenge");
         let frame = tokio::time::timeout_at(hello_by, read_frame(io, self.cfg.max_frame_bytes))
@@ -366,16 +367,14 @@ impl LinkServer {
         if let Some(s) = slot {
             s.hello_received();
         }
-        // Hash the presented token whether or not the service is known, so both paths cost
-        // the same and an unknown name is indistinguishable from a wrong token.
-        let Credential::Token { token } = &hello.credential;
-        let presented = hash_token(token);
-        let expected = self.tokens.get(&hello.service);
-        let ok = expected
-            .map(|e| bool::from(e.ct_eq(&presented)))
-            .unwrap_or(false);
-        if !ok {
-            self.metrics.auth_failure("link_token");
+        // The one credential contract of the link; a refusal costs what an acceptance does.
+        if let Err(failure) = self.authenticator.authenticate(&hello, &facts).await {
+            self.audit.refused(Refusal {
+                reason: failure.as_str(),
+                credential_id: Some(&hello.service),
+                peer: None,
+                capability: None,
+            });
             return Err(HandshakeError::BadCredential);
         }
         let endpoints = validate_endpoints(&hello.endpoints).map_err(HandshakeError::Register)?;
@@ -551,16 +550,23 @@ mod tests {
         let mut config = Config::default();
         config.link.heartbeat_interval = interval;
         let registry = Arc::new(Registry::new(Duration::from_secs(30)));
-        let mut tokens = HashMap::new();
-        tokens.insert("svc".to_string(), hash_token("svc-token"));
+        let mut config_with_svc = config.clone();
+        config_with_svc.services.insert(
+            "svc".into(),
+            crate::config::ServiceConfig {
+                token_sha256: crate::config::Secret::new(hex::encode(hash_token("svc-token"))),
+            },
+        );
+        let metrics = Arc::new(Metrics::new(Vec::new()));
         let server = LinkServer {
             registry: registry.clone(),
             cfg: config.link.clone(),
             max_request_body: config.ingress.max_body_bytes,
             response_stall_timeout: config.ingress.response_stall_timeout,
-            tokens,
+            authenticator: Arc::new(ServiceTokens::from_config(&config_with_svc).unwrap()),
+            audit: AuditSink::metrics_only(metrics.clone()),
             tls: None,
-            metrics: Arc::new(Metrics::new(Vec::new())),
+            metrics,
             dataplane: std::sync::Weak::new(),
             links: tokio_util::task::TaskTracker::new(),
         };
@@ -589,7 +595,7 @@ mod tests {
                 protocol: portcullis_link::Protocol::Http,
             }],
             openapi: None,
-            credential: Credential::Token {
+            credential: portcullis_link::Credential::Token {
                 token: "svc-token".into(),
             },
         };

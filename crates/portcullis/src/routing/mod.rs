@@ -92,10 +92,6 @@ pub fn validate_endpoints(
         .collect()
 }
 
-fn methods_overlap(a: &str, b: &str) -> bool {
-    a == "*" || b == "*" || a == b
-}
-
 impl Registry {
     /// An empty registry. `default_timeout` applies to endpoints that declare none.
     pub fn new(default_timeout: Duration) -> Self {
@@ -232,18 +228,15 @@ fn check_conflicts(
     service: &str,
     endpoints: &[(EndpointDescriptor, PathTemplate)],
 ) -> Result<(), RegisterError> {
-    // Within one HELLO, the same (method, shape) twice is a descriptor error.
-    let mut seen: HashMap<String, Vec<&str>> = HashMap::new();
-    for (d, t) in endpoints {
-        let methods = seen.entry(t.shape()).or_default();
-        if methods.iter().any(|m| methods_overlap(m, &d.method)) {
-            return Err(RegisterError::InvalidDescriptor {
-                method: d.method.clone(),
-                path: d.path.clone(),
-                reason: "declared twice".into(),
-            });
-        }
-        methods.push(&d.method);
+    // Within one HELLO, two endpoints claiming the same requests are a descriptor error: the
+    // rule the SDK applies when a service is built (`portcullis_link::find_overlap`).
+    if let Some(o) = portcullis_link::find_overlap(endpoints.iter().map(|(d, t)| (d, t))) {
+        let (d, _) = &endpoints[o.second];
+        return Err(RegisterError::InvalidDescriptor {
+            method: d.method.clone(),
+            path: d.path.clone(),
+            reason: "declared twice".into(),
+        });
     }
     for (other, insts) in &st.services {
         if &**other == service {
@@ -252,7 +245,9 @@ fn check_conflicts(
         for reg in insts.values() {
             for (od, ot) in &reg.endpoints {
                 for (d, t) in endpoints {
-                    if methods_overlap(&od.method, &d.method) && ot.shape() == t.shape() {
+                    if portcullis_link::methods_overlap(&od.method, &d.method)
+                        && ot.shape() == t.shape()
+                    {
                         return Err(RegisterError::Conflict {
                             method: d.method.clone(),
                             path: d.path.clone(),

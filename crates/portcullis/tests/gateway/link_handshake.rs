@@ -135,6 +135,21 @@ async fn bad_handshakes_get_their_reject_codes_and_the_gateway_keeps_serving() {
     // Through all of it the linked service kept serving.
     let (status, _, _) = gw.get("/echo/still-here").await;
     assert_eq!(status, http::StatusCode::OK);
+
+    // The refused link credentials reached the one audit sink, like refused API keys.
+    let store = gw.auth.store().clone();
+    eventually("link refusals in the audit log", || {
+        let store = store.clone();
+        async move {
+            store
+                .audit_list(100)
+                .await
+                .unwrap()
+                .iter()
+                .any(|e| e.reason.as_deref() == Some("link_token"))
+        }
+    })
+    .await;
     gw.shutdown().await;
 }
 
