@@ -15,11 +15,13 @@
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 use std::fmt;
-use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::Duration;
 
+pub use crate::auth::AuthConfig;
 pub use crate::dataplane::RuntimeConfig;
+pub use crate::ingress::IngressConfig;
+pub use crate::link::{LinkConfig, MAX_H2_WINDOW};
 pub use crate::routing::RoutingConfig;
 pub use crate::store::StoreConfig;
 pub use crate::telemetry::TelemetryConfig;
@@ -106,71 +108,6 @@ impl Default for Config {
     }
 }
 
-/// Authentication of clients (API keys).
-#[derive(Debug, Clone, Deserialize, Serialize)]
-#[serde(deny_unknown_fields, default)]
-pub struct AuthConfig {
-    /// File holding the pepper API key secrets are hashed under (at least 32 bytes; hex is
-    /// fine). `PORTCULLIS_PEPPER` takes precedence; absent both, `<data_dir>/pepper` (written
-    /// by `portcullis init`). Never put the pepper itself in this file or the database.
-    pub pepper_file: Option<PathBuf>,
-    /// Version of the pepper, stored with every hash. Default 1.
-    pub pepper_version: u32,
-    /// How long a verified key stays in the in-memory verification cache. Changes made on
-    /// this node invalidate it at once; changes from elsewhere within `invalidation_poll`.
-    /// Default 30 s.
-    #[serde(with = "humantime_serde")]
-    pub cache_ttl: Duration,
-    /// Most keys held in the verification cache. Default 10000.
-    pub cache_capacity: usize,
-    /// How often the gateway checks the store for key changes made by other processes or
-    /// nodes (the CLI, other gateways) and drops its cache when there are some. Default 1 s.
-    #[serde(with = "humantime_serde")]
-    pub invalidation_poll: Duration,
-    /// When set, `/metrics` requires a key with this scope. Absent: `/metrics` is open
-    /// (bind it to a private interface or put it behind this).
-    pub metrics_scope: Option<String>,
-    /// Most rows kept in the audit log; the oldest are trimmed. Default 100000.
-    pub audit_max_rows: u64,
-    /// How long "no such key id" stays in the negative cache, so a key id that does not exist
-    /// costs one store lookup per lifetime instead of one per try. Keys created on this node
-    /// are seen at once, elsewhere within `invalidation_poll`. Default 30 s.
-    #[serde(with = "humantime_serde")]
-    pub negative_cache_ttl: Duration,
-    /// Most unknown key ids held in the negative cache (apart from `cache_capacity`, so a
-    /// flood of random ids cannot evict real keys); the oldest go first. Default 10000.
-    pub negative_cache_capacity: usize,
-    /// Most verification lookups sent to the store at once; further cache misses wait for
-    /// one. Concurrent misses for one key id share a lookup. Default 4.
-    pub max_concurrent_lookups: usize,
-    /// Most distinct key ids waiting for or in a store lookup; a miss beyond it is refused
-    /// with 503 (fail closed) instead of queueing without bound. Default 1024.
-    pub max_pending_lookups: usize,
-    /// Deadline for one verification lookup, waiting included; past it the call fails closed
-    /// with 503. Default 5 s.
-    #[serde(with = "humantime_serde")]
-    pub lookup_timeout: Duration,
-}
-
-impl Default for AuthConfig {
-    fn default() -> Self {
-        Self {
-            pepper_file: None,
-            pepper_version: 1,
-            cache_ttl: Duration::from_secs(30),
-            cache_capacity: 10_000,
-            invalidation_poll: Duration::from_secs(1),
-            metrics_scope: None,
-            audit_max_rows: 100_000,
-            negative_cache_ttl: Duration::from_secs(30),
-            negative_cache_capacity: 10_000,
-            max_concurrent_lookups: 4,
-            max_pending_lookups: 1024,
-            lookup_timeout: Duration::from_secs(5),
-        }
-    }
-}
-
 /// TLS certificate and key, PEM files.
 #[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
@@ -179,115 +116,6 @@ pub struct TlsConfig {
     pub cert: PathBuf,
     /// Private key, PEM.
     pub key: PathBuf,
-}
-
-/// Client-facing listener and its limits.
-#[derive(Debug, Clone, Deserialize, Serialize)]
-#[serde(deny_unknown_fields, default)]
-pub struct IngressConfig {
-    /// Address to listen on. Default `127.0.0.1:8080`.
-    pub listen: SocketAddr,
-    /// Serve HTTPS (ALPN h2 and http/1.1) with this certificate. Absent: plain HTTP/1.1 and h2c.
-    pub tls: Option<TlsConfig>,
-    /// Time a client has to send a complete request head. Default 10 s.
-    #[serde(with = "humantime_serde")]
-    pub header_read_timeout: Duration,
-    /// Largest request head (HTTP/1.1 buffer, HTTP/2 header list), bytes. Default 64 KiB.
-    pub max_header_bytes: usize,
-    /// Largest request body, bytes; larger ones get 413. Default 1 GiB.
-    pub max_body_bytes: u64,
-    /// Concurrent HTTP/2 streams per client connection. Default 256.
-    pub max_concurrent_streams: u32,
-    /// A connection with no call in progress for this long is closed. Default 60 s.
-    #[serde(with = "humantime_serde")]
-    pub idle_timeout: Duration,
-    /// An HTTP/1.1 connection (plain TCP) with no call for this long drops its per-connection
-    /// buffers and waits on the bare socket until the client sends again, so idle keep-alive
-    /// connections cost little memory. Default 50 ms.
-    #[serde(with = "humantime_serde")]
-    pub park_after: Duration,
-    /// Concurrent client connections; further accepts wait. Default 20000.
-    pub max_connections: usize,
-    /// Calls in progress on the whole gateway (every connection, every protocol) past which
-    /// new calls are shed with 503 and `Retry-After` instead of queueing. Default 10000.
-    pub max_in_flight: usize,
-    /// A relayed response body whose data waits while its client takes none for this long
-    /// is cut (the service's stream is cancelled, the client's response ends in error), so a
-    /// client that stops reading holds a link's flow-control window for a bounded time.
-    /// Default 30 s.
-    #[serde(with = "humantime_serde")]
-    pub response_stall_timeout: Duration,
-}
-
-impl Default for IngressConfig {
-    fn default() -> Self {
-        Self {
-            listen: SocketAddr::from(([127, 0, 0, 1], 8080)),
-            tls: None,
-            header_read_timeout: Duration::from_secs(10),
-            max_header_bytes: 64 * 1024,
-            max_body_bytes: 1 << 30,
-            max_concurrent_streams: 256,
-            idle_timeout: Duration::from_secs(60),
-            park_after: Duration::from_millis(50),
-            max_connections: 20_000,
-            max_in_flight: 10_000,
-            response_stall_timeout: Duration::from_secs(30),
-        }
-    }
-}
-
-/// Largest HTTP/2 flow-control window (RFC 9113 §6.9.1).
-pub const MAX_H2_WINDOW: u32 = (1 << 31) - 1;
-
-/// Service-facing link listener.
-#[derive(Debug, Clone, Deserialize, Serialize)]
-#[serde(deny_unknown_fields, default)]
-pub struct LinkConfig {
-    /// Address services dial. Default `127.0.0.1:7070`.
-    pub listen: SocketAddr,
-    /// Require TLS on links with this certificate. Absent: plain TCP (development only).
-    pub tls: Option<TlsConfig>,
-    /// Interval of PINGs and health exchanges; a link silent for three intervals is dropped.
-    /// Default 5 s.
-    #[serde(with = "humantime_serde")]
-    pub heartbeat_interval: Duration,
-    /// Time a service has to complete the handshake. Default 10 s.
-    #[serde(with = "humantime_serde")]
-    pub handshake_timeout: Duration,
-    /// Largest handshake frame body accepted, bytes (at most 1 MiB). Default 1 MiB.
-    pub max_frame_bytes: u32,
-    /// Concurrent calls the gateway opens on one link. Default 1000.
-    pub max_concurrent_streams: u32,
-    /// Time a new link connection has to deliver a complete HELLO (TLS included) before
-    /// it loses its handshake slot: a silent connection holds one only this long (capped by
-    /// `handshake_timeout`). Default 3 s.
-    #[serde(with = "humantime_serde")]
-    pub hello_timeout: Duration,
-    /// Handshakes one source address may have in progress; at the cap its oldest connection
-    /// that has not yet sent a complete HELLO makes room. Default 32.
-    pub max_pending_handshakes_per_ip: usize,
-    /// HTTP/2 receive window of each call on a link, bytes: the most one response stream can
-    /// hold in the gateway when its client stops reading. The link's connection window is
-    /// this times `max_concurrent_streams` (plus one window), so stalled streams can never
-    /// exhaust it for the others. Default 256 KiB.
-    pub stream_window_bytes: u32,
-}
-
-impl Default for LinkConfig {
-    fn default() -> Self {
-        Self {
-            listen: SocketAddr::from(([127, 0, 0, 1], 7070)),
-            tls: None,
-            heartbeat_interval: Duration::from_secs(5),
-            handshake_timeout: Duration::from_secs(10),
-            max_frame_bytes: portcullis_link::MAX_FRAME_LEN,
-            max_concurrent_streams: 1000,
-            hello_timeout: Duration::from_secs(3),
-            max_pending_handshakes_per_ip: 32,
-            stream_window_bytes: 256 * 1024,
-        }
-    }
 }
 
 /// A service allowed to link.
@@ -473,143 +301,9 @@ impl Config {
     /// Check every field; returns all problems found, each naming its field.
     pub fn validate(&self) -> Result<(), Vec<ConfigError>> {
         let mut errs = Vec::new();
-        let i = &self.ingress;
-        if i.max_header_bytes < 8192 || i.max_header_bytes > 1024 * 1024 {
-            errs.push(ConfigError::new(
-                "ingress.max_header_bytes",
-                "must be between 8192 and 1048576",
-            ));
-        }
-        if i.max_concurrent_streams == 0 {
-            errs.push(ConfigError::new(
-                "ingress.max_concurrent_streams",
-                "must be at least 1",
-            ));
-        }
-        if i.max_connections == 0 {
-            errs.push(ConfigError::new(
-                "ingress.max_connections",
-                "must be at least 1",
-            ));
-        }
-        if i.max_in_flight == 0 {
-            errs.push(ConfigError::new(
-                "ingress.max_in_flight",
-                "must be at least 1",
-            ));
-        }
-        if i.header_read_timeout.is_zero() {
-            errs.push(ConfigError::new(
-                "ingress.header_read_timeout",
-                "must be positive",
-            ));
-        }
-        if i.idle_timeout.is_zero() {
-            errs.push(ConfigError::new("ingress.idle_timeout", "must be positive"));
-        }
-        if i.park_after.is_zero() {
-            // Zero would re-arm the park check without ever waiting while a call runs.
-            errs.push(ConfigError::new("ingress.park_after", "must be positive"));
-        }
-        let l = &self.link;
-        if l.heartbeat_interval < Duration::from_millis(50) {
-            errs.push(ConfigError::new(
-                "link.heartbeat_interval",
-                "must be at least 50ms",
-            ));
-        }
-        if l.handshake_timeout.is_zero() {
-            errs.push(ConfigError::new(
-                "link.handshake_timeout",
-                "must be positive",
-            ));
-        }
-        if l.max_frame_bytes < 1024 || l.max_frame_bytes > portcullis_link::MAX_FRAME_LEN {
-            errs.push(ConfigError::new(
-                "link.max_frame_bytes",
-                format!(
-                    "must be between 1024 and {}",
-                    portcullis_link::MAX_FRAME_LEN
-                ),
-            ));
-        }
-        if l.max_concurrent_streams == 0 {
-            errs.push(ConfigError::new(
-                "link.max_concurrent_streams",
-                "must be at least 1",
-            ));
-        }
-        if l.hello_timeout.is_zero() {
-            errs.push(ConfigError::new("link.hello_timeout", "must be positive"));
-        }
-        if l.max_pending_handshakes_per_ip == 0 {
-            errs.push(ConfigError::new(
-                "link.max_pending_handshakes_per_ip",
-                "must be at least 1",
-            ));
-        }
-        if l.stream_window_bytes < 65_535
-            || u64::from(l.stream_window_bytes) * (u64::from(l.max_concurrent_streams) + 1)
-                > u64::from(MAX_H2_WINDOW)
-        {
-            errs.push(ConfigError::new(
-                "link.stream_window_bytes",
-                format!(
-                    "must be at least 65535, and times (link.max_concurrent_streams + 1) at most {MAX_H2_WINDOW}"
-                ),
-            ));
-        }
-        if i.response_stall_timeout.is_zero() {
-            errs.push(ConfigError::new(
-                "ingress.response_stall_timeout",
-                "must be positive",
-            ));
-        }
-        let a = &self.auth;
-        if a.pepper_version == 0 {
-            errs.push(ConfigError::new(
-                "auth.pepper_version",
-                "must be at least 1",
-            ));
-        }
-        if a.cache_capacity == 0 {
-            errs.push(ConfigError::new(
-                "auth.cache_capacity",
-                "must be at least 1",
-            ));
-        }
-        if a.invalidation_poll < Duration::from_millis(10) {
-            errs.push(ConfigError::new(
-                "auth.invalidation_poll",
-                "must be at least 10ms",
-            ));
-        }
-        if let Some(scope) = &a.metrics_scope {
-            if !crate::auth::valid_scope(scope) {
-                errs.push(ConfigError::new(
-                    "auth.metrics_scope",
-                    "scopes are `*` or 1-128 of [a-z0-9._:-]",
-                ));
-            }
-        }
-        if a.audit_max_rows < 100 {
-            errs.push(ConfigError::new(
-                "auth.audit_max_rows",
-                "must be at least 100",
-            ));
-        }
-        for (path, v) in [
-            ("auth.negative_cache_capacity", a.negative_cache_capacity),
-            ("auth.max_concurrent_lookups", a.max_concurrent_lookups),
-            ("auth.max_pending_lookups", a.max_pending_lookups),
-        ] {
-            if v == 0 {
-                errs.push(ConfigError::new(path, "must be at least 1"));
-            }
-        }
-        if a.lookup_timeout.is_zero() {
-            errs.push(ConfigError::new("auth.lookup_timeout", "must be positive"));
-        }
+        self.ingress.validate("ingress", &mut errs);
+        self.link.validate("link", &mut errs);
+        self.auth.validate("auth", &mut errs);
         self.routing.validate("routing", &mut errs);
         self.shutdown.validate("shutdown", &mut errs);
         self.runtime.validate("runtime", &mut errs);

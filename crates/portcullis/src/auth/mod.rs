@@ -22,10 +22,12 @@
 
 pub mod audit;
 pub mod authenticator;
+mod config;
 pub mod key;
 pub mod pepper;
 
 pub use authenticator::ApiKeyAuthenticator;
+pub use config::AuthConfig;
 pub use pepper::Pepper;
 
 use http::HeaderMap;

@@ -7,6 +7,9 @@
 //! connection is told to finish (HTTP/2 GOAWAY, idle HTTP/1.1 closed) and left to complete
 //! its in-flight calls up to the grace period.
 
+mod config;
+pub use config::IngressConfig;
+
 use bytes::Bytes;
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
@@ -23,7 +26,6 @@ use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-use crate::config::IngressConfig;
 use crate::pipeline::Pipeline;
 use crate::telemetry::metrics::{Listener, Metrics};
 use crate::transport::{accept_loop, Conn, ConnFacts, Stream, TlsFacts};

@@ -8,6 +8,7 @@
 
 mod admission;
 pub mod authenticator;
+mod config;
 mod handshake;
 mod peer;
 
@@ -25,12 +26,13 @@ use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
 use crate::audit::{AuditSink, Refusal};
-use crate::config::{Config, LinkConfig};
+use crate::config::Config;
 use crate::routing::{validate_endpoints, Instance, LinkState, RegisterError, Registry};
 use crate::telemetry::metrics::{Listener, Metrics};
 
 pub use admission::{Admission, Slot};
 pub use authenticator::{HandshakeFacts, LinkAuthenticator, ServiceTokens};
+pub use config::{LinkConfig, MAX_H2_WINDOW};
 pub use handshake::{read_frame, write_frame, HandshakeError};
 
 /// Everything the link server needs, built once from the configuration.
