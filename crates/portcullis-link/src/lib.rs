@@ -12,6 +12,7 @@
 
 mod descriptor;
 mod frame;
+pub mod jws;
 mod template;
 
 pub use descriptor::{
@@ -31,6 +32,10 @@ pub const HEALTH_PATH: &str = "/.well-known/portcullis/health";
 
 /// Prefix of every path reserved for the link itself.
 pub const RESERVED_PREFIX: &str = "/.well-known/portcullis/";
+
+/// Path the gateway sends the public keys of its identity assertions to (`PUT`, a
+/// [`jws::Jwks`] body) whenever they change. The SDK answers it itself.
+pub const KEYS_PATH: &str = "/.well-known/portcullis/keys";
 
 /// Body of the health exchange, as JSON.
 #[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
@@ -56,6 +61,9 @@ pub mod headers {
     pub const ROUTE: &str = "x-portcullis-route";
     /// Deadline in milliseconds the gateway will wait for the response head.
     pub const TIMEOUT_MS: &str = "x-portcullis-timeout-ms";
+    /// The gateway's signed identity assertion of the caller (a compact JWS, see
+    /// [`crate::jws::AssertionClaims`]).
+    pub const IDENTITY: &str = "x-portcullis-identity";
 }
 
 /// Is `s` a valid service name: 1–63 of `[a-z0-9-]`, not starting or ending with `-`.

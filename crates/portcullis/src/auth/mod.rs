@@ -18,12 +18,14 @@
 //! - [`key`]: the key format (parse, checksum, generate), pure.
 //! - [`pepper`]: the server pepper secrets are hashed under; never in the database.
 //! - [`authenticator`]: verification with a bounded cache, invalidated on change.
+//! - [`keyring`]: the Ed25519 signing keys of tokens and identity assertions, sealed at rest.
 //! - [`audit`]: failures to the audit log, coalesced, off the request path.
 
 pub mod audit;
 pub mod authenticator;
 mod config;
 pub mod key;
+pub mod keyring;
 pub mod pepper;
 
 pub use authenticator::ApiKeyAuthenticator;

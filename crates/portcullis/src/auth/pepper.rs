@@ -138,6 +138,16 @@ impl Pepper {
         self.version
     }
 
+    /// A 32-byte key derived from the pepper for one `purpose` (HMAC-SHA-256 as a PRF, domain
+    /// separated from key hashing), e.g. the key that seals signing keys at rest. Changing the
+    /// pepper changes every derived key.
+    pub fn derive_key(&self, purpose: &str) -> [u8; 32] {
+        let mut mac = self.mac.clone();
+        mac.update(b"pcs-derive-v1\0");
+        mac.update(purpose.as_bytes());
+        mac.finalize().into_bytes().into()
+    }
+
     /// HMAC-SHA-256 of a key's secret, bound to its key id so a stored hash cannot be moved
     /// to another key.
     pub fn hash_secret(&self, key_id: &str, secret: &str) -> [u8; 32] {
