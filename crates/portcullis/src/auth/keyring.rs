@@ -58,7 +58,7 @@ pub struct SigningKey {
     pub public: [u8; 32],
     /// Created, Unix ms.
     pub created_at: i64,
-    /// Retired (stops signing), Unix ms.
+    /// Retired (stops signing from then on), Unix ms.
     pub retired_at: Option<i64>,
     /// Stops verifying, Unix ms.
     pub not_after: Option<i64>,
@@ -202,10 +202,12 @@ impl KeySet {
 
     /// The key that signs at `now_ms`, given the publish delay.
     pub fn signer(&self, now_ms: i64, publish_delay_ms: i64) -> Option<&Arc<SigningKey>> {
+        // A retirement may be scheduled (rotation retires the old key once the new one is
+        // past the publish delay): until then the old key still signs.
         let live = || {
             self.keys
                 .iter()
-                .filter(move |k| k.retired_at.is_none() && k.verifies_at(now_ms))
+                .filter(move |k| k.retired_at.is_none_or(|r| now_ms < r) && k.verifies_at(now_ms))
         };
         live()
             .find(|k| k.created_at + publish_delay_ms <= now_ms)
