@@ -409,6 +409,10 @@ async fn json_body<T: serde::de::DeserializeOwned>(req: Request) -> Result<T, Re
     };
     // The body may hold a password: wiped once parsed.
     let bytes = zeroize::Zeroizing::new(bytes.to_vec());
+    // An object, not the same fields as an array (serde would accept `[ws, user, pw]`).
+    if bytes.iter().find(|b| !b.is_ascii_whitespace()) != Some(&b'{') {
+        return Err(rescued(GatewayError::BadRequest("json")));
+    }
     serde_json::from_slice(&bytes).map_err(|_| rescued(GatewayError::BadRequest("json")))
 }
 
