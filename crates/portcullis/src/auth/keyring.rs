@@ -213,7 +213,7 @@ impl KeySet {
         // oldest live key, the one verifiers have had longest.
         live()
             .find(|k| k.created_at + publish_delay_ms <= now_ms)
-            .or_else(|| live().last())
+            .or_else(|| live().next_back())
     }
 
     /// The public key of `kid` if it verifies at `now_ms`.

@@ -544,3 +544,52 @@ fn default_hash_settings_are_owasp() {
     assert_eq!(s, o);
     let _ = PasswordHasher::new;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn portcullis_login_reads_the_password_from_stdin_and_prints_a_token() {
+    use std::io::Write as _;
+    let u = Users::start(|_| {}).await;
+    let gateway = format!("http://{}", u.gw.ingress);
+    let run = |password: &'static str, json: bool| {
+        let gateway = gateway.clone();
+        tokio::task::spawn_blocking(move || {
+            let mut cmd = crate::common::process::command();
+            cmd.args(["login", "--workspace", "default", "--username", "alice"])
+                .args(["--gateway", &gateway])
+                .stdin(std::process::Stdio::piped())
+                .stdout(std::process::Stdio::piped())
+                .stderr(std::process::Stdio::piped());
+            if json {
+                cmd.arg("--json");
+            }
+            let mut child = cmd.spawn().unwrap();
+            child
+                .stdin
+                .take()
+                .unwrap()
+                .write_all(format!("{password}\n").as_bytes())
+                .unwrap();
+            child.wait_with_output().unwrap()
+        })
+    };
+    let out = run(PASSWORD, false).await.unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let token = String::from_utf8(out.stdout).unwrap().trim().to_string();
+    assert_eq!(u.call(&token).await.0, StatusCode::OK);
+    let out = run(PASSWORD, true).await.unwrap();
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(v["token_type"], "Bearer");
+    let out = run("not the password", false).await.unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    assert!(out.stdout.is_empty());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("login refused") && !err.contains("not the password"),
+        "{err}"
+    );
+    u.shutdown().await;
+}
