@@ -470,6 +470,20 @@ impl TokenAuthenticator {
         }
     }
 
+    /// Forget every cached standing and verified signature.
+    pub fn invalidate_all(&self) {
+        self.epoch.fetch_add(1, Ordering::AcqRel);
+        if let Ok(mut c) = self.subjects.write() {
+            c.clear();
+        }
+        if let Ok(mut v) = self.verified.write() {
+            v.clear();
+        }
+        if let Ok(mut f) = self.flights.lock() {
+            f.clear();
+        }
+    }
+
     /// Subjects in the cache (fresh or not).
     pub fn cached_subjects(&self) -> usize {
         self.subjects.read().map(|c| c.len()).unwrap_or(0)
