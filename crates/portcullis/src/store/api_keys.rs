@@ -13,7 +13,7 @@ use sqlx::Row;
 use std::time::Duration;
 
 use super::audit::{append_on, AuditEvent};
-use super::{now_ms, Store, StoreError};
+use super::{bump_generation, now_ms, Store, StoreError};
 
 /// A key as stored, without secrets.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
@@ -117,14 +117,6 @@ fn key_from_row(r: &AnyRow) -> Result<KeyRecord, sqlx::Error> {
 fn decode_hmac(hex_text: &str) -> Option<[u8; 32]> {
     let v = hex::decode(hex_text).ok()?;
     v.try_into().ok()
-}
-
-async fn bump_generation(conn: &mut sqlx::AnyConnection) -> Result<(), sqlx::Error> {
-    // Also serialises concurrent key changes on PostgreSQL (row lock until commit).
-    sqlx::query("UPDATE store_meta SET value = value + 1 WHERE name = 'keys_generation'")
-        .execute(conn)
-        .await?;
-    Ok(())
 }
 
 async fn key_on(

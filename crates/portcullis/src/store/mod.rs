@@ -1,4 +1,4 @@
-//! The store: identities and their history, on `sqlx`.
+//! The store: identities, policy and their history, on `sqlx`.
 //!
 //! SQLite at `<data_dir>/portcullis.db` by default; PostgreSQL when `store.url` is a
 //! `postgres://` URL (several gateway nodes share one). Both are reached through sqlx's `Any`
@@ -32,7 +32,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 pub use api_keys::{KeyRecord, KeySecret, NewKeyRow};
 pub use audit::{AuditEntry, AuditEvent};
-pub use workspaces::Workspace;
+pub use workspaces::{Workspace, WorkspaceUpdate};
 
 /// File name of the SQLite database inside the data directory.
 pub const SQLITE_FILE: &str = "portcullis.db";
@@ -257,6 +257,22 @@ pub struct Store {
     verification_queries: Arc<AtomicU64>,
 }
 
+/// Bump the change generation on `conn`, inside the change's transaction. Also serialises
+/// concurrent changes on PostgreSQL (row lock until commit) and takes SQLite's write lock
+/// first, so the checks a change makes before writing cannot race another change. Call it as
+/// the first statement of a change.
+pub(crate) async fn bump_generation(conn: &mut sqlx::AnyConnection) -> Result<(), sqlx::Error> {
+    sqlx::query("UPDATE store_meta SET value = value + 1 WHERE name = 'keys_generation'")
+        .execute(conn)
+        .await?;
+    Ok(())
+}
+
+/// A random id: `prefix` + 16 hex digits.
+pub(crate) fn random_id(prefix: &str) -> String {
+    format!("{prefix}{}", hex::encode(rand::random::<[u8; 8]>()))
+}
+
 /// Now, Unix milliseconds.
 pub fn now_ms() -> i64 {
     SystemTime::now()
@@ -389,8 +405,9 @@ impl Store {
         self.pool.close().await;
     }
 
-    /// The change generation: bumped by every change to keys, so other processes and nodes
-    /// know to drop their verification caches.
+    /// The change generation: bumped by every change to keys, users, role bindings,
+    /// workspaces and signing keys, so other processes and nodes know to drop their caches.
+    /// (The row is still named `keys_generation`, its name since v1.)
     pub async fn generation(&self) -> Result<i64, StoreError> {
         let row = sqlx::query("SELECT value FROM store_meta WHERE name = 'keys_generation'")
             .fetch_optional(&self.pool)
