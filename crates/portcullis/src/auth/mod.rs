@@ -217,6 +217,9 @@ pub enum AuthFailure {
     /// The key expired.
     #[error("expired key")]
     Expired,
+    /// The credential is valid, but its workspace or its user is disabled.
+    #[error("disabled identity")]
+    Disabled,
     /// The key id exists, the secret does not match (or its overlap ended).
     #[error("wrong secret")]
     Wrong,
@@ -234,6 +237,7 @@ impl AuthFailure {
             Self::Unknown => "unknown",
             Self::Revoked => "revoked",
             Self::Expired => "expired",
+            Self::Disabled => "disabled",
             Self::Wrong => "wrong",
             Self::Unavailable => "unavailable",
         }

@@ -21,6 +21,7 @@ pub mod migrations;
 #[cfg(any(test, feature = "test-support"))]
 #[doc(hidden)]
 pub mod testing;
+pub mod users;
 pub mod workspaces;
 
 use sqlx::any::{AnyPoolOptions, AnyRow};
@@ -30,8 +31,9 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-pub use api_keys::{KeyRecord, KeySecret, NewKeyRow};
+pub use api_keys::{KeyRecord, KeySecret, KeyVerification, NewKeyRow};
 pub use audit::{AuditEntry, AuditEvent};
+pub use users::{DeletedUser, NewUser, User, UserStatus, UserUpdate};
 pub use workspaces::{Workspace, WorkspaceUpdate};
 
 /// File name of the SQLite database inside the data directory.
@@ -257,6 +259,31 @@ pub struct Store {
     verification_queries: Arc<AtomicU64>,
 }
 
+/// Stored text that must never be shown: a password hash, a sealed private key. `Debug`
+/// prints `***` and it does not implement `Serialize`, so a record holding one can be logged
+/// and serialised without leaking it. Compare with the algorithm it belongs to (Argon2
+/// verification, unsealing), never with `==`.
+#[derive(Clone)]
+pub struct Redacted(String);
+
+impl Redacted {
+    /// Wrap stored text.
+    pub fn new(s: impl Into<String>) -> Self {
+        Self(s.into())
+    }
+
+    /// The text itself; call only where it is used, never to print.
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+}
+
+impl std::fmt::Debug for Redacted {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("***")
+    }
+}
+
 /// Bump the change generation on `conn`, inside the change's transaction. Also serialises
 /// concurrent changes on PostgreSQL (row lock until commit) and takes SQLite's write lock
 /// first, so the checks a change makes before writing cannot race another change. Call it as
@@ -350,9 +377,10 @@ impl Store {
         self.dialect
     }
 
-    /// How many verification lookups ([`Store::key_for_verification`]) this store handle and
-    /// its clones have sent to the database. The authenticator's cache promises that a key id
-    /// costs one lookup per cache lifetime, known or not; tests read this to hold it to that.
+    /// How many verification lookups ([`Store::key_for_verification`],
+    /// [`Store::user_for_verification`]) this store handle and its clones have sent to the
+    /// database. The authenticators' caches promise that a key id or a subject costs one lookup
+    /// per cache lifetime, known or not; tests read this to hold them to that.
     pub fn verification_queries(&self) -> u64 {
         self.verification_queries.load(Ordering::Relaxed)
     }
