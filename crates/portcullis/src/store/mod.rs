@@ -19,6 +19,7 @@ pub mod api_keys;
 pub mod audit;
 pub mod migrations;
 pub mod role_bindings;
+pub mod signing_keys;
 #[cfg(any(test, feature = "test-support"))]
 #[doc(hidden)]
 pub mod testing;
@@ -35,6 +36,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 pub use api_keys::{KeyRecord, KeySecret, KeyVerification, NewKeyRow};
 pub use audit::{AuditEntry, AuditEvent};
 pub use role_bindings::{NewRoleBinding, RoleBinding, SubjectKind, ADMIN_ROLE, ALL_WORKSPACES};
+pub use signing_keys::{NewSigningKey, SigningKey, EDDSA};
 pub use users::{DeletedUser, NewUser, User, UserStatus, UserUpdate};
 pub use workspaces::{Workspace, WorkspaceUpdate};
 
