@@ -9,14 +9,33 @@
 //! them, [`Store::open`] applies pending ones forward and refuses — without writing
 //! anything — a database whose schema is newer than this binary.
 //!
-//! Tables, by concern: `workspaces` ([`workspaces`]), `api_keys` and `api_key_secrets`
-//! ([`api_keys`]), `audit_log` ([`audit`]), and `store_meta` (a change generation other nodes
-//! poll to invalidate their caches). Users, roles and role bindings are planned next to them:
-//! every identity row carries a `workspace_id`, and a role binding will name
-//! `(subject_kind, subject_id, workspace_id, role)` so an API key or a user can hold roles.
+//! Tables, by concern:
+//!
+//! - **Tenants**: `workspaces` ([`workspaces`]): id, unique name, display name, disabled.
+//! - **Identities**: `users` ([`users`], username unique per workspace, a password hash made
+//!   elsewhere) and `api_keys` with `api_key_secrets` ([`api_keys`]; a key is of its own or
+//!   issued to a user). Every identity row carries a `workspace_id`.
+//! - **Policy**: `role_bindings` ([`role_bindings`]): `(subject_kind, subject_id, role,
+//!   workspace_id)`, the workspace possibly `*`. Which roles exist and what they grant is
+//!   configuration and code (`crate::access`), not rows.
+//! - **Token signing**: `signing_keys` ([`signing_keys`]): public keys and sealed private keys
+//!   (sealed elsewhere; the store never sees a private key in the clear).
+//! - **Login defence**: `login_throttle` ([`login_throttle`]): failure counts per opaque scope
+//!   key, bounded by purging.
+//! - **History**: `audit_log` ([`audit`]).
+//! - **Coordination**: `store_meta`, whose change generation ([`Store::generation`]) every
+//!   change to an identity, a binding, a workspace or a signing key bumps in its own
+//!   transaction, so other processes and nodes know to drop their caches. Login throttle
+//!   writes do not bump it: they are frequent, attacker-driven, and no cache holds them.
+//!
+//! Every change to an identity, a binding, a workspace or a signing key runs in one
+//! transaction together with its audit row and the generation bump.
+//! Operations a request can reach run on the runtime that opened the store
+//! (`Store::at_home`).
 
 pub mod api_keys;
 pub mod audit;
+pub mod login_throttle;
 pub mod migrations;
 pub mod role_bindings;
 pub mod signing_keys;
@@ -35,6 +54,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 pub use api_keys::{KeyRecord, KeySecret, KeyVerification, NewKeyRow};
 pub use audit::{AuditEntry, AuditEvent};
+pub use login_throttle::{ThrottlePolicy, ThrottleState};
 pub use role_bindings::{NewRoleBinding, RoleBinding, SubjectKind, ADMIN_ROLE, ALL_WORKSPACES};
 pub use signing_keys::{NewSigningKey, SigningKey, EDDSA};
 pub use users::{DeletedUser, NewUser, User, UserStatus, UserUpdate};
@@ -297,6 +317,11 @@ pub(crate) async fn bump_generation(conn: &mut sqlx::AnyConnection) -> Result<()
         .execute(conn)
         .await?;
     Ok(())
+}
+
+/// A duration in whole milliseconds, saturating (for adding to Unix ms).
+pub(crate) fn duration_ms(d: Duration) -> i64 {
+    i64::try_from(d.as_millis()).unwrap_or(i64::MAX)
 }
 
 /// A random id: `prefix` + 16 hex digits.
