@@ -581,6 +581,7 @@ mod tests {
             key_id: "ci-key".into(),
             workspace_id: "ws_0000000000000001".into(),
             workspace: "default".into(),
+            user_id: None,
             name: "ci".into(),
             scopes: vec!["echo.read".into()],
             created_at: 0,

@@ -219,6 +219,9 @@ pub enum AuthFailure {
     /// The key expired.
     #[error("expired key")]
     Expired,
+    /// The credential is valid, but its workspace or its user is disabled.
+    #[error("disabled identity")]
+    Disabled,
     /// The key id exists, the secret does not match (or its overlap ended).
     #[error("wrong secret")]
     Wrong,
@@ -236,6 +239,7 @@ impl AuthFailure {
             Self::Unknown => "unknown",
             Self::Revoked => "revoked",
             Self::Expired => "expired",
+            Self::Disabled => "disabled",
             Self::Wrong => "wrong",
             Self::Unavailable => "unavailable",
         }

@@ -20,3 +20,4 @@ mod operations;
 mod pipeline;
 mod sdk_limits;
 mod store;
+mod store_iam;
