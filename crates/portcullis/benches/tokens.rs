@@ -74,8 +74,8 @@ fn bench(c: &mut Criterion) {
     });
     g.finish();
 
-    let token = tokens
-        .issue("usr_bench", "ws_bench", 0)
+    let token = rt
+        .block_on(tokens.issue("usr_bench", "ws_bench", 0))
         .unwrap()
         .access_token;
     rt.block_on(tokens.authenticate(&token)).unwrap();
@@ -90,7 +90,10 @@ fn bench(c: &mut Criterion) {
         })
     });
     g.bench_function("issue (sign)", |b| {
-        b.iter(|| tokens.issue(black_box("usr_bench"), "ws_bench", 0).unwrap())
+        b.iter(|| {
+            rt.block_on(tokens.issue(black_box("usr_bench"), "ws_bench", 0))
+                .unwrap()
+        })
     });
     g.finish();
 }

@@ -439,8 +439,12 @@ pub async fn signing_keys_list_on(
     let delay = i64::try_from(settings.publish_delay.as_millis()).unwrap_or(i64::MAX);
     // The same choice as the gateway's key ring: newest live key past the delay, else the
     // oldest live one.
+    // A retired key still signs for the publish delay after its retirement.
+    let retiring = |k: &crate::auth::signing::StoredSigningKey| {
+        k.retired_at.is_some_and(|r| now < r.saturating_add(delay))
+    };
     let live = |k: &&crate::auth::signing::StoredSigningKey| {
-        k.retired_at.is_none_or(|r| now < r) && k.not_after.is_none_or(|t| now < t)
+        (k.retired_at.is_none() || retiring(k)) && k.not_after.is_none_or(|t| now < t)
     };
     let signer = stored
         .iter()
@@ -453,16 +457,12 @@ pub async fn signing_keys_list_on(
         .map(|k| {
             let status = if k.not_after.is_some_and(|t| t <= now) {
                 SigningKeyStatus::Expired
-            } else if Some(&k.kid) == signer.as_ref() {
-                if k.retired_at.is_some() {
-                    SigningKeyStatus::Retiring
-                } else {
-                    SigningKeyStatus::Signing
-                }
-            } else if k.retired_at.is_some_and(|r| r <= now) {
-                SigningKeyStatus::Retired
-            } else if k.retired_at.is_some() {
+            } else if retiring(k) {
                 SigningKeyStatus::Retiring
+            } else if k.retired_at.is_some() {
+                SigningKeyStatus::Retired
+            } else if Some(&k.kid) == signer.as_ref() {
+                SigningKeyStatus::Signing
             } else {
                 SigningKeyStatus::Next
             };
@@ -504,24 +504,11 @@ pub async fn signing_keys_rotate_on(
     })
 }
 
-/// The signing keys of the store `cfg` names. Until the store has its `signing_keys` table
-/// (schema v2) there are none to manage: each gateway holds its keys in memory.
-fn signing_key_store(
-    _store: &Store,
-) -> Result<&dyn crate::auth::signing::SigningKeyStore, AdminError> {
-    Err(AdminError::failure(
-        "this store has no signing_keys table yet (schema v2): gateways keep their signing keys in memory",
-    ))
-}
-
 /// `signing-keys list`.
 pub async fn signing_keys_list(cfg: &Config) -> Result<SigningKeyList, AdminError> {
     let store = Store::open(&StoreOptions::from_config(cfg)).await?;
     let settings = crate::auth::signing::SigningSettings::from_config(cfg);
-    let r = match signing_key_store(&store) {
-        Ok(keys) => signing_keys_list_on(keys, &settings).await,
-        Err(e) => Err(e),
-    };
+    let r = signing_keys_list_on(&store, &settings).await;
     store.close().await;
     r
 }
@@ -530,10 +517,7 @@ pub async fn signing_keys_list(cfg: &Config) -> Result<SigningKeyList, AdminErro
 pub async fn signing_keys_rotate(cfg: &Config) -> Result<RotatedSigningKey, AdminError> {
     let (store, pepper) = open(cfg).await?;
     let settings = crate::auth::signing::SigningSettings::from_config(cfg);
-    let r = match signing_key_store(&store) {
-        Ok(keys) => signing_keys_rotate_on(keys, &pepper, &settings).await,
-        Err(e) => Err(e),
-    };
+    let r = signing_keys_rotate_on(&store, &pepper, &settings).await;
     store.close().await;
     r
 }
@@ -751,6 +735,7 @@ mod tests {
             key_id: "ci-key".into(),
             workspace_id: "ws_0000000000000001".into(),
             workspace: "default".into(),
+            user_id: None,
             name: "ci".into(),
             scopes: vec!["echo.read".into()],
             created_at: 0,

@@ -101,8 +101,20 @@ impl std::fmt::Debug for AuthParts {
 }
 
 impl AuthParts {
-    /// API keys only: no users, and signing keys in memory (they last as long as the
-    /// process). What a store without the users and signing keys tables (schema v1) offers.
+    /// Everything from the API key authenticator's store: its users, its `login_throttle`
+    /// and its `signing_keys`.
+    pub fn from_store(api_keys: Arc<ApiKeyAuthenticator>) -> Self {
+        let store = Arc::new(api_keys.store().clone());
+        Self {
+            users: Some(store.clone()),
+            throttle: Some(store.clone()),
+            signing_keys: store,
+            api_keys,
+        }
+    }
+
+    /// API keys only: no user can log in, and signing keys live in memory as long as the
+    /// process (component tests and benches without a store's users).
     pub fn keys_only(api_keys: Arc<ApiKeyAuthenticator>) -> Self {
         Self {
             api_keys,
@@ -110,40 +122,6 @@ impl AuthParts {
             throttle: None,
             signing_keys: MemorySigningKeys::new(),
         }
-    }
-}
-
-/// A user directory that knows no user: every login is refused (as `unknown`, at the cost of
-/// a real one), every token subject is unknown.
-struct NoUsers;
-
-impl UserDirectory for NoUsers {
-    fn login_user<'a>(
-        &'a self,
-        _: &'a str,
-        _: &'a str,
-    ) -> crate::auth::throttle::StoreFuture<'a, Option<crate::auth::users::LoginUser>> {
-        Box::pin(async { Ok(None) })
-    }
-    fn login_user_by_id<'a>(
-        &'a self,
-        _: &'a str,
-    ) -> crate::auth::throttle::StoreFuture<'a, Option<crate::auth::users::LoginUser>> {
-        Box::pin(async { Ok(None) })
-    }
-    fn user_for_verification<'a>(
-        &'a self,
-        _: &'a str,
-    ) -> crate::auth::throttle::StoreFuture<'a, Option<crate::auth::users::Standing>> {
-        Box::pin(async { Ok(None) })
-    }
-    fn set_password_hash<'a>(
-        &'a self,
-        _: &'a str,
-        _: &'a str,
-        _: Option<i64>,
-    ) -> crate::auth::throttle::StoreFuture<'a, ()> {
-        Box::pin(async { Err(crate::store::StoreError::NotFound("user".into())) })
     }
 }
 
@@ -189,7 +167,7 @@ async fn build_auth(
     .map_err(|e| anyhow::anyhow!("{e}"))?;
     let users: Arc<dyn UserDirectory> = match &parts.users {
         Some(u) => u.clone(),
-        None => Arc::new(NoUsers),
+        None => crate::auth::users::MemoryUsers::new(),
     };
     let tokens = TokenAuthenticator::new(
         signing.ring().clone(),
@@ -334,6 +312,7 @@ pub async fn run_with_parts(
     let background = CancellationToken::new();
     let auth_task = auth.start(background.clone());
     let signing_task = handles.signing.start(auth.changes(), background.clone());
+    let throttle_task = handles.login.start(background.clone());
     let stop_accepting = CancellationToken::new();
     let drain = CancellationToken::new();
     let close_links = CancellationToken::new();
@@ -381,6 +360,9 @@ pub async fn run_with_parts(
     background.cancel();
     let _ = auth_task.await;
     let _ = signing_task.await;
+    if let Some(t) = throttle_task {
+        let _ = t.await;
+    }
     tracing::info!("gateway stopped");
     Ok(())
 }
@@ -405,7 +387,7 @@ impl Running {
     pub async fn start(config: Config) -> anyhow::Result<Self> {
         validate(&config)?;
         let auth = open_auth(&config).await?;
-        Self::start_with(config, AuthParts::keys_only(auth)).await
+        Self::start_with(config, AuthParts::from_store(auth)).await
     }
 
     /// [`Running::start`] on authentication parts the caller built.

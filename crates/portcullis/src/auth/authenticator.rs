@@ -3,7 +3,7 @@
 //! Verifying a key: parse and checksum (junk stops here, before any lookup) → the key's
 //! record and live secret HMACs, from the cache or the store → HMAC-SHA-256 of the presented
 //! secret under the pepper → constant-time comparison with every live secret → revoked?
-//! expired?
+//! disabled (its workspace, or the user it was issued to)? expired?
 //!
 //! The cache holds what the store said about a key id (record + secret HMACs), never a
 //! "this string is valid" verdict: each call recomputes the HMAC, so a wrong secret can never
@@ -114,6 +114,8 @@ struct Known {
     /// The key's scopes, handed to `crate::access` through [`GrantSource`].
     grants: Arc<Grants>,
     revoked_at: Option<i64>,
+    /// Its workspace or its user was disabled when the store was asked.
+    disabled: bool,
     secrets: Vec<KeySecret>,
     /// When this entry last reported a use to `last_used` (ms), so the shared map's lock is
     /// taken about once a second per key instead of on every call.
@@ -423,6 +425,9 @@ impl ApiKeyAuthenticator {
         if known.revoked_at.is_some() {
             return Err(AuthFailure::Revoked);
         }
+        if known.disabled {
+            return Err(AuthFailure::Disabled);
+        }
         if known.identity.is_expired(now) {
             return Err(AuthFailure::Expired);
         }
@@ -527,11 +532,14 @@ impl ApiKeyAuthenticator {
                     return Err(());
                 }
             };
-            Ok(found.map(|(record, secrets)| {
+            Ok(found.map(|found| {
+                let disabled = found.is_disabled();
+                let (record, secrets) = (found.record, found.secrets);
                 let revoked_at = record.revoked_at;
                 let (identity, grants) = to_identity(record);
                 Arc::new(Known {
                     revoked_at,
+                    disabled,
                     identity: Arc::new(identity),
                     grants: Arc::new(grants),
                     secrets,
@@ -849,6 +857,7 @@ async fn create_key_at(
         pepper_version: pepper.version(),
         key_id,
         workspace: req.workspace.clone(),
+        user_id: None,
         name: req.name.trim().to_string(),
         scopes,
         expires_at,

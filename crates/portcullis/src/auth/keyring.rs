@@ -4,8 +4,10 @@
 //! - **Which key signs.** A new key is *published* (in JWKS and over every link) at once but
 //!   signs only once it is older than the publish delay, so every verifier — another gateway
 //!   node polling the store, an SDK that receives keys over its link — holds it before the
-//!   first token signed by it arrives. The signer is the newest unretired key past that delay;
-//!   when there is none yet (the first key of a fresh store), the oldest unretired key.
+//!   first token signed by it arrives. A retired key likewise keeps signing for the publish
+//!   delay after its retirement (a rotation retires the old key as it creates the new one).
+//!   The signer is the newest such live key past that delay; when there is none yet (the
+//!   first key of a fresh store), the oldest live key.
 //! - **Which keys verify.** Every key not past its `not_after`: a retired key stops signing at
 //!   once but keeps verifying until the longest token it may have signed has expired.
 //! - **At rest** a private key is sealed ([`seal`]/[`unseal`]) with ChaCha20-Poly1305 under a key
@@ -58,7 +60,7 @@ pub struct SigningKey {
     pub public: [u8; 32],
     /// Created, Unix ms.
     pub created_at: i64,
-    /// Retired (stops signing from then on), Unix ms.
+    /// Retired, Unix ms: stops signing a publish delay later.
     pub retired_at: Option<i64>,
     /// Stops verifying, Unix ms.
     pub not_after: Option<i64>,
@@ -202,12 +204,16 @@ impl KeySet {
 
     /// The key that signs at `now_ms`, given the publish delay.
     pub fn signer(&self, now_ms: i64, publish_delay_ms: i64) -> Option<&Arc<SigningKey>> {
-        // A retirement may be scheduled (rotation retires the old key once the new one is
-        // past the publish delay): until then the old key still signs.
+        // Retirement, like creation, takes effect for signing after the publish delay: a
+        // rotation retires the old key and creates the new one at the same moment, so the old
+        // key signs until the new one is published everywhere, and something always signs.
+        // (A key withdrawn at once is given a `not_after` of now: it verifies nothing.)
         let live = || {
-            self.keys
-                .iter()
-                .filter(move |k| k.retired_at.is_none_or(|r| now_ms < r) && k.verifies_at(now_ms))
+            self.keys.iter().filter(move |k| {
+                k.retired_at
+                    .is_none_or(|r| now_ms < r.saturating_add(publish_delay_ms))
+                    && k.verifies_at(now_ms)
+            })
         };
         // None past the delay yet (a fresh store, or a rotation right after start-up): the
         // oldest live key, the one verifiers have had longest.

@@ -17,7 +17,9 @@
 //! `disabled`, `throttled`, `malformed`) to the audit sink and
 //! `portcullis_auth_failures_total`. A wrong password or unknown user counts towards the
 //! account's and the address's lockout; a right one clears the account's count and, when the
-//! stored hash is weaker than the configured parameters, rehashes it.
+//! stored hash is weaker than the configured parameters, rehashes it (before the token is
+//! issued: storing a hash moves `password_changed_at`, which ends the user's other tokens —
+//! once, when the parameters are raised).
 //!
 //! **Change password** (a user access token) `{current_password, new_password}` → 204: the
 //! current password is checked like a login (throttled the same way), the new one against the
@@ -270,23 +272,55 @@ impl Login {
             }
         };
         self.succeeded(account).await;
+        let mut user = user;
         if rehash {
-            // Off the answer's path; bounded by the same hashing queue (skipped when full).
-            let me = self.clone();
-            let password = password.clone();
-            let user_id = user.id.clone();
-            tokio::spawn(async move {
-                match me.hasher.hash(&password).await {
-                    Ok(phc) => {
-                        if let Err(e) = me.users.set_password_hash(&user_id, &phc, None).await {
-                            tracing::warn!(error = %e, "cannot store a rehashed password");
+            // Before the token is issued: storing a hash sets `password_changed_at`, and the
+            // token must not predate it. Skipped (not failed) when the queue is full or the
+            // store refuses; the next login tries again. Other tokens of the user end here:
+            // a rehash happens once, when the parameters are raised.
+            match self.hasher.hash(password).await {
+                Ok(phc) => {
+                    let now = self.clock.now_ms();
+                    match self.users.set_password_hash(&user.id, &phc, now).await {
+                        Ok(changed) => {
+                            user.password_changed_at = changed;
+                            self.tokens.invalidate(&user.id);
                         }
+                        Err(e) => tracing::warn!(error = %e, "cannot store a rehashed password"),
                     }
-                    Err(e) => tracing::debug!(error = %e, "password rehash skipped"),
                 }
-            });
+                Err(e) => tracing::debug!(error = %e, "password rehash skipped"),
+            }
         }
         Ok(user)
+    }
+
+    /// Purge the shared throttle table every minute (stale rows, and a bound of
+    /// `auth.login_throttle_capacity` rows) until `shutdown`.
+    pub fn start(
+        self: &Arc<Self>,
+        shutdown: tokio_util::sync::CancellationToken,
+    ) -> Option<tokio::task::JoinHandle<()>> {
+        let shared = self.shared.clone()?;
+        let me = self.clone();
+        Some(tokio::spawn(async move {
+            let mut tick = tokio::time::interval(std::time::Duration::from_secs(60));
+            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            loop {
+                tokio::select! {
+                    _ = shutdown.cancelled() => break,
+                    _ = tick.tick() => {
+                        let s = me.throttle.settings();
+                        let window = i64::try_from(s.window.max(s.lockout).as_millis())
+                            .unwrap_or(i64::MAX);
+                        let cap = u64::try_from(s.capacity).unwrap_or(u64::MAX);
+                        if let Err(e) = shared.throttle_purge(me.clock.now_ms(), window, cap).await {
+                            tracing::debug!(error = %e, "cannot purge the login throttle table");
+                        }
+                    }
+                }
+            }
+        }))
     }
 
     /// Log in. See the module documentation.
@@ -325,6 +359,7 @@ impl Login {
         }
         self.tokens
             .issue(&user.id, &user.workspace_id, user.password_changed_at)
+            .await
             .map_err(|_| LoginError::Unavailable)
     }
 
@@ -369,7 +404,7 @@ impl Login {
         let phc = self.hasher.hash(&req.new_password).await?;
         let now = self.clock.now_ms();
         self.users
-            .set_password_hash(&user.id, &phc, Some(now))
+            .set_password_hash(&user.id, &phc, now)
             .await
             .map_err(|e| {
                 tracing::warn!(error = %e, "cannot store a new password");

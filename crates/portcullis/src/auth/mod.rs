@@ -314,6 +314,9 @@ pub enum AuthFailure {
     /// The key expired.
     #[error("expired key")]
     Expired,
+    /// The credential is valid, but its workspace or its user is disabled.
+    #[error("disabled identity")]
+    Disabled,
     /// The key id exists, the secret does not match (or its overlap ended).
     #[error("wrong secret")]
     Wrong,
@@ -323,9 +326,6 @@ pub enum AuthFailure {
     /// Login refused without trying: the account or the source address is locked out.
     #[error("throttled")]
     Throttled,
-    /// The user or the workspace is disabled.
-    #[error("disabled")]
-    Disabled,
     /// The token was issued before the user's password last changed.
     #[error("password changed since the token was issued")]
     Stale,
@@ -375,10 +375,10 @@ impl AuthFailure {
             Self::Unknown => "unknown",
             Self::Revoked => "revoked",
             Self::Expired => "expired",
+            Self::Disabled => "disabled",
             Self::Wrong => "wrong",
             Self::Unavailable => "unavailable",
             Self::Throttled => "throttled",
-            Self::Disabled => "disabled",
             Self::Stale => "password_changed",
             Self::Token(f) => f.as_str(),
         }

@@ -11,10 +11,12 @@
 //!   every linked service to receive it, before a token or assertion signed by it can reach
 //!   them.
 //! - **Rotation** ([`rotate`], `portcullis signing-keys rotate`, and every
-//!   `auth.signing_key_rotation` by the background task): a new key is stored, and every older
-//!   key is scheduled to retire when the new one starts signing (so something always signs),
-//!   verifying until `retired_at + auth.token_ttl + the longest assertion lifetime + leeway`:
-//!   whatever an old key signed stays valid until it expires.
+//!   `auth.signing_key_rotation` by the background task): in one store transaction every
+//!   current key is retired and a new key stored. A retired key keeps signing for the publish
+//!   delay ([`KeySet::signer`]), until the new one signs (so something always signs), and
+//!   verifies until `retired_at + publish delay + auth.token_ttl + the longest assertion
+//!   lifetime + leeway`: whatever an old key signed stays valid until it expires. Keys past
+//!   their `not_after` are deleted by the rotation check.
 //! - **Other nodes** rotate too: the ring is reloaded whenever the store's change generation
 //!   moves ([`super::Changes`]) and on the rotation check every minute.
 
@@ -39,6 +41,8 @@ pub struct StoredSigningKey {
     pub public_key: [u8; 32],
     /// The sealed PKCS#8 private key (`v1.<nonce>.<ciphertext>`).
     pub sealed_private_key: String,
+    /// Version of the pepper it is sealed under.
+    pub pepper_version: u32,
     /// Created, Unix ms.
     pub created_at: i64,
     /// Stops signing, Unix ms.
@@ -63,15 +67,17 @@ impl fmt::Debug for StoredSigningKey {
 pub trait SigningKeyStore: Send + Sync + 'static {
     /// Every stored key.
     fn signing_keys(&self) -> StoreFuture<'_, Vec<StoredSigningKey>>;
-    /// Store a new key.
+    /// Store a new key (the store may set `created_at` to its own now).
     fn insert_signing_key<'a>(&'a self, key: &'a StoredSigningKey) -> StoreFuture<'a, ()>;
-    /// Schedule `kid` to stop signing at `retired_at` and verifying at `not_after` (Unix ms).
-    fn retire_signing_key<'a>(
+    /// In one transaction: retire every unretired key with `retired_not_after` (Unix ms), then
+    /// store `new`. Returns the kids retired.
+    fn rotate_signing_key<'a>(
         &'a self,
-        kid: &'a str,
-        retired_at: i64,
-        not_after: i64,
-    ) -> StoreFuture<'a, ()>;
+        new: &'a StoredSigningKey,
+        retired_not_after: i64,
+    ) -> StoreFuture<'a, Vec<String>>;
+    /// Delete the keys past their `not_after` at `now`; returns their kids.
+    fn purge_signing_keys(&self, now: i64) -> StoreFuture<'_, Vec<String>>;
 }
 
 /// Why the signing keys could not be loaded or changed. Never carries key material.
@@ -147,6 +153,7 @@ fn new_stored(pepper: &Pepper, now: i64) -> Result<StoredSigningKey, KeyError> {
         kid: g.key.kid.to_string(),
         public_key: g.key.public,
         sealed_private_key: keyring::seal(pepper, &g.key.kid, &pkcs8)?,
+        pepper_version: pepper.version(),
         created_at: now,
         retired_at: None,
         not_after: None,
@@ -158,37 +165,28 @@ fn new_stored(pepper: &Pepper, now: i64) -> Result<StoredSigningKey, KeyError> {
 pub struct Rotation {
     /// The new key.
     pub kid: String,
-    /// When it starts signing (Unix ms).
+    /// When it starts signing (Unix ms), and the retired keys stop.
     pub signs_from: i64,
     /// The keys it replaces, with when each stops verifying.
     pub retired: Vec<(String, i64)>,
 }
 
-/// Rotate the keys in `store` at `now` (Unix ms): store a new key and schedule every key still
-/// signing to retire when the new one starts to sign.
+/// Rotate the keys in `store` at `now` (Unix ms): retire every current key and store a new one,
+/// in one transaction (see the module documentation).
 pub async fn rotate(
     store: &dyn SigningKeyStore,
     pepper: &Pepper,
     settings: &SigningSettings,
     now: i64,
 ) -> Result<Rotation, SigningError> {
-    let existing = store.signing_keys().await?;
     let new = new_stored(pepper, now)?;
-    store.insert_signing_key(&new).await?;
     let signs_from = now.saturating_add(ms(settings.publish_delay));
     let not_after = signs_from.saturating_add(ms(settings.verify_grace()));
-    let mut retired = Vec::new();
-    for k in existing {
-        if k.retired_at.is_none_or(|r| r > signs_from) {
-            let until = k.not_after.map_or(not_after, |n| n.min(not_after));
-            store.retire_signing_key(&k.kid, signs_from, until).await?;
-            retired.push((k.kid, until));
-        }
-    }
+    let retired = store.rotate_signing_key(&new, not_after).await?;
     Ok(Rotation {
         kid: new.kid,
         signs_from,
-        retired,
+        retired: retired.into_iter().map(|k| (k, not_after)).collect(),
     })
 }
 
@@ -323,10 +321,16 @@ impl SigningKeys {
                         me.report("reload", r);
                     }
                     _ = tick.tick() => {
-                        let r = match me.reload().await {
-                            Ok(()) => me.rotate_if_due().await.map(|_| ()),
-                            Err(e) => Err(e),
-                        };
+                        let r = async {
+                            let now = me.settings.clock.now_ms();
+                            let gone = me.store.purge_signing_keys(now).await?;
+                            if !gone.is_empty() {
+                                tracing::info!(kids = ?gone, "expired signing keys deleted");
+                            }
+                            me.reload().await?;
+                            me.rotate_if_due().await.map(|_| ())
+                        }
+                        .await;
                         me.report("rotation check", r);
                     }
                 }
@@ -363,21 +367,98 @@ impl SigningKeyStore for MemorySigningKeys {
         })
     }
 
-    fn retire_signing_key<'a>(
+    fn rotate_signing_key<'a>(
         &'a self,
-        kid: &'a str,
-        retired_at: i64,
-        not_after: i64,
-    ) -> StoreFuture<'a, ()> {
+        new: &'a StoredSigningKey,
+        retired_not_after: i64,
+    ) -> StoreFuture<'a, Vec<String>> {
         Box::pin(async move {
+            let mut retired = Vec::new();
             if let Ok(mut keys) = self.keys.lock() {
-                for k in keys.iter_mut().filter(|k| k.kid == kid) {
-                    k.retired_at = Some(retired_at);
-                    k.not_after = Some(not_after);
+                for k in keys.iter_mut().filter(|k| k.retired_at.is_none()) {
+                    k.retired_at = Some(new.created_at);
+                    k.not_after = Some(retired_not_after);
+                    retired.push(k.kid.clone());
                 }
+                keys.push(new.clone());
             }
+            Ok(retired)
+        })
+    }
+
+    fn purge_signing_keys(&self, now: i64) -> StoreFuture<'_, Vec<String>> {
+        Box::pin(async move {
+            let mut gone = Vec::new();
+            if let Ok(mut keys) = self.keys.lock() {
+                keys.retain(|k| {
+                    let keep = k.not_after.is_none_or(|t| t >= now);
+                    if !keep {
+                        gone.push(k.kid.clone());
+                    }
+                    keep
+                });
+            }
+            Ok(gone)
+        })
+    }
+}
+
+/// The store's `signing_keys` table.
+impl SigningKeyStore for crate::store::Store {
+    fn signing_keys(&self) -> StoreFuture<'_, Vec<StoredSigningKey>> {
+        Box::pin(async move {
+            Ok(self
+                .list_signing_keys()
+                .await?
+                .into_iter()
+                .map(|k| StoredSigningKey {
+                    kid: k.kid,
+                    public_key: k.public_key,
+                    sealed_private_key: k.private_key_sealed.expose().to_string(),
+                    pepper_version: k.pepper_version,
+                    created_at: k.created_at,
+                    retired_at: k.retired_at,
+                    not_after: k.not_after,
+                })
+                .collect())
+        })
+    }
+
+    fn insert_signing_key<'a>(&'a self, key: &'a StoredSigningKey) -> StoreFuture<'a, ()> {
+        Box::pin(async move {
+            crate::store::Store::insert_signing_key(self, &new_row(key), "gateway").await?;
             Ok(())
         })
+    }
+
+    fn rotate_signing_key<'a>(
+        &'a self,
+        new: &'a StoredSigningKey,
+        retired_not_after: i64,
+    ) -> StoreFuture<'a, Vec<String>> {
+        Box::pin(async move {
+            let (_, retired) = crate::store::Store::rotate_signing_key(
+                self,
+                &new_row(new),
+                retired_not_after,
+                "gateway",
+            )
+            .await?;
+            Ok(retired.into_iter().map(|k| k.kid).collect())
+        })
+    }
+
+    fn purge_signing_keys(&self, now: i64) -> StoreFuture<'_, Vec<String>> {
+        Box::pin(async move { self.delete_expired_signing_keys(now, "gateway").await })
+    }
+}
+
+fn new_row(k: &StoredSigningKey) -> crate::store::signing_keys::NewSigningKey {
+    crate::store::signing_keys::NewSigningKey {
+        kid: k.kid.clone(),
+        public_key: k.public_key,
+        private_key_sealed: crate::store::Redacted::new(k.sealed_private_key.clone()),
+        pepper_version: k.pepper_version,
     }
 }
 
@@ -457,6 +538,13 @@ mod tests {
         );
         let grace = s.verify_grace();
         clock.advance(grace);
+        assert_eq!(
+            keys.store
+                .purge_signing_keys(clock.now_ms() + 1)
+                .await
+                .unwrap(),
+            vec![old.clone()]
+        );
         assert!(
             keys.ring().public(&old, clock.now_ms()).is_none(),
             "until its tokens expired"

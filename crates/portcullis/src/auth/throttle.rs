@@ -47,10 +47,19 @@ impl ThrottleKey {
         )
     }
 
-    /// The store key of an account: `<workspace>/<username>`.
+    /// The store key of an account: SHA-256 of workspace and username, hex, so the table is
+    /// bounded per row and holds no username in the clear.
     pub fn store_key(&self) -> Option<String> {
+        use sha2::{Digest, Sha256};
         match self {
-            Self::Account(w, u) => Some(format!("{w}/{u}")),
+            Self::Account(w, u) => {
+                let mut h = Sha256::new();
+                h.update(b"pcs-login-account-v1\0");
+                h.update(w.as_bytes());
+                h.update(b"\0");
+                h.update(u.as_bytes());
+                Some(hex::encode(h.finalize()))
+            }
             Self::Ip(_) => None,
         }
     }
@@ -303,6 +312,62 @@ pub trait ThrottleStore: Send + Sync + 'static {
 
     /// Forget `key` (a successful login).
     fn throttle_clear<'a>(&'a self, key: &'a str) -> StoreFuture<'a, ()>;
+
+    /// Delete what is stale at `now` (window over, lock passed) and keep at most `max_rows`.
+    fn throttle_purge(&self, now: i64, window_ms: i64, max_rows: u64) -> StoreFuture<'_, u64>;
+}
+
+/// The store's `login_throttle` table.
+impl ThrottleStore for crate::store::Store {
+    fn throttle_state<'a>(
+        &'a self,
+        key: &'a str,
+        _now: i64,
+    ) -> StoreFuture<'a, Option<SharedThrottle>> {
+        Box::pin(async move {
+            Ok(self.login_throttle(key).await?.map(|s| SharedThrottle {
+                failures: s.failures,
+                locked_until: s.locked_until,
+            }))
+        })
+    }
+
+    fn throttle_failure<'a>(
+        &'a self,
+        key: &'a str,
+        now: i64,
+        window_ms: i64,
+        max_failures: u32,
+        lockout_ms: i64,
+    ) -> StoreFuture<'a, SharedThrottle> {
+        Box::pin(async move {
+            let ms = |v: i64| Duration::from_millis(u64::try_from(v).unwrap_or(0));
+            let policy = crate::store::login_throttle::ThrottlePolicy {
+                window: ms(window_ms),
+                max_failures,
+                lockout: ms(lockout_ms),
+            };
+            let s = self.record_login_failure(key, now, &policy).await?;
+            Ok(SharedThrottle {
+                failures: s.failures,
+                locked_until: s.locked_until.filter(|t| *t > now),
+            })
+        })
+    }
+
+    fn throttle_clear<'a>(&'a self, key: &'a str) -> StoreFuture<'a, ()> {
+        Box::pin(async move {
+            self.clear_login_throttle(key).await?;
+            Ok(())
+        })
+    }
+
+    fn throttle_purge(&self, now: i64, window_ms: i64, max_rows: u64) -> StoreFuture<'_, u64> {
+        Box::pin(async move {
+            let window = Duration::from_millis(u64::try_from(window_ms).unwrap_or(0));
+            self.purge_login_throttle(now, window, max_rows).await
+        })
+    }
 }
 
 #[cfg(test)]

@@ -25,8 +25,11 @@
 //!   must still be in the ring.
 //!
 //! Password changes are compared at the second (`iat` is a NumericDate): a token is refused
-//! when `iat` is before the change's second rounded up, and a token issued within that second
-//! after the change gets `iat` = that rounded-up second ([`TokenAuthenticator::issue`]).
+//! when `iat` is before the change's time rounded up to the second. So every token issued
+//! before a change is refused, and a login in the rest of the second of a change waits for
+//! the next second before its token is issued ([`TokenAuthenticator::issue`], under a
+//! second); its token is then truly issued after the change, and one issued before a later
+//! change is refused in turn.
 
 use futures_util::future::{BoxFuture, FutureExt, Shared};
 use portcullis_link::jws::{self, JwsError, TokenClaims};
@@ -209,14 +212,22 @@ impl TokenAuthenticator {
     }
 
     /// Issue a token for user `user_id` of workspace `workspace_id`, whose password was set at
-    /// `password_changed_at` (Unix ms). Fails closed (`Unavailable`) when the ring has no
-    /// signing key.
-    pub fn issue(
+    /// `password_changed_at` (Unix ms); within the second of that change, first wait for the
+    /// next one (see the module documentation). Fails closed (`Unavailable`) when the ring has
+    /// no signing key.
+    pub async fn issue(
         &self,
         user_id: &str,
         workspace_id: &str,
         password_changed_at: i64,
     ) -> Result<IssuedToken, AuthFailure> {
+        let wait = ceil_s(password_changed_at)
+            .saturating_mul(1000)
+            .saturating_sub(self.settings.clock.now_ms());
+        if wait > 0 {
+            let ms = u64::try_from(wait.min(1000)).unwrap_or(1000);
+            tokio::time::sleep(Duration::from_millis(ms)).await;
+        }
         let now_ms = self.settings.clock.now_ms();
         let signer = self.ring.signer(now_ms).ok_or(AuthFailure::Unavailable)?;
         let now_s = now_ms.div_euclid(1000);
@@ -228,7 +239,8 @@ impl TokenAuthenticator {
         let claims = TokenClaims {
             sub: format!("user:{user_id}"),
             ws: workspace_id.to_string(),
-            // Never before the password's change (see the module documentation).
+            // After the wait this is now; a clock that did not move (tests) still gets an
+            // `iat` the change does not refuse.
             iat: now_s.max(ceil_s(password_changed_at)),
             exp: now_s + ttl,
             jti: jti.clone(),
@@ -546,7 +558,7 @@ mod tests {
     #[tokio::test]
     async fn an_issued_token_verifies_to_the_user_and_costs_one_lookup() {
         let f = fixture();
-        let t = f.tokens.issue("usr_1", "ws_1", 0).unwrap();
+        let t = f.tokens.issue("usr_1", "ws_1", 0).await.unwrap();
         assert_eq!(t.expires_in, 900);
         assert!(!format!("{t:?}").contains(&t.access_token));
         let id = f.tokens.authenticate(&t.access_token).await.unwrap();
@@ -564,7 +576,7 @@ mod tests {
     #[tokio::test]
     async fn expiry_follows_the_injected_clock() {
         let f = fixture();
-        let t = f.tokens.issue("usr_1", "ws_1", 0).unwrap();
+        let t = f.tokens.issue("usr_1", "ws_1", 0).await.unwrap();
         f.tokens.authenticate(&t.access_token).await.unwrap();
         f.clock
             .advance(Duration::from_secs(900 + jws::LEEWAY_S as u64));
@@ -577,7 +589,7 @@ mod tests {
     #[tokio::test]
     async fn a_store_change_refuses_a_disabled_user_on_the_next_call() {
         let f = fixture();
-        let t = f.tokens.issue("usr_1", "ws_1", 0).unwrap();
+        let t = f.tokens.issue("usr_1", "ws_1", 0).await.unwrap();
         f.tokens.authenticate(&t.access_token).await.unwrap();
         f.users.update("usr_1", |u| u.disabled = true);
         assert!(
@@ -600,10 +612,10 @@ mod tests {
         );
     }
 
-    #[tokio::test]
+    #[tokio::test(start_paused = true)]
     async fn a_token_from_before_a_password_change_is_refused_and_one_after_is_not() {
         let f = fixture();
-        let before = f.tokens.issue("usr_1", "ws_1", 0).unwrap();
+        let before = f.tokens.issue("usr_1", "ws_1", 0).await.unwrap();
         // The change lands within the same second as the old token's `iat`.
         let changed = f.clock.now_ms() + 300;
         f.clock.advance(Duration::from_millis(400));
@@ -616,14 +628,14 @@ mod tests {
                 .unwrap_err(),
             AuthFailure::Stale
         );
-        let after = f.tokens.issue("usr_1", "ws_1", changed).unwrap();
+        let after = f.tokens.issue("usr_1", "ws_1", changed).await.unwrap();
         assert!(f.tokens.authenticate(&after.access_token).await.is_ok());
     }
 
     #[tokio::test]
     async fn forged_tokens_are_refused() {
         let f = fixture();
-        let t = f.tokens.issue("usr_1", "ws_1", 0).unwrap();
+        let t = f.tokens.issue("usr_1", "ws_1", 0).await.unwrap();
         let parts: Vec<&str> = t.access_token.split('.').collect();
         // Claims changed under the original signature.
         let mut claims: serde_json::Value = serde_json::from_slice(

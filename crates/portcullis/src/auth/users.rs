@@ -87,14 +87,87 @@ pub trait UserDirectory: Send + Sync + 'static {
     /// The standing of user `user_id` (`None`: no such user): one query.
     fn user_for_verification<'a>(&'a self, user_id: &'a str) -> StoreFuture<'a, Option<Standing>>;
 
-    /// Replace the password hash of `user_id`. `changed_at` is set when the password itself
-    /// changed (tokens issued before it are refused); a rehash of the same password leaves it.
+    /// Replace the password hash of `user_id`, at `changed_at` (Unix ms; the store may use its
+    /// own now). Tokens issued before it are refused. Returns the `password_changed_at` now
+    /// stored, so a token issued right after carries an `iat` no earlier.
     fn set_password_hash<'a>(
         &'a self,
         user_id: &'a str,
         phc: &'a str,
-        changed_at: Option<i64>,
-    ) -> StoreFuture<'a, ()>;
+        changed_at: i64,
+    ) -> StoreFuture<'a, i64>;
+}
+
+/// The store's `users` table (and `workspaces`, for their status).
+impl UserDirectory for crate::store::Store {
+    fn login_user<'a>(
+        &'a self,
+        workspace: &'a str,
+        username: &'a str,
+    ) -> StoreFuture<'a, Option<LoginUser>> {
+        Box::pin(async move {
+            let Some(ws) = self.workspace_by_name(workspace).await? else {
+                return Ok(None);
+            };
+            let user = self.user_by_username(&ws.id, username).await?;
+            Ok(user.map(|u| login_user(u, ws.is_disabled())))
+        })
+    }
+
+    fn login_user_by_id<'a>(&'a self, user_id: &'a str) -> StoreFuture<'a, Option<LoginUser>> {
+        Box::pin(async move {
+            let Some(u) = self.user(user_id).await? else {
+                return Ok(None);
+            };
+            // A user whose workspace cannot be read is treated as disabled: fail closed.
+            let ws_disabled = self
+                .workspace(&u.workspace_id)
+                .await?
+                .is_none_or(|w| w.is_disabled());
+            Ok(Some(login_user(u, ws_disabled)))
+        })
+    }
+
+    fn user_for_verification<'a>(&'a self, user_id: &'a str) -> StoreFuture<'a, Option<Standing>> {
+        Box::pin(async move {
+            Ok(crate::store::Store::user_for_verification(self, user_id)
+                .await?
+                .map(|s| Standing {
+                    workspace_id: s.workspace_id,
+                    workspace: s.workspace,
+                    disabled: s.disabled_at.is_some(),
+                    workspace_disabled: s.workspace_disabled_at.is_some(),
+                    password_changed_at: s.password_changed_at,
+                }))
+        })
+    }
+
+    fn set_password_hash<'a>(
+        &'a self,
+        user_id: &'a str,
+        phc: &'a str,
+        _changed_at: i64,
+    ) -> StoreFuture<'a, i64> {
+        Box::pin(async move {
+            let u = self
+                .set_user_password_hash(user_id, &crate::store::Redacted::new(phc), "gateway")
+                .await?;
+            Ok(u.password_changed_at)
+        })
+    }
+}
+
+fn login_user(u: crate::store::users::User, workspace_disabled: bool) -> LoginUser {
+    LoginUser {
+        disabled: u.is_disabled(),
+        id: u.id,
+        username: u.username,
+        workspace_id: u.workspace_id,
+        workspace: u.workspace,
+        password_hash: u.password_hash.expose().to_string(),
+        workspace_disabled,
+        password_changed_at: u.password_changed_at,
+    }
 }
 
 /// Users in memory, for tests and benches: a stand-in for the store.
@@ -171,16 +244,14 @@ impl UserDirectory for MemoryUsers {
         &'a self,
         user_id: &'a str,
         phc: &'a str,
-        changed_at: Option<i64>,
-    ) -> StoreFuture<'a, ()> {
+        changed_at: i64,
+    ) -> StoreFuture<'a, i64> {
         Box::pin(async move {
             self.update(user_id, |u| {
                 u.password_hash = phc.to_string();
-                if let Some(t) = changed_at {
-                    u.password_changed_at = t;
-                }
+                u.password_changed_at = changed_at;
             });
-            Ok(())
+            Ok(changed_at)
         })
     }
 }

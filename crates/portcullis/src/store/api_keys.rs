@@ -1,11 +1,15 @@
-//! API keys: one `api_keys` row per key (workspace, name, scopes, times) and one
-//! `api_key_secrets` row per live secret — rotation adds a secret and gives the old ones a
-//! `not_after` at the end of the overlap. Only HMACs of secrets are stored, each with the
+//! API keys: one `api_keys` row per key (workspace, the user it was issued to if any, name,
+//! scopes, times) and one `api_key_secrets` row per live secret — rotation adds a secret and
+//! gives the old ones a `not_after` at the end of the overlap. Only HMACs of secrets are stored, each with the
 //! version of the pepper it was made under; the raw key exists only in the caller's hands.
 //!
-//! Every change bumps the `keys_generation` counter in the same transaction (so other
-//! processes drop their caches) and writes its audit row in that transaction too: a key
-//! never changes without its trail.
+//! Every change bumps the change generation in the same transaction (so other processes drop
+//! their caches) and writes its audit row in that transaction too: a key never changes
+//! without its trail.
+//!
+//! A key issued to a user (`user_id`) lives in the user's workspace and is refused while the
+//! user is disabled; every key is refused while its workspace is disabled. The verification
+//! lookup ([`Store::key_for_verification`]) reads both states in its one query.
 
 use serde::Serialize;
 use sqlx::any::AnyRow;
@@ -13,7 +17,7 @@ use sqlx::Row;
 use std::time::Duration;
 
 use super::audit::{append_on, AuditEvent};
-use super::{now_ms, Store, StoreError};
+use super::{bump_generation, now_ms, Store, StoreError};
 
 /// A key as stored, without secrets.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
@@ -24,6 +28,8 @@ pub struct KeyRecord {
     pub workspace_id: String,
     /// Workspace name.
     pub workspace: String,
+    /// The user the key was issued to; `None`: a key of its own.
+    pub user_id: Option<String>,
     /// Display name.
     pub name: String,
     /// Capability names this key grants; `*` grants all.
@@ -73,6 +79,31 @@ impl std::fmt::Debug for KeySecret {
     }
 }
 
+/// What [`Store::key_for_verification`] says about a key id: the record, its secrets still
+/// accepted, and the state of what the key belongs to.
+#[derive(Debug, Clone)]
+pub struct KeyVerification {
+    /// The key, without secrets.
+    pub record: KeyRecord,
+    /// Its secrets accepted at the time asked, newest first.
+    pub secrets: Vec<KeySecret>,
+    /// When the key's workspace was disabled, Unix ms.
+    pub workspace_disabled_at: Option<i64>,
+    /// For a key issued to a user: when that user was disabled, Unix ms.
+    pub user_disabled_at: Option<i64>,
+    /// The key names a user (`record.user_id`) the store does not have. Deleting a user
+    /// detaches its keys, so this means a damaged store; the key is refused.
+    pub user_missing: bool,
+}
+
+impl KeyVerification {
+    /// Is the key refused because its workspace or its user is disabled (or its user is
+    /// missing)?
+    pub fn is_disabled(&self) -> bool {
+        self.workspace_disabled_at.is_some() || self.user_disabled_at.is_some() || self.user_missing
+    }
+}
+
 /// What to insert for a new key.
 #[derive(Debug, Clone)]
 pub struct NewKeyRow {
@@ -80,6 +111,9 @@ pub struct NewKeyRow {
     pub key_id: String,
     /// Workspace name; must exist.
     pub workspace: String,
+    /// The user the key is issued to (it must exist, be enabled and belong to `workspace`);
+    /// `None`: a key of its own.
+    pub user_id: Option<String>,
     /// Display name.
     pub name: String,
     /// Scopes (validated by the caller).
@@ -92,8 +126,8 @@ pub struct NewKeyRow {
     pub pepper_version: u32,
 }
 
-const KEY_COLUMNS: &str = "k.key_id, k.workspace_id, w.name AS workspace, k.name, k.scopes, \
-     k.created_at, k.expires_at, k.last_used_at, k.revoked_at";
+const KEY_COLUMNS: &str = "k.key_id, k.workspace_id, w.name AS workspace, k.user_id, k.name, \
+     k.scopes, k.created_at, k.expires_at, k.last_used_at, k.revoked_at";
 
 fn key_from_row(r: &AnyRow) -> Result<KeyRecord, sqlx::Error> {
     let scopes: String = r.try_get("scopes")?;
@@ -101,6 +135,7 @@ fn key_from_row(r: &AnyRow) -> Result<KeyRecord, sqlx::Error> {
         key_id: r.try_get("key_id")?,
         workspace_id: r.try_get("workspace_id")?,
         workspace: r.try_get("workspace")?,
+        user_id: r.try_get("user_id")?,
         name: r.try_get("name")?,
         scopes: scopes
             .split(',')
@@ -119,15 +154,7 @@ fn decode_hmac(hex_text: &str) -> Option<[u8; 32]> {
     v.try_into().ok()
 }
 
-async fn bump_generation(conn: &mut sqlx::AnyConnection) -> Result<(), sqlx::Error> {
-    // Also serialises concurrent key changes on PostgreSQL (row lock until commit).
-    sqlx::query("UPDATE store_meta SET value = value + 1 WHERE name = 'keys_generation'")
-        .execute(conn)
-        .await?;
-    Ok(())
-}
-
-async fn key_on(
+pub(crate) async fn key_on(
     conn: &mut sqlx::AnyConnection,
     key_id: &str,
 ) -> Result<Option<KeyRecord>, sqlx::Error> {
@@ -172,7 +199,11 @@ async fn insert_secret_on(
     Ok(())
 }
 
-async fn any_admin_on(conn: &mut sqlx::AnyConnection, now: i64) -> Result<bool, sqlx::Error> {
+/// Is there an active key with scope `*`?
+pub(crate) async fn any_admin_key_on(
+    conn: &mut sqlx::AnyConnection,
+    now: i64,
+) -> Result<bool, sqlx::Error> {
     let rows = sqlx::query(
         "SELECT scopes FROM api_keys WHERE revoked_at IS NULL
          AND (expires_at IS NULL OR expires_at > $1)",
@@ -200,7 +231,7 @@ impl Store {
         let now = now_ms();
         let mut tx = self.pool().begin().await?;
         bump_generation(&mut tx).await?;
-        if only_if_no_admin && any_admin_on(&mut tx, now).await? {
+        if only_if_no_admin && any_admin_key_on(&mut tx, now).await? {
             return Err(StoreError::Conflict(
                 "an admin key already exists; bootstrap refused (create keys with `portcullis keys create`)"
                     .into(),
@@ -212,6 +243,23 @@ impl Store {
             .await?
             .ok_or_else(|| StoreError::NotFound(format!("workspace {}", new.workspace)))?;
         let ws_id: String = ws.try_get(0)?;
+        if let Some(user_id) = &new.user_id {
+            let user = super::users::user_on(&mut tx, user_id)
+                .await?
+                .ok_or_else(|| StoreError::NotFound(format!("user {user_id}")))?;
+            if user.workspace_id != ws_id {
+                return Err(StoreError::Invalid(format!(
+                    "user {} is in workspace {}: a key issued to a user lives in the user's workspace",
+                    user.username, user.workspace
+                )));
+            }
+            if user.is_disabled() {
+                return Err(StoreError::Conflict(format!(
+                    "user {} is disabled",
+                    user.username
+                )));
+            }
+        }
         if key_on(&mut tx, &new.key_id).await?.is_some() {
             return Err(StoreError::Conflict(format!(
                 "key id {} is taken",
@@ -219,11 +267,12 @@ impl Store {
             )));
         }
         sqlx::query(
-            "INSERT INTO api_keys (key_id, workspace_id, name, scopes, created_at, expires_at)
-             VALUES ($1, $2, $3, $4, $5, $6)",
+            "INSERT INTO api_keys (key_id, workspace_id, user_id, name, scopes, created_at, expires_at)
+             VALUES ($1, $2, $3, $4, $5, $6, $7)",
         )
         .bind(&new.key_id)
         .bind(&ws_id)
+        .bind(&new.user_id)
         .bind(&new.name)
         .bind(new.scopes.join(","))
         .bind(now)
@@ -247,7 +296,7 @@ impl Store {
                 key_id: Some(new.key_id.clone()),
                 workspace: Some(new.workspace.clone()),
                 detail: Some(
-                    serde_json::json!({"name": new.name, "scopes": new.scopes, "expires_at": new.expires_at})
+                    serde_json::json!({"name": new.name, "scopes": new.scopes, "expires_at": new.expires_at, "user_id": new.user_id})
                         .to_string(),
                 ),
                 ..Default::default()
@@ -277,7 +326,7 @@ impl Store {
     /// Is there an active key with scope `*`?
     pub async fn has_admin_key(&self) -> Result<bool, StoreError> {
         let mut conn = self.pool().acquire().await?;
-        Ok(any_admin_on(&mut conn, now_ms()).await?)
+        Ok(any_admin_key_on(&mut conn, now_ms()).await?)
     }
 
     /// A key without its secrets.
@@ -286,12 +335,13 @@ impl Store {
         Ok(key_on(&mut conn, key_id).await?)
     }
 
-    /// A key with its secrets still accepted at `now`: the verification lookup, one query.
+    /// A key with its secrets still accepted at `now` and the state of its workspace and its
+    /// user: the verification lookup, one query.
     pub async fn key_for_verification(
         &self,
         key_id: &str,
         now: i64,
-    ) -> Result<Option<(KeyRecord, Vec<KeySecret>)>, StoreError> {
+    ) -> Result<Option<KeyVerification>, StoreError> {
         self.count_verification_query();
         let key_id = key_id.to_owned();
         self.at_home(
@@ -304,10 +354,13 @@ impl Store {
         &self,
         key_id: &str,
         now: i64,
-    ) -> Result<Option<(KeyRecord, Vec<KeySecret>)>, StoreError> {
+    ) -> Result<Option<KeyVerification>, StoreError> {
         let q = format!(
-            "SELECT {KEY_COLUMNS}, s.serial, s.secret_hmac, s.pepper_version, s.not_after
+            "SELECT {KEY_COLUMNS}, s.serial, s.secret_hmac, s.pepper_version, s.not_after,
+                    w.disabled_at AS workspace_disabled_at, u.id AS user_row,
+                    u.disabled_at AS user_disabled_at
              FROM api_keys k JOIN workspaces w ON w.id = k.workspace_id
+             LEFT JOIN users u ON u.id = k.user_id
              LEFT JOIN api_key_secrets s
                ON s.key_id = k.key_id AND (s.not_after IS NULL OR s.not_after > $2)
              WHERE k.key_id = $1
@@ -322,6 +375,10 @@ impl Store {
             return Ok(None);
         };
         let record = key_from_row(first)?;
+        let user_row: Option<String> = first.try_get("user_row")?;
+        let workspace_disabled_at: Option<i64> = first.try_get("workspace_disabled_at")?;
+        let user_disabled_at: Option<i64> = first.try_get("user_disabled_at")?;
+        let user_missing = record.user_id.is_some() && user_row.is_none();
         let mut secrets = Vec::with_capacity(rows.len());
         for r in &rows {
             let serial: Option<i64> = r.try_get("serial")?;
@@ -341,7 +398,13 @@ impl Store {
                 not_after: r.try_get("not_after")?,
             });
         }
-        Ok(Some((record, secrets)))
+        Ok(Some(KeyVerification {
+            record,
+            secrets,
+            workspace_disabled_at,
+            user_disabled_at,
+            user_missing,
+        }))
     }
 
     /// Keys, optionally of one workspace, by workspace then key id. Never secrets.
@@ -355,6 +418,23 @@ impl Store {
             .fetch_all(self.pool())
             .await?;
         Ok(rows.iter().map(key_from_row).collect::<Result<_, _>>()?)
+    }
+
+    /// The keys issued to user `user_id`, by key id. Never secrets.
+    pub async fn list_user_keys(&self, user_id: &str) -> Result<Vec<KeyRecord>, StoreError> {
+        let user_id = user_id.to_owned();
+        self.at_home(move |store| async move {
+            let q = format!(
+                "SELECT {KEY_COLUMNS} FROM api_keys k JOIN workspaces w ON w.id = k.workspace_id
+                 WHERE k.user_id = $1 ORDER BY k.key_id"
+            );
+            let rows = sqlx::query(&q)
+                .bind(&user_id)
+                .fetch_all(store.pool())
+                .await?;
+            Ok(rows.iter().map(key_from_row).collect::<Result<_, _>>()?)
+        })
+        .await
     }
 
     /// Revoke a key at once; audits `key_revoked`. Revoking a revoked key is a conflict.

@@ -1,4 +1,5 @@
-//! The audit log: who did what to which key, and why credentials were refused.
+//! The audit log: who did what to which identity, binding, workspace or signing key, and why
+//! credentials were refused.
 //!
 //! Bounded: [`Store::audit_trim`] keeps the newest `auth.audit_max_rows` rows (ids only grow,
 //! so "older than the newest N" is one indexed delete). Authentication failures reach it
@@ -14,8 +15,13 @@ use super::{now_ms, Store, StoreError};
 /// An event to record.
 #[derive(Debug, Clone, Default)]
 pub struct AuditEvent {
-    /// Kind: `key_created`, `key_rotated`, `key_revoked`, `bootstrap`, `auth_failure`,
-    /// `access_denied`.
+    /// Kind. Keys: `key_created`, `key_rotated`, `key_revoked`. Workspaces:
+    /// `workspace_created`, `workspace_updated`, `workspace_disabled`, `workspace_enabled`.
+    /// Users: `user_created`, `user_updated`, `user_disabled`, `user_enabled`,
+    /// `user_password_changed`, `user_deleted`. Role bindings: `role_granted`,
+    /// `role_revoked`. Signing keys: `signing_key_created`, `signing_key_retired`,
+    /// `signing_key_deleted`. The first admin: `bootstrap` (a key, or a user). Refusals:
+    /// `auth_failure`, `access_denied`.
     pub event: &'static str,
     /// Who: `cli`, `gateway`, `demo`, or a key id.
     pub actor: String,

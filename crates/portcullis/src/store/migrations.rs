@@ -71,14 +71,83 @@ fn v1_identity(d: Dialect) -> Vec<String> {
     ]
 }
 
-const MIGRATIONS: &[Migration] = &[Migration {
-    version: 1,
-    name: "identity: workspaces, api keys, audit log",
-    statements: v1_identity,
-}];
+/// Users, role bindings, signing keys, login throttle; workspaces gain a display name, a
+/// disabled time and an update time; keys may be issued to a user.
+fn v2_iam(_: Dialect) -> Vec<String> {
+    vec![
+        "ALTER TABLE workspaces ADD COLUMN display_name TEXT".into(),
+        "ALTER TABLE workspaces ADD COLUMN disabled_at BIGINT".into(),
+        "ALTER TABLE workspaces ADD COLUMN updated_at BIGINT NOT NULL DEFAULT 0".into(),
+        "UPDATE workspaces SET updated_at = created_at".into(),
+        "CREATE TABLE users (
+            id TEXT PRIMARY KEY,
+            workspace_id TEXT NOT NULL REFERENCES workspaces (id),
+            username TEXT NOT NULL,
+            display_name TEXT,
+            password_hash TEXT NOT NULL,
+            disabled_at BIGINT,
+            created_at BIGINT NOT NULL,
+            updated_at BIGINT NOT NULL,
+            password_changed_at BIGINT NOT NULL,
+            UNIQUE (workspace_id, username)
+        )"
+        .into(),
+        // No ON DELETE action: deleting a user revokes and detaches its keys explicitly, in
+        // the same transaction, and the constraint catches any path that forgets to.
+        "ALTER TABLE api_keys ADD COLUMN user_id TEXT REFERENCES users (id)".into(),
+        "CREATE INDEX api_keys_user ON api_keys (user_id)".into(),
+        // subject_id names a user or a key (no foreign key: two tables); workspace_id is a
+        // workspace id or '*' (every workspace).
+        "CREATE TABLE role_bindings (
+            id TEXT PRIMARY KEY,
+            subject_kind TEXT NOT NULL,
+            subject_id TEXT NOT NULL,
+            role TEXT NOT NULL,
+            workspace_id TEXT NOT NULL,
+            created_at BIGINT NOT NULL,
+            created_by TEXT NOT NULL,
+            UNIQUE (subject_kind, subject_id, role, workspace_id)
+        )"
+        .into(),
+        "CREATE INDEX role_bindings_workspace ON role_bindings (workspace_id)".into(),
+        "CREATE INDEX role_bindings_role ON role_bindings (role)".into(),
+        "CREATE TABLE signing_keys (
+            kid TEXT PRIMARY KEY,
+            algorithm TEXT NOT NULL,
+            public_key TEXT NOT NULL,
+            private_key_sealed TEXT NOT NULL,
+            pepper_version BIGINT NOT NULL,
+            created_at BIGINT NOT NULL,
+            retired_at BIGINT,
+            not_after BIGINT
+        )"
+        .into(),
+        "CREATE TABLE login_throttle (
+            key TEXT PRIMARY KEY,
+            failures BIGINT NOT NULL,
+            window_started_at BIGINT NOT NULL,
+            locked_until BIGINT
+        )"
+        .into(),
+        "CREATE INDEX login_throttle_window ON login_throttle (window_started_at)".into(),
+    ]
+}
+
+const MIGRATIONS: &[Migration] = &[
+    Migration {
+        version: 1,
+        name: "identity: workspaces, api keys, audit log",
+        statements: v1_identity,
+    },
+    Migration {
+        version: 2,
+        name: "iam: users, role bindings, signing keys, login throttle, workspace status",
+        statements: v2_iam,
+    },
+];
 
 /// The newest schema version this binary knows.
-pub const LATEST: i64 = 1;
+pub const LATEST: i64 = 2;
 
 /// What [`Store::migrate`] did.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -127,6 +196,15 @@ impl Store {
         &self,
         from: Option<i64>,
     ) -> Result<MigrationReport, StoreError> {
+        self.migrate_until(from, LATEST).await
+    }
+
+    /// Apply the migrations after `from` up to `target` (tests build older schemas with it).
+    pub(crate) async fn migrate_until(
+        &self,
+        from: Option<i64>,
+        target: i64,
+    ) -> Result<MigrationReport, StoreError> {
         if let Some(found) = from {
             if found > LATEST {
                 return Err(StoreError::SchemaTooNew {
@@ -148,7 +226,10 @@ impl Store {
         }
         let start = from.unwrap_or(0);
         let mut current = start;
-        for m in MIGRATIONS.iter().filter(|m| m.version > start) {
+        for m in MIGRATIONS
+            .iter()
+            .filter(|m| m.version > start && m.version <= target)
+        {
             let mut tx = self.pool().begin().await?;
             // The version row first: a concurrent migrator (another node) conflicts here and
             // rolls back instead of applying the same DDL twice.

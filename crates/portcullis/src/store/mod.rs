@@ -1,4 +1,4 @@
-//! The store: identities and their history, on `sqlx`.
+//! The store: identities, policy and their history, on `sqlx`.
 //!
 //! SQLite at `<data_dir>/portcullis.db` by default; PostgreSQL when `store.url` is a
 //! `postgres://` URL (several gateway nodes share one). Both are reached through sqlx's `Any`
@@ -9,18 +9,40 @@
 //! them, [`Store::open`] applies pending ones forward and refuses — without writing
 //! anything — a database whose schema is newer than this binary.
 //!
-//! Tables, by concern: `workspaces` ([`workspaces`]), `api_keys` and `api_key_secrets`
-//! ([`api_keys`]), `audit_log` ([`audit`]), and `store_meta` (a change generation other nodes
-//! poll to invalidate their caches). Users, roles and role bindings are planned next to them:
-//! every identity row carries a `workspace_id`, and a role binding will name
-//! `(subject_kind, subject_id, workspace_id, role)` so an API key or a user can hold roles.
+//! Tables, by concern:
+//!
+//! - **Tenants**: `workspaces` ([`workspaces`]): id, unique name, display name, disabled.
+//! - **Identities**: `users` ([`users`], username unique per workspace, a password hash made
+//!   elsewhere) and `api_keys` with `api_key_secrets` ([`api_keys`]; a key is of its own or
+//!   issued to a user). Every identity row carries a `workspace_id`.
+//! - **Policy**: `role_bindings` ([`role_bindings`]): `(subject_kind, subject_id, role,
+//!   workspace_id)`, the workspace possibly `*`. Which roles exist and what they grant is
+//!   configuration and code (`crate::access`), not rows.
+//! - **Token signing**: `signing_keys` ([`signing_keys`]): public keys and sealed private keys
+//!   (sealed elsewhere; the store never sees a private key in the clear).
+//! - **Login defence**: `login_throttle` ([`login_throttle`]): failure counts per opaque scope
+//!   key, bounded by purging.
+//! - **History**: `audit_log` ([`audit`]).
+//! - **Coordination**: `store_meta`, whose change generation ([`Store::generation`]) every
+//!   change to an identity, a binding, a workspace or a signing key bumps in its own
+//!   transaction, so other processes and nodes know to drop their caches. Login throttle
+//!   writes do not bump it: they are frequent, attacker-driven, and no cache holds them.
+//!
+//! Every change to an identity, a binding, a workspace or a signing key runs in one
+//! transaction together with its audit row and the generation bump.
+//! Operations a request can reach run on the runtime that opened the store
+//! (`Store::at_home`).
 
 pub mod api_keys;
 pub mod audit;
+pub mod login_throttle;
 pub mod migrations;
+pub mod role_bindings;
+pub mod signing_keys;
 #[cfg(any(test, feature = "test-support"))]
 #[doc(hidden)]
 pub mod testing;
+pub mod users;
 pub mod workspaces;
 
 use sqlx::any::{AnyPoolOptions, AnyRow};
@@ -30,9 +52,13 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-pub use api_keys::{KeyRecord, KeySecret, NewKeyRow};
+pub use api_keys::{KeyRecord, KeySecret, KeyVerification, NewKeyRow};
 pub use audit::{AuditEntry, AuditEvent};
-pub use workspaces::Workspace;
+pub use login_throttle::{ThrottlePolicy, ThrottleState};
+pub use role_bindings::{NewRoleBinding, RoleBinding, SubjectKind, ADMIN_ROLE, ALL_WORKSPACES};
+pub use signing_keys::{NewSigningKey, SigningKey, EDDSA};
+pub use users::{DeletedUser, NewUser, User, UserStatus, UserUpdate};
+pub use workspaces::{Workspace, WorkspaceUpdate};
 
 /// File name of the SQLite database inside the data directory.
 pub const SQLITE_FILE: &str = "portcullis.db";
@@ -257,6 +283,52 @@ pub struct Store {
     verification_queries: Arc<AtomicU64>,
 }
 
+/// Stored text that must never be shown: a password hash, a sealed private key. `Debug`
+/// prints `***` and it does not implement `Serialize`, so a record holding one can be logged
+/// and serialised without leaking it. Compare with the algorithm it belongs to (Argon2
+/// verification, unsealing), never with `==`.
+#[derive(Clone)]
+pub struct Redacted(String);
+
+impl Redacted {
+    /// Wrap stored text.
+    pub fn new(s: impl Into<String>) -> Self {
+        Self(s.into())
+    }
+
+    /// The text itself; call only where it is used, never to print.
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+}
+
+impl std::fmt::Debug for Redacted {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("***")
+    }
+}
+
+/// Bump the change generation on `conn`, inside the change's transaction. Also serialises
+/// concurrent changes on PostgreSQL (row lock until commit) and takes SQLite's write lock
+/// first, so the checks a change makes before writing cannot race another change. Call it as
+/// the first statement of a change.
+pub(crate) async fn bump_generation(conn: &mut sqlx::AnyConnection) -> Result<(), sqlx::Error> {
+    sqlx::query("UPDATE store_meta SET value = value + 1 WHERE name = 'keys_generation'")
+        .execute(conn)
+        .await?;
+    Ok(())
+}
+
+/// A duration in whole milliseconds, saturating (for adding to Unix ms).
+pub(crate) fn duration_ms(d: Duration) -> i64 {
+    i64::try_from(d.as_millis()).unwrap_or(i64::MAX)
+}
+
+/// A random id: `prefix` + 16 hex digits.
+pub(crate) fn random_id(prefix: &str) -> String {
+    format!("{prefix}{}", hex::encode(rand::random::<[u8; 8]>()))
+}
+
 /// Now, Unix milliseconds.
 pub fn now_ms() -> i64 {
     SystemTime::now()
@@ -334,9 +406,10 @@ impl Store {
         self.dialect
     }
 
-    /// How many verification lookups ([`Store::key_for_verification`]) this store handle and
-    /// its clones have sent to the database. The authenticator's cache promises that a key id
-    /// costs one lookup per cache lifetime, known or not; tests read this to hold it to that.
+    /// How many verification lookups ([`Store::key_for_verification`],
+    /// [`Store::user_for_verification`]) this store handle and its clones have sent to the
+    /// database. The authenticators' caches promise that a key id or a subject costs one lookup
+    /// per cache lifetime, known or not; tests read this to hold them to that.
     pub fn verification_queries(&self) -> u64 {
         self.verification_queries.load(Ordering::Relaxed)
     }
@@ -389,8 +462,9 @@ impl Store {
         self.pool.close().await;
     }
 
-    /// The change generation: bumped by every change to keys, so other processes and nodes
-    /// know to drop their verification caches.
+    /// The change generation: bumped by every change to keys, users, role bindings,
+    /// workspaces and signing keys, so other processes and nodes know to drop their caches.
+    /// (The row is still named `keys_generation`, its name since v1.)
     pub async fn generation(&self) -> Result<i64, StoreError> {
         let row = sqlx::query("SELECT value FROM store_meta WHERE name = 'keys_generation'")
             .fetch_optional(&self.pool)

@@ -98,6 +98,19 @@ impl TestStore {
             .unwrap_or_else(|e| panic!("{}: init: {e}", self.kind))
     }
 
+    /// Create the store at schema `version` only (an older binary's database), without the
+    /// `default` workspace, for migration tests; [`Store::open`] then migrates it forward.
+    pub async fn init_at(&self, version: i64) -> Store {
+        let store = Store::connect(&self.options, true)
+            .await
+            .unwrap_or_else(|e| panic!("{}: connect: {e}", self.kind));
+        store
+            .migrate_until(None, version)
+            .await
+            .unwrap_or_else(|e| panic!("{}: migrate to v{version}: {e}", self.kind));
+        store
+    }
+
     /// Drop the PostgreSQL database (call at the end of a test; a failed test leaves it).
     pub async fn cleanup(self) {
         if let Some((base, name)) = &self.admin {

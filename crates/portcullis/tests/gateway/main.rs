@@ -20,4 +20,5 @@ mod operations;
 mod pipeline;
 mod sdk_limits;
 mod store;
+mod store_iam;
 mod tokens;

@@ -3,24 +3,24 @@
 //! failures; JWKS; signing-key rotation; a disabled user's token refused within the poll;
 //! hostile login bodies and floods.
 //!
-//! Users live in a `MemoryUsers` directory handed to the gateway (the store's users table
-//! implements the same `UserDirectory`); the wall clock is a `ManualClock`, so expiry is
-//! tested by moving it.
+//! Users are the store's; where a test moves the wall clock (expiry, rotation) it is a
+//! `ManualClock`, with the signing keys in memory.
 
 use crate::common::*;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use base64::Engine as _;
 use http::StatusCode;
 use http_body_util::BodyExt;
-use portcullis::auth::authenticator::{AuthSettings, CreateKey};
+use portcullis::auth::authenticator::AuthSettings;
 use portcullis::auth::password::{HashSettings, Password, PasswordHasher};
-use portcullis::auth::users::{LoginUser, MemoryUsers};
+use portcullis::auth::signing::MemorySigningKeys;
 use portcullis::auth::ApiKeyAuthenticator;
 use portcullis::clock::ManualClock;
 use portcullis::config::Config;
 use portcullis::store::testing::TestStore;
+use portcullis::store::users::NewUser;
+use portcullis::store::{Redacted, Store};
 use portcullis_link::jws::{self, TokenClaims};
-use std::sync::Arc;
 use std::time::Duration;
 
 const UNAUTHORIZED: &[u8] = br#"{"error":"unauthorized"}"#;
@@ -29,28 +29,41 @@ const PASSWORD: &str = "correct horse battery staple";
 struct Users {
     gw: TestGateway,
     _svc: portcullis_sdk::Running,
-    users: Arc<MemoryUsers>,
-    clock: ManualClock,
-    cfg: Config,
+    store: Store,
+    /// The gateway's wall clock, when the test moves it.
+    clock: Option<ManualClock>,
     workspace_id: String,
+    /// Alice's user id.
+    alice: String,
 }
 
 impl Users {
+    /// A gateway on the system clock, users and signing keys in its store.
     async fn start(f: impl FnOnce(&mut Config)) -> Self {
+        Self::start_with(f, None).await
+    }
+
+    /// A gateway whose wall clock the test moves; signing keys in memory (the store stamps
+    /// key creation with its own clock).
+    async fn start_manual(f: impl FnOnce(&mut Config)) -> Self {
+        Self::start_with(f, Some(ManualClock::starting_now())).await
+    }
+
+    async fn start_with(f: impl FnOnce(&mut Config), clock: Option<ManualClock>) -> Self {
         let mut cfg = config_with_services(&["echo", "open"]);
         f(&mut cfg);
-        let users = MemoryUsers::new();
-        let clock = ManualClock::starting_now();
-        let (u, c) = (users.clone(), clock.clone());
+        let c = clock.clone();
         let gw = TestGateway::start_on_parts(cfg, TestStore::sqlite(), move |cfg, mut parts| {
-            let pepper = portcullis::admin::load_pepper(cfg).unwrap();
-            let settings = AuthSettings {
-                clock: c.clock(),
-                ..AuthSettings::from_config(&cfg.auth)
-            };
-            parts.api_keys =
-                ApiKeyAuthenticator::new(parts.api_keys.store().clone(), pepper, settings);
-            parts.users = Some(u);
+            if let Some(c) = c {
+                let pepper = portcullis::admin::load_pepper(cfg).unwrap();
+                let settings = AuthSettings {
+                    clock: c.clock(),
+                    ..AuthSettings::from_config(&cfg.auth)
+                };
+                parts.api_keys =
+                    ApiKeyAuthenticator::new(parts.api_keys.store().clone(), pepper, settings);
+                parts.signing_keys = MemorySigningKeys::new();
+            }
             parts
         })
         .await;
@@ -80,25 +93,26 @@ impl Users {
             gw.get_with_key("/open/x", Some(gw.api_key())).await.0 == StatusCode::OK
         })
         .await;
-        let workspace_id = gw
-            .auth
-            .store()
+        let store = gw.auth.store().clone();
+        let workspace_id = store
             .workspace_by_name("default")
             .await
             .unwrap()
             .unwrap()
             .id;
-        let mut cfg = config_with_services(&["echo", "open"]);
-        cfg.data_dir = gw.store.as_ref().unwrap().data_dir();
-        let me = Self {
+        let mut me = Self {
             gw,
             _svc: svc,
-            users,
+            store,
             clock,
-            cfg,
             workspace_id,
+            alice: String::new(),
         };
-        me.add("alice", PASSWORD).await;
+        me.alice = me.add("alice", PASSWORD).await;
+        if let Some(c) = &me.clock {
+            // Not behind the store's stamp of alice's password.
+            c.set_ms(portcullis::store::now_ms());
+        }
         me
     }
 
@@ -106,19 +120,33 @@ impl Users {
         self.gw.running.as_ref().unwrap()
     }
 
-    async fn add(&self, username: &str, password: &str) {
+    fn advance(&self, by: Duration) {
+        self.clock.as_ref().expect("a manual clock").advance(by);
+    }
+
+    fn now_ms(&self) -> i64 {
+        self.clock
+            .as_ref()
+            .map_or_else(portcullis::store::now_ms, |c| c.now_ms())
+    }
+
+    /// Create a user in the store; returns its id.
+    async fn add(&self, username: &str, password: &str) -> String {
         let hasher = self.running().handles.login.hasher();
         let phc = hasher.hash(&Password::new(password)).await.unwrap();
-        self.users.put(LoginUser {
-            id: format!("usr_{username}"),
-            username: username.into(),
-            workspace_id: self.workspace_id.clone(),
-            workspace: "default".into(),
-            password_hash: phc,
-            disabled: false,
-            workspace_disabled: false,
-            password_changed_at: self.clock.now_ms() - 60_000,
-        });
+        self.store
+            .create_user(
+                &NewUser {
+                    workspace_id: self.workspace_id.clone(),
+                    username: username.into(),
+                    display_name: None,
+                    password_hash: Redacted::new(phc),
+                },
+                "test",
+            )
+            .await
+            .unwrap()
+            .id
     }
 
     async fn post(&self, path: &str, body: Vec<u8>, bearer: Option<&str>) -> Reply {
@@ -210,10 +238,11 @@ async fn a_user_logs_in_and_calls_a_service_with_the_token() {
     let u = Users::start(|_| {}).await;
     let token = u.login().await;
     let c = claims_of(&token);
-    assert_eq!(c.sub, "user:usr_alice");
+    assert_eq!(c.sub, format!("user:{}", u.alice));
     assert_eq!(c.ws, u.workspace_id);
     assert_eq!(c.aud, "portcullis");
-    assert_eq!(c.exp - c.iat, 900);
+    // `iat` is never before the password's last change, rounded up to its second.
+    assert!((899..=900).contains(&(c.exp - c.iat)), "{c:?}");
     assert_eq!(header_of(&token)["typ"], "at+jwt");
     let (status, _, body) = u.call(&token).await;
     assert_eq!(status, StatusCode::OK);
@@ -230,9 +259,9 @@ async fn a_user_logs_in_and_calls_a_service_with_the_token() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn every_login_and_token_refusal_is_the_same_fixed_401() {
-    let u = Users::start(|_| {}).await;
-    u.add("bob", PASSWORD).await;
-    u.users.update("usr_bob", |b| b.disabled = true);
+    let u = Users::start_manual(|_| {}).await;
+    let bob = u.add("bob", PASSWORD).await;
+    u.store.disable_user(&bob, "test").await.unwrap();
     let token = u.login().await;
 
     // Logins.
@@ -252,7 +281,7 @@ async fn every_login_and_token_refusal_is_the_same_fixed_401() {
 
     // Tokens.
     let mut claims = claims_of(&token);
-    let signer = u.running().keys().signer(u.clock.now_ms()).unwrap();
+    let signer = u.running().keys().signer(u.now_ms()).unwrap();
     let stranger = portcullis::auth::keyring::SigningKey::generate(0)
         .unwrap()
         .key;
@@ -275,7 +304,7 @@ async fn every_login_and_token_refusal_is_the_same_fixed_401() {
         parts[1]
     );
     let mut forged = claims.clone();
-    forged.sub = "user:usr_bob".into();
+    forged.sub = format!("user:{bob}");
     let resigned = format!(
         "{}.{}.{}",
         parts[0],
@@ -296,7 +325,7 @@ async fn every_login_and_token_refusal_is_the_same_fixed_401() {
     }
     // Still good, then expired on the injected clock.
     assert_eq!(u.call(&token).await.0, StatusCode::OK);
-    u.clock.advance(Duration::from_secs(900 + 5));
+    u.advance(Duration::from_secs(900 + 5));
     assert_401("expired", &u.call(&token).await);
 
     let m = u.metrics().await;
@@ -399,7 +428,7 @@ async fn repeated_failures_lock_the_account_even_for_the_right_password() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn jwks_is_public_and_rotation_keeps_old_tokens_valid_until_they_expire() {
-    let u = Users::start(|_| {}).await;
+    let u = Users::start_manual(|_| {}).await;
     let old = u.login().await;
     let old_kid = header_of(&old)["kid"].as_str().unwrap().to_string();
     let (status, headers, body) = u.gw.get_with_key("/.well-known/jwks.json", None).await;
@@ -412,7 +441,7 @@ async fn jwks_is_public_and_rotation_keeps_old_tokens_valid_until_they_expire() 
     assert_eq!(keys[0]["crv"], "Ed25519");
 
     let delay = u.running().keys().publish_delay_ms() as u64;
-    u.clock.advance(Duration::from_millis(delay));
+    u.advance(Duration::from_millis(delay));
     let r = u.running().handles.signing.rotate().await.unwrap();
     let (_, _, body) = u.gw.get_with_key("/.well-known/jwks.json", None).await;
     assert_eq!(
@@ -422,7 +451,7 @@ async fn jwks_is_public_and_rotation_keeps_old_tokens_valid_until_they_expire() 
     );
     // Until the publish delay has passed the old key still signs.
     assert_eq!(header_of(&u.login().await)["kid"], old_kid.as_str());
-    u.clock.advance(Duration::from_millis(delay));
+    u.advance(Duration::from_millis(delay));
     let new = u.login().await;
     assert_eq!(header_of(&new)["kid"], r.kid.as_str());
     assert_eq!(u.call(&new).await.0, StatusCode::OK);
@@ -431,7 +460,7 @@ async fn jwks_is_public_and_rotation_keeps_old_tokens_valid_until_they_expire() 
         StatusCode::OK,
         "the old token still verifies"
     );
-    u.clock.advance(Duration::from_secs(910));
+    u.advance(Duration::from_secs(910));
     assert_401("expired", &u.call(&old).await);
     u.shutdown().await;
 }
@@ -441,20 +470,8 @@ async fn disabling_a_user_refuses_their_token_within_the_poll() {
     let u = Users::start(|c| c.auth.invalidation_poll = Duration::from_millis(100)).await;
     let token = u.login().await;
     assert_eq!(u.call(&token).await.0, StatusCode::OK);
-    u.users.update("usr_alice", |a| a.disabled = true);
-    // A change made elsewhere (another node, the CLI) bumps the store's generation.
-    portcullis::admin::keys_create(
-        &u.cfg,
-        &CreateKey {
-            workspace: "default".into(),
-            name: "elsewhere".into(),
-            scopes: vec!["x".into()],
-            expires_in: None,
-            key_id: None,
-        },
-    )
-    .await
-    .unwrap();
+    // Disabled in the store, as the CLI or another node would: the store's generation moves.
+    u.store.disable_user(&u.alice, "test").await.unwrap();
     eventually("the token is refused", || async {
         u.call(&token).await.0 == StatusCode::UNAUTHORIZED
     })
@@ -591,5 +608,42 @@ async fn portcullis_login_reads_the_password_from_stdin_and_prints_a_token() {
         err.contains("login refused") && !err.contains("not the password"),
         "{err}"
     );
+    u.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn signing_keys_live_in_the_store_and_rotate_from_the_cli() {
+    let u = Users::start(|c| c.auth.invalidation_poll = Duration::from_millis(100)).await;
+    let old = u.login().await;
+    let old_kid = header_of(&old)["kid"].as_str().unwrap().to_string();
+    let mut cfg = config_with_services(&[]);
+    cfg.data_dir = u.gw.store.as_ref().unwrap().data_dir();
+    let list = portcullis::admin::signing_keys_list(&cfg).await.unwrap();
+    assert_eq!(list.keys.len(), 1, "the gateway stored its first key");
+    assert_eq!(list.keys[0].kid, old_kid);
+    assert_eq!(
+        list.keys[0].status,
+        portcullis::admin::SigningKeyStatus::Signing
+    );
+
+    let rotated = portcullis::admin::signing_keys_rotate(&cfg).await.unwrap();
+    assert_eq!(rotated.replaced.len(), 1);
+    assert_eq!(rotated.replaced[0].kid, old_kid);
+    // The running gateway reloads on the store's change: both keys are published.
+    eventually("the new key is published", || async {
+        let (_, _, body) = u.gw.get_with_key("/.well-known/jwks.json", None).await;
+        json(&body)["keys"]
+            .as_array()
+            .is_some_and(|k| k.iter().any(|k| k["kid"] == rotated.kid.as_str()))
+    })
+    .await;
+    assert_eq!(
+        u.call(&old).await.0,
+        StatusCode::OK,
+        "the old key still verifies"
+    );
+    let list = portcullis::admin::signing_keys_list(&cfg).await.unwrap();
+    assert_eq!(list.keys.len(), 2);
+    assert_eq!(list.keys[0].kid, rotated.kid, "newest first");
     u.shutdown().await;
 }

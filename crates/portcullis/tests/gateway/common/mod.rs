@@ -105,7 +105,7 @@ impl TestGateway {
         let api_keys = portcullis::server::open_auth(&cfg)
             .await
             .expect("store opens");
-        let parts = f(&cfg, portcullis::AuthParts::keys_only(api_keys));
+        let parts = f(&cfg, portcullis::AuthParts::from_store(api_keys));
         let running = portcullis::Running::start_with(cfg, parts)
             .await
             .expect("gateway starts");
