@@ -3,9 +3,12 @@
 //! cached refusals — a wrong secret for a known id and an unknown id (negative cache) — must
 //! cost the same, or the timing tells which key ids exist.
 //!
+//! The `authorise` group measures the decision that follows on the same call.
+//!
 //! `cargo bench -p portcullis --bench verify`
 
 use criterion::{criterion_group, criterion_main, Criterion};
+use futures_util::FutureExt;
 use portcullis::auth::authenticator::{AuthSettings, CreateKey};
 use portcullis::auth::{ApiKeyAuthenticator, Pepper};
 use portcullis::store::{Store, StoreOptions};
@@ -83,6 +86,31 @@ fn bench(c: &mut Criterion) {
         b.iter(|| {
             rt.block_on(auth.authenticate(black_box(&junk)))
                 .unwrap_err()
+        })
+    });
+    g.finish();
+
+    // The authorise step of the same call: the key's grants from the verification cache.
+    let access = portcullis::access::Access::new(auth.clone());
+    let identity = rt.block_on(auth.authenticate(&key)).unwrap();
+    let echo = portcullis::access::Resource::Service { service: "echo" };
+    let mut g = c.benchmark_group("authorise");
+    // Polled once, without a runtime: a cached decision must complete on its first poll, and
+    // the runtime's own cost (`block_on`) would hide the decision's.
+    g.bench_function("key scopes, allowed (cached)", |b| {
+        b.iter(|| {
+            access
+                .authorise(black_box(&identity), Some("echo.read"), echo)
+                .now_or_never()
+                .expect("a cached decision is ready at once")
+        })
+    });
+    g.bench_function("key scopes, denied (cached)", |b| {
+        b.iter(|| {
+            access
+                .authorise(black_box(&identity), Some("echo.write"), echo)
+                .now_or_never()
+                .expect("a cached decision is ready at once")
         })
     });
     g.finish();
