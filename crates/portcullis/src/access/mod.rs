@@ -10,6 +10,10 @@
 //! Every error denies: a grant source that cannot answer, a resource in another workspace, a
 //! capability not granted. The reason goes to the audit sink; the client sees the fixed 403.
 
+pub mod pattern;
+
+pub use pattern::{valid_capability, Pattern, PatternError};
+
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
