@@ -10,9 +10,15 @@
 //! Every error denies: a grant source that cannot answer, a resource in another workspace, a
 //! capability not granted. The reason goes to the audit sink; the client sees the fixed 403.
 
+pub mod config;
 pub mod pattern;
+pub mod registry;
+pub mod roles;
 
+pub use config::{AccessConfig, RoleConfig};
 pub use pattern::{valid_capability, Pattern, PatternError};
+pub use registry::{CapabilityRegistry, RegisteredCapability, RegistryError, Requirement, Source};
+pub use roles::{Role, Roles};
 
 use std::future::Future;
 use std::pin::Pin;
