@@ -9,7 +9,9 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use tokio_util::sync::CancellationToken;
 
-use crate::access::Access;
+use crate::access::{
+    Access, AccessParts, AccessSettings, CapabilityRegistry, NoBindings, PolicySource, Roles,
+};
 use crate::audit::AuditSink;
 use crate::auth::authenticator::AuthSettings;
 use crate::auth::ApiKeyAuthenticator;
@@ -46,13 +48,15 @@ impl Listeners {
 }
 
 fn validate(config: &Config) -> anyhow::Result<()> {
-    config.validate().map_err(|errs| {
-        anyhow::anyhow!(errs
-            .iter()
-            .map(|e| e.to_string())
-            .collect::<Vec<_>>()
-            .join("; "))
-    })
+    config.validate().map_err(config_errors)
+}
+
+fn config_errors(errs: Vec<crate::config::ConfigError>) -> anyhow::Error {
+    anyhow::anyhow!(errs
+        .iter()
+        .map(|e| e.to_string())
+        .collect::<Vec<_>>()
+        .join("; "))
 }
 
 /// Open the identity store (initialised, schema not newer than this binary) and the pepper,
@@ -91,8 +95,40 @@ pub async fn run_with_auth(
     auth: Arc<ApiKeyAuthenticator>,
     shutdown: impl Future<Output = ()>,
 ) -> anyhow::Result<()> {
+    run_with_policy(config, listeners, auth, Arc::new(NoBindings), shutdown).await
+}
+
+/// [`run_with_auth`] with the role bindings of users and keys read from `policy`. Until the
+/// store implements [`PolicySource`], [`run`] uses [`NoBindings`]: keys grant their scopes in
+/// their own workspace, as before roles.
+pub async fn run_with_policy(
+    config: Config,
+    listeners: Listeners,
+    auth: Arc<ApiKeyAuthenticator>,
+    policy: Arc<dyn PolicySource>,
+    shutdown: impl Future<Output = ()>,
+) -> anyhow::Result<()> {
+    serve(config, listeners, auth, policy, shutdown, None).await
+}
+
+/// Build every part, serve until `shutdown`, drain. `started` is told once everything is
+/// built and the listeners are served; it is dropped unsent when building fails, so
+/// [`Running::start`] reports construction errors (a bad role pattern) itself.
+async fn serve(
+    config: Config,
+    listeners: Listeners,
+    auth: Arc<ApiKeyAuthenticator>,
+    policy: Arc<dyn PolicySource>,
+    shutdown: impl Future<Output = ()>,
+    started: Option<tokio::sync::oneshot::Sender<()>>,
+) -> anyhow::Result<()> {
     validate(&config)?;
-    let registry = Arc::new(Registry::new(config.routing.default_timeout));
+    // The one capability registry: gateway operations below, linked endpoints as they come.
+    let capabilities = Arc::new(CapabilityRegistry::new());
+    let registry = Arc::new(Registry::with_capabilities(
+        config.routing.default_timeout,
+        capabilities.clone(),
+    ));
     let health = Arc::new(crate::health::Health::default());
     let metrics = Arc::new(Metrics::new(vec![Box::new(LinksCollector(
         registry.clone(),
@@ -113,6 +149,25 @@ pub async fn run_with_auth(
         metrics.clone(),
         config.auth.metrics_scope.as_deref().map(Into::into),
     ));
+    operations
+        .register_capabilities(&capabilities)
+        .map_err(|e| anyhow::anyhow!("gateway operations (auth.metrics_scope among them): {e}"))?;
+    // Role patterns are checked against the registered namespaces and the configured
+    // services: a typo stops the start instead of granting nothing.
+    let roles = Roles::build(
+        &config.access,
+        "access",
+        &capabilities,
+        config.services.keys(),
+    )
+    .map_err(config_errors)?;
+    let access = Access::with_parts(AccessParts {
+        keys: auth.clone(),
+        policy,
+        roles,
+        capabilities,
+        settings: AccessSettings::from_config(&config.access),
+    });
     let audit = AuditSink::new(metrics.clone(), auth.clone());
     let link_audit = audit.clone();
     let pipeline = Pipeline::new(crate::pipeline::Parts {
@@ -120,7 +175,7 @@ pub async fn run_with_auth(
         tiers,
         metrics: metrics.clone(),
         authenticators: Authenticators::new(auth.clone()),
-        access: Access::new(auth.clone()),
+        access,
         audit,
         policy: Policy {
             limits: Limits {
@@ -168,6 +223,9 @@ pub async fn run_with_auth(
         drain.clone(),
     ));
     let link_task = tokio::spawn(link.clone().serve(listeners.link, close_links.clone()));
+    if let Some(started) = started {
+        let _ = started.send(());
+    }
 
     shutdown.await;
     tracing::info!(grace = ?config.shutdown.grace_period, "shutting down: draining");
@@ -215,6 +273,14 @@ pub struct Running {
 impl Running {
     /// Open the store, bind the configured addresses (port 0 picks free ones) and start.
     pub async fn start(config: Config) -> anyhow::Result<Self> {
+        Self::start_with_policy(config, Arc::new(NoBindings)).await
+    }
+
+    /// [`Running::start`] with role bindings read from `policy`.
+    pub async fn start_with_policy(
+        config: Config,
+        policy: Arc<dyn PolicySource>,
+    ) -> anyhow::Result<Self> {
         validate(&config)?;
         let auth = open_auth(&config).await?;
         let listeners = Listeners::bind(&config).await?;
@@ -229,10 +295,26 @@ impl Running {
         let shutdown = CancellationToken::new();
         let s = shutdown.clone();
         let a = auth.clone();
-        let task =
-            tokio::spawn(
-                async move { run_with_auth(config, listeners, a, s.cancelled_owned()).await },
-            );
+        let (started, built) = tokio::sync::oneshot::channel();
+        let task = tokio::spawn(async move {
+            serve(
+                config,
+                listeners,
+                a,
+                policy,
+                s.cancelled_owned(),
+                Some(started),
+            )
+            .await
+        });
+        if built.await.is_err() {
+            // Building failed: the task has ended with the reason.
+            return Err(match task.await {
+                Ok(Err(e)) => e,
+                Ok(Ok(())) => anyhow::anyhow!("the gateway stopped before it started"),
+                Err(e) => anyhow::anyhow!("the gateway task failed: {e}"),
+            });
+        }
         Ok(Self {
             ingress_addr,
             link_addr,

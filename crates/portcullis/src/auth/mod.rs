@@ -39,6 +39,8 @@ use std::sync::Arc;
 pub enum CredentialKind {
     /// `Authorization: Bearer pcs_…`, an API key.
     ApiKey,
+    /// A token issued at login (a JWT): its identity's subject is a user, `user:<id>`.
+    Token,
 }
 
 impl CredentialKind {
@@ -46,12 +48,14 @@ impl CredentialKind {
     pub fn as_str(self) -> &'static str {
         match self {
             Self::ApiKey => "api_key",
+            Self::Token => "token",
         }
     }
 
     const fn bit(self) -> u8 {
         match self {
             Self::ApiKey => 1,
+            Self::Token => 2,
         }
     }
 }
