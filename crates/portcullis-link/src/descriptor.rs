@@ -36,7 +36,8 @@ pub struct EndpointDescriptor {
     /// The response is a long-lived stream: the timeout bounds only the response head.
     #[serde(default)]
     pub streaming: bool,
-    /// Capability a caller needs, e.g. `scans.read`. `None`: any authenticated caller.
+    /// Capability a caller needs, e.g. `scans.read`. `None`: the gateway requires
+    /// `<service>.call`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub capability: Option<String>,
     /// Protocol of the endpoint.

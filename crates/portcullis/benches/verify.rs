@@ -3,11 +3,19 @@
 //! cached refusals — a wrong secret for a known id and an unknown id (negative cache) — must
 //! cost the same, or the timing tells which key ids exist.
 //!
+//! The `authorise` group measures the decision that follows on the same call: a key's scopes
+//! (every call before roles), and the decision cache (users' and cross-workspace bindings).
+//!
 //! `cargo bench -p portcullis --bench verify`
 
 use criterion::{criterion_group, criterion_main, Criterion};
+use futures_util::FutureExt;
+use portcullis::access::{
+    Access, AccessParts, AccessSettings, Decision, MemoryPolicy, Resource, Roles, SubjectRef,
+};
 use portcullis::auth::authenticator::{AuthSettings, CreateKey};
 use portcullis::auth::{ApiKeyAuthenticator, Pepper};
+use portcullis::auth::{CredentialKind, Identity, Via};
 use portcullis::store::{Store, StoreOptions};
 use std::hint::black_box;
 
@@ -83,6 +91,81 @@ fn bench(c: &mut Criterion) {
         b.iter(|| {
             rt.block_on(auth.authenticate(black_box(&junk)))
                 .unwrap_err()
+        })
+    });
+    g.finish();
+
+    // The authorise step of the same call: the key's grants from the verification cache.
+    let access = portcullis::access::Access::new(auth.clone());
+    let identity = rt.block_on(auth.authenticate(&key)).unwrap();
+    let echo = Resource::Service {
+        service: "echo",
+        workspace: &identity.workspace.id,
+    };
+    let mut g = c.benchmark_group("authorise");
+    // Polled once, without a runtime: a cached decision must complete on its first poll, and
+    // the runtime's own cost (`block_on`) would hide the decision's.
+    g.bench_function("key scopes, allowed (cached)", |b| {
+        b.iter(|| {
+            access
+                .authorise(black_box(&identity), "echo.read", echo)
+                .now_or_never()
+                .expect("a cached decision is ready at once")
+        })
+    });
+    g.bench_function("key scopes, denied (cached)", |b| {
+        b.iter(|| {
+            access
+                .authorise(black_box(&identity), "echo.write", echo)
+                .now_or_never()
+                .expect("a cached decision is ready at once")
+        })
+    });
+
+    // Role bindings: a user (token) bound `reader` in its workspace, and the key above bound
+    // `reader` in another workspace it names; both answered by the decision cache.
+    let policy = MemoryPolicy::new();
+    policy.bind(SubjectRef::User("u1"), "reader", &identity.workspace.id);
+    policy.bind(SubjectRef::Key(&identity.via.id), "reader", "ws_other");
+    let access = Access::with_parts(AccessParts {
+        keys: auth.clone(),
+        policy,
+        roles: Roles::built_in(),
+        capabilities: Default::default(),
+        settings: AccessSettings::default(),
+    });
+    let user = Identity {
+        subject: "user:u1".into(),
+        via: Via {
+            kind: CredentialKind::Token,
+            id: "jti".into(),
+        },
+        ..(*identity).clone()
+    };
+    let other = Resource::Service {
+        service: "echo",
+        workspace: "ws_other",
+    };
+    for (who, at) in [(&user, echo), (&*identity, other)] {
+        assert_eq!(
+            rt.block_on(access.authorise(who, "echo.read", at)),
+            Decision::Allow
+        );
+    }
+    g.bench_function("user binding, allowed (cached decision)", |b| {
+        b.iter(|| {
+            access
+                .authorise(black_box(&user), "echo.read", echo)
+                .now_or_never()
+                .expect("a cached decision is ready at once")
+        })
+    });
+    g.bench_function("key in another workspace, allowed (cached decision)", |b| {
+        b.iter(|| {
+            access
+                .authorise(black_box(&identity), "echo.read", other)
+                .now_or_never()
+                .expect("a cached decision is ready at once")
         })
     });
     g.finish();

@@ -18,6 +18,7 @@ use std::fmt;
 use std::path::PathBuf;
 use std::time::Duration;
 
+pub use crate::access::AccessConfig;
 pub use crate::auth::AuthConfig;
 pub use crate::dataplane::RuntimeConfig;
 pub use crate::ingress::IngressConfig;
@@ -89,6 +90,8 @@ pub struct Config {
     pub store: StoreConfig,
     /// Authentication of clients.
     pub auth: AuthConfig,
+    /// Access control: configured roles and the decision cache.
+    pub access: AccessConfig,
 }
 
 impl Default for Config {
@@ -104,6 +107,7 @@ impl Default for Config {
             data_dir: PathBuf::from("./data"),
             store: StoreConfig::default(),
             auth: AuthConfig::default(),
+            access: AccessConfig::default(),
         }
     }
 }
@@ -304,6 +308,7 @@ impl Config {
         self.ingress.validate("ingress", &mut errs);
         self.link.validate("link", &mut errs);
         self.auth.validate("auth", &mut errs);
+        self.access.validate("access", &mut errs);
         self.routing.validate("routing", &mut errs);
         self.shutdown.validate("shutdown", &mut errs);
         self.runtime.validate("runtime", &mut errs);

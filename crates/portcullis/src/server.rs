@@ -9,7 +9,9 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use tokio_util::sync::CancellationToken;
 
-use crate::access::Access;
+use crate::access::{
+    Access, AccessParts, AccessSettings, CapabilityRegistry, NoBindings, PolicySource, Roles,
+};
 use crate::audit::AuditSink;
 use crate::auth::authenticator::AuthSettings;
 use crate::auth::keyring::KeyRing;
@@ -52,13 +54,15 @@ impl Listeners {
 }
 
 fn validate(config: &Config) -> anyhow::Result<()> {
-    config.validate().map_err(|errs| {
-        anyhow::anyhow!(errs
-            .iter()
-            .map(|e| e.to_string())
-            .collect::<Vec<_>>()
-            .join("; "))
-    })
+    config.validate().map_err(config_errors)
+}
+
+fn config_errors(errs: Vec<crate::config::ConfigError>) -> anyhow::Error {
+    anyhow::anyhow!(errs
+        .iter()
+        .map(|e| e.to_string())
+        .collect::<Vec<_>>()
+        .join("; "))
 }
 
 /// Open the identity store (initialised, schema not newer than this binary) and the pepper,
@@ -88,6 +92,8 @@ pub struct AuthParts {
     pub throttle: Option<Arc<dyn ThrottleStore>>,
     /// Where signing keys are kept.
     pub signing_keys: Arc<dyn SigningKeyStore>,
+    /// Where the role bindings of users and keys come from.
+    pub policy: Arc<dyn PolicySource>,
 }
 
 impl std::fmt::Debug for AuthParts {
@@ -108,7 +114,8 @@ impl AuthParts {
         Self {
             users: Some(store.clone()),
             throttle: Some(store.clone()),
-            signing_keys: store,
+            signing_keys: store.clone(),
+            policy: store,
             api_keys,
         }
     }
@@ -121,6 +128,7 @@ impl AuthParts {
             users: None,
             throttle: None,
             signing_keys: MemorySigningKeys::new(),
+            policy: Arc::new(NoBindings),
         }
     }
 }
@@ -226,7 +234,7 @@ pub async fn run_with_auth(
     run_with_parts(
         config,
         listeners,
-        AuthParts::keys_only(auth),
+        AuthParts::from_store(auth),
         shutdown,
         |_| {},
     )
@@ -234,7 +242,7 @@ pub async fn run_with_auth(
 }
 
 /// [`run`] on authentication parts the caller built; `ready` receives what was built from them
-/// once the gateway is listening.
+/// once the gateway is listening (never when building fails: the error is returned).
 pub async fn run_with_parts(
     config: Config,
     listeners: Listeners,
@@ -244,7 +252,12 @@ pub async fn run_with_parts(
 ) -> anyhow::Result<()> {
     validate(&config)?;
     let auth = parts.api_keys.clone();
-    let registry = Arc::new(Registry::new(config.routing.default_timeout));
+    // The one capability registry: gateway operations below, linked endpoints as they come.
+    let capabilities = Arc::new(CapabilityRegistry::new());
+    let registry = Arc::new(Registry::with_capabilities(
+        config.routing.default_timeout,
+        capabilities.clone(),
+    ));
     let health = Arc::new(crate::health::Health::default());
     let metrics = Arc::new(Metrics::new(vec![Box::new(LinksCollector(
         registry.clone(),
@@ -265,6 +278,25 @@ pub async fn run_with_parts(
         metrics.clone(),
         config.auth.metrics_scope.as_deref().map(Into::into),
     ));
+    operations
+        .register_capabilities(&capabilities)
+        .map_err(|e| anyhow::anyhow!("gateway operations (auth.metrics_scope among them): {e}"))?;
+    // Role patterns are checked against the registered namespaces and the configured
+    // services: a typo stops the start instead of granting nothing.
+    let roles = Roles::build(
+        &config.access,
+        "access",
+        &capabilities,
+        config.services.keys(),
+    )
+    .map_err(config_errors)?;
+    let access = Access::with_parts(AccessParts {
+        keys: auth.clone(),
+        policy: parts.policy.clone(),
+        roles,
+        capabilities,
+        settings: AccessSettings::from_config(&config.access),
+    });
     let audit = AuditSink::new(metrics.clone(), auth.clone());
     let link_audit = audit.clone();
     let handles = build_auth(&config, &parts, &audit).await?;
@@ -280,7 +312,7 @@ pub async fn run_with_parts(
         tiers,
         metrics: metrics.clone(),
         authenticators: Authenticators::new(auth.clone()).with_tokens(handles.tokens.clone()),
-        access: Access::new(auth.clone()),
+        access,
         audit,
         policy: Policy {
             limits: Limits {
@@ -388,6 +420,23 @@ impl Running {
         validate(&config)?;
         let auth = open_auth(&config).await?;
         Self::start_with(config, AuthParts::from_store(auth)).await
+    }
+
+    /// [`Running::start`] with role bindings read from `policy`.
+    pub async fn start_with_policy(
+        config: Config,
+        policy: Arc<dyn PolicySource>,
+    ) -> anyhow::Result<Self> {
+        validate(&config)?;
+        let auth = open_auth(&config).await?;
+        Self::start_with(
+            config,
+            AuthParts {
+                policy,
+                ..AuthParts::from_store(auth)
+            },
+        )
+        .await
     }
 
     /// [`Running::start`] on authentication parts the caller built.

@@ -766,6 +766,13 @@ impl ApiKeyAuthenticator {
 }
 
 impl GrantSource for ApiKeyAuthenticator {
+    /// Moves with every invalidation of the verification cache — a key changed through this
+    /// authenticator, or the store's change generation moved (the poll) — so decisions cached
+    /// by `crate::access` are dropped on the same signal.
+    fn epoch(&self) -> u64 {
+        self.epoch.load(Ordering::Acquire)
+    }
+
     fn grants_now(&self, identity: &Identity) -> Option<Arc<Grants>> {
         if identity.via.kind != CredentialKind::ApiKey {
             return None;

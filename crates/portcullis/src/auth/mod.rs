@@ -97,7 +97,8 @@ impl Changes {
 pub enum CredentialKind {
     /// `Authorization: Bearer pcs_…`, an API key.
     ApiKey,
-    /// `Authorization: Bearer <JWT>`, a user access token from login.
+    /// `Authorization: Bearer <JWT>`, a user access token from login: its identity's subject
+    /// is a user, `user:<id>`.
     Token,
 }
 

@@ -1,14 +1,17 @@
-//! Authorise phase: may this caller do this?
+//! Authorise phase: may this caller do this, and in which workspace?
 //!
 //! A target that resolved to nothing is answered here, after authentication, so only an
-//! authenticated caller learns whether a path exists (404, 405 with `Allow`). Otherwise the one
-//! authoriser, [`Access::authorise`], decides on the target's capability and resource; a denial
-//! goes to the audit sink and answers the fixed 403. Every refusal is decided here, before any
-//! byte reaches a service.
+//! authenticated caller learns whether a path exists (404, 405 with `Allow`). Otherwise the
+//! call's target workspace is decided — the caller's own, or the one it named in
+//! `x-portcullis-workspace` (`access::workspace`: a malformed value is 400) — and put on the
+//! [`Call`] for the phases after this one; then the one authoriser, [`Access::authorise`],
+//! decides on the target's capability and resource in that workspace. A denial goes to the
+//! audit sink and answers the fixed 403. Every refusal is decided here, before any byte
+//! reaches a service.
 
 use super::call::Call;
-use super::resolve::Target;
-use crate::access::{Access, Decision};
+use super::resolve::{AuthPolicy, Target};
+use crate::access::{Access, Decision, DenyReason, TargetWorkspace};
 use crate::audit::{AuditSink, Refusal};
 use crate::error::GatewayError;
 
@@ -34,15 +37,26 @@ impl Authorise {
             return Err(u.clone().into());
         }
         let capability = target.capability();
-        let decision = match &call.identity {
-            Some(identity) => {
-                self.access
-                    .authorise(identity, capability, target.resource())
-                    .await
+        let decision = match (&call.identity, capability) {
+            // Only public operations name no capability, and their callers present nothing.
+            (_, None) if target.auth() == AuthPolicy::Public => Decision::Allow,
+            (Some(identity), Some(capability)) => {
+                let requested = match &call.requested_workspace {
+                    None => None,
+                    Some(Ok(v)) => Some(v),
+                    Some(Err(_)) => return Err(GatewayError::BadRequest("workspace")),
+                };
+                let workspace = TargetWorkspace::choose(&identity.workspace.id, requested);
+                let decision = self
+                    .access
+                    .authorise(identity, capability, target.resource(workspace.id()))
+                    .await;
+                call.workspace = Some(workspace);
+                decision
             }
-            // Public targets need no identity and name no capability.
-            None if capability.is_none() => Decision::Allow,
-            None => Decision::Deny(crate::access::DenyReason::Capability),
+            // A target that asks for a credential names a capability and is never reached
+            // without an identity; anything else is a construction mistake: fail closed.
+            _ => Decision::Deny(DenyReason::Capability),
         };
         call.decision = Some(decision);
         match decision {

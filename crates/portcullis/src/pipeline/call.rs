@@ -9,7 +9,8 @@ use std::sync::Arc;
 use tokio::time::Instant;
 
 use super::resolve::Target;
-use crate::access::Decision;
+use crate::access::workspace::RequestedWorkspace;
+use crate::access::{Decision, TargetWorkspace};
 use crate::auth::Identity;
 use crate::transport::Conn;
 
@@ -28,6 +29,12 @@ pub struct Call {
     pub target: Option<Target>,
     /// Who is calling (authenticate); `None` for public targets or before authentication.
     pub identity: Option<Arc<Identity>>,
+    /// What the request named in `x-portcullis-workspace`, read by the early phase before it
+    /// strips the header (which is never forwarded); judged by the authorise phase.
+    pub(super) requested_workspace: RequestedWorkspace,
+    /// The workspace the call acts in (authorise): the caller's own or the one it named. What
+    /// the service is told (the identity assertion). `None` for public targets.
+    pub workspace: Option<TargetWorkspace>,
     /// What access control decided (authorise).
     pub decision: Option<Decision>,
     /// The instance that served the call (dispatch).
@@ -88,6 +95,8 @@ impl Call {
             conn,
             target: None,
             identity: None,
+            requested_workspace: None,
+            workspace: None,
             decision: None,
             served_by: None,
             timings: Timings {

@@ -1,7 +1,8 @@
 //! Early phase: before anything else looks at a call. Sheds load past the in-flight ceiling,
-//! strips every header a client could use to impersonate the gateway, and applies the RFC 9112
-//! head rules hyper leaves to us. The correlation id is made here too, when the call's context
-//! is created.
+//! strips every header a client could use to impersonate the gateway — first keeping, in the
+//! call's context, the one a caller may send to the gateway itself: `x-portcullis-workspace`
+//! (`access::workspace`), never forwarded — and applies the RFC 9112 head rules hyper leaves
+//! to us. The correlation id is made here too, when the call's context is created.
 
 use http::header::{self, HeaderName};
 use http::uri::Authority;
@@ -38,10 +39,7 @@ pub fn correlation_id(h: &http::HeaderMap) -> HeaderValue {
 /// Remove every header a client could use to impersonate the gateway (`x-portcullis-*`).
 /// Allocates only when there is something to remove.
 pub fn strip_gateway_headers(headers: &mut HeaderMap) {
-    if !headers
-        .keys()
-        .any(|k| k.as_str().starts_with(portcullis_link::headers::PREFIX))
-    {
+    if !has_gateway_headers(headers) {
         return;
     }
     let spoofed: Vec<HeaderName> = headers
@@ -52,6 +50,12 @@ pub fn strip_gateway_headers(headers: &mut HeaderMap) {
     for k in spoofed {
         headers.remove(&k);
     }
+}
+
+fn has_gateway_headers(headers: &HeaderMap) -> bool {
+    headers
+        .keys()
+        .any(|k| k.as_str().starts_with(portcullis_link::headers::PREFIX))
 }
 
 /// RFC 9112 head rules hyper leaves to us, checked before anything else sees the request:
@@ -128,7 +132,8 @@ pub struct Early {
 }
 
 impl Early {
-    /// Shed load past `limits.max_in_flight`, strip spoofable headers, check the head.
+    /// Shed load past `limits.max_in_flight`, keep the requested workspace, strip spoofable
+    /// headers, check the head.
     pub fn run<B>(
         &self,
         call: &mut Call,
@@ -136,7 +141,11 @@ impl Early {
         limits: &Limits,
     ) -> Result<(), GatewayError> {
         call.holds.slot = Some(self.in_flight.admit(limits.max_in_flight)?);
-        strip_gateway_headers(req.headers_mut());
+        // One scan of the names on the common path (no gateway header at all).
+        if has_gateway_headers(req.headers()) {
+            call.requested_workspace = crate::access::workspace::requested_workspace(req.headers());
+            strip_gateway_headers(req.headers_mut());
+        }
         check_head(req)
     }
 
@@ -200,6 +209,46 @@ mod head_tests {
             let e = check_head(&req(Version::HTTP_11, &["h"], te)).unwrap_err();
             assert_eq!(e.status(), http::StatusCode::NOT_IMPLEMENTED, "{te:?}");
         }
+    }
+
+    #[test]
+    fn the_workspace_header_is_kept_in_the_call_and_stripped_with_the_others() {
+        let limits = Limits {
+            max_in_flight: 10,
+            max_body_bytes: 1,
+        };
+        let early = Early::default();
+        let mut call = Call::new(
+            http::Method::GET,
+            HeaderValue::from_static("c"),
+            false,
+            None,
+        );
+        let mut req = Request::get("/x")
+            .header("host", "h")
+            .header("x-portcullis-workspace", "ws_2")
+            .header("x-portcullis-route", "/spoofed")
+            .body(())
+            .unwrap();
+        early.run(&mut call, &mut req, &limits).unwrap();
+        assert_eq!(
+            call.requested_workspace,
+            Some(Ok(HeaderValue::from_static("ws_2")))
+        );
+        assert!(req
+            .headers()
+            .keys()
+            .all(|k| !k.as_str().starts_with(portcullis_link::headers::PREFIX)));
+
+        let mut call = Call::new(
+            http::Method::GET,
+            HeaderValue::from_static("c"),
+            false,
+            None,
+        );
+        let mut req = Request::get("/x").header("host", "h").body(()).unwrap();
+        early.run(&mut call, &mut req, &limits).unwrap();
+        assert_eq!(call.requested_workspace, None);
     }
 
     #[test]

@@ -6,6 +6,9 @@
 //! (the credential kinds it accepts, or none). Gateway operations are registered in one
 //! [`Operations`] table under reserved paths and are written as axum `Router`s; they go through
 //! the same authenticate and authorise phases as routed calls, so none repeats that sequence.
+//! Every operation is either public or names its capability, and the table registers them in
+//! the one capability registry ([`Operations::register_capabilities`]); a routed endpoint's
+//! capability comes from its descriptor (`routing`, `access::registry`).
 //!
 //! A path no target matches resolves to [`Target::Unrouted`], which needs a credential like any
 //! routed path: without a valid credential every non-public path answers the same 401, so the
@@ -13,7 +16,7 @@
 
 use std::sync::Arc;
 
-use crate::access::{Capability, Resource};
+use crate::access::{Capability, CapabilityRegistry, RegistryError, Requirement, Resource};
 use crate::auth::CredentialKinds;
 use crate::error::GatewayError;
 use crate::routing::{Match, Registry, Route};
@@ -55,7 +58,9 @@ pub struct Operation {
     pub name: &'static str,
     /// The reserved path it owns.
     pub path: PathMatch,
-    /// Capability a caller needs (`None`: any authenticated caller, or anyone when public).
+    /// Capability a caller needs: `None` exactly when the operation is [`AuthPolicy::Public`]
+    /// (checked by [`Operations::register_capabilities`]: an operation that asks for a
+    /// credential without naming a capability does not start).
     pub capability: Option<Capability>,
     /// Credentials it accepts.
     pub auth: AuthPolicy,
@@ -91,6 +96,35 @@ impl Operations {
 
     fn find(&self, path: &str) -> Option<&Arc<Operation>> {
         self.0.iter().find(|op| op.path.matches(path))
+    }
+
+    /// Register every operation's requirement in `registry`: its capability, or public. An
+    /// operation that accepts credentials but names no capability, or is public but names one,
+    /// is an error — the gateway does not start with it.
+    pub fn register_capabilities(
+        &self,
+        registry: &CapabilityRegistry,
+    ) -> Result<(), RegistryError> {
+        for op in &self.0 {
+            let requirement = match (&op.auth, &op.capability) {
+                (AuthPolicy::Public, None) => Requirement::Public,
+                (AuthPolicy::Credential(_), Some(c)) => Requirement::Capability(c.clone()),
+                (AuthPolicy::Credential(_), None) => {
+                    return Err(RegistryError::Operation {
+                        operation: op.name,
+                        reason: "it asks for a credential but names no capability",
+                    })
+                }
+                (AuthPolicy::Public, Some(_)) => {
+                    return Err(RegistryError::Operation {
+                        operation: op.name,
+                        reason: "it is public but names a capability no one would be asked for",
+                    })
+                }
+            };
+            registry.register_operation(op.name, requirement)?;
+        }
+        Ok(())
     }
 }
 
@@ -135,24 +169,30 @@ impl Target {
         }
     }
 
-    /// Capability the target needs.
+    /// Capability the target needs; `None` for a public operation (and for nothing, which
+    /// is answered before any decision).
     pub fn capability(&self) -> Option<&str> {
         match self {
-            Self::Service(r) => r.capability.as_deref(),
+            Self::Service(r) => Some(&r.capability),
             Self::Gateway(op) => op.capability.as_deref(),
             Self::Unrouted(_) => None,
         }
     }
 
-    /// What the target acts on, for access control.
-    pub fn resource(&self) -> Resource<'_> {
+    /// What the target acts on, in the call's target `workspace`, for access control.
+    pub fn resource<'a>(&'a self, workspace: &'a str) -> Resource<'a> {
         match self {
             Self::Service(r) => Resource::Service {
                 service: &r.service,
+                workspace,
             },
-            Self::Gateway(op) => Resource::Gateway { operation: op.name },
+            Self::Gateway(op) => Resource::Gateway {
+                operation: op.name,
+                workspace,
+            },
             Self::Unrouted(_) => Resource::Gateway {
                 operation: "unrouted",
+                workspace,
             },
         }
     }

@@ -4,6 +4,12 @@
 //! Writes (a link comes or goes) take a mutex and publish a new immutable [`RouteTable`]
 //! snapshot; reads on the request path are one atomic load. Instance liveness and load live in
 //! atomics on each [`Instance`], so heartbeats never rebuild the table.
+//!
+//! Each publication also tells the capability registry (`access::registry`) which
+//! capabilities the linked instances declare, so an endpoint's capability is registered while
+//! an instance declaring it is linked and leaves with the last one. A descriptor whose
+//! capability is not a capability name, or is in a namespace reserved for the gateway, is
+//! refused like any invalid descriptor.
 
 mod instance;
 mod select;
@@ -16,6 +22,8 @@ pub use table::{Match, Route, RouteTable};
 mod config;
 pub use config::RoutingConfig;
 
+use crate::access::registry::{endpoint_capability, ServiceCapabilities};
+use crate::access::CapabilityRegistry;
 use arc_swap::ArcSwap;
 use portcullis_link::{EndpointDescriptor, PathTemplate};
 use std::collections::{BTreeMap, HashMap};
@@ -72,6 +80,7 @@ pub struct Registry {
     state: Mutex<State>,
     table: ArcSwap<RouteTable>,
     default_timeout: Duration,
+    capabilities: Arc<CapabilityRegistry>,
 }
 
 /// Validate descriptors, returning each with its parsed template.
@@ -93,13 +102,28 @@ pub fn validate_endpoints(
 }
 
 impl Registry {
-    /// An empty registry. `default_timeout` applies to endpoints that declare none.
+    /// An empty registry. `default_timeout` applies to endpoints that declare none. Linked
+    /// endpoints' capabilities go to a capability registry of its own.
     pub fn new(default_timeout: Duration) -> Self {
+        Self::with_capabilities(default_timeout, Arc::new(CapabilityRegistry::new()))
+    }
+
+    /// An empty registry that keeps `capabilities` up to date with the linked endpoints.
+    pub fn with_capabilities(
+        default_timeout: Duration,
+        capabilities: Arc<CapabilityRegistry>,
+    ) -> Self {
         Self {
             state: Mutex::new(State::default()),
             table: ArcSwap::from_pointee(RouteTable::default()),
             default_timeout,
+            capabilities,
         }
+    }
+
+    /// The capability registry linked endpoints are registered in.
+    pub fn capabilities(&self) -> &Arc<CapabilityRegistry> {
+        &self.capabilities
     }
 
     fn lock(&self) -> MutexGuard<'_, State> {
@@ -121,6 +145,7 @@ impl Registry {
         instance_id: &str,
         endpoints: &[(EndpointDescriptor, PathTemplate)],
     ) -> Result<(), RegisterError> {
+        check_capabilities(service, endpoints)?;
         let st = self.lock();
         check_conflicts(&st, service, endpoints)?;
         check_capacity(&st, service, instance_id)
@@ -133,6 +158,7 @@ impl Registry {
         instance: Arc<Instance>,
         endpoints: Vec<(EndpointDescriptor, PathTemplate)>,
     ) -> Result<(), RegisterError> {
+        check_capabilities(&instance.service, &endpoints)?;
         let mut st = self.lock();
         check_conflicts(&st, &instance.service, &endpoints)?;
         check_capacity(&st, &instance.service, &instance.instance_id)?;
@@ -186,8 +212,15 @@ impl Registry {
     fn publish(&self, st: &State) {
         // (method, shape) → route under construction.
         let mut routes: HashMap<(String, String), (PathTemplate, table::Route)> = HashMap::new();
+        let mut capabilities = ServiceCapabilities::default();
         for (service, insts) in &st.services {
             for reg in insts.values() {
+                let declared: Vec<_> = reg
+                    .endpoints
+                    .iter()
+                    .filter_map(|(d, _)| endpoint_capability(service, d.capability.as_deref()).ok())
+                    .collect();
+                capabilities.add_instance(service, &declared);
                 for (d, t) in &reg.endpoints {
                     let key = (d.method.clone(), t.shape());
                     routes
@@ -209,7 +242,25 @@ impl Registry {
             .map(|(t, r)| (t, Arc::new(r)))
             .collect();
         self.table.store(Arc::new(RouteTable::build(routes)));
+        self.capabilities.set_services(capabilities);
     }
+}
+
+/// Every endpoint names a capability the registry accepts (its own, or `<service>.call`).
+fn check_capabilities(
+    service: &str,
+    endpoints: &[(EndpointDescriptor, PathTemplate)],
+) -> Result<(), RegisterError> {
+    for (d, _) in endpoints {
+        endpoint_capability(service, d.capability.as_deref()).map_err(|e| {
+            RegisterError::InvalidDescriptor {
+                method: d.method.clone(),
+                path: d.path.clone(),
+                reason: e.to_string(),
+            }
+        })?;
+    }
+    Ok(())
 }
 
 fn check_capacity(st: &State, service: &str, instance_id: &str) -> Result<(), RegisterError> {

@@ -27,8 +27,9 @@ pub struct Route {
     pub timeout: Duration,
     /// Response is a long-lived stream.
     pub streaming: bool,
-    /// Capability a caller needs.
-    pub capability: Option<Arc<str>>,
+    /// Capability a caller needs: the one the descriptor declares, or `<service>.call`
+    /// (`access::registry::endpoint_capability`).
+    pub capability: Arc<str>,
     /// Instances that serve it, in registration order.
     pub instances: Vec<Arc<Instance>>,
 }
@@ -179,7 +180,10 @@ pub fn route_from(
             .map(Duration::from_millis)
             .unwrap_or(default_timeout),
         streaming: d.streaming,
-        capability: d.capability.as_deref().map(Into::into),
+        // Registration refuses descriptors whose capability is not valid, so this never falls
+        // back; if it did, the empty name matches no scope, pattern or role: fail closed.
+        capability: crate::access::registry::endpoint_capability(service, d.capability.as_deref())
+            .unwrap_or_else(|_| Arc::from("")),
         instances,
     }
 }

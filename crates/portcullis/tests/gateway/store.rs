@@ -130,14 +130,17 @@ async fn keys_verify_rotate_revoke_and_expire() {
         assert_eq!(&*id.workspace.name, "default", "{k}");
         // The identity carries no policy; the key's scopes are its grants, read by access.
         let access = portcullis::access::Access::new(auth.clone());
-        let echo = portcullis::access::Resource::Service { service: "echo" };
+        let echo = portcullis::access::Resource::Service {
+            service: "echo",
+            workspace: &id.workspace.id,
+        };
         assert_eq!(
-            access.authorise(&id, Some("echo.read"), echo).await,
+            access.authorise(&id, "echo.read", echo).await,
             portcullis::access::Decision::Allow,
             "{k}"
         );
         assert_eq!(
-            access.authorise(&id, Some("echo.write"), echo).await,
+            access.authorise(&id, "echo.write", echo).await,
             portcullis::access::Decision::Deny(portcullis::access::DenyReason::Capability),
             "{k}"
         );
