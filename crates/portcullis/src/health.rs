@@ -141,7 +141,7 @@ pub fn operation(health: Arc<Health>) -> crate::pipeline::Operation {
     crate::pipeline::Operation {
         name: "health",
         path: crate::pipeline::PathMatch::OneOf(PATHS),
-        capability: None,
+        requires: crate::access::Requirement::Public,
         auth: crate::pipeline::AuthPolicy::Public,
         router,
     }

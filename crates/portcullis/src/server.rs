@@ -278,6 +278,16 @@ pub async fn run_with_parts(
         metrics.clone(),
         config.auth.metrics_scope.as_deref().map(Into::into),
     ));
+    let audit = AuditSink::new(metrics.clone(), auth.clone());
+    let link_audit = audit.clone();
+    let handles = build_auth(&config, &parts, &audit).await?;
+    for op in crate::auth::login::operations(
+        handles.login.clone(),
+        handles.keys().clone(),
+        auth.clock().clone(),
+    ) {
+        operations.register(op);
+    }
     operations
         .register_capabilities(&capabilities)
         .map_err(|e| anyhow::anyhow!("gateway operations (auth.metrics_scope among them): {e}"))?;
@@ -297,16 +307,6 @@ pub async fn run_with_parts(
         capabilities,
         settings: AccessSettings::from_config(&config.access),
     });
-    let audit = AuditSink::new(metrics.clone(), auth.clone());
-    let link_audit = audit.clone();
-    let handles = build_auth(&config, &parts, &audit).await?;
-    for op in crate::auth::login::operations(
-        handles.login.clone(),
-        handles.keys().clone(),
-        auth.clock().clone(),
-    ) {
-        operations.register(op);
-    }
     let pipeline = Pipeline::new(crate::pipeline::Parts {
         registry: registry.clone(),
         tiers,

@@ -95,6 +95,10 @@ pub enum Requirement {
     Public,
     /// An identity granted this capability.
     Capability(Capability),
+    /// Any verified identity, because the operation decides per request what it acts on and
+    /// authorises that itself with `Access::authorise` in the workspace concerned (the IAM API,
+    /// a user's own password and keys). Declared, never a default.
+    Authenticated,
 }
 
 /// Where a registered capability comes from.
@@ -153,6 +157,8 @@ struct Inner {
     gateway: BTreeMap<Capability, BTreeSet<&'static str>>,
     /// Operations declared public.
     public: BTreeSet<&'static str>,
+    /// Operations that need an identity and authorise per request.
+    authenticated: BTreeSet<&'static str>,
     services: ServiceCapabilities,
 }
 
@@ -207,6 +213,9 @@ impl CapabilityRegistry {
         match requirement {
             Requirement::Public => {
                 self.write().public.insert(operation);
+            }
+            Requirement::Authenticated => {
+                self.write().authenticated.insert(operation);
             }
             Requirement::Capability(c) => {
                 if !valid_capability(&c) {
@@ -264,6 +273,11 @@ impl CapabilityRegistry {
     /// Gateway operations declared public.
     pub fn public_operations(&self) -> Vec<&'static str> {
         self.read().public.iter().copied().collect()
+    }
+
+    /// Gateway operations that need a verified identity and authorise per request.
+    pub fn authenticated_operations(&self) -> Vec<&'static str> {
+        self.read().authenticated.iter().copied().collect()
     }
 }
 

@@ -40,6 +40,12 @@ impl Authorise {
         let decision = match (&call.identity, capability) {
             // Only public operations name no capability, and their callers present nothing.
             (_, None) if target.auth() == AuthPolicy::Public => Decision::Allow,
+            // Operations that act on what the request names authorise that themselves, with
+            // `Access::authorise` in the workspace concerned; here the caller is only verified.
+            (Some(identity), None) if target.authorises_itself() => {
+                call.workspace = Some(TargetWorkspace::choose(&identity.workspace.id, None));
+                Decision::Allow
+            }
             (Some(identity), Some(capability)) => {
                 let requested = match &call.requested_workspace {
                     None => None,

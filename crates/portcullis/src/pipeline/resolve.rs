@@ -16,7 +16,7 @@
 
 use std::sync::Arc;
 
-use crate::access::{Capability, CapabilityRegistry, RegistryError, Requirement, Resource};
+use crate::access::{CapabilityRegistry, RegistryError, Requirement, Resource};
 use crate::auth::CredentialKinds;
 use crate::error::GatewayError;
 use crate::routing::{Match, Registry, Route};
@@ -61,7 +61,7 @@ pub struct Operation {
     /// Capability a caller needs: `None` exactly when the operation is [`AuthPolicy::Public`]
     /// (checked by [`Operations::register_capabilities`]: an operation that asks for a
     /// credential without naming a capability does not start).
-    pub capability: Option<Capability>,
+    pub requires: Requirement,
     /// Credentials it accepts.
     pub auth: AuthPolicy,
     /// What serves it.
@@ -73,7 +73,7 @@ impl std::fmt::Debug for Operation {
         f.debug_struct("Operation")
             .field("name", &self.name)
             .field("path", &self.path)
-            .field("capability", &self.capability)
+            .field("requires", &self.requires)
             .field("auth", &self.auth)
             .finish_non_exhaustive()
     }
@@ -106,23 +106,26 @@ impl Operations {
         registry: &CapabilityRegistry,
     ) -> Result<(), RegistryError> {
         for op in &self.0 {
-            let requirement = match (&op.auth, &op.capability) {
-                (AuthPolicy::Public, None) => Requirement::Public,
-                (AuthPolicy::Credential(_), Some(c)) => Requirement::Capability(c.clone()),
-                (AuthPolicy::Credential(_), None) => {
+            match (&op.auth, &op.requires) {
+                (AuthPolicy::Public, Requirement::Public)
+                | (
+                    AuthPolicy::Credential(_),
+                    Requirement::Capability(_) | Requirement::Authenticated,
+                ) => {}
+                (AuthPolicy::Credential(_), Requirement::Public) => {
                     return Err(RegistryError::Operation {
                         operation: op.name,
                         reason: "it asks for a credential but names no capability",
                     })
                 }
-                (AuthPolicy::Public, Some(_)) => {
+                (AuthPolicy::Public, _) => {
                     return Err(RegistryError::Operation {
                         operation: op.name,
-                        reason: "it is public but names a capability no one would be asked for",
+                        reason: "it is public but requires what no one would be asked for",
                     })
                 }
-            };
-            registry.register_operation(op.name, requirement)?;
+            }
+            registry.register_operation(op.name, op.requires.clone())?;
         }
         Ok(())
     }
@@ -171,10 +174,19 @@ impl Target {
 
     /// Capability the target needs; `None` for a public operation (and for nothing, which
     /// is answered before any decision).
+    /// Is the target a gateway operation that needs only a verified identity and authorises
+    /// per request (`Requirement::Authenticated`)?
+    pub fn authorises_itself(&self) -> bool {
+        matches!(self, Self::Gateway(op) if op.requires == Requirement::Authenticated)
+    }
+
     pub fn capability(&self) -> Option<&str> {
         match self {
             Self::Service(r) => Some(&r.capability),
-            Self::Gateway(op) => op.capability.as_deref(),
+            Self::Gateway(op) => match &op.requires {
+                Requirement::Capability(c) => Some(c),
+                Requirement::Public | Requirement::Authenticated => None,
+            },
             Self::Unrouted(_) => None,
         }
     }

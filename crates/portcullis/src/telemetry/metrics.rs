@@ -284,7 +284,10 @@ pub fn operation(
             Some(_) => AuthPolicy::Credential(crate::auth::CredentialKinds::BEARER),
             None => AuthPolicy::Public,
         },
-        capability,
+        requires: match capability {
+            Some(c) => crate::access::Requirement::Capability(c),
+            None => crate::access::Requirement::Public,
+        },
         router,
     }
 }

@@ -51,6 +51,15 @@ impl Users {
 
     async fn start_with(f: impl FnOnce(&mut Config), clock: Option<ManualClock>) -> Self {
         let mut cfg = config_with_services(&["echo", "open"]);
+        // Users are authorised by their role bindings only: every user `add` makes holds this
+        // role in the default workspace.
+        cfg.access.roles.insert(
+            "caller".into(),
+            portcullis::access::RoleConfig {
+                capabilities: vec!["open.*".into(), "echo.*".into()],
+                description: None,
+            },
+        );
         f(&mut cfg);
         let c = clock.clone();
         let gw = TestGateway::start_on_parts(cfg, TestStore::sqlite(), move |cfg, mut parts| {
@@ -68,8 +77,7 @@ impl Users {
         })
         .await;
         let (svc, _) = gw.echo("echo-1").await;
-        // Users hold no grants until roles arrive (crate::access): an endpoint that names no
-        // capability needs only an authenticated caller.
+        // An endpoint that names no capability needs `open.call`, which `caller` grants.
         let open = axum::Router::new().route(
             "/open/{*rest}",
             axum::routing::get(|headers: http::HeaderMap| async move {
@@ -130,11 +138,12 @@ impl Users {
             .map_or_else(portcullis::store::now_ms, |c| c.now_ms())
     }
 
-    /// Create a user in the store; returns its id.
+    /// Create a user in the store, holding `caller` in the default workspace; returns its id.
     async fn add(&self, username: &str, password: &str) -> String {
         let hasher = self.running().handles.login.hasher();
         let phc = hasher.hash(&Password::new(password)).await.unwrap();
-        self.store
+        let id = self
+            .store
             .create_user(
                 &NewUser {
                     workspace_id: self.workspace_id.clone(),
@@ -146,7 +155,20 @@ impl Users {
             )
             .await
             .unwrap()
-            .id
+            .id;
+        self.store
+            .grant_role(
+                &portcullis::store::NewRoleBinding {
+                    subject_kind: portcullis::store::SubjectKind::User,
+                    subject_id: id.clone(),
+                    role: "caller".into(),
+                    workspace_id: self.workspace_id.clone(),
+                },
+                "test",
+            )
+            .await
+            .unwrap();
+        id
     }
 
     async fn post(&self, path: &str, body: Vec<u8>, bearer: Option<&str>) -> Reply {
@@ -250,10 +272,23 @@ async fn a_user_logs_in_and_calls_a_service_with_the_token() {
         json(&body)["headers"].get("authorization").is_none(),
         "the service never sees the token"
     );
-    // Authenticated, but a capability needs a grant, and users have none before roles.
-    let (status, _, body) = u.gw.get_with_key("/echo/x", Some(&token)).await;
-    assert_eq!(status, StatusCode::FORBIDDEN);
-    assert_eq!(&body[..], br#"{"error":"forbidden"}"#);
+    // The role binding grants `echo.*` too; once it is revoked in the store, the same token
+    // is refused with the fixed 403 within the invalidation poll.
+    let (status, _, _) = u.gw.get_with_key("/echo/x", Some(&token)).await;
+    assert_eq!(status, StatusCode::OK);
+    let bindings = u
+        .store
+        .list_role_bindings_for(portcullis::store::SubjectKind::User, &u.alice)
+        .await
+        .unwrap();
+    for b in bindings {
+        u.store.revoke_role(&b.id, "test").await.unwrap();
+    }
+    eventually("the revoked role stops granting", || async {
+        let (status, _, body) = u.gw.get_with_key("/echo/x", Some(&token)).await;
+        status == StatusCode::FORBIDDEN && &body[..] == br#"{"error":"forbidden"}"#
+    })
+    .await;
     u.shutdown().await;
 }
 
