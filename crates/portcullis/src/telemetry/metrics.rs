@@ -119,7 +119,9 @@ pub struct Metrics {
     /// `portcullis_link_frames_total{type}`.
     pub link_frames: Family<FrameLabels, Counter>,
     /// `portcullis_auth_failures_total{reason}`: missing, malformed, unknown, revoked,
-    /// expired, wrong, unavailable (401/503) and forbidden (403).
+    /// expired, wrong, disabled, unavailable (401/503); throttled (logins); token_malformed,
+    /// token_header, token_unknown_key, token_signature, token_validity, token_audience,
+    /// password_changed (tokens); forbidden (403). A closed set: `auth::AuthFailure::as_str`.
     pub auth_failures: Family<ReasonLabels, Counter>,
     /// `portcullis_audit_dropped_total`: failure audit events dropped because the audit
     /// queue was full (the failure itself is still counted above).

@@ -682,3 +682,101 @@ async fn signing_keys_live_in_the_store_and_rotate_from_the_cli() {
     assert_eq!(list.keys[0].kid, rotated.kid, "newest first");
     u.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_account_locked_on_one_node_is_locked_on_another_through_the_store() {
+    use portcullis::auth::keyring::{KeyRing, KeySet, SigningKey};
+    use portcullis::auth::login::{Login, LoginError, LoginRequest};
+    use portcullis::auth::throttle::{LoginThrottle, ThrottleSettings};
+    use portcullis::auth::token::{TokenAuthenticator, TokenSettings};
+    use portcullis::auth::{AuthFailure, Changes};
+    use std::sync::Arc;
+
+    for ts in TestStore::all().await {
+        let store = Store::init(&ts.options).await.unwrap();
+        let ws = store
+            .workspace_by_name("default")
+            .await
+            .unwrap()
+            .unwrap()
+            .id;
+        // Small parameters: the shared counter is under test, not Argon2's cost.
+        let hasher = Arc::new(
+            PasswordHasher::new(HashSettings {
+                memory_kib: 64,
+                iterations: 1,
+                parallelism: 1,
+                max_concurrent: 1,
+                max_pending: 8,
+            })
+            .unwrap(),
+        );
+        for name in ["dave", "erin"] {
+            let phc = hasher.hash(&Password::new(PASSWORD)).await.unwrap();
+            store
+                .create_user(
+                    &NewUser {
+                        workspace_id: ws.clone(),
+                        username: name.into(),
+                        display_name: None,
+                        password_hash: Redacted::new(phc),
+                    },
+                    "test",
+                )
+                .await
+                .unwrap();
+        }
+        let key = Arc::new(SigningKey::generate(0).unwrap().key);
+        let node = || {
+            let tokens = TokenAuthenticator::new(
+                Arc::new(KeyRing::new(KeySet::new(vec![key.clone()]), 0)),
+                Arc::new(store.clone()),
+                TokenSettings::default(),
+                Changes::default(),
+                Arc::new(tokio::sync::Semaphore::new(2)),
+            );
+            Login::new(
+                Arc::new(store.clone()),
+                hasher.clone(),
+                Arc::new(LoginThrottle::new(ThrottleSettings {
+                    max_failures: 3,
+                    ..ThrottleSettings::default()
+                })),
+                Some(Arc::new(store.clone())),
+                tokens,
+                portcullis::audit::AuditSink::metrics_only(Arc::new(
+                    portcullis::telemetry::Metrics::new(Vec::new()),
+                )),
+            )
+        };
+        let (a, b) = (node(), node());
+        let req = |user: &str, pw: &str| LoginRequest {
+            workspace: "default".into(),
+            username: user.into(),
+            password: Password::new(pw),
+        };
+        for _ in 0..3 {
+            assert_eq!(
+                a.login(&req("dave", "guess guess guess"), None)
+                    .await
+                    .unwrap_err(),
+                LoginError::Refused(AuthFailure::Wrong),
+                "{}",
+                ts.kind
+            );
+        }
+        assert_eq!(
+            b.login(&req("dave", PASSWORD), None).await.unwrap_err(),
+            LoginError::Refused(AuthFailure::Throttled),
+            "{}: the other node refuses without a password check",
+            ts.kind
+        );
+        assert!(
+            b.login(&req("erin", PASSWORD), None).await.is_ok(),
+            "{}",
+            ts.kind
+        );
+        store.close().await;
+        ts.cleanup().await;
+    }
+}
