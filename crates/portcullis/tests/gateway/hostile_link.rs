@@ -239,7 +239,11 @@ async fn request_trailers_reach_the_service_without_gateway_fields_or_credential
         .route(
             "/trailers",
             axum::routing::post(|body: AxumBody| async move {
-                let collected = body.collect().await.expect("body");
+                // The gateway resets the stream of the oversized trailers below: the body then
+                // fails here, and a panic would take the test service's connection with it.
+                let Ok(collected) = body.collect().await else {
+                    return axum::Json(serde_json::json!({ "error": "body reset" }));
+                };
                 let names: Vec<String> = collected
                     .trailers()
                     .map(|t| t.keys().map(|k| k.as_str().to_string()).collect())
