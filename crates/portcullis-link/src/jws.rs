@@ -118,9 +118,12 @@ pub fn sign<C: Serialize>(
     Ok(out)
 }
 
+/// A token taken apart: header, the signed text, payload bytes, signature.
+type Split<'a> = (Header, &'a str, Vec<u8>, [u8; 64]);
+
 /// Split and decode a token without verifying it: the header and the raw claims bytes. Only
 /// for [`verify`] and tests; never trust what it returns.
-fn split(token: &str) -> Result<(Header, &str, Vec<u8>, [u8; 64]), JwsError> {
+fn split(token: &str) -> Result<Split<'_>, JwsError> {
     if token.len() > MAX_TOKEN_BYTES {
         return Err(JwsError::Malformed);
     }

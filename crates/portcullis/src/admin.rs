@@ -1,5 +1,5 @@
 //! Admin operations on the store: `init`, `bootstrap`, `keys create|list|revoke|rotate`,
-//! `workspaces create|list`, `audit list`.
+//! `workspaces create|list`, `audit list`, `signing-keys list|rotate`.
 //!
 //! Each operation returns a typed value (`InitReport`, `IssuedKeyView`, `KeyList`, …) and
 //! knows nothing of how it is shown: the CLI ([`crate::cli`]) renders text or `--json` from
@@ -368,6 +368,176 @@ pub struct InitReport {
     pub pepper_file_created: Option<PathBuf>,
 }
 
+/// Where a signing key stands at a moment.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum SigningKeyStatus {
+    /// Signs tokens and assertions now.
+    Signing,
+    /// Published, signs once it is past the publish delay.
+    Next,
+    /// Scheduled to stop signing (after a rotation), still signing or verifying.
+    Retiring,
+    /// No longer signs; verifies what it signed until `not_after`.
+    Retired,
+    /// Past `not_after`: verifies nothing.
+    Expired,
+}
+
+/// A signing key as an operator sees it: never key material but its public key id.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct SigningKeyView {
+    /// Key id (the `kid` of tokens and of the JWKS).
+    pub kid: String,
+    /// Where it stands.
+    pub status: SigningKeyStatus,
+    /// When it was created.
+    pub created_at: Timestamp,
+    /// When it stops (or stopped) signing; `null`: not scheduled.
+    pub retired_at: Option<Timestamp>,
+    /// When it stops (or stopped) verifying; `null`: not scheduled.
+    pub not_after: Option<Timestamp>,
+}
+
+/// `signing-keys list`, newest first.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct SigningKeyList {
+    /// The keys.
+    pub keys: Vec<SigningKeyView>,
+}
+
+/// A key a rotation replaced.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct ReplacedSigningKey {
+    /// Its kid.
+    pub kid: String,
+    /// It stops signing then (when the new key starts).
+    pub retired_at: Timestamp,
+    /// It verifies until then.
+    pub not_after: Timestamp,
+}
+
+/// `signing-keys rotate`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct RotatedSigningKey {
+    /// The new key.
+    pub kid: String,
+    /// When it starts signing: after the publish delay, so every node and service holds it.
+    pub signs_from: Timestamp,
+    /// The keys it replaces.
+    pub replaced: Vec<ReplacedSigningKey>,
+}
+
+/// `signing-keys list` on a key store at `now`, as a gateway with `settings` sees them.
+pub async fn signing_keys_list_on(
+    store: &dyn crate::auth::signing::SigningKeyStore,
+    settings: &crate::auth::signing::SigningSettings,
+) -> Result<SigningKeyList, AdminError> {
+    let mut stored = store.signing_keys().await?;
+    stored.sort_by(|a, b| b.created_at.cmp(&a.created_at).then(b.kid.cmp(&a.kid)));
+    let now = settings.clock.now_ms();
+    let delay = i64::try_from(settings.publish_delay.as_millis()).unwrap_or(i64::MAX);
+    // The same choice as the gateway's key ring: newest live key past the delay, else the
+    // oldest live one.
+    let live = |k: &&crate::auth::signing::StoredSigningKey| {
+        k.retired_at.is_none_or(|r| now < r) && k.not_after.is_none_or(|t| now < t)
+    };
+    let signer = stored
+        .iter()
+        .filter(live)
+        .find(|k| k.created_at.saturating_add(delay) <= now)
+        .or_else(|| stored.iter().rfind(live))
+        .map(|k| k.kid.clone());
+    let keys = stored
+        .iter()
+        .map(|k| {
+            let status = if k.not_after.is_some_and(|t| t <= now) {
+                SigningKeyStatus::Expired
+            } else if Some(&k.kid) == signer.as_ref() {
+                if k.retired_at.is_some() {
+                    SigningKeyStatus::Retiring
+                } else {
+                    SigningKeyStatus::Signing
+                }
+            } else if k.retired_at.is_some_and(|r| r <= now) {
+                SigningKeyStatus::Retired
+            } else if k.retired_at.is_some() {
+                SigningKeyStatus::Retiring
+            } else {
+                SigningKeyStatus::Next
+            };
+            SigningKeyView {
+                kid: k.kid.clone(),
+                status,
+                created_at: Timestamp(k.created_at),
+                retired_at: k.retired_at.map(Timestamp),
+                not_after: k.not_after.map(Timestamp),
+            }
+        })
+        .collect();
+    Ok(SigningKeyList { keys })
+}
+
+/// `signing-keys rotate` on a key store: a new key, the current ones retiring when it starts
+/// to sign (see [`crate::auth::signing::rotate`]). Running gateways pick it up within their
+/// invalidation poll.
+pub async fn signing_keys_rotate_on(
+    store: &dyn crate::auth::signing::SigningKeyStore,
+    pepper: &Pepper,
+    settings: &crate::auth::signing::SigningSettings,
+) -> Result<RotatedSigningKey, AdminError> {
+    let r = crate::auth::signing::rotate(store, pepper, settings, settings.clock.now_ms())
+        .await
+        .map_err(|e| AdminError::failure(e.to_string()))?;
+    Ok(RotatedSigningKey {
+        kid: r.kid,
+        signs_from: Timestamp(r.signs_from),
+        replaced: r
+            .retired
+            .into_iter()
+            .map(|(kid, not_after)| ReplacedSigningKey {
+                kid,
+                retired_at: Timestamp(r.signs_from),
+                not_after: Timestamp(not_after),
+            })
+            .collect(),
+    })
+}
+
+/// The signing keys of the store `cfg` names. Until the store has its `signing_keys` table
+/// (schema v2) there are none to manage: each gateway holds its keys in memory.
+fn signing_key_store(
+    _store: &Store,
+) -> Result<&dyn crate::auth::signing::SigningKeyStore, AdminError> {
+    Err(AdminError::failure(
+        "this store has no signing_keys table yet (schema v2): gateways keep their signing keys in memory",
+    ))
+}
+
+/// `signing-keys list`.
+pub async fn signing_keys_list(cfg: &Config) -> Result<SigningKeyList, AdminError> {
+    let store = Store::open(&StoreOptions::from_config(cfg)).await?;
+    let settings = crate::auth::signing::SigningSettings::from_config(cfg);
+    let r = match signing_key_store(&store) {
+        Ok(keys) => signing_keys_list_on(keys, &settings).await,
+        Err(e) => Err(e),
+    };
+    store.close().await;
+    r
+}
+
+/// `signing-keys rotate`.
+pub async fn signing_keys_rotate(cfg: &Config) -> Result<RotatedSigningKey, AdminError> {
+    let (store, pepper) = open(cfg).await?;
+    let settings = crate::auth::signing::SigningSettings::from_config(cfg);
+    let r = match signing_key_store(&store) {
+        Ok(keys) => signing_keys_rotate_on(keys, &pepper, &settings).await,
+        Err(e) => Err(e),
+    };
+    store.close().await;
+    r
+}
+
 /// Load the pepper the configuration names.
 pub fn load_pepper(cfg: &Config) -> Result<Pepper, crate::auth::pepper::PepperError> {
     Pepper::load(
@@ -624,6 +794,45 @@ mod tests {
         assert_eq!(json["previous_valid_until"], "1970-01-01T00:00:02Z");
         assert!(json.get("issuance").is_none(), "{json}");
         assert!(!format!("{v:?}").contains("SecretSecret"), "{v:?}");
+    }
+
+    #[tokio::test]
+    async fn signing_keys_list_and_rotate_show_which_key_signs() {
+        use crate::auth::signing::{MemorySigningKeys, SigningKeys, SigningSettings};
+        let clock = crate::clock::ManualClock::new(10_000_000);
+        let settings = SigningSettings {
+            publish_delay: Duration::from_secs(10),
+            rotation: Duration::from_secs(3600),
+            token_ttl: Duration::from_secs(900),
+            clock: clock.clock(),
+        };
+        let store = MemorySigningKeys::new();
+        let pepper = Pepper::new(vec![7; 32], 1).unwrap();
+        SigningKeys::load(store.clone(), pepper.clone(), settings.clone())
+            .await
+            .unwrap();
+        clock.advance(Duration::from_secs(60));
+        let r = signing_keys_rotate_on(&*store, &pepper, &settings)
+            .await
+            .unwrap();
+        assert_eq!(r.replaced.len(), 1);
+        let list = signing_keys_list_on(&*store, &settings).await.unwrap();
+        let status: Vec<_> = list.keys.iter().map(|k| k.status).collect();
+        assert_eq!(
+            status,
+            [SigningKeyStatus::Next, SigningKeyStatus::Retiring],
+            "newest first"
+        );
+        clock.advance(Duration::from_secs(10));
+        let list = signing_keys_list_on(&*store, &settings).await.unwrap();
+        let status: Vec<_> = list.keys.iter().map(|k| k.status).collect();
+        assert_eq!(
+            status,
+            [SigningKeyStatus::Signing, SigningKeyStatus::Retired]
+        );
+        let json = serde_json::to_value(&list).unwrap();
+        assert_eq!(json["keys"][0]["status"], "signing");
+        assert!(json["keys"][0]["retired_at"].is_null());
     }
 
     #[test]

@@ -32,4 +32,4 @@ pub mod tls;
 pub mod transport;
 
 pub use config::Config;
-pub use server::{run, run_with_auth, Listeners, Running};
+pub use server::{run, run_with_auth, run_with_parts, AuthHandles, AuthParts, Listeners, Running};

@@ -12,8 +12,14 @@ use tokio_util::sync::CancellationToken;
 use crate::access::Access;
 use crate::audit::AuditSink;
 use crate::auth::authenticator::AuthSettings;
-use crate::auth::ApiKeyAuthenticator;
-use crate::auth::Authenticators;
+use crate::auth::keyring::KeyRing;
+use crate::auth::login::Login;
+use crate::auth::password::PasswordHasher;
+use crate::auth::signing::{MemorySigningKeys, SigningKeyStore, SigningKeys, SigningSettings};
+use crate::auth::throttle::{LoginThrottle, ThrottleStore};
+use crate::auth::token::TokenSettings;
+use crate::auth::users::UserDirectory;
+use crate::auth::{ApiKeyAuthenticator, Authenticators, TokenAuthenticator};
 use crate::config::Config;
 use crate::ingress::Ingress;
 use crate::link::LinkServer;
@@ -69,6 +75,154 @@ pub async fn open_auth(config: &Config) -> anyhow::Result<Arc<ApiKeyAuthenticato
     ))
 }
 
+/// What authentication is built from: the API key authenticator (store, pepper, cache,
+/// generation poll) and the store interfaces users, login throttling and signing keys go
+/// through.
+#[derive(Clone)]
+pub struct AuthParts {
+    /// API keys; its store, pepper and change poll are shared by everything below.
+    pub api_keys: Arc<ApiKeyAuthenticator>,
+    /// Users who log in. `None`: no user can log in (every login is refused).
+    pub users: Option<Arc<dyn UserDirectory>>,
+    /// The per-account login throttle shared between nodes; `None`: per node only.
+    pub throttle: Option<Arc<dyn ThrottleStore>>,
+    /// Where signing keys are kept.
+    pub signing_keys: Arc<dyn SigningKeyStore>,
+}
+
+impl std::fmt::Debug for AuthParts {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("AuthParts")
+            .field("api_keys", &self.api_keys)
+            .field("users", &self.users.is_some())
+            .field("throttle", &self.throttle.is_some())
+            .finish_non_exhaustive()
+    }
+}
+
+impl AuthParts {
+    /// API keys only: no users, and signing keys in memory (they last as long as the
+    /// process). What a store without the users and signing keys tables (schema v1) offers.
+    pub fn keys_only(api_keys: Arc<ApiKeyAuthenticator>) -> Self {
+        Self {
+            api_keys,
+            users: None,
+            throttle: None,
+            signing_keys: MemorySigningKeys::new(),
+        }
+    }
+}
+
+/// A user directory that knows no user: every login is refused (as `unknown`, at the cost of
+/// a real one), every token subject is unknown.
+struct NoUsers;
+
+impl UserDirectory for NoUsers {
+    fn login_user<'a>(
+        &'a self,
+        _: &'a str,
+        _: &'a str,
+    ) -> crate::auth::throttle::StoreFuture<'a, Option<crate::auth::users::LoginUser>> {
+        Box::pin(async { Ok(None) })
+    }
+    fn login_user_by_id<'a>(
+        &'a self,
+        _: &'a str,
+    ) -> crate::auth::throttle::StoreFuture<'a, Option<crate::auth::users::LoginUser>> {
+        Box::pin(async { Ok(None) })
+    }
+    fn user_for_verification<'a>(
+        &'a self,
+        _: &'a str,
+    ) -> crate::auth::throttle::StoreFuture<'a, Option<crate::auth::users::Standing>> {
+        Box::pin(async { Ok(None) })
+    }
+    fn set_password_hash<'a>(
+        &'a self,
+        _: &'a str,
+        _: &'a str,
+        _: Option<i64>,
+    ) -> crate::auth::throttle::StoreFuture<'a, ()> {
+        Box::pin(async { Err(crate::store::StoreError::NotFound("user".into())) })
+    }
+}
+
+/// The parts of authentication a running gateway has built, for the parts that need them
+/// (the link's identity assertions, tests).
+#[derive(Debug, Clone)]
+pub struct AuthHandles {
+    /// API keys.
+    pub api_keys: Arc<ApiKeyAuthenticator>,
+    /// User access tokens.
+    pub tokens: Arc<TokenAuthenticator>,
+    /// Login and password changes.
+    pub login: Arc<Login>,
+    /// The signing keys behind the ring.
+    pub signing: Arc<SigningKeys>,
+}
+
+impl AuthHandles {
+    /// The one key ring of the gateway.
+    pub fn keys(&self) -> &Arc<KeyRing> {
+        self.signing.ring()
+    }
+}
+
+/// Build token verification, login and the signing keys on `parts` (loads the signing keys:
+/// a key that does not unseal is an error naming its kid).
+async fn build_auth(
+    config: &Config,
+    parts: &AuthParts,
+    audit: &AuditSink,
+) -> anyhow::Result<AuthHandles> {
+    let api_keys = parts.api_keys.clone();
+    let clock = api_keys.clock().clone();
+    let signing = SigningKeys::load(
+        parts.signing_keys.clone(),
+        api_keys.pepper().clone(),
+        SigningSettings {
+            clock: clock.clone(),
+            ..SigningSettings::from_config(config)
+        },
+    )
+    .await
+    .map_err(|e| anyhow::anyhow!("{e}"))?;
+    let users: Arc<dyn UserDirectory> = match &parts.users {
+        Some(u) => u.clone(),
+        None => Arc::new(NoUsers),
+    };
+    let tokens = TokenAuthenticator::new(
+        signing.ring().clone(),
+        users.clone(),
+        TokenSettings {
+            clock,
+            ..TokenSettings::from_config(&config.auth)
+        },
+        api_keys.changes().clone(),
+        api_keys.lookup_turns(),
+    );
+    // One Argon2 run for the dummy hash: on the blocking pool, not the runtime's threads.
+    let hash_settings = config.auth.hash_settings();
+    let hasher = tokio::task::spawn_blocking(move || PasswordHasher::new(hash_settings))
+        .await
+        .map_err(|e| anyhow::anyhow!("auth: {e}"))?
+        .map_err(|e| anyhow::anyhow!("auth: {e}"))?;
+    let login = Login::new(
+        users,
+        Arc::new(hasher),
+        Arc::new(LoginThrottle::new(config.auth.throttle_settings())),
+        parts.throttle.clone(),
+        tokens.clone(),
+        audit.clone(),
+    );
+    Ok(AuthHandles {
+        api_keys,
+        tokens,
+        login,
+        signing,
+    })
+}
+
 /// Run the gateway until `shutdown` resolves, then drain: stop accepting, turn not-ready, ask
 /// every client connection to finish, wait up to `shutdown.grace_period`, then close links.
 ///
@@ -91,7 +245,27 @@ pub async fn run_with_auth(
     auth: Arc<ApiKeyAuthenticator>,
     shutdown: impl Future<Output = ()>,
 ) -> anyhow::Result<()> {
+    run_with_parts(
+        config,
+        listeners,
+        AuthParts::keys_only(auth),
+        shutdown,
+        |_| {},
+    )
+    .await
+}
+
+/// [`run`] on authentication parts the caller built; `ready` receives what was built from them
+/// once the gateway is listening.
+pub async fn run_with_parts(
+    config: Config,
+    listeners: Listeners,
+    parts: AuthParts,
+    shutdown: impl Future<Output = ()>,
+    ready: impl FnOnce(&AuthHandles),
+) -> anyhow::Result<()> {
     validate(&config)?;
+    let auth = parts.api_keys.clone();
     let registry = Arc::new(Registry::new(config.routing.default_timeout));
     let health = Arc::new(crate::health::Health::default());
     let metrics = Arc::new(Metrics::new(vec![Box::new(LinksCollector(
@@ -115,11 +289,19 @@ pub async fn run_with_auth(
     ));
     let audit = AuditSink::new(metrics.clone(), auth.clone());
     let link_audit = audit.clone();
+    let handles = build_auth(&config, &parts, &audit).await?;
+    for op in crate::auth::login::operations(
+        handles.login.clone(),
+        handles.keys().clone(),
+        auth.clock().clone(),
+    ) {
+        operations.register(op);
+    }
     let pipeline = Pipeline::new(crate::pipeline::Parts {
         registry: registry.clone(),
         tiers,
         metrics: metrics.clone(),
-        authenticators: Authenticators::new(auth.clone()),
+        authenticators: Authenticators::new(auth.clone()).with_tokens(handles.tokens.clone()),
         access: Access::new(auth.clone()),
         audit,
         policy: Policy {
@@ -129,6 +311,7 @@ pub async fn run_with_auth(
             },
             operations,
         },
+        keys: handles.keys().clone(),
     });
     let dataplane =
         crate::dataplane::DataPlane::start(crate::dataplane::resolve_count(config.runtime.threads))
@@ -150,6 +333,7 @@ pub async fn run_with_auth(
     // Audit writer, last-used writer, change poll; stopped after the listeners.
     let background = CancellationToken::new();
     let auth_task = auth.start(background.clone());
+    let signing_task = handles.signing.start(auth.changes(), background.clone());
     let stop_accepting = CancellationToken::new();
     let drain = CancellationToken::new();
     let close_links = CancellationToken::new();
@@ -162,6 +346,7 @@ pub async fn run_with_auth(
     // Everything is built and the listeners are bound: a probe on the first accepted
     // connection must already see a started gateway.
     health.set_started();
+    ready(&handles);
     let ingress_task = tokio::spawn(ingress.clone().serve(
         listeners.ingress,
         stop_accepting.clone(),
@@ -195,6 +380,7 @@ pub async fn run_with_auth(
     // Last: write what the authenticator still holds (audit rows, last-used times).
     background.cancel();
     let _ = auth_task.await;
+    let _ = signing_task.await;
     tracing::info!("gateway stopped");
     Ok(())
 }
@@ -208,6 +394,8 @@ pub struct Running {
     pub link_addr: SocketAddr,
     /// The gateway's authenticator: keys changed through it take effect at once.
     pub auth: Arc<ApiKeyAuthenticator>,
+    /// Tokens, login and the signing keys the gateway built.
+    pub handles: AuthHandles,
     shutdown: CancellationToken,
     task: tokio::task::JoinHandle<anyhow::Result<()>>,
 }
@@ -217,6 +405,13 @@ impl Running {
     pub async fn start(config: Config) -> anyhow::Result<Self> {
         validate(&config)?;
         let auth = open_auth(&config).await?;
+        Self::start_with(config, AuthParts::keys_only(auth)).await
+    }
+
+    /// [`Running::start`] on authentication parts the caller built.
+    pub async fn start_with(config: Config, parts: AuthParts) -> anyhow::Result<Self> {
+        validate(&config)?;
+        let auth = parts.api_keys.clone();
         let listeners = Listeners::bind(&config).await?;
         let ingress_addr = listeners
             .ingress
@@ -228,18 +423,42 @@ impl Running {
             .ok_or_else(|| anyhow::anyhow!("the link listener has no TCP address"))?;
         let shutdown = CancellationToken::new();
         let s = shutdown.clone();
-        let a = auth.clone();
-        let task =
-            tokio::spawn(
-                async move { run_with_auth(config, listeners, a, s.cancelled_owned()).await },
-            );
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        let mut task = tokio::spawn(async move {
+            run_with_parts(config, listeners, parts, s.cancelled_owned(), |h| {
+                let _ = tx.send(h.clone());
+            })
+            .await
+        });
+        let handles = tokio::select! {
+            h = rx => h.ok(),
+            r = &mut task => {
+                return Err(match r {
+                    Ok(Err(e)) => e,
+                    Ok(Ok(())) => anyhow::anyhow!("the gateway stopped while starting"),
+                    Err(e) => anyhow::anyhow!("the gateway task failed: {e}"),
+                });
+            }
+        };
+        let Some(handles) = handles else {
+            return Err(match task.await {
+                Ok(Err(e)) => e,
+                _ => anyhow::anyhow!("the gateway stopped while starting"),
+            });
+        };
         Ok(Self {
             ingress_addr,
             link_addr,
             auth,
+            handles,
             shutdown,
             task,
         })
+    }
+
+    /// The gateway's one key ring.
+    pub fn keys(&self) -> &Arc<KeyRing> {
+        self.handles.keys()
     }
 
     /// Drain and stop; resolves when the gateway has stopped.

@@ -274,6 +274,9 @@ pub struct ApiKeyAuthenticator {
     failures_rx: Mutex<Option<mpsc::Receiver<Failure>>>,
     /// What an unknown key id's presented secret is compared with: one secret, like a key.
     dummy: [KeySecret; 1],
+    /// Bumped whenever the generation poll sees the store change: the token subjects' cache
+    /// and the signing keys follow it.
+    changes: super::Changes,
 }
 
 impl std::fmt::Debug for ApiKeyAuthenticator {
@@ -360,12 +363,34 @@ impl ApiKeyAuthenticator {
             failures: tx,
             failures_rx: Mutex::new(Some(rx)),
             dummy,
+            changes: super::Changes::default(),
         })
     }
 
     /// The store.
     pub fn store(&self) -> &Store {
         &self.store
+    }
+
+    /// The pepper (the signing keys are sealed under a key derived from it).
+    pub(crate) fn pepper(&self) -> &Pepper {
+        &self.pepper
+    }
+
+    /// The store change feed this authenticator's generation poll drives.
+    pub fn changes(&self) -> &super::Changes {
+        &self.changes
+    }
+
+    /// The turns to query the store for verification (`auth.max_concurrent_lookups`), to be
+    /// shared by every authenticator that looks identities up on the request path.
+    pub fn lookup_turns(&self) -> Arc<Semaphore> {
+        self.lookups.clone()
+    }
+
+    /// The wall clock of this authenticator.
+    pub fn clock(&self) -> &Clock {
+        &self.settings.clock
     }
 
     /// The pepper version new hashes are made with.
@@ -651,6 +676,7 @@ impl ApiKeyAuthenticator {
         let old = self.generation.swap(g, Ordering::AcqRel);
         if old != g && old != i64::MIN {
             self.invalidate_all();
+            self.changes.bump();
             return Ok(true);
         }
         Ok(false)

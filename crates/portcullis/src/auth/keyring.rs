@@ -5,7 +5,7 @@
 //!   signs only once it is older than the publish delay, so every verifier — another gateway
 //!   node polling the store, an SDK that receives keys over its link — holds it before the
 //!   first token signed by it arrives. The signer is the newest unretired key past that delay;
-//!   when there is none yet (the first key of a fresh store), the newest unretired key.
+//!   when there is none yet (the first key of a fresh store), the oldest unretired key.
 //! - **Which keys verify.** Every key not past its `not_after`: a retired key stops signing at
 //!   once but keeps verifying until the longest token it may have signed has expired.
 //! - **At rest** a private key is sealed ([`seal`]/[`unseal`]) with ChaCha20-Poly1305 under a key
@@ -58,7 +58,7 @@ pub struct SigningKey {
     pub public: [u8; 32],
     /// Created, Unix ms.
     pub created_at: i64,
-    /// Retired (stops signing), Unix ms.
+    /// Retired (stops signing from then on), Unix ms.
     pub retired_at: Option<i64>,
     /// Stops verifying, Unix ms.
     pub not_after: Option<i64>,
@@ -202,14 +202,18 @@ impl KeySet {
 
     /// The key that signs at `now_ms`, given the publish delay.
     pub fn signer(&self, now_ms: i64, publish_delay_ms: i64) -> Option<&Arc<SigningKey>> {
+        // A retirement may be scheduled (rotation retires the old key once the new one is
+        // past the publish delay): until then the old key still signs.
         let live = || {
             self.keys
                 .iter()
-                .filter(move |k| k.retired_at.is_none() && k.verifies_at(now_ms))
+                .filter(move |k| k.retired_at.is_none_or(|r| now_ms < r) && k.verifies_at(now_ms))
         };
+        // None past the delay yet (a fresh store, or a rotation right after start-up): the
+        // oldest live key, the one verifiers have had longest.
         live()
             .find(|k| k.created_at + publish_delay_ms <= now_ms)
-            .or_else(|| live().next())
+            .or_else(|| live().next_back())
     }
 
     /// The public key of `kid` if it verifies at `now_ms`.

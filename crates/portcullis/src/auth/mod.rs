@@ -20,20 +20,76 @@
 //! - [`authenticator`]: verification with a bounded cache, invalidated on change.
 //! - [`keyring`]: the Ed25519 signing keys of tokens and identity assertions, sealed at rest.
 //! - [`audit`]: failures to the audit log, coalesced, off the request path.
+//! - [`password`]: Argon2id password hashing, bounded, with a constant-cost refusal.
+//! - [`throttle`]: login throttling per account and per source address.
+//! - [`users`]: what authentication reads and writes about users (a narrow store interface).
+//! - [`token`]: user access tokens (EdDSA JWTs): issue, and verify locally on every call.
+//! - [`login`]: `POST /api/v1/auth/login`, `change-password` and `/.well-known/jwks.json`.
+//! - [`signing`]: the store-backed signing keys behind the [`keyring::KeyRing`]: load,
+//!   create, reload, rotate.
 
 pub mod audit;
 pub mod authenticator;
 mod config;
 pub mod key;
 pub mod keyring;
+pub mod login;
+pub mod password;
 pub mod pepper;
+pub mod signing;
+pub mod throttle;
+pub mod token;
+pub mod users;
 
 pub use authenticator::ApiKeyAuthenticator;
 pub use config::AuthConfig;
 pub use pepper::Pepper;
+pub use token::TokenAuthenticator;
 
 use http::HeaderMap;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
+use tokio::sync::watch;
+
+/// The store change feed: how many times the generation poll has seen the store change.
+/// Caches built from store facts (API keys, token subjects) compare against
+/// [`Changes::current`]; background work that must reload (signing keys) awaits
+/// [`Changes::subscribe`]. Cheap to clone (one `Arc`).
+#[derive(Debug, Clone)]
+pub struct Changes(Arc<ChangesInner>);
+
+#[derive(Debug)]
+struct ChangesInner {
+    count: AtomicU64,
+    tx: watch::Sender<u64>,
+}
+
+impl Default for Changes {
+    fn default() -> Self {
+        Self(Arc::new(ChangesInner {
+            count: AtomicU64::new(0),
+            tx: watch::channel(0).0,
+        }))
+    }
+}
+
+impl Changes {
+    /// The store changed: everything cached from it is stale.
+    pub fn bump(&self) {
+        let n = self.0.count.fetch_add(1, Ordering::AcqRel) + 1;
+        self.0.tx.send_replace(n);
+    }
+
+    /// Changes seen so far.
+    pub fn current(&self) -> u64 {
+        self.0.count.load(Ordering::Acquire)
+    }
+
+    /// A receiver that changes with every [`Changes::bump`].
+    pub fn subscribe(&self) -> watch::Receiver<u64> {
+        self.0.tx.subscribe()
+    }
+}
 
 /// The kinds of credential a caller can present. A target's auth policy names the kinds it
 /// accepts; an identity records the kind it was proven by.
@@ -41,6 +97,8 @@ use std::sync::Arc;
 pub enum CredentialKind {
     /// `Authorization: Bearer pcs_…`, an API key.
     ApiKey,
+    /// `Authorization: Bearer <JWT>`, a user access token from login.
+    Token,
 }
 
 impl CredentialKind {
@@ -48,12 +106,14 @@ impl CredentialKind {
     pub fn as_str(self) -> &'static str {
         match self {
             Self::ApiKey => "api_key",
+            Self::Token => "token",
         }
     }
 
     const fn bit(self) -> u8 {
         match self {
             Self::ApiKey => 1,
+            Self::Token => 2,
         }
     }
 }
@@ -67,6 +127,10 @@ impl CredentialKinds {
     pub const NONE: Self = Self(0);
     /// API keys only.
     pub const API_KEY: Self = Self(CredentialKind::ApiKey.bit());
+    /// User access tokens only.
+    pub const TOKEN: Self = Self(CredentialKind::Token.bit());
+    /// Either bearer credential: an API key or a user access token.
+    pub const BEARER: Self = Self(CredentialKind::ApiKey.bit() | CredentialKind::Token.bit());
 
     /// Does the set hold `kind`?
     pub fn contains(self, kind: CredentialKind) -> bool {
@@ -85,6 +149,8 @@ impl CredentialKinds {
 pub enum Credential<'a> {
     /// A raw API key (`pcs_…`), from `Authorization: Bearer`.
     ApiKey(&'a str),
+    /// A user access token (a compact JWS), from `Authorization: Bearer`.
+    Token(&'a str),
 }
 
 impl Credential<'_> {
@@ -92,21 +158,25 @@ impl Credential<'_> {
     pub fn kind(&self) -> CredentialKind {
         match self {
             Self::ApiKey(_) => CredentialKind::ApiKey,
+            Self::Token(_) => CredentialKind::Token,
         }
     }
 
     /// The id the credential claims, for the audit log of a refusal (an API key's key id when
-    /// it parses; never a secret).
+    /// it parses; never a secret). A token's claims are not read before its signature
+    /// verifies, so a refused token claims nothing.
     pub fn claimed_id(&self) -> Option<&str> {
         match self {
             Self::ApiKey(raw) => key::parse(raw).ok().map(|p| p.key_id),
+            Self::Token(_) => None,
         }
     }
 }
 
 /// Extract the one credential of a request that `accepted` allows. Credentials are read from
 /// `Authorization: Bearer` only (HTTP headers and gRPC metadata alike); a key in the query string
-/// is never looked at. `_conn` is where connection-bound credentials (client certificates, the TLS
+/// is never looked at. A bearer value starting `pcs_` is an API key; any other is a user
+/// access token. `_conn` is where connection-bound credentials (client certificates, the TLS
 /// exporter for DPoP) will come from.
 pub fn extract<'a>(
     headers: &'a HeaderMap,
@@ -114,8 +184,12 @@ pub fn extract<'a>(
     accepted: CredentialKinds,
 ) -> Result<Credential<'a>, AuthFailure> {
     let token = bearer_token(headers)?;
-    if accepted.contains(CredentialKind::ApiKey) && token.starts_with(key::PREFIX) {
-        return Ok(Credential::ApiKey(token));
+    if token.starts_with(key::PREFIX) {
+        if accepted.contains(CredentialKind::ApiKey) {
+            return Ok(Credential::ApiKey(token));
+        }
+    } else if accepted.contains(CredentialKind::Token) {
+        return Ok(Credential::Token(token));
     }
     Err(AuthFailure::Malformed)
 }
@@ -176,12 +250,29 @@ impl Identity {
 #[derive(Debug, Clone)]
 pub struct Authenticators {
     api_keys: Arc<ApiKeyAuthenticator>,
+    /// `None`: the gateway issues no tokens and refuses every one.
+    tokens: Option<Arc<TokenAuthenticator>>,
 }
 
 impl Authenticators {
-    /// The authenticators of every credential kind the gateway knows.
+    /// The authenticators of every credential kind the gateway knows (API keys; add tokens
+    /// with [`Authenticators::with_tokens`]).
     pub fn new(api_keys: Arc<ApiKeyAuthenticator>) -> Self {
-        Self { api_keys }
+        Self {
+            api_keys,
+            tokens: None,
+        }
+    }
+
+    /// Also verify user access tokens with `tokens`.
+    pub fn with_tokens(mut self, tokens: Arc<TokenAuthenticator>) -> Self {
+        self.tokens = Some(tokens);
+        self
+    }
+
+    /// The token authenticator, when tokens are verified.
+    pub fn tokens(&self) -> Option<&Arc<TokenAuthenticator>> {
+        self.tokens.as_ref()
     }
 
     /// `authenticate(credential) → identity`.
@@ -191,6 +282,10 @@ impl Authenticators {
     ) -> Result<Arc<Identity>, AuthFailure> {
         match credential {
             Credential::ApiKey(raw) => self.api_keys.authenticate(raw).await,
+            Credential::Token(raw) => match &self.tokens {
+                Some(t) => t.authenticate(raw).await,
+                None => Err(AuthFailure::Token(TokenFault::UnknownKey)),
+            },
         }
     }
 
@@ -228,6 +323,50 @@ pub enum AuthFailure {
     /// The store could not be asked: fail closed with 503.
     #[error("identity store unavailable")]
     Unavailable,
+    /// Login refused without trying: the account or the source address is locked out.
+    #[error("throttled")]
+    Throttled,
+    /// The user or the workspace is disabled.
+    #[error("disabled")]
+    Disabled,
+    /// The token was issued before the user's password last changed.
+    #[error("password changed since the token was issued")]
+    Stale,
+    /// The token does not verify.
+    #[error("bad token: {}", .0.as_str())]
+    Token(TokenFault),
+}
+
+/// Why a token was refused before its subject was looked at (`portcullis_link::jws`'s
+/// reasons; an expired token is [`AuthFailure::Expired`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum TokenFault {
+    /// Too long, not three base64url parts, bad JSON, or a subject that is not `user:<id>`.
+    Malformed,
+    /// A header other than `{alg: EdDSA, kid, typ: at+jwt}` (`alg: none` included).
+    Header,
+    /// Its `kid` names no key that verifies now.
+    UnknownKey,
+    /// The signature does not verify (a re-signed or altered token).
+    Signature,
+    /// `iat` in the future or after `exp`.
+    Validity,
+    /// Another audience.
+    Audience,
+}
+
+impl TokenFault {
+    /// Stable name: metric label and audit reason.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Malformed => "token_malformed",
+            Self::Header => "token_header",
+            Self::UnknownKey => "token_unknown_key",
+            Self::Signature => "token_signature",
+            Self::Validity => "token_validity",
+            Self::Audience => "token_audience",
+        }
+    }
 }
 
 impl AuthFailure {
@@ -242,6 +381,10 @@ impl AuthFailure {
             Self::Disabled => "disabled",
             Self::Wrong => "wrong",
             Self::Unavailable => "unavailable",
+            Self::Throttled => "throttled",
+            Self::Disabled => "disabled",
+            Self::Stale => "password_changed",
+            Self::Token(f) => f.as_str(),
         }
     }
 }

@@ -11,6 +11,7 @@
 //! Commands that touch the store take `--config FILE` or `--data-dir DIR`
 //! (`PORTCULLIS_DATA_DIR`). A raw key is printed exactly once, by the command that made it.
 
+mod login;
 pub mod render;
 
 pub use render::Render;
@@ -64,6 +65,12 @@ pub enum Command {
     Workspaces(WorkspacesArgs),
     /// Read the audit log.
     Audit(AuditArgs),
+    /// Manage the gateway's signing keys (user tokens, identity assertions).
+    SigningKeys(SigningKeysArgs),
+    /// Log in as a user and print an access token, for scripts. The password is read from
+    /// the terminal without echo, or from standard input when it is not a terminal; never
+    /// from the command line or the environment.
+    Login(LoginArgs),
     /// Run a self-contained demo: a gateway on 127.0.0.1:8080 with the echo service linked.
     #[cfg(feature = "demo")]
     Demo(crate::demo::DemoArgs),
@@ -246,6 +253,49 @@ pub enum AuditCommand {
     },
 }
 
+/// `portcullis signing-keys …`.
+#[derive(Debug, clap::Args)]
+pub struct SigningKeysArgs {
+    /// Where the store is.
+    #[command(flatten)]
+    pub target: Target,
+    /// What to do with signing keys.
+    #[command(subcommand)]
+    pub command: SigningKeysCommand,
+}
+
+/// `portcullis signing-keys` subcommands.
+#[derive(Debug, Subcommand)]
+pub enum SigningKeysCommand {
+    /// List signing keys: kid, status (signing, next, retiring, retired, expired), times.
+    /// Never key material.
+    List,
+    /// Create a new signing key now. It is published at once and signs after the publish
+    /// delay; the current key stops signing then and verifies until what it signed expired.
+    Rotate,
+}
+
+/// `portcullis login`.
+#[derive(Debug, Clone, clap::Args)]
+pub struct LoginArgs {
+    /// Workspace of the user.
+    #[arg(long, short, default_value = crate::store::DEFAULT_WORKSPACE)]
+    pub workspace: String,
+    /// Username.
+    #[arg(long, short)]
+    pub username: String,
+    /// Gateway base URL, e.g. `http://127.0.0.1:8080`. Default: the configuration's
+    /// `ingress.listen` (https when `ingress.tls` is set).
+    #[arg(long)]
+    pub gateway: Option<String>,
+    /// TOML configuration file, for the default gateway address.
+    #[arg(long, short, env = "PORTCULLIS_CONFIG")]
+    pub config: Option<PathBuf>,
+    /// Print the token response as JSON instead of the bare token.
+    #[arg(long)]
+    pub json: bool,
+}
+
 /// `portcullis config …`.
 #[derive(Debug, Subcommand)]
 pub enum ConfigCommand {
@@ -324,6 +374,21 @@ pub fn run(cli: Cli, shutdown: impl Future<Output = ()> + Send + 'static) -> Exi
                 )
             }
         },
+        Command::SigningKeys(SigningKeysArgs { target, command }) => match command {
+            SigningKeysCommand::List => {
+                admin_command(
+                    &target,
+                    |c| async move { admin::signing_keys_list(&c).await },
+                )
+            }
+            SigningKeysCommand::Rotate => {
+                admin_command(
+                    &target,
+                    |c| async move { admin::signing_keys_rotate(&c).await },
+                )
+            }
+        },
+        Command::Login(args) => login::run(&args),
         Command::Serve { config, data_dir } => serve(&config, data_dir, shutdown),
         #[cfg(feature = "demo")]
         Command::Demo(args) => {

@@ -9,7 +9,7 @@ use std::fmt::Write as _;
 
 use crate::admin::{
     AdminError, AuditPage, CreatedWorkspace, InitReport, Issuance, IssuedKeyView, KeyList,
-    RevokedKey, WorkspaceList,
+    RevokedKey, RotatedSigningKey, SigningKeyList, SigningKeyStatus, WorkspaceList,
 };
 
 /// The human text of an operation's result.
@@ -143,6 +143,54 @@ impl Render for AuditPage {
                 e.workspace.as_deref().unwrap_or("-"),
                 e.reason.as_deref().unwrap_or("-"),
                 e.detail.as_ref().map(|d| d.to_string()).unwrap_or_default()
+            );
+        }
+        text
+    }
+}
+
+impl Render for SigningKeyList {
+    fn text(&self) -> String {
+        let mut text = format!(
+            "{:<18} {:<9} {:<21} {:<21} VERIFIES UNTIL\n",
+            "KID", "STATUS", "CREATED", "RETIRES"
+        );
+        for k in &self.keys {
+            let status = match k.status {
+                SigningKeyStatus::Signing => "signing",
+                SigningKeyStatus::Next => "next",
+                SigningKeyStatus::Retiring => "retiring",
+                SigningKeyStatus::Retired => "retired",
+                SigningKeyStatus::Expired => "expired",
+            };
+            let or_dash = |t: Option<crate::admin::Timestamp>| {
+                t.map(|t| t.to_string()).unwrap_or_else(|| "-".into())
+            };
+            let _ = writeln!(
+                text,
+                "{:<18} {:<9} {:<21} {:<21} {}",
+                k.kid,
+                status,
+                k.created_at,
+                or_dash(k.retired_at),
+                or_dash(k.not_after)
+            );
+        }
+        text
+    }
+}
+
+impl Render for RotatedSigningKey {
+    fn text(&self) -> String {
+        let mut text = format!(
+            "New signing key {}: published now, signs from {}.\n",
+            self.kid, self.signs_from
+        );
+        for r in &self.replaced {
+            let _ = writeln!(
+                text,
+                "Key {} stops signing then and verifies until {}.",
+                r.kid, r.not_after
             );
         }
         text

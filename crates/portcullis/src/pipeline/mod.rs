@@ -51,6 +51,17 @@ use crate::routing::{Registry, Tiers};
 use crate::telemetry::Metrics;
 use crate::transport::Conn;
 
+/// What a gateway operation's handler may know about its caller: the pipeline puts it in the
+/// request's extensions before dispatching to an operation's router (login needs the source
+/// address for throttling, change-password the identity the authenticate phase proved).
+#[derive(Debug, Clone)]
+pub struct Caller {
+    /// Who is calling; `None` for public operations.
+    pub identity: Option<Arc<crate::auth::Identity>>,
+    /// The client's address, when known.
+    pub peer: Option<std::net::IpAddr>,
+}
+
 /// Limits applied to every call.
 #[derive(Debug, Clone, Copy)]
 pub struct Limits {
@@ -85,6 +96,9 @@ pub struct Parts {
     pub audit: AuditSink,
     /// The run-time policy to start with.
     pub policy: Policy,
+    /// The gateway's signing keys (one ring for the whole gateway: user tokens, identity
+    /// assertions on forwarded calls).
+    pub keys: Arc<crate::auth::keyring::KeyRing>,
 }
 
 struct Phases {
@@ -184,6 +198,12 @@ impl Pipeline {
         };
         p.authenticate.run(call, req.headers_mut()).await?;
         p.authorise.run(call).await?;
+        if let Some(Target::Gateway(_)) = &call.target {
+            req.extensions_mut().insert(Caller {
+                identity: call.identity.clone(),
+                peer: call.peer_ip(),
+            });
+        }
         p.dispatch.run(call, req, &limits).await
     }
 }

@@ -123,8 +123,8 @@ pub enum Target {
     Unrouted(Unrouted),
 }
 
-/// Routed paths and unmatched ones accept API keys.
-const ROUTED: AuthPolicy = AuthPolicy::Credential(CredentialKinds::API_KEY);
+/// Routed paths and unmatched ones accept either bearer credential (API key, user token).
+const ROUTED: AuthPolicy = AuthPolicy::Credential(CredentialKinds::BEARER);
 
 impl Target {
     /// Credentials the target accepts.

@@ -281,7 +281,7 @@ pub fn operation(
         name: "metrics",
         path: crate::pipeline::PathMatch::Exact("/metrics"),
         auth: match capability {
-            Some(_) => AuthPolicy::Credential(crate::auth::CredentialKinds::API_KEY),
+            Some(_) => AuthPolicy::Credential(crate::auth::CredentialKinds::BEARER),
             None => AuthPolicy::Public,
         },
         capability,

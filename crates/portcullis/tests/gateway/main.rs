@@ -21,3 +21,4 @@ mod pipeline;
 mod sdk_limits;
 mod store;
 mod store_iam;
+mod tokens;

@@ -107,6 +107,10 @@ async fn harness(metrics_capability: Option<&str>, max_in_flight: usize) -> Harn
             },
             operations,
         },
+        keys: Arc::new(portcullis::auth::keyring::KeyRing::new(
+            portcullis::auth::keyring::KeySet::default(),
+            0,
+        )),
     });
     Harness {
         pipeline,

@@ -86,13 +86,27 @@ impl TestGateway {
     }
 
     /// Start on `store` (initialised here), with a test key of scope `*`.
-    pub async fn start_on(mut cfg: Config, store: TestStore) -> Self {
+    pub async fn start_on(cfg: Config, store: TestStore) -> Self {
+        Self::start_on_parts(cfg, store, |_, parts| parts).await
+    }
+
+    /// [`TestGateway::start_on`], with authentication parts `f` makes from the configuration
+    /// and the API-keys-only parts on the store.
+    pub async fn start_on_parts(
+        mut cfg: Config,
+        store: TestStore,
+        f: impl FnOnce(&Config, portcullis::AuthParts) -> portcullis::AuthParts,
+    ) -> Self {
         cfg.data_dir = store.data_dir();
         cfg.store.url = store.options.url.clone();
         portcullis::admin::init(&cfg)
             .await
             .expect("store initialises");
-        let running = portcullis::Running::start(cfg)
+        let api_keys = portcullis::server::open_auth(&cfg)
+            .await
+            .expect("store opens");
+        let parts = f(&cfg, portcullis::AuthParts::keys_only(api_keys));
+        let running = portcullis::Running::start_with(cfg, parts)
             .await
             .expect("gateway starts");
         let issued = running
