@@ -37,6 +37,7 @@ pub mod api_keys;
 pub mod audit;
 pub mod login_throttle;
 pub mod migrations;
+mod policy;
 pub mod role_bindings;
 pub mod signing_keys;
 #[cfg(any(test, feature = "test-support"))]
