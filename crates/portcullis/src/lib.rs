@@ -8,6 +8,7 @@
 
 pub mod access;
 pub mod admin;
+pub mod api;
 pub mod audit;
 pub mod auth;
 pub mod body;
@@ -20,6 +21,7 @@ pub mod dataplane;
 pub mod demo;
 pub mod error;
 pub mod health;
+pub mod iam;
 pub mod ingress;
 pub mod link;
 pub mod pipeline;

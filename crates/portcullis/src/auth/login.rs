@@ -416,7 +416,7 @@ impl Login {
 }
 
 /// An error as the one rescue point answers it.
-fn rescued(e: GatewayError) -> Response {
+pub(crate) fn rescued(e: GatewayError) -> Response {
     e.into_response().map(axum::body::Body::new)
 }
 
@@ -430,7 +430,7 @@ fn answer(e: LoginError) -> Response {
 }
 
 /// Read a JSON body of at most [`MAX_BODY_BYTES`] strictly into `T`.
-async fn json_body<T: serde::de::DeserializeOwned>(req: Request) -> Result<T, Response> {
+pub(crate) async fn json_body<T: serde::de::DeserializeOwned>(req: Request) -> Result<T, Response> {
     let limited = http_body_util::Limited::new(req.into_body(), MAX_BODY_BYTES);
     let bytes: Bytes = match limited.collect().await {
         Ok(c) => c.to_bytes(),

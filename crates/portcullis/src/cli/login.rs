@@ -131,7 +131,7 @@ fn login(args: &LoginArgs) -> Result<LoginToken, AdminError> {
 }
 
 /// The password: from the terminal with echo off, else standard input (one line, bounded).
-fn read_password() -> Result<Password, AdminError> {
+pub(crate) fn read_password() -> Result<Password, AdminError> {
     let stdin = std::io::stdin();
     let line = if stdin.is_terminal() {
         eprint!("Password: ");

@@ -11,6 +11,7 @@
 //! Commands that touch the store take `--config FILE` or `--data-dir DIR`
 //! (`PORTCULLIS_DATA_DIR`). A raw key is printed exactly once, by the command that made it.
 
+pub mod iam;
 mod login;
 pub mod render;
 
@@ -56,9 +57,14 @@ pub enum Command {
     /// migrations, create the `default` workspace and, when no pepper is configured, a pepper
     /// file (mode 0600) in the data directory. Safe to run again.
     Init(Target),
-    /// Create the first admin key (scope `*`, workspace `default`) and print it once. Refused
-    /// when an active admin key exists.
-    Bootstrap(Target),
+    /// Create the first admin: with `--admin-user NAME`, a user (password from the terminal)
+    /// bound to `admin` in every workspace; without, an admin key (scope `*`, workspace
+    /// `default`) printed once. Refused once an admin exists.
+    Bootstrap(BootstrapArgs),
+    /// Manage users (people who log in for a token).
+    Users(iam::UsersArgs),
+    /// Manage role bindings (who holds which role where).
+    Roles(iam::RolesArgs),
     /// Manage API keys.
     Keys(KeysArgs),
     /// Manage workspaces (tenants); `init` creates `default`.
@@ -128,6 +134,20 @@ impl Target {
         }
         Ok(cfg)
     }
+}
+
+/// `portcullis bootstrap`.
+#[derive(Debug, clap::Args)]
+pub struct BootstrapArgs {
+    /// Where the store is.
+    #[command(flatten)]
+    pub target: Target,
+    /// Create the first admin as this user (password from the terminal or standard input).
+    #[arg(long)]
+    pub admin_user: Option<String>,
+    /// Workspace of the admin user.
+    #[arg(long, default_value = crate::store::DEFAULT_WORKSPACE, requires = "admin_user")]
+    pub workspace: String,
 }
 
 /// `portcullis keys …`.
@@ -228,6 +248,9 @@ pub enum WorkspacesCommand {
     },
     /// List workspaces.
     List,
+    /// Show, update, disable or enable one.
+    #[command(flatten)]
+    Change(iam::WorkspaceChange),
 }
 
 /// `portcullis audit …`.
@@ -339,7 +362,16 @@ pub fn run(cli: Cli, shutdown: impl Future<Output = ()> + Send + 'static) -> Exi
         },
         Command::HashToken => hash_token(),
         Command::Init(t) => admin_command(&t, |c| async move { admin::init(&c).await }),
-        Command::Bootstrap(t) => admin_command(&t, |c| async move { admin::bootstrap(&c).await }),
+        Command::Bootstrap(BootstrapArgs {
+            target,
+            admin_user: Some(user),
+            workspace,
+        }) => iam::bootstrap_admin(&target, workspace, user),
+        Command::Bootstrap(BootstrapArgs { target, .. }) => {
+            admin_command(&target, |c| async move { admin::bootstrap(&c).await })
+        }
+        Command::Users(a) => iam::users(a),
+        Command::Roles(a) => iam::roles(a),
         Command::Keys(KeysArgs { target, command }) => match command {
             KeysCommand::Create(a) => admin_command(&target, |c| async move {
                 admin::keys_create(&c, &a.request()?).await
@@ -365,6 +397,7 @@ pub fn run(cli: Cli, shutdown: impl Future<Output = ()> + Send + 'static) -> Exi
             WorkspacesCommand::List => {
                 admin_command(&target, |c| async move { admin::workspaces_list(&c).await })
             }
+            WorkspacesCommand::Change(change) => iam::workspace_change(&target, change),
         },
         Command::Audit(AuditArgs { target, command }) => match command {
             AuditCommand::List { limit } => {
@@ -474,7 +507,7 @@ pub fn load_config(path: Option<&Path>) -> Result<Config, String> {
 }
 
 /// Run an admin operation on a single-threaded runtime and print what it returned.
-fn admin_command<T, F, Fut>(target: &Target, f: F) -> ExitCode
+pub(crate) fn admin_command<T, F, Fut>(target: &Target, f: F) -> ExitCode
 where
     T: Serialize + Render,
     F: FnOnce(Config) -> Fut,

@@ -316,6 +316,16 @@ impl Store {
         .await
     }
 
+    /// The binding with this id, if there is one.
+    pub async fn role_binding(&self, id: &str) -> Result<Option<RoleBinding>, StoreError> {
+        let id = id.to_owned();
+        self.at_home(move |store| async move {
+            let mut conn = store.pool().acquire().await?;
+            Ok(binding_on(&mut *conn, &id).await?)
+        })
+        .await
+    }
+
     /// The binding of `role` to a subject in `workspace_id` (or `*`), if there is one (to
     /// revoke by what was granted rather than by id).
     pub async fn find_role_binding(
