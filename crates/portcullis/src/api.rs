@@ -345,7 +345,10 @@ async fn users_list(
     let c = caller!(c);
     let id = tri!(workspace_id(&api.store, &q.workspace).await);
     tri!(api.check(&c, IAM_USERS_READ, &id).await);
-    done(StatusCode::OK, iam::users_list(&api.store, &q.workspace).await)
+    done(
+        StatusCode::OK,
+        iam::users_list(&api.store, &q.workspace).await,
+    )
 }
 
 async fn users_get(

@@ -409,7 +409,7 @@ pub async fn roles_grant(
     subject_name: &str,
     role: &str,
     workspace_name: &str,
-    known_role: &dyn Fn(&str) -> bool,
+    known_role: &(dyn Fn(&str) -> bool + Sync),
     actor: &str,
 ) -> Result<BindingView, AdminError> {
     if !known_role(role) {

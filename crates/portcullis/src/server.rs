@@ -10,7 +10,8 @@ use std::sync::Arc;
 use tokio_util::sync::CancellationToken;
 
 use crate::access::{
-    Access, AccessParts, AccessSettings, CapabilityRegistry, NoBindings, PolicySource, Roles,
+    Access, AccessParts, AccessSettings, CapabilityRegistry, NoBindings, PolicySource, Requirement,
+    Roles,
 };
 use crate::audit::AuditSink;
 use crate::auth::authenticator::AuthSettings;
@@ -291,6 +292,17 @@ pub async fn run_with_parts(
     operations
         .register_capabilities(&capabilities)
         .map_err(|e| anyhow::anyhow!("gateway operations (auth.metrics_scope among them): {e}"))?;
+    // The IAM API decides per request what it acts on (the workspace in its path or body) and
+    // authorises that itself; the capabilities it asks for are registered here, before roles
+    // are checked against the registry.
+    for c in crate::access::registry::IAM_CAPABILITIES {
+        capabilities
+            .register_operation("iam", Requirement::Capability((*c).into()))
+            .map_err(|e| anyhow::anyhow!("iam: {e}"))?;
+    }
+    capabilities
+        .register_operation("iam", Requirement::Authenticated)
+        .map_err(|e| anyhow::anyhow!("iam: {e}"))?;
     // Role patterns are checked against the registered namespaces and the configured
     // services: a typo stops the start instead of granting nothing.
     let roles = Roles::build(
@@ -306,6 +318,22 @@ pub async fn run_with_parts(
         roles,
         capabilities,
         settings: AccessSettings::from_config(&config.access),
+    });
+    operations.register(crate::pipeline::Operation {
+        name: "iam",
+        path: crate::pipeline::PathMatch::Prefix(crate::api::IAM_PREFIX),
+        requires: Requirement::Authenticated,
+        auth: crate::pipeline::AuthPolicy::Credential(crate::auth::CredentialKinds::BEARER),
+        router: crate::api::router(Arc::new(crate::api::IamApi {
+            store: auth.store().clone(),
+            hasher: handles.login.hasher().clone(),
+            access: access.clone(),
+            audit: audit.clone(),
+            known_role: {
+                let roles = access.roles().clone();
+                Arc::new(move |name: &str| roles.get(name).is_some())
+            },
+        })),
     });
     let pipeline = Pipeline::new(crate::pipeline::Parts {
         registry: registry.clone(),

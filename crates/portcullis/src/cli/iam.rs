@@ -174,8 +174,10 @@ pub fn users(args: UsersArgs) -> ExitCode {
                 username,
                 display_name,
             };
-            on_store(&c, |s| async move { iam::users_create(&s, &h, &req, &pw, ACTOR).await })
-                .await
+            on_store(&c, |s| async move {
+                iam::users_create(&s, &h, &req, &pw, ACTOR).await
+            })
+            .await
         }),
         UsersCommand::List { workspace } => admin_command(&target, |c| async move {
             on_store(&c, |s| async move { iam::users_list(&s, &workspace).await }).await
@@ -185,10 +187,9 @@ pub fn users(args: UsersArgs) -> ExitCode {
         }),
         UsersCommand::Update { user, display_name } => admin_command(&target, |c| async move {
             let d = (!display_name.is_empty()).then_some(display_name);
-            on_store(
-                &c,
-                |s| async move { iam::users_update(&s, &user, Some(d), ACTOR).await },
-            )
+            on_store(&c, |s| async move {
+                iam::users_update(&s, &user, Some(d), ACTOR).await
+            })
             .await
         }),
         UsersCommand::Disable { user } => admin_command(&target, |c| async move {
@@ -204,7 +205,11 @@ pub fn users(args: UsersArgs) -> ExitCode {
             .await
         }),
         UsersCommand::Delete { user } => admin_command(&target, |c| async move {
-            on_store(&c, |s| async move { iam::users_delete(&s, &user, ACTOR).await }).await
+            on_store(
+                &c,
+                |s| async move { iam::users_delete(&s, &user, ACTOR).await },
+            )
+            .await
         }),
         UsersCommand::ResetPassword { user } => admin_command(&target, |c| async move {
             let pw = password()?;
@@ -234,7 +239,11 @@ pub fn roles(args: RolesArgs) -> ExitCode {
             .await
         }),
         RolesCommand::Revoke { id } => admin_command(&target, |c| async move {
-            on_store(&c, |s| async move { iam::roles_revoke(&s, &id, ACTOR).await }).await
+            on_store(
+                &c,
+                |s| async move { iam::roles_revoke(&s, &id, ACTOR).await },
+            )
+            .await
         }),
         RolesCommand::List { subject, workspace } => admin_command(&target, |c| async move {
             on_store(&c, |s| async move {

@@ -321,7 +321,7 @@ impl Store {
         let id = id.to_owned();
         self.at_home(move |store| async move {
             let mut conn = store.pool().acquire().await?;
-            Ok(binding_on(&mut *conn, &id).await?)
+            Ok(binding_on(&mut conn, &id).await?)
         })
         .await
     }

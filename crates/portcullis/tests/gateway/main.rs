@@ -15,6 +15,7 @@ mod binary;
 mod demo;
 mod hostile_http;
 mod hostile_link;
+mod iam;
 mod limits;
 mod link_handshake;
 mod operations;
