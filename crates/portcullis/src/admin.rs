@@ -251,7 +251,7 @@ pub struct IssuedKeyView {
 }
 
 impl IssuedKeyView {
-    fn new(i: IssuedKey, issuance: Issuance, previous_valid_until: Option<i64>) -> Self {
+    pub(crate) fn new(i: IssuedKey, issuance: Issuance, previous_valid_until: Option<i64>) -> Self {
         Self {
             key: KeyView::new(&i.record, now_ms()),
             api_key: OneTimeKey(i.api_key),

@@ -9,6 +9,8 @@
 //! | `POST …/users`, `PATCH …/users/{id}`, `DELETE …/users/{id}`, `POST …/users/{id}/disable`, `…/enable`, `…/reset-password` | `iam.users.write` |
 //! | `GET …/role-bindings?subject=S` or `?workspace=W` | `iam.roles.read` |
 //! | `POST …/role-bindings`, `DELETE …/role-bindings/{id}` | `iam.roles.write` |
+//! | `GET …/keys` (the caller's own), `POST …/keys` (one for the caller), `POST …/keys/{id}/revoke` (its own) | none beyond being a user |
+//! | `GET …/keys?workspace=W`, `POST …/keys` with `user`, `POST …/keys/{id}/revoke` of another's key | `iam.keys.read` / `iam.keys.write` |
 //!
 //! **Workspaces are enforced here the same way as on routed calls**: the workspace an
 //! operation acts on is read from its path or body (a user's workspace, a binding's workspace,
@@ -30,14 +32,17 @@ use serde::Deserialize;
 use std::sync::Arc;
 
 use crate::access::registry::{
-    IAM_ROLES_READ, IAM_ROLES_WRITE, IAM_USERS_READ, IAM_USERS_WRITE, IAM_WORKSPACES_READ,
-    IAM_WORKSPACES_WRITE,
+    IAM_KEYS_READ, IAM_KEYS_WRITE, IAM_ROLES_READ, IAM_ROLES_WRITE, IAM_USERS_READ,
+    IAM_USERS_WRITE, IAM_WORKSPACES_READ, IAM_WORKSPACES_WRITE,
 };
 use crate::access::{Access, Decision, Resource};
 use crate::admin::{AdminError, ErrorKind};
+use crate::admin::{Issuance, IssuedKeyView, KeyList, KeyView};
 use crate::audit::{AuditSink, Refusal};
+use crate::auth::authenticator::CreateKey;
 use crate::auth::login::{json_body, rescued};
 use crate::auth::password::{Password, PasswordHasher};
+use crate::auth::ApiKeyAuthenticator;
 use crate::error::GatewayError;
 use crate::iam;
 use crate::pipeline::Caller;
@@ -58,6 +63,8 @@ pub struct IamApi {
     pub audit: AuditSink,
     /// Does a role exist (built-in or configured)?
     pub known_role: Arc<dyn Fn(&str) -> bool + Send + Sync>,
+    /// API keys: created and revoked through it, so this node's cache follows at once.
+    pub keys: Arc<ApiKeyAuthenticator>,
 }
 
 type Api = Arc<IamApi>;
@@ -246,6 +253,8 @@ pub fn router(api: Arc<IamApi>) -> Router {
             "/api/v1/iam/role-bindings/{id}",
             axum::routing::delete(bindings_revoke),
         )
+        .route("/api/v1/iam/keys", get(keys_list).post(keys_create))
+        .route("/api/v1/iam/keys/{id}/revoke", post(keys_revoke))
         .with_state(api)
 }
 
@@ -516,5 +525,131 @@ async fn bindings_revoke(
     done(
         StatusCode::OK,
         iam::roles_revoke(&api.store, &id, &actor).await,
+    )
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct NewKeyBody {
+    name: String,
+    scopes: Vec<String>,
+    /// Lifetime in seconds; absent: no expiry.
+    #[serde(default)]
+    expires_in_s: Option<u64>,
+    /// Issue it to this user (id) instead of the caller: `iam.keys.write` in their workspace.
+    #[serde(default)]
+    user: Option<String>,
+}
+
+#[derive(Deserialize)]
+struct KeysQuery {
+    workspace: Option<String>,
+}
+
+/// The caller's user id, when the caller is a user.
+fn caller_user(c: &Caller) -> Option<&str> {
+    c.identity
+        .as_ref()
+        .and_then(|i| i.subject.strip_prefix("user:"))
+}
+
+async fn keys_list(
+    axum::extract::State(api): St,
+    c: Option<Extension<Caller>>,
+    Query(q): Query<KeysQuery>,
+) -> Response {
+    let c = caller!(c);
+    let now = crate::store::now_ms();
+    let keys = match (&q.workspace, caller_user(&c)) {
+        (Some(w), _) => {
+            let id = tri!(workspace_id(&api.store, w).await);
+            tri!(api.check(&c, IAM_KEYS_READ, &id).await);
+            api.store.list_keys(Some(w)).await
+        }
+        (None, Some(user)) => api.store.list_user_keys(user).await,
+        (None, None) => return error(AdminError::usage("name a workspace")),
+    };
+    done(
+        StatusCode::OK,
+        keys.map(|ks| KeyList {
+            keys: ks.iter().map(|k| KeyView::new(k, now)).collect(),
+        })
+        .map_err(AdminError::from),
+    )
+}
+
+async fn keys_create(
+    axum::extract::State(api): St,
+    c: Option<Extension<Caller>>,
+    req: Request,
+) -> Response {
+    let c = caller!(c);
+    let body: NewKeyBody = tri!(json_body(req).await);
+    let user = match (&body.user, caller_user(&c)) {
+        (Some(other), me) if Some(other.as_str()) != me => {
+            let ws = tri!(user_workspace(&api, &c, other).await);
+            tri!(api.check(&c, IAM_KEYS_WRITE, &ws).await);
+            other.clone()
+        }
+        (_, Some(me)) => me.to_string(),
+        // A key makes keys of its own only with the capability, through the CLI's path.
+        (None, None) => return error(AdminError::usage("name the user the key is for")),
+        (Some(other), None) => other.clone(),
+    };
+    let owner = match iam::user(&api.store, &user).await {
+        Ok(u) => u,
+        Err(e) => return error(e),
+    };
+    let actor = IamApi::actor(&c);
+    let create = CreateKey {
+        workspace: owner.workspace.clone(),
+        name: body.name,
+        scopes: body.scopes,
+        expires_in: body.expires_in_s.map(std::time::Duration::from_secs),
+        key_id: None,
+    };
+    done(
+        StatusCode::CREATED,
+        api.keys
+            .create_user_key(&create, &owner.id, &actor)
+            .await
+            .map(|i| IssuedKeyView::new(i, Issuance::Created, None))
+            .map_err(AdminError::from),
+    )
+}
+
+async fn keys_revoke(
+    axum::extract::State(api): St,
+    c: Option<Extension<Caller>>,
+    Path(id): Path<String>,
+) -> Response {
+    let c = caller!(c);
+    let key = match api.store.key(&id).await {
+        Ok(k) => k,
+        Err(e) => return error(e.into()),
+    };
+    let own = key
+        .as_ref()
+        .is_some_and(|k| k.user_id.is_some() && k.user_id.as_deref() == caller_user(&c));
+    if !own {
+        let ws = key.as_ref().map_or_else(
+            || {
+                c.identity
+                    .as_ref()
+                    .map_or_else(String::new, |i| i.workspace.id.to_string())
+            },
+            |k| k.workspace_id.clone(),
+        );
+        tri!(api.check(&c, IAM_KEYS_WRITE, &ws).await);
+    }
+    let actor = IamApi::actor(&c);
+    let now = crate::store::now_ms();
+    done(
+        StatusCode::OK,
+        api.keys
+            .revoke(&id, &actor)
+            .await
+            .map(|k| KeyView::new(&k, now))
+            .map_err(AdminError::from),
     )
 }

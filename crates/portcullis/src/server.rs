@@ -333,6 +333,7 @@ pub async fn run_with_parts(
                 let roles = access.roles().clone();
                 Arc::new(move |name: &str| roles.get(name).is_some())
             },
+            keys: auth.clone(),
         })),
     });
     let pipeline = Pipeline::new(crate::pipeline::Parts {

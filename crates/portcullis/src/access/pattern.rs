@@ -76,6 +76,12 @@ pub fn namespace(capability: &str) -> &str {
     capability.split('.').next().unwrap_or(capability)
 }
 
+/// Namespaces that administer the gateway itself (identities, roles, keys; the admin API). A
+/// `*.segment` pattern never matches in them — `writer` (`*.read`, `*.write`) must not be able
+/// to grant itself `admin` — so only `*` or a pattern naming the namespace (`iam.*`,
+/// `iam.users.read`) grants them.
+pub const ADMINISTRATIVE_NAMESPACES: &[&str] = &["iam", "admin"];
+
 /// A parsed capability pattern (see the module documentation).
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub enum Pattern {
@@ -155,7 +161,10 @@ impl Pattern {
             }
             Self::Last(last) => {
                 let (c, l) = (capability.len(), last.len());
-                c > l + 1
+                // `*.write` must not make a writer an administrator: identity and gateway
+                // administration is granted only by `*` or a pattern that names it.
+                !ADMINISTRATIVE_NAMESPACES.contains(&namespace(capability))
+                    && c > l + 1
                     && capability.as_bytes()[c - l - 1] == b'.'
                     && capability.ends_with(&**last)
                     && valid_capability(capability)
@@ -253,7 +262,12 @@ mod tests {
         assert!(p("orders.*").matches("orders.items.read"));
         assert!(!p("orders.*").matches("orders"));
         assert!(!p("orders.*").matches("ordersx.read"));
-        assert!(p("*.read").matches("iam.users.read"));
+        assert!(p("*.read").matches("orders.items.read"));
+        // Administration is granted only by `*` or by naming it.
+        assert!(!p("*.read").matches("iam.users.read"));
+        assert!(!p("*.write").matches("admin.config.write"));
+        assert!(p("iam.*").matches("iam.users.read"));
+        assert!(p("*").matches("iam.roles.write"));
         assert!(!p("*.read").matches("read"));
         assert!(!p("*.read").matches("orders.xread"));
         assert!(p("*").matches("anything.at.all"));

@@ -9,10 +9,10 @@
 //! | `writer` | `*.read`, `*.write`    |
 //! | `admin`  | `*`                    |
 //!
-//! `*.read` and `*.write` match the gateway's own capabilities too: a `writer` bound in a
-//! workspace holds `iam.users.write`, `iam.roles.write` and `iam.keys.write` there, so it may
-//! administer that workspace's users, roles and keys. Bind `writer` as that, or define a
-//! narrower role (`orders.*`) for people who only work with services.
+//! `*.read` and `*.write` never match in the administrative namespaces (`iam`, `admin`:
+//! `pattern::ADMINISTRATIVE_NAMESPACES`): a `writer` works with services and cannot manage
+//! users, roles or keys — nor grant itself `admin`. Administration is granted by `admin` or by a
+//! configured role that names it (`iam.users.*`, `iam.*`).
 //!
 //! Configured roles come from `[access.roles.<name>]`. At start-up every pattern is checked
 //! ([`Roles::build`]): its syntax (`super::pattern`), and — the rule that catches typos — a
@@ -203,13 +203,13 @@ mod tests {
     fn built_in_roles() {
         let r = Roles::built_in();
         let reader = r.get(READER).unwrap();
-        assert!(reader.grants("orders.read") && reader.grants("iam.users.read"));
+        assert!(reader.grants("orders.read") && !reader.grants("iam.users.read"));
         assert!(!reader.grants("orders.write"));
         let writer = r.get(WRITER).unwrap();
         assert!(writer.grants("orders.write") && writer.grants("orders.read"));
         assert!(!writer.grants("orders.create"));
-        // As the module documentation warns: the gateway's own writes too.
-        assert!(writer.grants("iam.roles.write"));
+        // A writer cannot administer identities (and so cannot grant itself admin).
+        assert!(!writer.grants("iam.roles.write") && !writer.grants("iam.users.write"));
         assert!(r.get(ADMIN).unwrap().grants("iam.roles.write"));
         assert!(r.iter().all(Role::is_built_in));
     }

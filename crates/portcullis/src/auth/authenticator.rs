@@ -292,6 +292,8 @@ impl std::fmt::Debug for ApiKeyAuthenticator {
 /// carries no policy (`crate::access`).
 fn to_identity(r: KeyRecord) -> (Identity, Grants) {
     let key_id: Arc<str> = r.key_id.into();
+    // A key issued to a user acts with the user's role bindings narrowed by its scopes.
+    let user = r.user_id;
     let identity = Identity {
         subject: format!("key:{key_id}").into(),
         workspace: WorkspaceRef {
@@ -305,7 +307,7 @@ fn to_identity(r: KeyRecord) -> (Identity, Grants) {
         expires_at: r.expires_at,
         binding: None,
     };
-    (identity, Grants::new(r.scopes))
+    (identity, Grants::new(r.scopes).issued_to(user))
 }
 
 /// Check and normalise scopes.
@@ -740,7 +742,30 @@ impl ApiKeyAuthenticator {
     /// Create a key and return it with its raw value (shown once).
     pub async fn create_key(&self, req: &CreateKey, actor: &str) -> Result<IssuedKey, StoreError> {
         let now = self.settings.clock.now_ms();
-        let issued = create_key_at(&self.store, &self.pepper, req, actor, false, now).await?;
+        let issued = create_key_at(&self.store, &self.pepper, req, None, actor, false, now).await?;
+        self.invalidate(&issued.record.key_id);
+        Ok(issued)
+    }
+
+    /// Create a key issued to user `user_id` (in the user's workspace): it acts with the user's
+    /// roles narrowed by its scopes, and goes with the user.
+    pub async fn create_user_key(
+        &self,
+        req: &CreateKey,
+        user_id: &str,
+        actor: &str,
+    ) -> Result<IssuedKey, StoreError> {
+        let now = self.settings.clock.now_ms();
+        let issued = create_key_at(
+            &self.store,
+            &self.pepper,
+            req,
+            Some(user_id),
+            actor,
+            false,
+            now,
+        )
+        .await?;
         self.invalidate(&issued.record.key_id);
         Ok(issued)
     }
@@ -824,7 +849,18 @@ pub async fn create_key(
     actor: &str,
     bootstrap: bool,
 ) -> Result<IssuedKey, StoreError> {
-    create_key_at(store, pepper, req, actor, bootstrap, now_ms()).await
+    create_key_at(store, pepper, req, None, actor, bootstrap, now_ms()).await
+}
+
+/// [`create_key`] for a key issued to user `user_id`.
+pub async fn create_user_key(
+    store: &Store,
+    pepper: &Pepper,
+    req: &CreateKey,
+    user_id: &str,
+    actor: &str,
+) -> Result<IssuedKey, StoreError> {
+    create_key_at(store, pepper, req, Some(user_id), actor, false, now_ms()).await
 }
 
 /// [`create_key`] with `now` (Unix ms) as the time its lifetime starts from.
@@ -832,6 +868,7 @@ async fn create_key_at(
     store: &Store,
     pepper: &Pepper,
     req: &CreateKey,
+    user_id: Option<&str>,
     actor: &str,
     bootstrap: bool,
     now: i64,
@@ -864,7 +901,7 @@ async fn create_key_at(
         pepper_version: pepper.version(),
         key_id,
         workspace: req.workspace.clone(),
-        user_id: None,
+        user_id: user_id.map(String::from),
         name: req.name.trim().to_string(),
         scopes,
         expires_at,

@@ -320,6 +320,30 @@ pub fn workspace_change(target: &Target, change: WorkspaceChange) -> ExitCode {
     }
 }
 
+/// `keys create --user U`: a key issued to a user, in the user's workspace.
+pub fn keys_create_for_user(target: &Target, args: super::CreateArgs) -> ExitCode {
+    admin_command(target, |c| async move {
+        let mut req = args.request()?;
+        let user = args.user.clone().unwrap_or_default();
+        let (store, pepper) = crate::admin::open(&c).await?;
+        let r = async {
+            let u = iam::user(&store, &user).await?;
+            req.workspace = u.workspace.clone();
+            let issued =
+                crate::auth::authenticator::create_user_key(&store, &pepper, &req, &u.id, ACTOR)
+                    .await?;
+            Ok(crate::admin::IssuedKeyView::new(
+                issued,
+                crate::admin::Issuance::Created,
+                None,
+            ))
+        }
+        .await;
+        store.close().await;
+        r
+    })
+}
+
 /// `bootstrap --admin-user NAME`: the first admin user, password from the terminal.
 pub fn bootstrap_admin(target: &Target, workspace: String, username: String) -> ExitCode {
     admin_command(target, |c| async move {

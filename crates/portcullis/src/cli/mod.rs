@@ -207,6 +207,10 @@ pub struct CreateArgs {
     /// Key id, 4-64 of [a-z0-9-]. Default: generated.
     #[arg(long)]
     pub id: Option<String>,
+    /// Issue the key to this user (`usr_…` or `workspace/username`): it acts with the user's
+    /// roles narrowed by its scopes, in the user's workspace, and goes with the user.
+    #[arg(long)]
+    pub user: Option<String>,
 }
 
 impl CreateArgs {
@@ -373,6 +377,7 @@ pub fn run(cli: Cli, shutdown: impl Future<Output = ()> + Send + 'static) -> Exi
         Command::Users(a) => iam::users(a),
         Command::Roles(a) => iam::roles(a),
         Command::Keys(KeysArgs { target, command }) => match command {
+            KeysCommand::Create(a) if a.user.is_some() => iam::keys_create_for_user(&target, a),
             KeysCommand::Create(a) => admin_command(&target, |c| async move {
                 admin::keys_create(&c, &a.request()?).await
             }),

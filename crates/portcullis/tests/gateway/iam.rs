@@ -194,18 +194,10 @@ async fn an_admin_bootstrapped_by_the_cli_manages_workspaces_users_and_roles() {
         gw.get_with_key("/echo/x", Some(&bob)).await.0 == StatusCode::OK
     })
     .await;
-    let (status, _, body) = send(
-        &gw,
-        "GET",
-        "/api/v1/iam/users?workspace=acme",
-        None,
-        Some(&bob),
-        None,
-    )
-    .await;
-    assert_eq!(status, StatusCode::OK, "{body:?}");
-    assert_eq!(json(&body)["users"][0]["username"], "bob");
+    // `reader` (`*.read`) reads services, never identities: administration is granted only by
+    // `admin` or a role that names `iam.*`.
     for (method, path, body) in [
+        ("GET", "/api/v1/iam/users?workspace=acme", None),
         ("GET", "/api/v1/iam/users?workspace=default", None),
         ("GET", "/api/v1/iam/workspaces", None),
         (
@@ -221,6 +213,96 @@ async fn an_admin_bootstrapped_by_the_cli_manages_workspaces_users_and_roles() {
         assert_eq!(status, StatusCode::FORBIDDEN, "{method} {path}");
         assert_eq!(&b[..], br#"{"error":"forbidden"}"#, "{method} {path}");
     }
+
+    // Bob's own keys: issued to him, they act with his roles narrowed by their scopes.
+    let (status, _, body) = send(
+        &gw,
+        "POST",
+        "/api/v1/iam/keys",
+        Some(serde_json::json!({"name": "bob's laptop", "scopes": ["echo.read"]})),
+        Some(&bob),
+        None,
+    )
+    .await;
+    assert_eq!(status, StatusCode::CREATED, "{body:?}");
+    let reading_key = json(&body)["api_key"].as_str().unwrap().to_string();
+    let reading_id = json(&body)["key_id"].as_str().unwrap().to_string();
+    assert_eq!(json(&body)["workspace"], "acme");
+    let (status, _, body) = send(
+        &gw,
+        "POST",
+        "/api/v1/iam/keys",
+        Some(serde_json::json!({"name": "narrow", "scopes": ["echo.write"]})),
+        Some(&bob),
+        None,
+    )
+    .await;
+    assert_eq!(status, StatusCode::CREATED, "{body:?}");
+    let writing_key = json(&body)["api_key"].as_str().unwrap().to_string();
+    assert_eq!(
+        gw.get_with_key("/echo/x", Some(&reading_key)).await.0,
+        StatusCode::OK
+    );
+    // The scope allows echo.write but bob's reader role does not: both must.
+    assert_eq!(
+        gw.get_with_key("/echo/x", Some(&writing_key)).await.0,
+        StatusCode::FORBIDDEN
+    );
+    // A key of scope `*` issued to bob is still only a reader: scopes narrow, never widen.
+    let (status, _, body) = send(
+        &gw,
+        "POST",
+        "/api/v1/iam/keys",
+        Some(serde_json::json!({"name": "wide", "scopes": ["*"]})),
+        Some(&bob),
+        None,
+    )
+    .await;
+    assert_eq!(status, StatusCode::CREATED, "{body:?}");
+    let wide_key = json(&body)["api_key"].as_str().unwrap().to_string();
+    assert_eq!(
+        gw.get_with_key("/echo/x", Some(&wide_key)).await.0,
+        StatusCode::OK
+    );
+    let (status, _, _) = send(
+        &gw,
+        "POST",
+        "/api/v1/iam/users",
+        Some(serde_json::json!({"workspace": "acme", "username": "mallory", "password": BOB_PASSWORD})),
+        Some(&wide_key),
+        None,
+    )
+    .await;
+    assert_eq!(status, StatusCode::FORBIDDEN);
+    let (status, _, body) = send(&gw, "GET", "/api/v1/iam/keys", None, Some(&bob), None).await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(json(&body)["keys"].as_array().unwrap().len(), 3);
+    // Keys for someone else need iam.keys.write where that user is.
+    let root_id = boot["user"]["id"].as_str().unwrap();
+    let (status, _, _) = send(
+        &gw,
+        "POST",
+        "/api/v1/iam/keys",
+        Some(serde_json::json!({"name": "x", "scopes": ["*"], "user": root_id})),
+        Some(&bob),
+        None,
+    )
+    .await;
+    assert_eq!(status, StatusCode::FORBIDDEN);
+    let (status, _, _) = send(
+        &gw,
+        "POST",
+        &format!("/api/v1/iam/keys/{reading_id}/revoke"),
+        None,
+        Some(&bob),
+        None,
+    )
+    .await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(
+        gw.get_with_key("/echo/x", Some(&reading_key)).await.0,
+        StatusCode::UNAUTHORIZED
+    );
 
     // Cross-workspace calls: root (admin in `*`) may act in acme by naming it; bob may not act
     // in default.
@@ -250,6 +332,17 @@ async fn an_admin_bootstrapped_by_the_cli_manages_workspaces_users_and_roles() {
     .await;
     assert_eq!(status, StatusCode::OK);
     assert_eq!(json(&body)["bindings"][0]["role"], "reader");
+    let (status, _, body) = send(
+        &gw,
+        "GET",
+        "/api/v1/iam/users?workspace=acme",
+        None,
+        Some(&root),
+        None,
+    )
+    .await;
+    assert_eq!(status, StatusCode::OK, "{body:?}");
+    assert_eq!(json(&body)["users"][0]["username"], "bob");
     let (status, _, _) = send(
         &gw,
         "DELETE",
