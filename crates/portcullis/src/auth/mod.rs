@@ -19,8 +19,11 @@
 //! - [`pepper`]: the server pepper secrets are hashed under; never in the database.
 //! - [`authenticator`]: verification with a bounded cache, invalidated on change.
 //! - [`keyring`]: the Ed25519 signing keys of tokens and identity assertions, sealed at rest.
+//! - [`assertion`]: the signed identity assertion added to forwarded calls, signed once and
+//!   reused.
 //! - [`audit`]: failures to the audit log, coalesced, off the request path.
 
+pub mod assertion;
 pub mod audit;
 pub mod authenticator;
 mod config;
