@@ -12,7 +12,7 @@ use hyper::client::conn::http2::SendRequest;
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use portcullis_link::{
     Challenge, Credential, EndpointDescriptor, Frame, FrameHeader, HealthReport, Hello, HelloAck,
-    LinkLimits, Reject, RejectCode, HEADER_LEN, HEALTH_PATH, MAX_FRAME_LEN,
+    LinkLimits, Reject, RejectCode, HEADER_LEN, HEALTH_PATH, MAX_FRAME_LEN, VERSIONS,
 };
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, DuplexStream};
 use tokio::sync::{oneshot, watch, Notify};
@@ -53,6 +53,7 @@ fn ack() -> HelloAck {
             max_concurrent_streams: 100,
             max_request_body: 1 << 20,
         },
+        assertions: None,
     }
 }
 
@@ -72,7 +73,7 @@ fn hello() -> Hello {
 
 /// Gateway side up to HELLO: sends CHALLENGE, returns the HELLO it got.
 async fn gateway_hello(io: &mut DuplexStream) -> Hello {
-    write_frame(io, challenge(vec![1])).await;
+    write_frame(io, challenge(VERSIONS.to_vec())).await;
     match read_frame(io).await {
         Frame::Hello(h) => *h,
         other => panic!("expected HELLO, got {other:?}"),
@@ -243,16 +244,20 @@ async fn garbage_from_the_gateway_is_answered_with_reject() {
     }
 }
 
+/// Version 1 gateways send no assertion keys, so the SDK could verify no call: it refuses to
+/// link to them rather than register an instance that answers every call with 401.
 #[tokio::test]
 async fn unsupported_versions_are_refused() {
-    let (mut svc_io, mut gw_io) = tokio::io::duplex(64 * 1024);
-    let service_side = tokio::spawn(async move { handshake(&mut svc_io, &hello()).await });
-    write_frame(&mut gw_io, challenge(vec![7])).await;
-    let err = service_side.await.unwrap().unwrap_err();
-    assert_eq!(err.kind(), ErrorKind::Protocol);
-    match read_frame(&mut gw_io).await {
-        Frame::Reject(r) => assert_eq!(r.code, RejectCode::UnsupportedVersion),
-        other => panic!("expected REJECT, got {other:?}"),
+    for versions in [vec![7], vec![1]] {
+        let (mut svc_io, mut gw_io) = tokio::io::duplex(64 * 1024);
+        let service_side = tokio::spawn(async move { handshake(&mut svc_io, &hello()).await });
+        write_frame(&mut gw_io, challenge(versions.clone())).await;
+        let err = service_side.await.unwrap().unwrap_err();
+        assert_eq!(err.kind(), ErrorKind::Protocol, "{versions:?}");
+        match read_frame(&mut gw_io).await {
+            Frame::Reject(r) => assert_eq!(r.code, RejectCode::UnsupportedVersion),
+            other => panic!("expected REJECT, got {other:?}"),
+        }
     }
 }
 
@@ -340,7 +345,7 @@ async fn supervisor_retries_reconnects_and_aborts() {
         loop {
             let (mut io, _) = listener.accept().await.unwrap();
             n += 1;
-            write_frame(&mut io, challenge(vec![1])).await;
+            write_frame(&mut io, challenge(VERSIONS.to_vec())).await;
             let Frame::Hello(h) = read_frame(&mut io).await else {
                 panic!("expected HELLO")
             };
@@ -434,7 +439,7 @@ async fn shutdown_drains_and_reports_draining() {
     tokio::spawn(async move {
         loop {
             let (mut io, _) = listener.accept().await.unwrap();
-            write_frame(&mut io, challenge(vec![1])).await;
+            write_frame(&mut io, challenge(VERSIONS.to_vec())).await;
             let _ = read_frame(&mut io).await;
             write_frame(&mut io, Frame::HelloAck(ack())).await;
             let (send, conn): (SendRequest<Empty<Bytes>>, _) =
@@ -869,7 +874,7 @@ async fn rejecting_gateway(
             let Ok((mut io, _)) = listener.accept().await else {
                 return;
             };
-            write_frame(&mut io, challenge(vec![1])).await;
+            write_frame(&mut io, challenge(VERSIONS.to_vec())).await;
             let Frame::Hello(h) = read_frame(&mut io).await else {
                 panic!("expected HELLO")
             };
@@ -892,7 +897,7 @@ async fn accepting_gateway() -> std::net::SocketAddr {
                 return;
             };
             tokio::spawn(async move {
-                write_frame(&mut io, challenge(vec![1])).await;
+                write_frame(&mut io, challenge(VERSIONS.to_vec())).await;
                 let _ = read_frame(&mut io).await;
                 write_frame(&mut io, Frame::HelloAck(ack())).await;
                 let (send, conn): (SendRequest<Empty<Bytes>>, _) =

@@ -11,7 +11,9 @@ use tokio_util::sync::CancellationToken;
 
 use crate::access::Access;
 use crate::audit::AuditSink;
+use crate::auth::assertion::AssertionSigner;
 use crate::auth::authenticator::AuthSettings;
+use crate::auth::keyring::{KeyRing, KeySet, SigningKey};
 use crate::auth::ApiKeyAuthenticator;
 use crate::auth::Authenticators;
 use crate::config::Config;
@@ -69,6 +71,25 @@ pub async fn open_auth(config: &Config) -> anyhow::Result<Arc<ApiKeyAuthenticato
     ))
 }
 
+/// The signing keys of tokens and identity assertions.
+///
+/// For now one key generated at start-up: services receive it in HELLO_ACK, and a restarted
+/// gateway hands its linked services a new one as they relink. Store-backed keys shared by
+/// every node replace this. The publish delay covers the link's push of a new key set: pushed
+/// at once, a failed push retried on each heartbeat, so a key added to the ring signs only
+/// after three heartbeat intervals (a lone key signs at once: nobody holds an older one).
+pub async fn keyring(config: &Config, _auth: &ApiKeyAuthenticator) -> anyhow::Result<Arc<KeyRing>> {
+    let now = crate::store::now_ms();
+    let key = SigningKey::generate(now).map_err(|e| anyhow::anyhow!("signing key: {e}"))?;
+    let publish_delay_ms =
+        i64::try_from(config.link.heartbeat_interval.as_millis().saturating_mul(3))
+            .unwrap_or(i64::MAX);
+    Ok(Arc::new(KeyRing::new(
+        KeySet::new(vec![Arc::new(key.key)]),
+        publish_delay_ms,
+    )))
+}
+
 /// Run the gateway until `shutdown` resolves, then drain: stop accepting, turn not-ready, ask
 /// every client connection to finish, wait up to `shutdown.grace_period`, then close links.
 ///
@@ -80,18 +101,26 @@ pub async fn run(
 ) -> anyhow::Result<()> {
     validate(&config)?;
     let auth = open_auth(&config).await?;
-    run_with_auth(config, listeners, auth, shutdown).await
+    let keys = keyring(&config, &auth).await?;
+    run_with_auth(config, listeners, auth, keys, shutdown).await
 }
 
-/// [`run`] with an authenticator the caller already opened (and may keep using, e.g. to
-/// revoke keys with immediate effect).
+/// [`run`] with an authenticator and signing keys the caller already opened (and may keep
+/// using, e.g. to revoke keys with immediate effect, or to rotate signing keys).
 pub async fn run_with_auth(
     config: Config,
     listeners: Listeners,
     auth: Arc<ApiKeyAuthenticator>,
+    keys: Arc<KeyRing>,
     shutdown: impl Future<Output = ()>,
 ) -> anyhow::Result<()> {
     validate(&config)?;
+    let assertions = Arc::new(AssertionSigner::new(
+        keys,
+        config.link.assertion_issuer.as_str(),
+        crate::clock::Clock::system(),
+        crate::auth::assertion::DEFAULT_CAPACITY,
+    ));
     let registry = Arc::new(Registry::new(config.routing.default_timeout));
     let health = Arc::new(crate::health::Health::default());
     let metrics = Arc::new(Metrics::new(vec![Box::new(LinksCollector(
@@ -122,6 +151,7 @@ pub async fn run_with_auth(
         authenticators: Authenticators::new(auth.clone()),
         access: Access::new(auth.clone()),
         audit,
+        assertions: assertions.clone(),
         policy: Policy {
             limits: Limits {
                 max_in_flight: config.ingress.max_in_flight,
@@ -145,6 +175,7 @@ pub async fn run_with_auth(
         metrics,
         link_audit,
         &dataplane,
+        assertions,
     )?);
 
     // Audit writer, last-used writer, change poll; stopped after the listeners.
@@ -208,6 +239,8 @@ pub struct Running {
     pub link_addr: SocketAddr,
     /// The gateway's authenticator: keys changed through it take effect at once.
     pub auth: Arc<ApiKeyAuthenticator>,
+    /// The gateway's signing keys: a set replaced here is pushed to every linked service.
+    pub keys: Arc<KeyRing>,
     shutdown: CancellationToken,
     task: tokio::task::JoinHandle<anyhow::Result<()>>,
 }
@@ -217,6 +250,7 @@ impl Running {
     pub async fn start(config: Config) -> anyhow::Result<Self> {
         validate(&config)?;
         let auth = open_auth(&config).await?;
+        let keys = keyring(&config, &auth).await?;
         let listeners = Listeners::bind(&config).await?;
         let ingress_addr = listeners
             .ingress
@@ -229,14 +263,15 @@ impl Running {
         let shutdown = CancellationToken::new();
         let s = shutdown.clone();
         let a = auth.clone();
-        let task =
-            tokio::spawn(
-                async move { run_with_auth(config, listeners, a, s.cancelled_owned()).await },
-            );
+        let k = keys.clone();
+        let task = tokio::spawn(async move {
+            run_with_auth(config, listeners, a, k, s.cancelled_owned()).await
+        });
         Ok(Self {
             ingress_addr,
             link_addr,
             auth,
+            keys,
             shutdown,
             task,
         })
