@@ -7,6 +7,7 @@
 
 mod common;
 
+mod assertion;
 mod auth;
 mod backbone;
 mod binary;
