@@ -4,6 +4,13 @@
 //! big-endian `u32` — followed by a UTF-8 JSON object of exactly that length. The length is
 //! checked against a hard limit before any body byte is read, so a peer cannot make the other
 //! side allocate more than [`MAX_FRAME_LEN`].
+//!
+//! **Versions.** Receivers refuse unknown fields, so a new field, even an optional one, needs
+//! a new version: a receiver of the old version would refuse the frame as malformed. Version 2
+//! adds [`HelloAck::assertions`] (the keys that verify identity assertions). CHALLENGE is
+//! always sent as version [`MIN_VERSION`] so every service can read the list of versions the
+//! gateway accepts; the service then picks one and every later frame of the handshake, in both
+//! directions, carries it.
 
 use serde::{Deserialize, Serialize};
 use std::fmt;
@@ -12,8 +19,14 @@ use crate::descriptor::{EndpointDescriptor, MAX_ENDPOINTS};
 
 /// First two bytes of every frame.
 pub const MAGIC: [u8; 2] = *b"PC";
-/// The protocol version this crate speaks.
-pub const VERSION: u8 = 1;
+/// The newest protocol version this crate speaks; what a service sends when the gateway
+/// accepts it.
+pub const VERSION: u8 = 2;
+/// The oldest protocol version this crate still decodes (a gateway accepts services of every
+/// version from this one to [`VERSION`]).
+pub const MIN_VERSION: u8 = 1;
+/// Every version this crate speaks, oldest first, as a gateway lists them in CHALLENGE.
+pub const VERSIONS: [u8; 2] = [MIN_VERSION, VERSION];
 /// Length of the fixed frame header.
 pub const HEADER_LEN: usize = 8;
 /// Hard upper bound of a frame body. Receivers may enforce a lower one.
@@ -104,13 +117,14 @@ pub struct FrameHeader {
 impl FrameHeader {
     /// Parse and check a header against `limit` (capped at [`MAX_FRAME_LEN`]). The version is
     /// checked before the type so a peer from the future gets `UnsupportedVersion`, not a
-    /// confusing type error.
+    /// confusing type error. Every version from [`MIN_VERSION`] to [`VERSION`] is accepted;
+    /// which one a peer may use at a given point is the handshake's business.
     pub fn parse(bytes: &[u8; HEADER_LEN], limit: u32) -> Result<Self, DecodeError> {
         if bytes[0..2] != MAGIC {
             return Err(DecodeError::BadMagic);
         }
         let version = bytes[2];
-        if version != VERSION {
+        if !(MIN_VERSION..=VERSION).contains(&version) {
             return Err(DecodeError::UnsupportedVersion(version));
         }
         let frame_type = FrameType::from_u8(bytes[3]).ok_or(DecodeError::UnknownType(bytes[3]))?;
@@ -200,6 +214,23 @@ pub struct HelloAck {
     pub heartbeat_interval_ms: u64,
     /// Limits in force on the link.
     pub limits: LinkLimits,
+    /// Version 2: who signs the identity assertions on this link's calls and the public keys
+    /// that verify them. Absent in version 1 (refused there, like any unknown field), and
+    /// from a gateway that has no signing key.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub assertions: Option<AssertionKeys>,
+}
+
+/// How a service verifies the identity assertions (`x-portcullis-identity`) of a link's calls:
+/// the issuer they name and the public keys they are signed with. Later key changes arrive as
+/// a `PUT` of a new [`Jwks`](crate::jws::Jwks) to [`KEYS_PATH`](crate::KEYS_PATH).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AssertionKeys {
+    /// The `iss` every assertion carries: 1–128 of `[A-Za-z0-9._-]`.
+    pub issuer: String,
+    /// The keys that verify assertions now, at most [`MAX_JWKS_KEYS`](crate::jws::MAX_JWKS_KEYS).
+    pub keys: crate::jws::Jwks,
 }
 
 /// Why a handshake was refused.
@@ -289,8 +320,29 @@ impl Frame {
         }
     }
 
-    /// Encode header and body. Fails only if the body would exceed [`MAX_FRAME_LEN`].
+    /// Encode header and body: CHALLENGE as [`MIN_VERSION`] (every service must be able to
+    /// read it), any other frame as [`VERSION`]. Fails only if the body would exceed
+    /// [`MAX_FRAME_LEN`].
     pub fn encode(&self) -> Result<Vec<u8>, DecodeError> {
+        let version = match self {
+            Self::Challenge(_) => MIN_VERSION,
+            _ => VERSION,
+        };
+        self.encode_as(version)
+    }
+
+    /// Encode header and body as protocol `version`. Fails if the version is not one this
+    /// crate speaks, if the frame has a field that version lacks, or if the body would exceed
+    /// [`MAX_FRAME_LEN`].
+    pub fn encode_as(&self, version: u8) -> Result<Vec<u8>, DecodeError> {
+        if !(MIN_VERSION..=VERSION).contains(&version) {
+            return Err(DecodeError::UnsupportedVersion(version));
+        }
+        self.check_version(version)
+            .map_err(|reason| DecodeError::Malformed {
+                frame: self.name(),
+                reason,
+            })?;
         let body = match self {
             Self::Challenge(c) => serde_json::to_vec(c),
             Self::Hello(h) => serde_json::to_vec(h),
@@ -310,7 +362,7 @@ impl Frame {
             })?;
         let mut out = Vec::with_capacity(HEADER_LEN + body.len());
         out.extend_from_slice(&MAGIC);
-        out.push(VERSION);
+        out.push(version);
         out.push(self.frame_type() as u8);
         out.extend_from_slice(&len.to_be_bytes());
         out.extend_from_slice(&body);
@@ -349,8 +401,19 @@ impl Frame {
             FrameType::HelloAck => Self::HelloAck(serde_json::from_slice(body).map_err(json_err)?),
             FrameType::Reject => Self::Reject(serde_json::from_slice(body).map_err(json_err)?),
         };
+        f.check_version(header.version).map_err(&malformed)?;
         f.check_bounds().map_err(malformed)?;
         Ok(f)
+    }
+
+    /// Fields a version does not have are unknown fields there, and refused as such.
+    fn check_version(&self, version: u8) -> Result<(), String> {
+        match self {
+            Self::HelloAck(a) if version < 2 && a.assertions.is_some() => {
+                Err("unknown field `assertions` in version 1".into())
+            }
+            _ => Ok(()),
+        }
     }
 
     /// Decode a whole frame from `bytes` (header and body, nothing after). Convenience for
@@ -400,6 +463,17 @@ impl Frame {
             Self::HelloAck(a) => {
                 if !crate::valid_token(&a.link_id) {
                     return Err("link_id must be 1-128 of [A-Za-z0-9._-]".into());
+                }
+                if let Some(k) = &a.assertions {
+                    if !crate::valid_token(&k.issuer) {
+                        return Err("assertions.issuer must be 1-128 of [A-Za-z0-9._-]".into());
+                    }
+                    if k.keys.keys.len() > crate::jws::MAX_JWKS_KEYS {
+                        return Err(format!(
+                            "more than {} assertion keys",
+                            crate::jws::MAX_JWKS_KEYS
+                        ));
+                    }
                 }
             }
             Self::Reject(r) => {
@@ -464,7 +538,9 @@ mod tests {
                     max_concurrent_streams: 100,
                     max_request_body: 1 << 20,
                 },
+                assertions: None,
             }),
+            ack_with_keys(),
             Frame::Reject(Reject {
                 code: RejectCode::RouteConflict,
                 message: "GET /x is served by other".into(),
@@ -475,6 +551,94 @@ mod tests {
             let bytes = f.encode().unwrap();
             assert_eq!(Frame::decode(&bytes, MAX_FRAME_LEN).unwrap(), f);
         }
+    }
+
+    fn ack_with_keys() -> Frame {
+        Frame::HelloAck(HelloAck {
+            link_id: "l-2".into(),
+            heartbeat_interval_ms: 5000,
+            limits: LinkLimits {
+                max_concurrent_streams: 100,
+                max_request_body: 1 << 20,
+            },
+            assertions: Some(AssertionKeys {
+                issuer: "portcullis".into(),
+                keys: crate::jws::Jwks {
+                    keys: vec![crate::jws::Jwk::ed25519("k1", &[7u8; 32])],
+                },
+            }),
+        })
+    }
+
+    #[test]
+    fn challenge_goes_out_as_the_oldest_version_and_the_rest_as_the_newest() {
+        let c = Frame::Challenge(Challenge {
+            nonce: "ab".repeat(32),
+            server_time_ms: 1,
+            versions: VERSIONS.to_vec(),
+        });
+        assert_eq!(c.encode().unwrap()[2], MIN_VERSION);
+        assert_eq!(hello().encode().unwrap()[2], VERSION);
+        let v1 = hello().encode_as(1).unwrap();
+        assert_eq!(v1[2], 1);
+        assert_eq!(Frame::decode(&v1, MAX_FRAME_LEN).unwrap(), hello());
+        assert_eq!(
+            hello().encode_as(VERSION + 1).unwrap_err(),
+            DecodeError::UnsupportedVersion(VERSION + 1)
+        );
+    }
+
+    /// Version 1 receivers refuse unknown fields: a version 1 HELLO_ACK never carries the
+    /// assertion keys, and one that does is refused like any unknown field.
+    #[test]
+    fn assertion_keys_exist_from_version_2_on() {
+        let ack = ack_with_keys();
+        let v2 = ack.encode_as(2).unwrap();
+        assert_eq!(Frame::decode(&v2, MAX_FRAME_LEN).unwrap(), ack);
+        assert!(matches!(
+            ack.encode_as(1),
+            Err(DecodeError::Malformed { .. })
+        ));
+        let mut v1 = v2.clone();
+        v1[2] = 1;
+        let e = Frame::decode(&v1, MAX_FRAME_LEN).unwrap_err();
+        assert_eq!(e.reject_code(), RejectCode::MalformedFrame, "{e}");
+        // Without the field, a version 1 HELLO_ACK decodes and a version 2 one too.
+        let Frame::HelloAck(mut plain) = ack else {
+            unreachable!()
+        };
+        plain.assertions = None;
+        for v in VERSIONS {
+            let bytes = Frame::HelloAck(plain.clone()).encode_as(v).unwrap();
+            assert_eq!(
+                Frame::decode(&bytes, MAX_FRAME_LEN).unwrap(),
+                Frame::HelloAck(plain.clone())
+            );
+        }
+    }
+
+    #[test]
+    fn assertion_keys_are_bounded() {
+        let Frame::HelloAck(mut a) = ack_with_keys() else {
+            unreachable!()
+        };
+        let keys = a.assertions.as_mut().unwrap();
+        keys.keys.keys = (0..=crate::jws::MAX_JWKS_KEYS)
+            .map(|i| crate::jws::Jwk::ed25519(&format!("k{i}"), &[1u8; 32]))
+            .collect();
+        let bytes = Frame::HelloAck(a.clone()).encode().unwrap();
+        assert!(matches!(
+            Frame::decode(&bytes, MAX_FRAME_LEN),
+            Err(DecodeError::Malformed { .. })
+        ));
+        let keys = a.assertions.as_mut().unwrap();
+        keys.keys.keys.truncate(1);
+        keys.issuer = "bad issuer".into();
+        let bytes = Frame::HelloAck(a).encode().unwrap();
+        assert!(matches!(
+            Frame::decode(&bytes, MAX_FRAME_LEN),
+            Err(DecodeError::Malformed { .. })
+        ));
     }
 
     #[test]

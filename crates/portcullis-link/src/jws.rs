@@ -118,8 +118,15 @@ pub fn sign<C: Serialize>(
     Ok(out)
 }
 
-/// A token taken apart: header, the signed text, payload bytes, signature.
-type Split<'a> = (Header, &'a str, Vec<u8>, [u8; 64]);
+/// A token taken apart, not verified.
+struct Split<'a> {
+    header: Header,
+    /// `header.payload`, the bytes the signature covers.
+    signed: &'a str,
+    /// The decoded claims bytes.
+    payload: Vec<u8>,
+    sig: [u8; 64],
+}
 
 /// Split and decode a token without verifying it: the header and the raw claims bytes. Only
 /// for [`verify`] and tests; never trust what it returns.
@@ -145,7 +152,12 @@ fn split(token: &str) -> Result<Split<'_>, JwsError> {
         _ => return Err(JwsError::Malformed),
     }
     let signed_len = h.len() + 1 + p.len();
-    Ok((header, &token[..signed_len], payload, sig))
+    Ok(Split {
+        header,
+        signed: &token[..signed_len],
+        payload,
+        sig,
+    })
 }
 
 /// Verify `token` of type `typ` with the key `keys` returns for its `kid`, and decode its
@@ -155,7 +167,12 @@ where
     C: DeserializeOwned,
     K: FnOnce(&str) -> Option<[u8; 32]>,
 {
-    let (header, signed, payload, sig) = split(token)?;
+    let Split {
+        header,
+        signed,
+        payload,
+        sig,
+    } = split(token)?;
     if header.typ != typ {
         return Err(JwsError::Header);
     }
@@ -169,7 +186,7 @@ where
 
 /// The `kid` a token names, unverified: which key a verifier should look up or refresh.
 pub fn peek_kid(token: &str) -> Option<String> {
-    split(token).ok().map(|(h, ..)| h.kid)
+    split(token).ok().map(|s| s.header.kid)
 }
 
 fn check_times(iat: i64, exp: i64, now_s: i64) -> Result<(), JwsError> {

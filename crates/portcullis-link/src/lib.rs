@@ -20,8 +20,9 @@ pub use descriptor::{
     MAX_ENDPOINTS, MAX_TIMEOUT_MS,
 };
 pub use frame::{
-    Challenge, Credential, DecodeError, Frame, FrameHeader, FrameType, Hello, HelloAck, LinkLimits,
-    Reject, RejectCode, HEADER_LEN, MAGIC, MAX_FRAME_LEN, VERSION,
+    AssertionKeys, Challenge, Credential, DecodeError, Frame, FrameHeader, FrameType, Hello,
+    HelloAck, LinkLimits, Reject, RejectCode, HEADER_LEN, MAGIC, MAX_FRAME_LEN, MIN_VERSION,
+    VERSION, VERSIONS,
 };
 pub use template::{PathTemplate, Segment, TemplateError};
 
@@ -34,8 +35,12 @@ pub const HEALTH_PATH: &str = "/.well-known/portcullis/health";
 pub const RESERVED_PREFIX: &str = "/.well-known/portcullis/";
 
 /// Path the gateway sends the public keys of its identity assertions to (`PUT`, a
-/// [`jws::Jwks`] body) whenever they change. The SDK answers it itself.
+/// [`jws::Jwks`] body) whenever they change. The SDK answers it itself (204).
 pub const KEYS_PATH: &str = "/.well-known/portcullis/keys";
+
+/// Largest body of a `PUT` to [`KEYS_PATH`] a service accepts, bytes. A set of
+/// [`jws::MAX_JWKS_KEYS`] keys is under 3 KiB.
+pub const MAX_KEYS_BODY: usize = 64 * 1024;
 
 /// Body of the health exchange, as JSON.
 #[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]

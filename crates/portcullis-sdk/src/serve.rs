@@ -1,30 +1,36 @@
 //! Serving calls over an established link: the service is the HTTP/2 *server* on the
 //! connection it dialled.
 //!
-//! Every request goes to the user's tower service through an in-flight counter, except
-//! `GET` [`HEALTH_PATH`], which the SDK answers itself with a [`HealthReport`]. The counter
+//! The SDK answers two paths itself: `GET` [`HEALTH_PATH`] with a [`HealthReport`], and
+//! `PUT` [`KEYS_PATH`], the gateway's new assertion keys, with 204. Every other request must
+//! carry a valid identity assertion (`x-portcullis-identity`, checked by the link's
+//! [`Verifier`]); one that does not is answered with a fixed 401 (a gRPC status for gRPC
+//! calls) and never reaches the user's service. A verified call gets its [`Identity`] in its
+//! extensions and goes to the user's tower service through an in-flight counter. The counter
 //! holds a call from the request head until its response body is finished or dropped, so a
 //! streaming response counts as in flight while it streams, and a call the gateway cancels
 //! (RST_STREAM: hyper drops the handler future and the body) stops counting at once.
 
 use std::future::Future;
 use std::pin::Pin;
-use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU32, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use bytes::Bytes;
 use http::{Method, Request, Response, StatusCode};
 use http_body_util::combinators::UnsyncBoxBody;
-use http_body_util::{BodyExt, Full};
+use http_body_util::{BodyExt, Full, Limited};
 use hyper::body::Incoming;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
-use portcullis_link::{HealthReport, HelloAck, HEALTH_PATH};
+use portcullis_link::jws::{Jwks, MAX_JWKS_KEYS};
+use portcullis_link::{HealthReport, HelloAck, HEALTH_PATH, KEYS_PATH, MAX_KEYS_BODY};
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::sync::{watch, Notify};
 use tower::ServiceExt;
 
 use crate::error::{BoxError, Error, ErrorKind};
+use crate::identity::{now_s, Identity, Verifier, UNAUTHORIZED_BODY};
 
 /// Response body type the link serves: the user's body, boxed.
 pub(crate) type LinkBody = UnsyncBoxBody<Bytes, BoxError>;
@@ -162,18 +168,53 @@ impl Drop for LinkUp {
     }
 }
 
-/// The hyper service of one link: health exchange plus the user's service behind the
-/// in-flight counter.
+/// The hyper service of one link: health exchange, key updates, and the user's service
+/// behind identity verification and the in-flight counter.
 #[derive(Clone)]
 pub(crate) struct LinkService<S> {
     inner: S,
     /// The link's up/down count; its `shared` is the service's state.
     up: Arc<LinkUp>,
+    /// The link's gateway's assertion keys and issuer.
+    trust: Arc<LinkTrust>,
+}
+
+/// What a link trusts: the verifier of its gateway's assertions, and when it last logged a
+/// refusal (a misconfigured gateway would otherwise log one line per call).
+#[derive(Debug)]
+pub(crate) struct LinkTrust {
+    pub(crate) verifier: Verifier,
+    last_warned_s: AtomicI64,
+}
+
+impl LinkTrust {
+    pub(crate) fn new(verifier: Verifier) -> Arc<Self> {
+        Arc::new(Self {
+            verifier,
+            last_warned_s: AtomicI64::new(i64::MIN),
+        })
+    }
+
+    /// Log a refusal, at most once a second per link; the rest at debug.
+    fn refused(&self, reason: &'static str) {
+        let now = now_s();
+        let last = self.last_warned_s.load(Ordering::Relaxed);
+        if now > last
+            && self
+                .last_warned_s
+                .compare_exchange(last, now, Ordering::Relaxed, Ordering::Relaxed)
+                .is_ok()
+        {
+            tracing::warn!(reason, "call refused: no valid identity assertion");
+        } else {
+            tracing::debug!(reason, "call refused: no valid identity assertion");
+        }
+    }
 }
 
 impl<S> LinkService<S> {
-    pub(crate) fn new(inner: S, up: Arc<LinkUp>) -> Self {
-        Self { inner, up }
+    pub(crate) fn new(inner: S, up: Arc<LinkUp>, trust: Arc<LinkTrust>) -> Self {
+        Self { inner, up, trust }
     }
 }
 
@@ -191,11 +232,26 @@ where
     type Error = BoxError;
     type Future = ResponseFuture;
 
-    fn call(&self, req: Request<Incoming>) -> Self::Future {
+    fn call(&self, mut req: Request<Incoming>) -> Self::Future {
         self.up.up();
-        if req.uri().path() == HEALTH_PATH {
-            let resp = health_response(req.method(), &self.up.shared.health());
-            return Box::pin(std::future::ready(Ok(resp)));
+        match req.uri().path() {
+            HEALTH_PATH => {
+                let resp = health_response(req.method(), &self.up.shared.health());
+                return Box::pin(std::future::ready(Ok(resp)));
+            }
+            KEYS_PATH => return Box::pin(take_keys(req, Arc::clone(&self.trust))),
+            _ => {}
+        }
+        // Before anything of the user's runs: no valid assertion, no call.
+        match self.trust.verifier.verify_headers(req.headers()) {
+            Ok(identity) => {
+                req.extensions_mut().insert::<Identity>(identity);
+            }
+            Err(e) => {
+                self.trust.refused(e.as_str());
+                let resp = unauthorized(is_grpc(req.headers()));
+                return Box::pin(std::future::ready(Ok(resp)));
+            }
         }
         let guard = self.up.shared.enter();
         let svc = self.inner.clone();
@@ -214,6 +270,83 @@ where
             }))
         })
     }
+}
+
+/// The fixed refusal of a call without a valid assertion: the gateway's own 401 body, or
+/// for gRPC a trailers-only `UNAUTHENTICATED` (16), which gRPC clients understand where a bare
+/// 401 would be an opaque transport error.
+fn unauthorized(grpc: bool) -> Response<LinkBody> {
+    if grpc {
+        let mut resp = Response::new(empty());
+        let h = resp.headers_mut();
+        h.insert(
+            http::header::CONTENT_TYPE,
+            http::HeaderValue::from_static("application/grpc"),
+        );
+        h.insert("grpc-status", http::HeaderValue::from_static("16"));
+        h.insert(
+            "grpc-message",
+            http::HeaderValue::from_static("unauthenticated"),
+        );
+        return resp;
+    }
+    let mut resp = Response::new(
+        Full::new(Bytes::from_static(UNAUTHORIZED_BODY.as_bytes()))
+            .map_err(|e| match e {})
+            .boxed_unsync(),
+    );
+    *resp.status_mut() = StatusCode::UNAUTHORIZED;
+    resp.headers_mut().insert(
+        http::header::CONTENT_TYPE,
+        http::HeaderValue::from_static("application/json"),
+    );
+    resp
+}
+
+/// Does the caller speak gRPC (`content-type: application/grpc…`)?
+fn is_grpc(h: &http::HeaderMap) -> bool {
+    h.get(http::header::CONTENT_TYPE)
+        .is_some_and(|v| v.as_bytes().starts_with(b"application/grpc"))
+}
+
+fn empty() -> LinkBody {
+    Full::new(Bytes::new())
+        .map_err(|e| match e {})
+        .boxed_unsync()
+}
+
+fn status(status: StatusCode) -> Response<LinkBody> {
+    let mut resp = Response::new(empty());
+    *resp.status_mut() = status;
+    resp
+}
+
+/// `PUT` [`KEYS_PATH`]: the gateway's assertion keys changed. The body (at most
+/// [`MAX_KEYS_BODY`] bytes, at most [`MAX_JWKS_KEYS`] keys) replaces the link's keys; 204 once
+/// it does. Anything else leaves the keys as they were. Only the gateway opens streams on a
+/// link, and it never routes client calls under the reserved prefix: the link is the
+/// authentication of this request, as of the health exchange.
+async fn take_keys(
+    req: Request<Incoming>,
+    trust: Arc<LinkTrust>,
+) -> Result<Response<LinkBody>, BoxError> {
+    if req.method() != Method::PUT {
+        return Ok(status(StatusCode::METHOD_NOT_ALLOWED));
+    }
+    let body = match Limited::new(req.into_body(), MAX_KEYS_BODY).collect().await {
+        Ok(b) => b.to_bytes(),
+        Err(_) => return Ok(status(StatusCode::PAYLOAD_TOO_LARGE)),
+    };
+    let keys: Jwks = match serde_json::from_slice(&body) {
+        Ok(k) => k,
+        Err(_) => return Ok(status(StatusCode::BAD_REQUEST)),
+    };
+    if keys.keys.len() > MAX_JWKS_KEYS {
+        return Ok(status(StatusCode::BAD_REQUEST));
+    }
+    trust.verifier.set_keys(&keys);
+    tracing::info!(keys = ?trust.verifier.key_ids(), "assertion keys updated");
+    Ok(status(StatusCode::NO_CONTENT))
 }
 
 fn health_response(method: &Method, report: &HealthReport) -> Response<LinkBody> {

@@ -68,6 +68,7 @@ impl Service {
             drain_grace: DEFAULT_DRAIN_GRACE,
             concurrency: DEFAULT_CONCURRENCY,
             max_header_list_size: DEFAULT_MAX_HEADER_LIST_SIZE,
+            issuer: None,
         }
     }
 }
@@ -99,6 +100,7 @@ pub struct ServiceBuilder {
     drain_grace: Duration,
     concurrency: u32,
     max_header_list_size: u32,
+    issuer: Option<String>,
 }
 
 impl ServiceBuilder {
@@ -200,6 +202,15 @@ impl ServiceBuilder {
         self
     }
 
+    /// The issuer (`iss`) the gateways' identity assertions must name
+    /// (`[A-Za-z0-9._-]{1,128}`, the gateway's `link.assertion_issuer`). Default: the one each
+    /// gateway announces when the link is established. Set it to refuse calls from a gateway
+    /// of another deployment that would hold this service's token.
+    pub fn issuer(mut self, issuer: impl Into<String>) -> Self {
+        self.issuer = Some(issuer.into());
+        self
+    }
+
     /// Validate everything and build the HELLO of each link slot, without dialling.
     fn plan(&self) -> Result<Vec<LinkSlot>, Error> {
         if !portcullis_link::valid_service_name(&self.name) {
@@ -239,6 +250,13 @@ impl ServiceBuilder {
             return Err(Error::config(format!(
                 "max_header_list_size must be {MIN_MAX_HEADER_LIST_SIZE}-{MAX_MAX_HEADER_LIST_SIZE} bytes"
             )));
+        }
+        if let Some(i) = &self.issuer {
+            if !portcullis_link::valid_token(i) {
+                return Err(Error::config(format!(
+                    "issuer {i:?}: must be 1-128 of [A-Za-z0-9._-]"
+                )));
+            }
         }
         validate_all(&self.endpoints)?;
         let settings = LinkSettings {
@@ -293,6 +311,7 @@ impl ServiceBuilder {
                     tls: tls.clone(),
                     hello,
                     settings,
+                    issuer: self.issuer.clone(),
                 });
             }
         }

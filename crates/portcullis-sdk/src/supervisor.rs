@@ -16,7 +16,8 @@ use std::time::Duration;
 use bytes::Bytes;
 use http::{Request, Response};
 use hyper::body::Incoming;
-use portcullis_link::Hello;
+use portcullis_link::jws::Jwks;
+use portcullis_link::{Hello, HelloAck};
 use rand::Rng;
 use tokio::sync::watch;
 use tokio::time::Instant;
@@ -24,7 +25,8 @@ use tokio::time::Instant;
 use crate::error::{BoxError, Chain, ErrorKind};
 use crate::gateway::{dial, GatewayAddr};
 use crate::handshake::handshake;
-use crate::serve::{serve_link, LinkService, LinkSettings, LinkUp, Shared};
+use crate::identity::Verifier;
+use crate::serve::{serve_link, LinkService, LinkSettings, LinkTrust, LinkUp, Shared};
 
 const BACKOFF_BASE: Duration = Duration::from_millis(100);
 const BACKOFF_CAP: Duration = Duration::from_secs(30);
@@ -65,6 +67,34 @@ pub(crate) struct LinkSlot {
     pub(crate) tls: Option<Arc<rustls::ClientConfig>>,
     pub(crate) hello: Hello,
     pub(crate) settings: LinkSettings,
+    /// The issuer assertions must name; `None`: the one the gateway announces.
+    pub(crate) issuer: Option<String>,
+}
+
+/// The verifier of a link's calls, from what its gateway announced in HELLO_ACK. A gateway
+/// that announced no keys, or another issuer than the configured one, gets a verifier that
+/// refuses every call (fail closed), and the reason is logged once here.
+pub(crate) fn link_verifier(slot: &LinkSlot, ack: &HelloAck, gateway: &str) -> Verifier {
+    let service = slot.hello.service.as_str();
+    let configured = slot.issuer.as_deref();
+    match &ack.assertions {
+        Some(a) => {
+            if let Some(expected) = configured.filter(|c| *c != a.issuer) {
+                tracing::error!(
+                    %gateway, expected, announced = %a.issuer,
+                    "the gateway signs identity assertions as another issuer: every call on this link will be refused"
+                );
+            }
+            Verifier::new(service, configured.unwrap_or(&a.issuer), &a.keys)
+        }
+        None => {
+            tracing::error!(
+                %gateway,
+                "the gateway announced no identity assertion keys: every call on this link is refused until it sends some"
+            );
+            Verifier::new(service, configured.unwrap_or_default(), &Jwks::default())
+        }
+    }
 }
 
 /// Run one link slot until `shutdown` turns true (then drain) or the task is aborted.
@@ -104,7 +134,8 @@ pub(crate) async fn supervise<S, B>(
                 );
                 let since = Instant::now();
                 let up = LinkUp::new(&shared);
-                let service = LinkService::new(service.clone(), Arc::clone(&up));
+                let trust = LinkTrust::new(link_verifier(&slot, &ack, &gateway));
+                let service = LinkService::new(service.clone(), Arc::clone(&up), trust);
                 let r = serve_link(io, &ack, &slot.settings, service, shutdown.clone()).await;
                 up.down();
                 if *shutdown.borrow() {

@@ -1,25 +1,29 @@
 //! Unit tests of the handshake, the HTTP/2 serving that follows it on the same stream, and the
 //! supervisor, against a fake gateway written with the link crate.
 
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
 use axum::routing::get;
 use bytes::Bytes;
 use http::{Request, StatusCode};
-use http_body_util::{BodyExt, Empty};
+use http_body_util::{BodyExt, Empty, Full};
 use hyper::client::conn::http2::SendRequest;
 use hyper_util::rt::{TokioExecutor, TokioIo};
+use portcullis_link::headers::IDENTITY;
+use portcullis_link::jws::{self, AssertedVia, AssertionClaims, Jwk, Jwks};
 use portcullis_link::{
-    Challenge, Credential, EndpointDescriptor, Frame, FrameHeader, HealthReport, Hello, HelloAck,
-    LinkLimits, Reject, RejectCode, HEADER_LEN, HEALTH_PATH, MAX_FRAME_LEN,
+    AssertionKeys, Challenge, Credential, EndpointDescriptor, Frame, FrameHeader, HealthReport,
+    Hello, HelloAck, LinkLimits, Reject, RejectCode, HEADER_LEN, HEALTH_PATH, MAX_FRAME_LEN,
+    VERSIONS,
 };
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, DuplexStream};
 use tokio::sync::{oneshot, watch, Notify};
 
 use crate::handshake::{handshake, handshake_within};
-use crate::serve::{serve_link, LinkService, LinkSettings, LinkUp, Shared};
+use crate::serve::{serve_link, LinkService, LinkSettings, LinkTrust, LinkUp, Shared};
 use crate::{Endpoint, ErrorKind, Service};
+use ring::signature::Ed25519KeyPair;
 
 const TOKEN: &str = "s3cret-token";
 
@@ -53,7 +57,72 @@ fn ack() -> HelloAck {
             max_concurrent_streams: 100,
             max_request_body: 1 << 20,
         },
+        assertions: Some(AssertionKeys {
+            issuer: ISSUER.into(),
+            keys: test_jwks(),
+        }),
     }
+}
+
+const ISSUER: &str = "portcullis";
+const KID: &str = "test-key-1";
+
+/// The fake gateway's signing key.
+fn test_key() -> &'static Ed25519KeyPair {
+    static KEY: OnceLock<Ed25519KeyPair> = OnceLock::new();
+    KEY.get_or_init(new_key)
+}
+
+fn new_key() -> Ed25519KeyPair {
+    let doc = Ed25519KeyPair::generate_pkcs8(&ring::rand::SystemRandom::new()).unwrap();
+    Ed25519KeyPair::from_pkcs8(doc.as_ref()).unwrap()
+}
+
+fn test_jwks() -> Jwks {
+    Jwks {
+        keys: vec![Jwk::ed25519(KID, &jws::public_key_of(test_key()))],
+    }
+}
+
+/// Claims the fake gateway asserts: an API key's subject, for the service `echo`, now.
+fn claims() -> AssertionClaims {
+    let now = crate::identity::now_s();
+    AssertionClaims {
+        iss: ISSUER.into(),
+        sub: "key:k1".into(),
+        ws: "ws_1".into(),
+        wsn: "default".into(),
+        via: AssertedVia {
+            kind: "api_key".into(),
+            id: "k1".into(),
+        },
+        aud: "echo".into(),
+        iat: now,
+        exp: now + 60,
+    }
+}
+
+/// A valid assertion of [`claims`].
+fn assertion() -> String {
+    jws::sign(&claims(), KID, jws::TYP_ASSERTION, test_key()).unwrap()
+}
+
+/// A GET to the service carrying a valid assertion, as the gateway sends it.
+fn signed_get<T>(uri: T) -> http::request::Builder
+where
+    http::Uri: TryFrom<T>,
+    <http::Uri as TryFrom<T>>::Error: Into<http::Error>,
+{
+    Request::get(uri).header(IDENTITY, assertion())
+}
+
+/// A POST to the service carrying a valid assertion.
+fn signed_post<T>(uri: T) -> http::request::Builder
+where
+    http::Uri: TryFrom<T>,
+    <http::Uri as TryFrom<T>>::Error: Into<http::Error>,
+{
+    Request::post(uri).header(IDENTITY, assertion())
 }
 
 fn hello() -> Hello {
@@ -72,7 +141,7 @@ fn hello() -> Hello {
 
 /// Gateway side up to HELLO: sends CHALLENGE, returns the HELLO it got.
 async fn gateway_hello(io: &mut DuplexStream) -> Hello {
-    write_frame(io, challenge(vec![1])).await;
+    write_frame(io, challenge(VERSIONS.to_vec())).await;
     match read_frame(io).await {
         Frame::Hello(h) => *h,
         other => panic!("expected HELLO, got {other:?}"),
@@ -133,7 +202,7 @@ async fn h2_client(io: DuplexStream) -> SendRequest<Empty<Bytes>> {
 }
 
 async fn get_body(send: &mut SendRequest<Empty<Bytes>>, path: &str) -> (StatusCode, Bytes) {
-    let req = Request::get(format!("http://service{path}"))
+    let req = signed_get(format!("http://service{path}"))
         .body(Empty::new())
         .unwrap();
     let resp = send.send_request(req).await.unwrap();
@@ -167,7 +236,16 @@ fn spawn_service_side_with(
     let up = LinkUp::new(shared);
     tokio::spawn(async move {
         let ack = handshake(&mut io, &hello()).await?;
-        serve_link(io, &ack, &settings, LinkService::new(router, up), stop).await
+        let slot = slot_for("127.0.0.1:9".parse().unwrap());
+        let trust = LinkTrust::new(crate::supervisor::link_verifier(&slot, &ack, "test"));
+        serve_link(
+            io,
+            &ack,
+            &settings,
+            LinkService::new(router, up, trust),
+            stop,
+        )
+        .await
     })
 }
 #[tokio::test]
@@ -243,16 +321,20 @@ async fn garbage_from_the_gateway_is_answered_with_reject() {
     }
 }
 
+/// Version 1 gateways send no assertion keys, so the SDK could verify no call: it refuses to
+/// link to them rather than register an instance that answers every call with 401.
 #[tokio::test]
 async fn unsupported_versions_are_refused() {
-    let (mut svc_io, mut gw_io) = tokio::io::duplex(64 * 1024);
-    let service_side = tokio::spawn(async move { handshake(&mut svc_io, &hello()).await });
-    write_frame(&mut gw_io, challenge(vec![7])).await;
-    let err = service_side.await.unwrap().unwrap_err();
-    assert_eq!(err.kind(), ErrorKind::Protocol);
-    match read_frame(&mut gw_io).await {
-        Frame::Reject(r) => assert_eq!(r.code, RejectCode::UnsupportedVersion),
-        other => panic!("expected REJECT, got {other:?}"),
+    for versions in [vec![7], vec![1]] {
+        let (mut svc_io, mut gw_io) = tokio::io::duplex(64 * 1024);
+        let service_side = tokio::spawn(async move { handshake(&mut svc_io, &hello()).await });
+        write_frame(&mut gw_io, challenge(versions.clone())).await;
+        let err = service_side.await.unwrap().unwrap_err();
+        assert_eq!(err.kind(), ErrorKind::Protocol, "{versions:?}");
+        match read_frame(&mut gw_io).await {
+            Frame::Reject(r) => assert_eq!(r.code, RejectCode::UnsupportedVersion),
+            other => panic!("expected REJECT, got {other:?}"),
+        }
     }
 }
 
@@ -287,7 +369,7 @@ async fn cancellation_and_drain() {
     let mut send = h2_client(gw_io).await;
 
     // Cancel: drop the response future while the handler waits.
-    let req = Request::get("http://service/slow")
+    let req = signed_get("http://service/slow")
         .body(Empty::new())
         .unwrap();
     let pending = send.send_request(req);
@@ -301,7 +383,7 @@ async fn cancellation_and_drain() {
     assert_eq!(shared.health().in_flight, 0);
 
     // Drain: a call in flight finishes after GOAWAY.
-    let req = Request::get("http://service/slow")
+    let req = signed_get("http://service/slow")
         .body(Empty::new())
         .unwrap();
     let call = tokio::spawn(send.send_request(req));
@@ -319,7 +401,7 @@ async fn cancellation_and_drain() {
 
 /// What the real gateway does once the instance is routable: a health request on the link.
 async fn registered(mut send: SendRequest<Empty<Bytes>>) -> SendRequest<Empty<Bytes>> {
-    let req = Request::get(format!("http://service{HEALTH_PATH}"))
+    let req = signed_get(format!("http://service{HEALTH_PATH}"))
         .body(Empty::new())
         .unwrap();
     let resp = send.send_request(req).await.unwrap();
@@ -340,7 +422,7 @@ async fn supervisor_retries_reconnects_and_aborts() {
         loop {
             let (mut io, _) = listener.accept().await.unwrap();
             n += 1;
-            write_frame(&mut io, challenge(vec![1])).await;
+            write_frame(&mut io, challenge(VERSIONS.to_vec())).await;
             let Frame::Hello(h) = read_frame(&mut io).await else {
                 panic!("expected HELLO")
             };
@@ -388,7 +470,7 @@ async fn supervisor_retries_reconnects_and_aborts() {
     assert_eq!(hellos.recv().await.unwrap().instance_id, "echo-7");
 
     let (mut send, _closed, killer) = links.recv().await.unwrap();
-    let req = Request::get("http://service/hello")
+    let req = signed_get("http://service/hello")
         .body(Empty::new())
         .unwrap();
     let resp = send.send_request(req).await.unwrap();
@@ -405,7 +487,7 @@ async fn supervisor_retries_reconnects_and_aborts() {
     running.wait_for_links(1).await;
 
     // A crash: abort drops the link and the in-flight handler, no drain.
-    let req = Request::get("http://service/slow")
+    let req = signed_get("http://service/slow")
         .body(Empty::new())
         .unwrap();
     let call = tokio::spawn(send.send_request(req));
@@ -434,7 +516,7 @@ async fn shutdown_drains_and_reports_draining() {
     tokio::spawn(async move {
         loop {
             let (mut io, _) = listener.accept().await.unwrap();
-            write_frame(&mut io, challenge(vec![1])).await;
+            write_frame(&mut io, challenge(VERSIONS.to_vec())).await;
             let _ = read_frame(&mut io).await;
             write_frame(&mut io, Frame::HelloAck(ack())).await;
             let (send, conn): (SendRequest<Empty<Bytes>>, _) =
@@ -593,7 +675,7 @@ async fn get_with_headers(
     send: &mut SendRequest<Empty<Bytes>>,
     headers: &[(String, http::HeaderValue)],
 ) -> Result<(StatusCode, Bytes), hyper::Error> {
-    let mut req = Request::get("http://service/headers")
+    let mut req = signed_get("http://service/headers")
         .body(Empty::new())
         .unwrap();
     for (k, v) in headers {
@@ -664,7 +746,7 @@ async fn a_panicking_handler_resets_its_stream_only() {
     let router = limits_router(Arc::new(Notify::new()));
     let (gw_io, service_side, stop) = linked_duplex(router, default_settings()).await;
     let mut send = h2_client(gw_io).await;
-    let req = Request::get("http://service/panic")
+    let req = signed_get("http://service/panic")
         .body(Empty::new())
         .unwrap();
     assert!(send.send_request(req).await.is_err());
@@ -734,7 +816,7 @@ async fn a_burst_of_calls_reset_before_accept_does_not_close_the_link() {
     let (gw_io, service_side, stop) = linked_duplex(router, default_settings()).await;
     let (client, conn) = h2::client::handshake(gw_io).await.unwrap();
     let conn = tokio::spawn(conn);
-    let get = || Request::get("http://service/hello").body(()).unwrap();
+    let get = || signed_get("http://service/hello").body(()).unwrap();
     // One call first, so both sides' SETTINGS are in force.
     let mut client = client.ready().await.unwrap();
     let (resp, _) = client.send_request(get(), true).unwrap();
@@ -768,7 +850,7 @@ async fn malformed_calls_reset_their_streams_without_ever_closing_the_link() {
     let conn = tokio::spawn(conn);
     let mut client = client.ready().await.unwrap();
     for _ in 0..1100 {
-        let req = Request::post("http://service/upload")
+        let req = signed_post("http://service/upload")
             .header(http::header::CONTENT_LENGTH, "5, 5")
             .body(())
             .unwrap();
@@ -778,7 +860,7 @@ async fn malformed_calls_reset_their_streams_without_ever_closing_the_link() {
         let err = resp.await.expect_err("h2 refuses the head");
         assert_eq!(err.reason(), Some(h2::Reason::PROTOCOL_ERROR), "{err}");
     }
-    let req = Request::get("http://service/hello").body(()).unwrap();
+    let req = signed_get("http://service/hello").body(()).unwrap();
     let (resp, _) = client.send_request(req, true).unwrap();
     assert_eq!(resp.await.unwrap().status(), StatusCode::OK);
     assert!(!conn.is_finished() && !service_side.is_finished());
@@ -815,7 +897,7 @@ async fn a_handler_not_reading_its_upload_does_not_stop_other_uploads() {
     let (client, conn) = h2::client::handshake(gw_io).await.unwrap();
     tokio::spawn(conn);
     let post = |path: &str| {
-        Request::post(format!("http://service{path}"))
+        signed_post(format!("http://service{path}"))
             .body(())
             .unwrap()
     };
@@ -869,7 +951,7 @@ async fn rejecting_gateway(
             let Ok((mut io, _)) = listener.accept().await else {
                 return;
             };
-            write_frame(&mut io, challenge(vec![1])).await;
+            write_frame(&mut io, challenge(VERSIONS.to_vec())).await;
             let Frame::Hello(h) = read_frame(&mut io).await else {
                 panic!("expected HELLO")
             };
@@ -892,7 +974,7 @@ async fn accepting_gateway() -> std::net::SocketAddr {
                 return;
             };
             tokio::spawn(async move {
-                write_frame(&mut io, challenge(vec![1])).await;
+                write_frame(&mut io, challenge(VERSIONS.to_vec())).await;
                 let _ = read_frame(&mut io).await;
                 write_frame(&mut io, Frame::HelloAck(ack())).await;
                 let (send, conn): (SendRequest<Empty<Bytes>>, _) =
@@ -924,6 +1006,7 @@ fn slot_for(addr: std::net::SocketAddr) -> crate::supervisor::LinkSlot {
         tls: None,
         hello: hello(),
         settings: default_settings(),
+        issuer: None,
     }
 }
 
@@ -1060,4 +1143,342 @@ async fn try_linked_fails_once_no_gateway_is_left() {
     assert_eq!(running.failures().len(), 4);
     assert_eq!(running.links_up(), 0);
     assert!(!format!("{:?}", running.failures()).contains(TOKEN));
+}
+
+// ----- Identity assertions: verified before the handler, handed to it -------------------------
+
+/// `/whoami` echoes the verified identity and the assertion it came in (and counts its runs);
+/// `/maybe` takes an optional one.
+fn identity_router(runs: Arc<std::sync::atomic::AtomicUsize>) -> axum::Router {
+    use crate::Identity;
+    axum::Router::new()
+        .route(
+            "/whoami",
+            get(move |id: Identity| {
+                runs.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                async move {
+                    format!(
+                        "{} {} {} {} {}\n{}",
+                        id.subject(),
+                        id.workspace_id(),
+                        id.workspace_name(),
+                        id.credential_kind(),
+                        id.credential_id(),
+                        id.assertion()
+                    )
+                }
+            }),
+        )
+        .route(
+            "/maybe",
+            get(|id: Option<Identity>| async move {
+                id.map_or("nobody".to_string(), |i| i.subject().to_string())
+            }),
+        )
+}
+
+async fn call_with(
+    send: &mut SendRequest<Empty<Bytes>>,
+    path: &str,
+    assertions: &[&str],
+    grpc: bool,
+) -> (StatusCode, http::HeaderMap, Bytes) {
+    let mut req = Request::get(format!("http://service{path}"));
+    for a in assertions {
+        req = req.header(IDENTITY, *a);
+    }
+    if grpc {
+        req = req.header(http::header::CONTENT_TYPE, "application/grpc");
+    }
+    let resp = send
+        .send_request(req.body(Empty::new()).unwrap())
+        .await
+        .unwrap();
+    let (parts, body) = resp.into_parts();
+    (
+        parts.status,
+        parts.headers,
+        body.collect().await.unwrap().to_bytes(),
+    )
+}
+
+fn b64(bytes: &[u8]) -> String {
+    use base64::Engine as _;
+    base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(bytes)
+}
+
+#[tokio::test]
+async fn a_verified_identity_reaches_the_handler_as_an_extractor() {
+    let runs = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let (gw_io, _service_side, _stop) =
+        linked_duplex(identity_router(runs.clone()), default_settings()).await;
+    let mut send = h2_client(gw_io).await;
+    let a = assertion();
+    let (status, _, body) = call_with(&mut send, "/whoami", &[&a], false).await;
+    assert_eq!(status, StatusCode::OK, "{body:?}");
+    assert_eq!(body, format!("key:k1 ws_1 default api_key k1\n{a}"));
+    let (status, _, body) = call_with(&mut send, "/maybe", &[&a], false).await;
+    assert_eq!((status, &body[..]), (StatusCode::OK, &b"key:k1"[..]));
+    assert_eq!(runs.load(std::sync::atomic::Ordering::SeqCst), 1);
+    // The health exchange needs no assertion: the SDK answers it.
+    let (status, _, _) = call_with(&mut send, HEALTH_PATH, &[], false).await;
+    assert_eq!(status, StatusCode::OK);
+}
+
+/// Every way an assertion can be wrong is the same fixed 401, and the handler never runs.
+#[tokio::test]
+async fn a_call_without_a_valid_assertion_is_refused_before_the_handler() {
+    let runs = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let (gw_io, _service_side, _stop) =
+        linked_duplex(identity_router(runs.clone()), default_settings()).await;
+    let mut send = h2_client(gw_io).await;
+
+    let other_key = new_key();
+    let valid = assertion();
+    let mut parts = valid.split('.');
+    let (h, p, _) = (
+        parts.next().unwrap(),
+        parts.next().unwrap(),
+        parts.next().unwrap(),
+    );
+    let sign = |c: &AssertionClaims| jws::sign(c, KID, jws::TYP_ASSERTION, test_key()).unwrap();
+    let mut admin = claims();
+    admin.sub = "key:admin".into();
+    let mut wrong_aud = claims();
+    wrong_aud.aud = "billing".into();
+    let mut expired = claims();
+    expired.iat -= 200;
+    expired.exp = expired.iat + 60;
+    let mut too_long = claims();
+    too_long.exp = too_long.iat + 61;
+    let mut wrong_iss = claims();
+    wrong_iss.iss = "another-gateway".into();
+    let mut future = claims();
+    future.iat += 120;
+    future.exp = future.iat + 60;
+    let none_header = b64(br#"{"alg":"none","kid":"test-key-1","typ":"portcullis-identity+jwt"}"#);
+    let forged_sig = jws::sign(&claims(), KID, jws::TYP_ASSERTION, &other_key).unwrap();
+    let forged_sig = forged_sig.rsplit('.').next().unwrap();
+    let cases: Vec<(&str, String)> = vec![
+        ("forged signature", format!("{h}.{p}.{forged_sig}")),
+        (
+            "claims re-signed with another key under the gateway's kid",
+            jws::sign(&admin, KID, jws::TYP_ASSERTION, &other_key).unwrap(),
+        ),
+        (
+            "claims changed under the original signature",
+            format!(
+                "{h}.{}.{}",
+                b64(&serde_json::to_vec(&admin).unwrap()),
+                valid.rsplit('.').next().unwrap()
+            ),
+        ),
+        ("alg none", format!("{none_header}.{p}.")),
+        (
+            "alg none with a signature",
+            format!("{none_header}.{p}.{}", b64(&[0u8; 64])),
+        ),
+        ("wrong audience", sign(&wrong_aud)),
+        ("expired", sign(&expired)),
+        ("valid longer than 60 s", sign(&too_long)),
+        ("issued in the future", sign(&future)),
+        ("another issuer", sign(&wrong_iss)),
+        (
+            "unknown kid",
+            jws::sign(&claims(), "another-kid", jws::TYP_ASSERTION, test_key()).unwrap(),
+        ),
+        (
+            "an access token, not an assertion",
+            jws::sign(&claims(), KID, jws::TYP_ACCESS_TOKEN, test_key()).unwrap(),
+        ),
+        ("garbage", "not.a.token".into()),
+    ];
+    for (what, token) in &cases {
+        let (status, headers, body) = call_with(&mut send, "/whoami", &[token], false).await;
+        assert_eq!(status, StatusCode::UNAUTHORIZED, "{what}");
+        assert_eq!(body, r#"{"error":"unauthorized"}"#, "{what}");
+        assert_eq!(headers[http::header::CONTENT_TYPE], "application/json");
+    }
+    let (status, _, _) = call_with(&mut send, "/whoami", &[], false).await;
+    assert_eq!(status, StatusCode::UNAUTHORIZED, "missing header");
+    let (status, _, _) = call_with(&mut send, "/whoami", &[&valid, &valid], false).await;
+    assert_eq!(status, StatusCode::UNAUTHORIZED, "two assertions");
+    // A public-looking handler (optional identity) is refused just the same: every routed
+    // call needs an assertion.
+    let (status, _, _) = call_with(&mut send, "/maybe", &[], false).await;
+    assert_eq!(status, StatusCode::UNAUTHORIZED, "optional identity");
+    // gRPC callers get a gRPC status.
+    let (status, headers, body) = call_with(&mut send, "/whoami", &[], true).await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(headers["grpc-status"], "16");
+    assert!(body.is_empty());
+    assert_eq!(runs.load(std::sync::atomic::Ordering::SeqCst), 0);
+    // The link is fine and a valid call still goes through.
+    let (status, _, _) = call_with(&mut send, "/whoami", &[&valid], false).await;
+    assert_eq!(status, StatusCode::OK);
+}
+
+async fn put_keys(send: &mut SendRequest<Full<Bytes>>, body: Vec<u8>, method: &str) -> StatusCode {
+    let req = Request::builder()
+        .method(method)
+        .uri(format!("http://service{}", portcullis_link::KEYS_PATH))
+        .body(Full::new(Bytes::from(body)))
+        .unwrap();
+    send.send_request(req).await.unwrap().status()
+}
+
+async fn whoami(send: &mut SendRequest<Full<Bytes>>, assertion: &str) -> StatusCode {
+    let req = Request::get("http://service/whoami")
+        .header(IDENTITY, assertion)
+        .body(Full::new(Bytes::new()))
+        .unwrap();
+    send.send_request(req).await.unwrap().status()
+}
+
+/// The gateway's `PUT` of new keys replaces the link's: assertions of the new key verify,
+/// those of a dropped key stop verifying at once, even one verified (and cached) before.
+/// Bad bodies change nothing.
+#[tokio::test]
+async fn keys_pushed_by_the_gateway_replace_the_links_keys() {
+    let runs = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let (gw_io, _service_side, _stop) =
+        linked_duplex(identity_router(runs), default_settings()).await;
+    let (mut send, conn) =
+        hyper::client::conn::http2::handshake(TokioExecutor::new(), TokioIo::new(gw_io))
+            .await
+            .unwrap();
+    tokio::spawn(conn);
+
+    let old = assertion();
+    assert_eq!(whoami(&mut send, &old).await, StatusCode::OK);
+    let next = new_key();
+    let next_assertion = jws::sign(&claims(), "test-key-2", jws::TYP_ASSERTION, &next).unwrap();
+    assert_eq!(
+        whoami(&mut send, &next_assertion).await,
+        StatusCode::UNAUTHORIZED
+    );
+
+    // Refused bodies leave the keys alone.
+    let too_many = Jwks {
+        keys: (0..=jws::MAX_JWKS_KEYS)
+            .map(|i| Jwk::ed25519(&format!("k{i}"), &[1u8; 32]))
+            .collect(),
+    };
+    for (body, method, expected) in [
+        (b"{nope".to_vec(), "PUT", StatusCode::BAD_REQUEST),
+        (
+            serde_json::to_vec(&too_many).unwrap(),
+            "PUT",
+            StatusCode::BAD_REQUEST,
+        ),
+        (
+            vec![b' '; portcullis_link::MAX_KEYS_BODY + 1],
+            "PUT",
+            StatusCode::PAYLOAD_TOO_LARGE,
+        ),
+        (Vec::new(), "GET", StatusCode::METHOD_NOT_ALLOWED),
+    ] {
+        assert_eq!(put_keys(&mut send, body, method).await, expected);
+    }
+    assert_eq!(whoami(&mut send, &old).await, StatusCode::OK);
+
+    // Rotation: both keys, then only the new one.
+    let both = Jwks {
+        keys: vec![
+            Jwk::ed25519(KID, &jws::public_key_of(test_key())),
+            Jwk::ed25519("test-key-2", &jws::public_key_of(&next)),
+        ],
+    };
+    let body = serde_json::to_vec(&both).unwrap();
+    assert_eq!(
+        put_keys(&mut send, body, "PUT").await,
+        StatusCode::NO_CONTENT
+    );
+    assert_eq!(whoami(&mut send, &old).await, StatusCode::OK);
+    assert_eq!(whoami(&mut send, &next_assertion).await, StatusCode::OK);
+    let only_next = Jwks {
+        keys: vec![Jwk::ed25519("test-key-2", &jws::public_key_of(&next))],
+    };
+    let body = serde_json::to_vec(&only_next).unwrap();
+    assert_eq!(
+        put_keys(&mut send, body, "PUT").await,
+        StatusCode::NO_CONTENT
+    );
+    assert_eq!(whoami(&mut send, &old).await, StatusCode::UNAUTHORIZED);
+    assert_eq!(whoami(&mut send, &next_assertion).await, StatusCode::OK);
+}
+
+/// A gateway that announced no keys, or another issuer than the service expects, gets every
+/// call refused rather than trusted.
+#[tokio::test]
+async fn a_link_without_keys_or_with_another_issuer_refuses_every_call() {
+    let ack_without = HelloAck {
+        assertions: None,
+        ..ack()
+    };
+    let mut slot = slot_for("127.0.0.1:9".parse().unwrap());
+    let v = crate::supervisor::link_verifier(&slot, &ack_without, "test");
+    assert!(v.verify(&assertion()).is_err());
+    slot.issuer = Some("another-gateway".into());
+    let v = crate::supervisor::link_verifier(&slot, &ack(), "test");
+    assert_eq!(
+        v.verify(&assertion()).unwrap_err(),
+        crate::VerifyError::Issuer
+    );
+    slot.issuer = Some(ISSUER.into());
+    let v = crate::supervisor::link_verifier(&slot, &ack(), "test");
+    assert_eq!(v.verify(&assertion()).unwrap().subject(), "key:k1");
+}
+
+/// A hot assertion is checked once and then served from the cache, which new keys empty.
+#[test]
+fn a_verified_assertion_is_cached_until_the_keys_change() {
+    let v = crate::Verifier::new("echo", ISSUER, &test_jwks());
+    let a = assertion();
+    let first = v.verify(&a).unwrap();
+    assert_eq!(v.cached(), 1);
+    for _ in 0..10 {
+        assert_eq!(v.verify(&a).unwrap(), first);
+    }
+    assert_eq!(v.cached(), 1);
+    // Past `exp` the cached entry no longer counts: the claims are checked again.
+    let later = first.expires_at() + jws::LEEWAY_S;
+    assert_eq!(
+        v.verify_at(&a, later).unwrap_err(),
+        crate::VerifyError::Token(jws::JwsError::Expired)
+    );
+    v.set_keys(&test_jwks());
+    assert_eq!(v.cached(), 0);
+    // Bounded: a small verifier holds at most its capacity (one per shard at least).
+    let small = crate::Verifier::with_capacity("echo", ISSUER, &test_jwks(), 1);
+    for i in 0..50 {
+        let mut c = claims();
+        c.sub = format!("key:k{i}");
+        small
+            .verify(&jws::sign(&c, KID, jws::TYP_ASSERTION, test_key()).unwrap())
+            .unwrap();
+    }
+    let shards = std::thread::available_parallelism().map_or(1, |n| n.get());
+    assert!(small.cached() <= shards, "{}", small.cached());
+}
+
+/// Outside the SDK's verification (a router served without a link) the extractor refuses
+/// with the same fixed 401.
+#[tokio::test]
+async fn the_extractor_refuses_a_call_the_sdk_did_not_verify() {
+    use tower::ServiceExt;
+    let runs = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let resp = identity_router(runs.clone())
+        .oneshot(
+            Request::get("/whoami")
+                .header(IDENTITY, assertion())
+                .body(axum::body::Body::empty())
+                .unwrap(),
+        )
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), StatusCode::UNAUTHORIZED);
+    let body = resp.into_body().collect().await.unwrap().to_bytes();
+    assert_eq!(body, r#"{"error":"unauthorized"}"#);
+    assert_eq!(runs.load(std::sync::atomic::Ordering::SeqCst), 0);
 }

@@ -41,6 +41,9 @@ pub struct ServedBy(pub Arc<str>);
 pub struct CallContext<'a> {
     /// The matched route.
     pub route: &'a Route,
+    /// The gateway's identity assertion of the caller (`x-portcullis-identity`); `None` for a
+    /// public target, which then carries none.
+    pub identity: Option<HeaderValue>,
     /// Correlation id of the call.
     pub correlation_id: &'a HeaderValue,
     /// Largest body the client may send.
@@ -257,6 +260,17 @@ where
             HeaderName::from_static(portcullis_link::headers::ROUTE),
             v.clone(),
         );
+    }
+    // The one identity a service sees is the gateway's. `insert` replaces every value; the
+    // early phase stripped the client's already, this keeps it so whoever added one.
+    let identity = HeaderName::from_static(portcullis_link::headers::IDENTITY);
+    match ctx.identity {
+        Some(v) => {
+            h.insert(identity, v);
+        }
+        None => {
+            h.remove(identity);
+        }
     }
     if let Some(ip) = ctx.client_ip {
         use std::fmt::Write;

@@ -14,6 +14,7 @@ use crate::access::{
     Roles,
 };
 use crate::audit::AuditSink;
+use crate::auth::assertion::AssertionSigner;
 use crate::auth::authenticator::AuthSettings;
 use crate::auth::keyring::KeyRing;
 use crate::auth::login::Login;
@@ -282,6 +283,13 @@ pub async fn run_with_parts(
     let audit = AuditSink::new(metrics.clone(), auth.clone());
     let link_audit = audit.clone();
     let handles = build_auth(&config, &parts, &audit).await?;
+    // The one key ring signs user tokens and the identity assertion of every forwarded call.
+    let assertions = Arc::new(AssertionSigner::new(
+        handles.keys().clone(),
+        config.link.assertion_issuer.as_str(),
+        auth.clock().clone(),
+        crate::auth::assertion::DEFAULT_CAPACITY,
+    ));
     for op in crate::auth::login::operations(
         handles.login.clone(),
         handles.keys().clone(),
@@ -343,6 +351,7 @@ pub async fn run_with_parts(
         authenticators: Authenticators::new(auth.clone()).with_tokens(handles.tokens.clone()),
         access,
         audit,
+        assertions: assertions.clone(),
         policy: Policy {
             limits: Limits {
                 max_in_flight: config.ingress.max_in_flight,
@@ -367,6 +376,7 @@ pub async fn run_with_parts(
         metrics,
         link_audit,
         &dataplane,
+        assertions,
     )?);
 
     // Audit writer, last-used writer, change poll; stopped after the listeners.

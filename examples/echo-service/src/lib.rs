@@ -1,8 +1,10 @@
-//! The Portcullis demo service: echo, stream, upload, sleep, stats.
+//! The Portcullis demo service: echo, stream, upload, sleep, stats, whoami.
 //!
 //! [`router`] is a plain `axum::Router`, so the same routes serve over a gateway link (through
 //! `portcullis-sdk`) or on a plain listener for benchmarks. [`endpoints`] declares them to the
 //! gateway. Every body is handled as a stream: no route buffers a whole request or response.
+//! `/whoami` answers with the caller the gateway asserted (the SDK's verified
+//! [`Identity`]); on a plain listener there is none, and it answers 401.
 
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -15,7 +17,7 @@ use axum::http::{HeaderMap, Method, Uri};
 use axum::routing::{any, get, post};
 use axum::{Json, Router};
 use futures_util::StreamExt;
-use portcullis_sdk::Endpoint;
+use portcullis_sdk::{Endpoint, Identity};
 use serde::Deserialize;
 use serde_json::{json, Value};
 use sha2::{Digest, Sha256};
@@ -69,6 +71,7 @@ pub fn router(stats: Stats) -> Router {
         .route("/upload", post(upload))
         .route("/sleep", get(sleep))
         .route("/stats", get(stats_handler))
+        .route("/whoami", get(whoami))
         .with_state(stats)
 }
 
@@ -90,6 +93,7 @@ pub fn endpoints() -> Vec<Endpoint> {
             READ_CAPABILITY,
         ),
         declare(Endpoint::get("/stats"), READ_CAPABILITY),
+        declare(Endpoint::get("/whoami"), READ_CAPABILITY),
     ]
 }
 
@@ -216,6 +220,16 @@ async fn sleep(State(stats): State<Stats>, Query(q): Query<SleepQuery>) -> Json<
     tokio::time::sleep(Duration::from_millis(ms)).await;
     guard.armed = false;
     Json(json!({ "slept_ms": ms }))
+}
+
+/// The verified caller: who, in which workspace, by which credential.
+async fn whoami(State(stats): State<Stats>, id: Identity) -> Json<Value> {
+    stats.count_request();
+    Json(json!({
+        "subject": id.subject(),
+        "workspace": { "id": id.workspace_id(), "name": id.workspace_name() },
+        "credential": { "kind": id.credential_kind(), "id": id.credential_id() },
+    }))
 }
 
 async fn stats_handler(State(stats): State<Stats>) -> Json<Value> {
@@ -354,6 +368,19 @@ mod tests {
         let v = json_of(&stats, Request::get("/stats").body(Body::empty()).unwrap()).await;
         assert_eq!(v["cancellations"], 1);
         assert_eq!(v["requests"], 4);
+    }
+
+    /// Served without a gateway there is no verified caller: refused, not answered empty.
+    #[tokio::test]
+    async fn whoami_needs_a_verified_identity() {
+        let stats = Stats::default();
+        let req = Request::get("/whoami")
+            .header("x-portcullis-identity", "forged")
+            .body(Body::empty())
+            .unwrap();
+        let (status, _) = call(&stats, req).await;
+        assert_eq!(status, StatusCode::UNAUTHORIZED);
+        assert_eq!(stats.requests(), 0);
     }
 
     #[test]

@@ -19,6 +19,8 @@
 //! - [`pepper`]: the server pepper secrets are hashed under; never in the database.
 //! - [`authenticator`]: verification with a bounded cache, invalidated on change.
 //! - [`keyring`]: the Ed25519 signing keys of tokens and identity assertions, sealed at rest.
+//! - [`assertion`]: the signed identity assertion added to forwarded calls, signed once and
+//!   reused.
 //! - [`audit`]: failures to the audit log, coalesced, off the request path.
 //! - [`password`]: Argon2id password hashing, bounded, with a constant-cost refusal.
 //! - [`throttle`]: login throttling per account and per source address.
@@ -28,6 +30,7 @@
 //! - [`signing`]: the store-backed signing keys behind the [`keyring::KeyRing`]: load,
 //!   create, reload, rotate.
 
+pub mod assertion;
 pub mod audit;
 pub mod authenticator;
 mod config;

@@ -43,6 +43,10 @@ pub struct LinkConfig {
     /// this times `max_concurrent_streams` (plus one window), so stalled streams can never
     /// exhaust it for the others. Default 256 KiB.
     pub stream_window_bytes: u32,
+    /// The issuer (`iss`) of the identity assertions the gateway adds to forwarded calls,
+    /// sent to every service in HELLO_ACK: 1-128 of `[A-Za-z0-9._-]`. Gateway nodes that share
+    /// signing keys should share it. Default `portcullis`.
+    pub assertion_issuer: String,
 }
 
 impl Default for LinkConfig {
@@ -57,6 +61,7 @@ impl Default for LinkConfig {
             hello_timeout: Duration::from_secs(3),
             max_pending_handshakes_per_ip: 32,
             stream_window_bytes: 256 * 1024,
+            assertion_issuer: "portcullis".into(),
         }
     }
 }
@@ -101,6 +106,12 @@ impl LinkConfig {
             errs.push(ConfigError::new(
                 format!("{at}.max_pending_handshakes_per_ip"),
                 "must be at least 1",
+            ));
+        }
+        if !portcullis_link::valid_token(&self.assertion_issuer) {
+            errs.push(ConfigError::new(
+                format!("{at}.assertion_issuer"),
+                "must be 1-128 of [A-Za-z0-9._-]",
             ));
         }
         if self.stream_window_bytes < 65_535

@@ -42,6 +42,14 @@ pub async fn read_frame<R: AsyncRead + Unpin>(
     r: &mut R,
     limit: u32,
 ) -> Result<Frame, HandshakeError> {
+    Ok(read_frame_versioned(r, limit).await?.1)
+}
+
+/// [`read_frame`], with the protocol version the frame's header names.
+pub async fn read_frame_versioned<R: AsyncRead + Unpin>(
+    r: &mut R,
+    limit: u32,
+) -> Result<(u8, Frame), HandshakeError> {
     let mut head = [0u8; HEADER_LEN];
     r.read_exact(&mut head).await?;
     let header = FrameHeader::parse(&head, limit)?;
@@ -52,16 +60,29 @@ pub async fn read_frame<R: AsyncRead + Unpin>(
     if n != header.len as usize {
         return Err(HandshakeError::Io(std::io::ErrorKind::UnexpectedEof.into()));
     }
-    Ok(Frame::decode_body(&header, &body)?)
+    Ok((header.version, Frame::decode_body(&header, &body)?))
 }
 
-/// Write one frame and flush it.
+/// Write one frame as [`Frame::encode`] does (CHALLENGE as the oldest version, the rest as the
+/// newest) and flush it.
 pub async fn write_frame<W: AsyncWrite + Unpin>(
     w: &mut W,
     f: &Frame,
 ) -> Result<(), HandshakeError> {
-    let bytes = f.encode()?;
-    w.write_all(&bytes).await?;
+    write_bytes(w, &f.encode()?).await
+}
+
+/// Write one frame as protocol `version` and flush it.
+pub async fn write_frame_as<W: AsyncWrite + Unpin>(
+    w: &mut W,
+    f: &Frame,
+    version: u8,
+) -> Result<(), HandshakeError> {
+    write_bytes(w, &f.encode_as(version)?).await
+}
+
+async fn write_bytes<W: AsyncWrite + Unpin>(w: &mut W, bytes: &[u8]) -> Result<(), HandshakeError> {
+    w.write_all(bytes).await?;
     w.flush().await?;
     Ok(())
 }

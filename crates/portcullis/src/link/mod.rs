@@ -5,6 +5,12 @@
 //! descriptors → route conflicts → HELLO_ACK → HTTP/2 handshake → register the instance →
 //! heartbeat until the link dies, is replaced, or the gateway shuts down. A REJECT is sent for
 //! every refusal with its code, and the gateway keeps serving others.
+//!
+//! **Versions.** CHALLENGE lists every version the gateway speaks (1 and 2); the HELLO's
+//! version is the link's, and every later frame carries it. On a version 2 link HELLO_ACK
+//! carries the issuer and public keys of identity assertions, and every later change of the
+//! key set is pushed to the service (`PUT` [`KEYS_PATH`], see [`push_keys`]). A version 1
+//! service (an older SDK) links as before and gets neither.
 
 mod admission;
 pub mod authenticator;
@@ -14,8 +20,10 @@ mod peer;
 
 use bytes::Bytes;
 use http::Request;
+use portcullis_link::jws::Jwks;
 use portcullis_link::{
-    Challenge, Frame, Hello, HelloAck, LinkLimits, Reject, RejectCode, HEALTH_PATH,
+    AssertionKeys, Challenge, Frame, Hello, HelloAck, LinkLimits, Reject, RejectCode, HEALTH_PATH,
+    KEYS_PATH,
 };
 use rand::RngCore;
 use std::ops::ControlFlow;
@@ -26,6 +34,7 @@ use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
 use crate::audit::{AuditSink, Refusal};
+use crate::auth::assertion::AssertionSigner;
 use crate::config::Config;
 use crate::routing::{validate_endpoints, Instance, LinkState, RegisterError, Registry};
 use crate::telemetry::metrics::{Listener, Metrics};
@@ -33,7 +42,9 @@ use crate::telemetry::metrics::{Listener, Metrics};
 pub use admission::{Admission, Slot};
 pub use authenticator::{HandshakeFacts, LinkAuthenticator, ServiceTokens};
 pub use config::{LinkConfig, MAX_H2_WINDOW};
-pub use handshake::{read_frame, write_frame, HandshakeError};
+pub use handshake::{
+    read_frame, read_frame_versioned, write_frame, write_frame_as, HandshakeError,
+};
 
 /// Everything the link server needs, built once from the configuration.
 pub struct LinkServer {
@@ -46,6 +57,8 @@ pub struct LinkServer {
     authenticator: Arc<dyn LinkAuthenticator>,
     /// Where refused credentials go.
     audit: AuditSink,
+    /// Signs the identity assertions of calls: its issuer and public keys go to services.
+    assertions: Arc<AssertionSigner>,
     tls: Option<tokio_rustls::TlsAcceptor>,
     metrics: Arc<Metrics>,
     /// Weak: link tasks hold the `LinkServer`; only the gateway's `run` owns the data plane.
@@ -78,12 +91,14 @@ fn random_hex(bytes: usize) -> String {
 
 impl LinkServer {
     /// Build from the configuration. Fails if a configured token hash or TLS file is bad.
+    /// Services learn the issuer and public keys of `assertions` over their links.
     pub fn new(
         config: &Config,
         registry: Arc<Registry>,
         metrics: Arc<Metrics>,
         audit: AuditSink,
         dataplane: &Arc<crate::dataplane::DataPlane>,
+        assertions: Arc<AssertionSigner>,
     ) -> anyhow::Result<Self> {
         let authenticator = Arc::new(ServiceTokens::from_config(config)?);
         let tls = match &config.link.tls {
@@ -97,6 +112,7 @@ impl LinkServer {
             response_stall_timeout: config.ingress.response_stall_timeout,
             authenticator,
             audit,
+            assertions,
             tls,
             metrics,
             dataplane: Arc::downgrade(dataplane),
@@ -204,12 +220,15 @@ impl LinkServer {
                 None => std::future::pending().await,
             }
         };
+        // The version every frame after CHALLENGE carries: the HELLO's, once it has arrived.
+        // Until then the oldest, so any service can read a REJECT.
+        let mut version = portcullis_link::MIN_VERSION;
         // A gateway shutting down does not wait for a handshake in progress: the service
         // will dial again (another gateway, or this one once it is back).
         let attempt = tokio::select! {
             r = tokio::time::timeout(
                 self.cfg.handshake_timeout,
-                self.handshake(&mut io, slot.as_ref(), hello_by),
+                self.handshake(&mut io, slot.as_ref(), hello_by, &mut version),
             ) => r,
             _ = evicted => return Err(HandshakeError::Evicted),
             _ = shutdown.cancelled() => {
@@ -221,15 +240,17 @@ impl LinkServer {
             Ok(Err(e)) => {
                 if let Some(code) = e.reject_code() {
                     self.metrics.frame("reject");
-                    let _ = write_frame(&mut io, &reject(code, &e.to_string(), None)).await;
+                    let r = reject(code, &e.to_string(), None);
+                    let _ = write_frame_as(&mut io, &r, version).await;
                 }
                 return Err(e);
             }
             Err(_) => {
                 self.metrics.frame("reject");
-                let _ = write_frame(
+                let _ = write_frame_as(
                     &mut io,
                     &reject(RejectCode::Timeout, "handshake timed out", None),
+                    version,
                 )
                 .await;
                 return Err(HandshakeError::Timeout);
@@ -238,6 +259,10 @@ impl LinkServer {
         let Accepted { hello, endpoints } = hello;
 
         let link_id = format!("l-{}", random_hex(8));
+        // Subscribed before the keys are read: a change after this point is pushed.
+        let mut key_changes = self.assertions.keys().subscribe();
+        key_changes.borrow_and_update();
+        let keys = (version >= 2).then(|| self.published_keys());
         let ack = Frame::HelloAck(HelloAck {
             link_id: link_id.clone(),
             heartbeat_interval_ms: self.cfg.heartbeat_interval.as_millis() as u64,
@@ -245,8 +270,12 @@ impl LinkServer {
                 max_concurrent_streams: self.cfg.max_concurrent_streams,
                 max_request_body: self.max_request_body,
             },
+            assertions: keys.clone().map(|keys| AssertionKeys {
+                issuer: self.assertions.issuer().to_string(),
+                keys,
+            }),
         });
-        write_frame(&mut io, &ack).await?;
+        write_frame_as(&mut io, &ack, version).await?;
         self.metrics.frame("hello_ack");
 
         // Learn the service's limits from its SETTINGS (see `peer`) before it is routable.
@@ -308,6 +337,13 @@ impl LinkServer {
             self.cfg.heartbeat_interval,
             &self.metrics,
         );
+        let keys = async {
+            match keys {
+                Some(delivered) => self.push_keys(&instance, key_changes, delivered).await,
+                // A version 1 service takes no keys.
+                None => std::future::pending().await,
+            }
+        };
         let reason = tokio::select! {
             r = &mut conn => match r {
                 Ok(()) => "closed by service",
@@ -315,6 +351,7 @@ impl LinkServer {
                 Err(_) => "connection error",
             },
             r = heartbeat => r,
+            never = keys => match never {},
             _ = instance.stall_watch.run(instance.response_stall_timeout) => "stall watch ended",
             _ = instance.close.cancelled() => "closed by gateway",
             _ = shutdown.cancelled() => "gateway shutdown",
@@ -336,11 +373,72 @@ impl LinkServer {
             .unwrap_or(crate::config::MAX_H2_WINDOW)
     }
 
+    /// CHALLENGE, HELLO, credential, descriptors. `version` becomes the HELLO's as soon as
+    /// it has been read, for the REJECT or HELLO_ACK that answers it.
+    /// The public keys services verify assertions with now.
+    fn published_keys(&self) -> Jwks {
+        self.assertions
+            .keys()
+            .jwks(self.assertions.clock().now_ms())
+    }
+
+    /// Keep the service's keys equal to the published ones for the life of the link: push the
+    /// set (`PUT` [`KEYS_PATH`]) when the key ring changes, and check again on every heartbeat
+    /// interval, which retries a failed push and carries changes that come with time (a
+    /// retired key past its `not_after` leaves the set).
+    ///
+    /// Retrying on the heartbeat rather than at once: a push fails when the link or the
+    /// service is in trouble, which the heartbeat is already measuring, and a tight retry loop
+    /// would only add load there. A new key signs only after the key ring's publish delay, so
+    /// a push that fails once is retried well before the key is used (the publish delay must
+    /// exceed a few heartbeat intervals; docs/link-protocol.md §6.4).
+    async fn push_keys(
+        &self,
+        inst: &Instance,
+        mut changes: tokio::sync::watch::Receiver<u64>,
+        mut delivered: Jwks,
+    ) -> std::convert::Infallible {
+        let interval = self.cfg.heartbeat_interval;
+        let mut tick = tokio::time::interval(interval);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        tick.tick().await;
+        let mut ring_alive = true;
+        loop {
+            tokio::select! {
+                r = changes.changed(), if ring_alive => ring_alive = r.is_ok(),
+                _ = tick.tick() => {}
+            }
+            let current = self.published_keys();
+            if current == delivered {
+                continue;
+            }
+            self.metrics.frame("keys");
+            match tokio::time::timeout(interval, put_keys(inst, &current)).await {
+                Ok(Ok(())) => {
+                    tracing::info!(
+                        service = %inst.service, instance = %inst.instance_id,
+                        keys = current.keys.len(), "assertion keys pushed"
+                    );
+                    delivered = current;
+                }
+                Ok(Err(e)) => tracing::warn!(
+                    service = %inst.service, instance = %inst.instance_id, error = %e,
+                    "assertion keys not taken; retrying on the next heartbeat"
+                ),
+                Err(_) => tracing::warn!(
+                    service = %inst.service, instance = %inst.instance_id,
+                    "assertion keys push timed out; retrying on the next heartbeat"
+                ),
+            }
+        }
+    }
+
     async fn handshake<IO>(
         &self,
         io: &mut IO,
         slot: Option<&Slot>,
         hello_by: Instant,
+        version: &mut u8,
     ) -> Result<Accepted, HandshakeError>
     where
         IO: AsyncRead + AsyncWrite + Unpin,
@@ -348,7 +446,7 @@ impl LinkServer {
         let challenge = Challenge {
             nonce: random_hex(32),
             server_time_ms: u64::try_from(crate::store::now_ms()).unwrap_or(0),
-            versions: vec![portcullis_link::VERSION],
+            versions: portcullis_link::VERSIONS.to_vec(),
         };
         let facts = HandshakeFacts {
             nonce: challenge.nonce.as_str().into(),
@@ -356,9 +454,11 @@ impl LinkServer {
         };
         write_frame(io, &Frame::Challenge(challenge)).await?;
         self.metrics.frame("challenge");
-        let frame = tokio::time::timeout_at(hello_by, read_frame(io, self.cfg.max_frame_bytes))
-            .await
-            .map_err(|_| HandshakeError::Timeout)??;
+        let (v, frame) =
+            tokio::time::timeout_at(hello_by, read_frame_versioned(io, self.cfg.max_frame_bytes))
+                .await
+                .map_err(|_| HandshakeError::Timeout)??;
+        *version = v;
         let hello = match frame {
             Frame::Hello(h) => {
                 self.metrics.frame("hello");
@@ -476,6 +576,31 @@ async fn exchange_health(inst: &Instance, interval: Duration, metrics: &Metrics)
     }
 }
 
+/// `PUT` the key set to the service, which answers 204 once it holds it. The body is public
+/// keys only.
+async fn put_keys(inst: &Instance, keys: &Jwks) -> Result<(), String> {
+    let body = Bytes::from(serde_json::to_vec(keys).map_err(|e| e.to_string())?);
+    let req = Request::put(format!("http://{}{KEYS_PATH}", inst.service))
+        .header(http::header::CONTENT_TYPE, "application/jwk-set+json")
+        .header(http::header::CONTENT_LENGTH, body.len())
+        .body(())
+        .map_err(|e| e.to_string())?;
+    let mut sender = inst
+        .sender
+        .clone()
+        .ready()
+        .await
+        .map_err(|e| e.to_string())?;
+    let (resp, mut send) = sender.send_request(req, false).map_err(|e| e.to_string())?;
+    // A few KiB against a 64 KiB initial window: buffered by h2 and sent at once.
+    send.send_data(body, true).map_err(|e| e.to_string())?;
+    let resp = resp.await.map_err(|e| e.to_string())?;
+    match resp.status() {
+        http::StatusCode::NO_CONTENT => Ok(()),
+        s => Err(format!("service answered {s}")),
+    }
+}
+
 async fn health(inst: &Instance) -> Option<portcullis_link::HealthReport> {
     let req = Request::get(format!("http://{}{HEALTH_PATH}", inst.service))
         .body(())
@@ -548,6 +673,14 @@ mod tests {
         }
     }
 
+    fn test_signer() -> AssertionSigner {
+        use crate::auth::keyring::{KeyRing, KeySet, SigningKey};
+        let now = crate::store::now_ms();
+        let key = Arc::new(SigningKey::generate(now).unwrap().key);
+        let ring = Arc::new(KeyRing::new(KeySet::new(vec![key]), 0));
+        AssertionSigner::new(ring, "portcullis", crate::clock::Clock::system(), 16)
+    }
+
     fn server(interval: Duration) -> (Arc<LinkServer>, Arc<Registry>) {
         let mut config = Config::default();
         config.link.heartbeat_interval = interval;
@@ -567,6 +700,7 @@ mod tests {
             response_stall_timeout: config.ingress.response_stall_timeout,
             authenticator: Arc::new(ServiceTokens::from_config(&config_with_svc).unwrap()),
             audit: AuditSink::metrics_only(metrics.clone()),
+            assertions: Arc::new(test_signer()),
             tls: None,
             metrics,
             dataplane: std::sync::Weak::new(),

@@ -1,6 +1,13 @@
 //! Dispatch phase: hand the call to its target — over a link to an instance of the service
 //! (`proxy::forward`: instance selection, one HTTP/2 stream per call, the client's body pumped
 //! under flow control), or to the gateway operation's router.
+//!
+//! A call to a service carries the gateway's identity assertion of its caller
+//! (`x-portcullis-identity`, [`AssertionSigner`]): the only identity a service sees, since the
+//! early phase stripped every `x-portcullis-*` header the client sent (trailers too, in the
+//! body pump) and the authenticate phase removed the credential. A public target has no
+//! identity and gets no assertion; an authenticated call whose assertion cannot be signed
+//! fails closed with 503 rather than reach a service that would refuse it.
 
 use bytes::Bytes;
 use http::{Request, Response};
@@ -12,6 +19,8 @@ use tracing::Instrument;
 use super::call::Call;
 use super::resolve::Target;
 use super::Limits;
+use crate::auth::assertion::AssertionSigner;
+use crate::auth::{Identity, WorkspaceRef};
 use crate::body::{BoxError, GatewayBody};
 use crate::error::GatewayError;
 use crate::proxy::{self, CallContext};
@@ -23,12 +32,43 @@ use crate::telemetry::Metrics;
 pub struct Dispatch {
     tiers: Tiers,
     metrics: std::sync::Arc<Metrics>,
+    assertions: std::sync::Arc<AssertionSigner>,
+}
+
+/// The workspace a call acts in, which its assertion names: the one the authorise phase
+/// decided on (`Call::workspace`) — the identity's own, or the one an identity bound across
+/// workspaces named in `x-portcullis-workspace` — never one the caller merely belongs to.
+/// A named workspace is known by id only (the decision costs no lookup), so its assertion
+/// carries the id as `wsn` too.
+fn acting_workspace<'a>(
+    call: &'a Call,
+    identity: &'a Identity,
+) -> std::borrow::Cow<'a, WorkspaceRef> {
+    match &call.workspace {
+        Some(w) if !w.is_own() && w.id() != &*identity.workspace.id => {
+            let id: std::sync::Arc<str> = w.id().into();
+            std::borrow::Cow::Owned(WorkspaceRef {
+                id: id.clone(),
+                name: id,
+            })
+        }
+        _ => std::borrow::Cow::Borrowed(&identity.workspace),
+    }
 }
 
 impl Dispatch {
-    /// Forward with `tiers` (region preference), recording upstream latency in `metrics`.
-    pub fn new(tiers: Tiers, metrics: std::sync::Arc<Metrics>) -> Self {
-        Self { tiers, metrics }
+    /// Forward with `tiers` (region preference), recording upstream latency in `metrics`,
+    /// asserting callers' identities with `assertions`.
+    pub fn new(
+        tiers: Tiers,
+        metrics: std::sync::Arc<Metrics>,
+        assertions: std::sync::Arc<AssertionSigner>,
+    ) -> Self {
+        Self {
+            tiers,
+            metrics,
+            assertions,
+        }
     }
 
     /// Run `call`'s target on `req`.
@@ -47,8 +87,20 @@ impl Dispatch {
             Some(Target::Service(route)) => {
                 call.span.record("route", &*route.template);
                 call.span.record("service", &*route.service);
+                let identity = match &call.identity {
+                    Some(id) => Some(
+                        self.assertions
+                            .assertion(id, &acting_workspace(call, id), &route.service)
+                            .map_err(|e| {
+                                tracing::error!(error = %e, "cannot sign the identity assertion");
+                                GatewayError::Unavailable("identity assertion")
+                            })?,
+                    ),
+                    None => None,
+                };
                 let ctx = CallContext {
                     route: &route,
+                    identity,
                     correlation_id: &call.correlation_id,
                     max_body_bytes: limits.max_body_bytes,
                     client_ip: call.peer_ip(),

@@ -44,6 +44,7 @@ use tracing::Instrument;
 
 use crate::access::Access;
 use crate::audit::AuditSink;
+use crate::auth::assertion::AssertionSigner;
 use crate::auth::Authenticators;
 use crate::body::{BoxError, GatewayBody};
 use crate::error::{Chain, GatewayError};
@@ -94,6 +95,8 @@ pub struct Parts {
     pub access: Access,
     /// Where refusals go.
     pub audit: AuditSink,
+    /// Signs the identity assertion of every authenticated call forwarded to a service.
+    pub assertions: Arc<AssertionSigner>,
     /// The run-time policy to start with.
     pub policy: Policy,
     /// The gateway's signing keys (one ring for the whole gateway: user tokens, identity
@@ -130,7 +133,7 @@ impl Pipeline {
             resolve: resolve::Resolve::new(p.registry),
             authenticate: authenticate::Authenticate::new(p.authenticators, p.audit.clone()),
             authorise: authorise::Authorise::new(p.access, p.audit),
-            dispatch: dispatch::Dispatch::new(p.tiers, p.metrics.clone()),
+            dispatch: dispatch::Dispatch::new(p.tiers, p.metrics.clone(), p.assertions),
             finish: finish::Finish::new(p.metrics),
         }))
     }

@@ -534,6 +534,7 @@ mod pipeline {
             authenticators: Authenticators::new(auth.clone()),
             access: access.clone(),
             audit: AuditSink::new(metrics, auth),
+            assertions: Arc::new(crate::pipeline::signer()),
             policy: Policy {
                 limits: Limits {
                     max_in_flight: 100,

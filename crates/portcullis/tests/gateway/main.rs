@@ -8,6 +8,7 @@
 mod common;
 
 mod access;
+mod assertion;
 mod auth;
 mod backbone;
 mod binary;

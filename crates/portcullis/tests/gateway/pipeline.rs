@@ -100,6 +100,7 @@ async fn harness(metrics_capability: Option<&str>, max_in_flight: usize) -> Harn
         authenticators: Authenticators::new(auth.clone()),
         access: Access::new(auth.clone()),
         audit: AuditSink::new(metrics.clone(), auth.clone()),
+        assertions: Arc::new(signer()),
         policy: Policy {
             limits: Limits {
                 max_in_flight,
@@ -119,6 +120,21 @@ async fn harness(metrics_capability: Option<&str>, max_in_flight: usize) -> Harn
         metrics,
         _store: ts,
     }
+}
+
+/// An assertion signer over one fresh key.
+pub(crate) fn signer() -> portcullis::auth::assertion::AssertionSigner {
+    use portcullis::auth::keyring::{KeyRing, KeySet, SigningKey};
+    let key = SigningKey::generate(portcullis::store::now_ms())
+        .unwrap()
+        .key;
+    let ring = KeyRing::new(KeySet::new(vec![Arc::new(key)]), 0);
+    portcullis::auth::assertion::AssertionSigner::new(
+        Arc::new(ring),
+        "portcullis",
+        portcullis::clock::Clock::system(),
+        64,
+    )
 }
 
 async fn call(
