@@ -286,6 +286,7 @@ def cmd_report(results_path, meta_path, out_path):
     h1 = summarise(rows, "get_h1")
     h2 = summarise(rows, "get_h2")
     key = summarise(rows, "get_key")
+    ident = summarise(rows, "get_identity")
 
     md = ["# Benchmarks", ""]
     md += [f"Latest run of `bench/run` (see `bench/README.md` for what each scenario measures "
@@ -316,6 +317,11 @@ def cmd_report(results_path, meta_path, out_path):
     md += load_table("3. Portcullis with an API key required and checked on every call "
                      "(HTTP/1.1, as in 1, interleaved with NGINX)", key,
                      ["nginx", "portcullis+key"])
+    if ident:
+        md += load_table("3b. The service verifies the gateway's identity assertion and its "
+                         "handler reads the caller (`GET /whoami`, the SDK's `Identity` "
+                         "extractor), interleaved with the API-key row (`GET /echo/x`)", ident,
+                         ["portcullis+key", "portcullis+identity"])
 
     idle = {r["target"]: r for r in rows if r.get("scenario") == "idle"}
     md += [f"### 4. {meta['idle_n']:,} idle keep-alive client connections "
@@ -374,6 +380,10 @@ def cmd_report(results_path, meta_path, out_path):
         md.append(f"| p99, API key | {ratio(m(key, 'portcullis+key', 'p99'), m(key, 'nginx', 'p99'))} | – |")
     else:
         md.append("| API key | n/a (keys not available in this build) | – |")
+    if m(ident, "portcullis+identity", "rps") is not None:
+        md.append(f"| requests/s, identity verified by the service ÷ API key (3b) | "
+                  f"{ratio(m(ident, 'portcullis+identity', 'rps'), m(ident, 'portcullis+key', 'rps'))}"
+                  f" (Portcullis/Portcullis) | – |")
     pc = idle.get("portcullis", {})
     ng = idle.get("nginx", {})
     hp = idle.get("haproxy", {})
@@ -418,6 +428,12 @@ def cmd_report(results_path, meta_path, out_path):
            f"| streaming within 20% of direct | {ratio(pst, dst)} | "
            f"{verdict(cmp(pst, dst, lambda a, b: a >= 0.8 * b))} |",
            ""]
+    i_rps, k_rps = m(ident, "portcullis+identity", "rps"), m(ident, "portcullis+key", "rps")
+    if i_rps is not None:
+        md += ["### Targets (issue 10)", "", "| target | this run | |", "|---|---:|---|",
+               f"| identity verified by the service within 10% of the API-key row (3b) | "
+               f"{ratio(i_rps, k_rps)} | {verdict(cmp(i_rps, k_rps, lambda a, b: a >= 0.9 * b))} |",
+               ""]
 
     md += ["### Commands", "", "```sh"] + meta["commands"] + ["```", ""]
     text = "\n".join(md)
