@@ -32,6 +32,7 @@ const HOP_BY_HOP: [HeaderName; 8] = [
 ];
 
 const X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
+const IDENTITY: HeaderName = HeaderName::from_static(portcullis_link::headers::IDENTITY);
 
 /// Response extension naming the instance that served the call, for the access log.
 #[derive(Debug, Clone)]
@@ -263,13 +264,12 @@ where
     }
     // The one identity a service sees is the gateway's. `insert` replaces every value; the
     // early phase stripped the client's already, this keeps it so whoever added one.
-    let identity = HeaderName::from_static(portcullis_link::headers::IDENTITY);
     match ctx.identity {
         Some(v) => {
-            h.insert(identity, v);
+            h.insert(IDENTITY, v);
         }
         None => {
-            h.remove(identity);
+            h.remove(IDENTITY);
         }
     }
     if let Some(ip) = ctx.client_ip {

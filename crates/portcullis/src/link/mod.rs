@@ -373,8 +373,6 @@ impl LinkServer {
             .unwrap_or(crate::config::MAX_H2_WINDOW)
     }
 
-    /// CHALLENGE, HELLO, credential, descriptors. `version` becomes the HELLO's as soon as
-    /// it has been read, for the REJECT or HELLO_ACK that answers it.
     /// The public keys services verify assertions with now.
     fn published_keys(&self) -> Jwks {
         self.assertions
@@ -391,7 +389,7 @@ impl LinkServer {
     /// service is in trouble, which the heartbeat is already measuring, and a tight retry loop
     /// would only add load there. A new key signs only after the key ring's publish delay, so
     /// a push that fails once is retried well before the key is used (the publish delay must
-    /// exceed a few heartbeat intervals; docs/link-protocol.md §6.4).
+    /// exceed a few heartbeat intervals; docs/link-protocol.md §6.5).
     async fn push_keys(
         &self,
         inst: &Instance,
@@ -433,6 +431,8 @@ impl LinkServer {
         }
     }
 
+    /// CHALLENGE, HELLO, credential, descriptors. `version` becomes the HELLO's as soon as
+    /// it has been read, for the REJECT or HELLO_ACK that answers it.
     async fn handshake<IO>(
         &self,
         io: &mut IO,
