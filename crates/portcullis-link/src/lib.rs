@@ -13,6 +13,7 @@
 mod descriptor;
 mod frame;
 pub mod jws;
+pub mod shard;
 mod template;
 
 pub use descriptor::{

@@ -18,10 +18,10 @@
 //! With the `axum` feature (on by default) `Identity` is an extractor; it is also in the
 //! request's extensions for any other tower service.
 
-use std::collections::HashMap;
+use portcullis_link::shard::PreHashedMap;
 use std::fmt;
-use std::hash::{BuildHasher, BuildHasherDefault, Hasher, RandomState};
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::hash::{BuildHasher, RandomState};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, PoisonError, RwLock};
 
 use http::{HeaderMap, HeaderName};
@@ -175,38 +175,12 @@ type Keys = Arc<[(String, [u8; 32])]>;
 
 #[derive(Default)]
 struct Shard {
-    entries: HashMap<u64, Cached, BuildHasherDefault<PreHashed>>,
+    entries: PreHashedMap<Cached>,
 }
 
 struct Cached {
     identity: Identity,
     generation: u64,
-}
-
-/// The map's hasher: its keys are already keyed SipHash values.
-#[derive(Default)]
-struct PreHashed(u64);
-
-impl Hasher for PreHashed {
-    fn finish(&self) -> u64 {
-        self.0
-    }
-    fn write(&mut self, bytes: &[u8]) {
-        // Only `write_u64` is used; fold anything else in so the hasher stays correct.
-        for b in bytes {
-            self.0 = self.0.rotate_left(8) ^ u64::from(*b);
-        }
-    }
-    fn write_u64(&mut self, n: u64) {
-        self.0 = n;
-    }
-}
-
-static NEXT_THREAD: AtomicUsize = AtomicUsize::new(0);
-
-thread_local! {
-    /// This thread's index, given the first time it verifies.
-    static THREAD_INDEX: usize = NEXT_THREAD.fetch_add(1, Ordering::Relaxed);
 }
 
 /// Now, Unix seconds.
@@ -366,7 +340,7 @@ impl Verifier {
     }
 
     fn shard(&self) -> &Mutex<Shard> {
-        let i = THREAD_INDEX.with(|i| *i);
+        let i = portcullis_link::shard::thread_index();
         &self.shards[i % self.shards.len()]
     }
 

@@ -107,6 +107,14 @@ impl IamApi {
     }
 }
 
+/// The caller's own workspace id: what a check runs against when the thing named does not
+/// exist, so a caller who may not read there learns nothing from a 404.
+fn own_workspace(c: &Caller) -> String {
+    c.identity
+        .as_ref()
+        .map_or_else(String::new, |i| i.workspace.id.to_string())
+}
+
 fn error(e: AdminError) -> Response {
     let status = match e.kind {
         ErrorKind::Usage => StatusCode::BAD_REQUEST,
@@ -338,10 +346,7 @@ async fn workspaces_action(
 async fn user_workspace(api: &IamApi, c: &Caller, name: &str) -> Result<String, Response> {
     match iam::user(&api.store, name).await {
         Ok(u) => Ok(u.workspace_id),
-        Err(e) if e.kind == ErrorKind::NotFound => Ok(c
-            .identity
-            .as_ref()
-            .map_or_else(String::new, |i| i.workspace.id.to_string())),
+        Err(e) if e.kind == ErrorKind::NotFound => Ok(own_workspace(c)),
         Err(e) => Err(error(e)),
     }
 }
@@ -462,10 +467,7 @@ async fn bindings_list(
     let ws = match (&q.subject, &q.workspace) {
         (Some(s), _) => match iam::subject(&api.store, s).await {
             Ok((_, _, home)) => home,
-            Err(e) if e.kind == ErrorKind::NotFound => c
-                .identity
-                .as_ref()
-                .map_or_else(String::new, |i| i.workspace.id.to_string()),
+            Err(e) if e.kind == ErrorKind::NotFound => own_workspace(&c),
             Err(e) => return error(e),
         },
         (None, Some(w)) => tri!(workspace_id(&api.store, w).await),
@@ -514,10 +516,7 @@ async fn bindings_revoke(
     let c = caller!(c);
     let ws = match api.store.role_binding(&id).await {
         Ok(Some(b)) => b.workspace_id,
-        Ok(None) => c
-            .identity
-            .as_ref()
-            .map_or_else(String::new, |i| i.workspace.id.to_string()),
+        Ok(None) => own_workspace(&c),
         Err(e) => return error(e.into()),
     };
     tri!(api.check(&c, IAM_ROLES_WRITE, &ws).await);
@@ -632,14 +631,9 @@ async fn keys_revoke(
         .as_ref()
         .is_some_and(|k| k.user_id.is_some() && k.user_id.as_deref() == caller_user(&c));
     if !own {
-        let ws = key.as_ref().map_or_else(
-            || {
-                c.identity
-                    .as_ref()
-                    .map_or_else(String::new, |i| i.workspace.id.to_string())
-            },
-            |k| k.workspace_id.clone(),
-        );
+        let ws = key
+            .as_ref()
+            .map_or_else(|| own_workspace(&c), |k| k.workspace_id.clone());
         tri!(api.check(&c, IAM_KEYS_WRITE, &ws).await);
     }
     let actor = IamApi::actor(&c);

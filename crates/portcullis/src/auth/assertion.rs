@@ -28,9 +28,8 @@
 use bytes::Bytes;
 use http::HeaderValue;
 use portcullis_link::jws::{self, AssertedVia, AssertionClaims};
-use std::collections::HashMap;
-use std::hash::{BuildHasher, BuildHasherDefault, Hash, Hasher, RandomState};
-use std::sync::atomic::{AtomicUsize, Ordering};
+use portcullis_link::shard::PreHashedMap;
+use std::hash::{BuildHasher, Hash, Hasher, RandomState};
 use std::sync::{Arc, Mutex, PoisonError};
 
 use super::keyring::{KeyRing, SigningKey};
@@ -85,7 +84,7 @@ impl std::fmt::Debug for AssertionSigner {
 /// One thread's cache: entries by the keyed hash of what they assert.
 #[derive(Default)]
 struct Shard {
-    entries: HashMap<u64, Entry, BuildHasherDefault<PreHashed>>,
+    entries: PreHashedMap<Entry>,
     swept_ms: i64,
 }
 
@@ -118,33 +117,6 @@ impl Entry {
     fn reusable(&self, now_ms: i64, kid: &str) -> bool {
         now_ms < self.refresh_ms && now_ms >= self.issued_ms && *self.kid == *kid
     }
-}
-
-/// The map's hasher: its keys are already keyed SipHash values.
-#[derive(Default)]
-struct PreHashed(u64);
-
-impl Hasher for PreHashed {
-    fn finish(&self) -> u64 {
-        self.0
-    }
-    fn write(&mut self, bytes: &[u8]) {
-        // Only `write_u64` is used; fold anything else in so the hasher stays correct.
-        for b in bytes {
-            self.0 = self.0.rotate_left(8) ^ u64::from(*b);
-        }
-    }
-    fn write_u64(&mut self, n: u64) {
-        self.0 = n;
-    }
-}
-
-static NEXT_THREAD: AtomicUsize = AtomicUsize::new(0);
-
-thread_local! {
-    /// This thread's index, given the first time it signs: data-plane threads sign, so they
-    /// are numbered one after another and each gets a shard of its own.
-    static THREAD_INDEX: usize = NEXT_THREAD.fetch_add(1, Ordering::Relaxed);
 }
 
 impl AssertionSigner {
@@ -232,7 +204,7 @@ impl AssertionSigner {
     }
 
     fn shard(&self) -> &Mutex<Shard> {
-        let i = THREAD_INDEX.with(|i| *i);
+        let i = portcullis_link::shard::thread_index();
         &self.shards[i % self.shards.len()]
     }
 
