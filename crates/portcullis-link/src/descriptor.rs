@@ -43,6 +43,16 @@ pub struct EndpointDescriptor {
     /// Protocol of the endpoint.
     #[serde(default)]
     pub protocol: Protocol,
+    /// The endpoint serves each workspace's own data, from the workspace the identity
+    /// assertion names: a caller bound across workspaces may point a call at another one
+    /// (`x-portcullis-workspace`). `false` (the default): a call acts in the caller's own
+    /// workspace, and naming another is refused.
+    #[serde(default, skip_serializing_if = "is_false")]
+    pub workspace_scoped: bool,
+}
+
+fn is_false(b: &bool) -> bool {
+    !*b
 }
 
 /// Why a descriptor is invalid.
@@ -147,6 +157,7 @@ mod tests {
             streaming: false,
             capability: None,
             protocol: Protocol::Http,
+            workspace_scoped: false,
         }
     }
 
@@ -154,6 +165,22 @@ mod tests {
         let ds: Vec<_> = decls.iter().map(|(m, p)| d(m, p)).collect();
         let ts: Vec<_> = ds.iter().map(|d| d.validate().unwrap()).collect();
         find_overlap(ds.iter().zip(&ts))
+    }
+
+    #[test]
+    fn workspace_scoped_is_optional_on_the_wire_both_ways() {
+        // A service that never heard of it (protocol v1/v2) declares an unscoped endpoint,
+        // and an unscoped endpoint is written as such a service would.
+        let old: EndpointDescriptor =
+            serde_json::from_str(r#"{"method":"GET","path":"/a"}"#).unwrap();
+        assert!(!old.workspace_scoped);
+        let json = serde_json::to_string(&d("GET", "/a")).unwrap();
+        assert!(!json.contains("workspace_scoped"), "{json}");
+        let mut scoped = d("GET", "/a");
+        scoped.workspace_scoped = true;
+        let back: EndpointDescriptor =
+            serde_json::from_str(&serde_json::to_string(&scoped).unwrap()).unwrap();
+        assert!(back.workspace_scoped);
     }
 
     #[test]

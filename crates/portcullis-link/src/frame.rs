@@ -514,6 +514,7 @@ mod tests {
                 streaming: false,
                 capability: Some("echo.read".into()),
                 protocol: Protocol::Http,
+                workspace_scoped: false,
             }],
             openapi: None,
             credential: Credential::Token {
@@ -728,7 +729,7 @@ mod tests {
             h.instance_id = inst;
             h.endpoints = (0..n).map(|i| EndpointDescriptor {
                 method: "POST".into(), path: format!("/p/{i}/{{id}}"), timeout_ms: None,
-                streaming: true, capability: None, protocol: Protocol::Grpc,
+                streaming: true, capability: None, protocol: Protocol::Grpc, workspace_scoped: i % 2 == 0,
             }).collect();
             let f = Frame::Hello(h);
             let bytes = f.encode().unwrap();

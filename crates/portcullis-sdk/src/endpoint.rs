@@ -35,6 +35,7 @@ impl Endpoint {
                 streaming: false,
                 capability: None,
                 protocol: Protocol::Http,
+                workspace_scoped: false,
             },
         }
     }
@@ -86,6 +87,15 @@ impl Endpoint {
     /// Mark the endpoint as gRPC (trailers carry the status).
     pub fn grpc(mut self) -> Self {
         self.descriptor.protocol = Protocol::Grpc;
+        self
+    }
+
+    /// Declare that the endpoint serves each workspace's own data, from the workspace in the
+    /// caller's [`Identity`](crate::Identity): a caller bound across workspaces may then point
+    /// a call at another one (`x-portcullis-workspace`). Without it, every call acts in the
+    /// caller's own workspace and the gateway refuses one naming another.
+    pub fn workspace_scoped(mut self) -> Self {
+        self.descriptor.workspace_scoped = true;
         self
     }
 

@@ -102,6 +102,7 @@ pub use error::{BoxError, Error, ErrorKind};
 #[cfg(feature = "axum")]
 pub use identity::IdentityRejection;
 pub use identity::{Identity, Verifier, VerifyError, DEFAULT_CACHE_CAPACITY};
+pub use portcullis_link::headers::IDENTITY as IDENTITY_HEADER;
 pub use portcullis_link::{EndpointDescriptor, HealthReport, Protocol, RejectCode};
 pub use service::{
     Running, Service, ServiceBuilder, DEFAULT_CONCURRENCY, DEFAULT_DRAIN_GRACE,

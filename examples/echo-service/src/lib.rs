@@ -85,15 +85,21 @@ fn declare(e: Endpoint, capability: Option<&str>) -> Endpoint {
 /// The endpoints [`router`] serves, as declared to the gateway.
 pub fn endpoints() -> Vec<Endpoint> {
     vec![
-        declare(Endpoint::any("/echo/{*rest}"), READ_CAPABILITY),
+        declare(
+            Endpoint::any("/echo/{*rest}").workspace_scoped(),
+            READ_CAPABILITY,
+        ),
         declare(Endpoint::get("/stream").streaming(), READ_CAPABILITY),
-        declare(Endpoint::post("/upload").streaming(), WRITE_CAPABILITY),
+        declare(
+            Endpoint::post("/upload").streaming().workspace_scoped(),
+            WRITE_CAPABILITY,
+        ),
         declare(
             Endpoint::get("/sleep").timeout(Duration::from_millis(MAX_SLEEP_MS)),
             READ_CAPABILITY,
         ),
         declare(Endpoint::get("/stats"), READ_CAPABILITY),
-        declare(Endpoint::get("/whoami"), READ_CAPABILITY),
+        declare(Endpoint::get("/whoami").workspace_scoped(), READ_CAPABILITY),
     ]
 }
 
@@ -126,7 +132,13 @@ async fn echo(
     stats.count_request();
     let mut map: BTreeMap<String, String> = BTreeMap::new();
     for (name, value) in &headers {
-        let value = String::from_utf8_lossy(value.as_bytes());
+        // The gateway's signed identity assertion is a credential the service verified: it is
+        // never handed back to the caller (`/whoami` shows who the caller is).
+        let value = if name.as_str() == portcullis_sdk::IDENTITY_HEADER {
+            "[redacted]".into()
+        } else {
+            String::from_utf8_lossy(value.as_bytes())
+        };
         map.entry(name.as_str().to_string())
             .and_modify(|v| {
                 v.push_str(", ");

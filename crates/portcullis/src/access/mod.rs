@@ -56,7 +56,7 @@ pub use config::{AccessConfig, RoleConfig};
 pub use pattern::{valid_capability, Pattern, PatternError};
 pub use policy::{
     BindingScope, MemoryPolicy, NoBindings, PolicyError, PolicyFuture, PolicySource, RoleBinding,
-    SubjectRef,
+    SubjectRef, WorkspaceFacts,
 };
 pub use registry::{CapabilityRegistry, RegisteredCapability, RegistryError, Requirement, Source};
 pub use roles::{Role, Roles};
@@ -257,6 +257,8 @@ struct Inner {
     decisions: cache::Cache<3, Decision>,
     /// (subject kind, subject id) → role bindings.
     bindings: cache::Cache<2, Arc<[RoleBinding]>>,
+    /// Workspace id → what it is called and whether it is active (`None`: no such workspace).
+    workspaces: cache::Cache<1, Option<WorkspaceFacts>>,
     lookups: Semaphore,
     lookup_timeout: Duration,
     /// Moved by [`Access::invalidate`]; added to the key source's epoch.
@@ -300,6 +302,7 @@ impl Access {
             capabilities: p.capabilities,
             decisions: cache::Cache::new(s.cache_capacity, s.cache_ttl),
             bindings: cache::Cache::new(s.cache_capacity, s.cache_ttl),
+            workspaces: cache::Cache::new(s.cache_capacity, s.cache_ttl),
             lookups: Semaphore::new(s.max_concurrent_lookups.max(1)),
             lookup_timeout: s.lookup_timeout,
             epoch: AtomicU64::new(0),
@@ -347,6 +350,38 @@ impl Access {
             }
             // Only users are authorised by bindings alone; anything else fails closed.
             _ => Decision::Deny(DenyReason::Capability),
+        }
+    }
+
+    /// May a caller enter workspace `id`, named by it rather than its own? Only an existing,
+    /// active workspace can be entered (a `*` binding covers every workspace, but a disabled
+    /// one is entered by nobody); the answer is its current name, for the identity assertion.
+    /// Cached and dropped like decisions; a store that cannot answer denies, uncached.
+    pub async fn enter_workspace(&self, id: &str) -> Result<Arc<str>, DenyReason> {
+        let epoch = self.epoch();
+        let facts = match self.0.workspaces.get([id], epoch) {
+            Some(f) => f,
+            None => {
+                let lookup = async {
+                    let _turn = self.0.lookups.acquire().await.ok()?;
+                    self.0
+                        .policy
+                        .workspace(id)
+                        .await
+                        .map_err(|e| tracing::warn!(error = %e, "workspace unavailable: denying"))
+                        .ok()
+                };
+                let Ok(Some(found)) = tokio::time::timeout(self.0.lookup_timeout, lookup).await
+                else {
+                    return Err(DenyReason::Unavailable);
+                };
+                self.0.workspaces.insert([id], found.clone(), epoch);
+                found
+            }
+        };
+        match facts {
+            Some(f) if f.active => Ok(f.name),
+            _ => Err(DenyReason::Workspace),
         }
     }
 

@@ -102,6 +102,16 @@ impl RoleBinding {
     }
 }
 
+/// What the authoriser needs to know of a workspace a caller names by id: its name (for the
+/// identity assertion) and whether it is active (a disabled workspace is entered by nobody).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct WorkspaceFacts {
+    /// Its current name.
+    pub name: Arc<str>,
+    /// Not disabled.
+    pub active: bool,
+}
+
 /// The policy store could not answer; the decision denies and nothing is cached.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[error("policy unavailable: {0}")]
@@ -130,6 +140,15 @@ pub trait PolicySource: Send + Sync + 'static {
     /// returned. Returning more than needed never widens a decision beyond what the bindings
     /// say; returning one too few only denies.
     fn bindings<'a>(&'a self, subject: SubjectRef<'a>) -> PolicyFuture<'a, Vec<RoleBinding>>;
+
+    /// The workspace of id `id`: `Ok(None)` when there is none, `Err` only when the store
+    /// cannot answer. Asked when a caller names a workspace other than its own; cached and
+    /// dropped like bindings (a store must bump the generation when a workspace is renamed,
+    /// disabled or enabled). The default knows no workspace: naming one is refused.
+    fn workspace<'a>(&'a self, id: &'a str) -> PolicyFuture<'a, Option<WorkspaceFacts>> {
+        let _ = id;
+        Box::pin(async { Ok(None) })
+    }
 }
 
 /// A source without bindings: keys grant their scopes in their own workspace and nothing else;
@@ -147,6 +166,8 @@ impl PolicySource for NoBindings {
 #[derive(Debug, Default)]
 pub struct MemoryPolicy {
     bindings: RwLock<HashMap<(&'static str, String), Vec<RoleBinding>>>,
+    /// Workspaces by id; one not listed is taken as active, named by its id.
+    workspaces: RwLock<HashMap<String, WorkspaceFacts>>,
     unavailable: AtomicBool,
     queries: AtomicUsize,
 }
@@ -182,6 +203,20 @@ impl MemoryPolicy {
         }
     }
 
+    /// Say what workspace `id` is called and whether it is active (unlisted ones are active,
+    /// named by their id).
+    pub fn set_workspace(&self, id: &str, name: &str, active: bool) {
+        if let Ok(mut m) = self.workspaces.write() {
+            m.insert(
+                id.to_string(),
+                WorkspaceFacts {
+                    name: name.into(),
+                    active,
+                },
+            );
+        }
+    }
+
     /// From now on, answer every query with an error (`true`) or normally again (`false`).
     pub fn set_unavailable(&self, unavailable: bool) {
         self.unavailable.store(unavailable, Ordering::Relaxed);
@@ -204,6 +239,25 @@ impl PolicySource for MemoryPolicy {
                 .read()
                 .map(|m| m.get(&Self::key(subject)).cloned().unwrap_or_default())
                 .unwrap_or_default())
+        };
+        Box::pin(async move { answer })
+    }
+
+    fn workspace<'a>(&'a self, id: &'a str) -> PolicyFuture<'a, Option<WorkspaceFacts>> {
+        self.queries.fetch_add(1, Ordering::Relaxed);
+        let answer = if self.unavailable.load(Ordering::Relaxed) {
+            Err(PolicyError::new("memory policy set unavailable"))
+        } else {
+            Ok(Some(
+                self.workspaces
+                    .read()
+                    .ok()
+                    .and_then(|m| m.get(id).cloned())
+                    .unwrap_or_else(|| WorkspaceFacts {
+                        name: id.into(),
+                        active: true,
+                    }),
+            ))
         };
         Box::pin(async move { answer })
     }

@@ -2,9 +2,9 @@
 //!
 //! A call acts in the caller's own workspace unless it names another in
 //! `x-portcullis-workspace`, **by workspace id** (`ws_…`), never by name: the decision compares
-//! the id with the workspaces of the caller's role bindings, which are kept by id, so naming
-//! costs no lookup, and an id cannot be re-pointed by renaming a workspace. Naming one's own
-//! workspace is the same as naming none.
+//! the id with the workspaces of the caller's role bindings, which are kept by id, so an id
+//! cannot be re-pointed by renaming a workspace. Naming one's own workspace is the same as
+//! naming none.
 //!
 //! - The header is read by the early phase before it strips every `x-portcullis-*` header, so
 //!   it is never forwarded; the service learns the workspace from the gateway's identity
@@ -15,10 +15,21 @@
 //!   403 would send an operator hunting through role bindings for a typo. Before
 //!   authentication it changes nothing: every non-public path still answers the same 401.
 //! - A well-formed id the caller holds no binding in (directly or through `*`) is refused by
-//!   the decision: 403 with the fixed body, `forbidden_workspace` to the audit log.
+//!   the decision: 403 with the fixed body, `forbidden_workspace` to the audit log. Once the
+//!   decision allows, the workspace must exist and be active (`Access::enter_workspace`, one
+//!   cached lookup, asked only for callers the decision allowed, so a flood of made-up ids
+//!   from callers bound nowhere costs the store nothing): a `*` binding covers every
+//!   workspace, but a disabled one is entered by nobody — the same 403, `forbidden_workspace`.
+//! - Only workspace-scoped targets can be pointed at another workspace: a service route
+//!   declared `workspace_scoped` and gateway operations. Naming another workspace on a route
+//!   that is not is 400 (`bad_request`), after authentication: the service would act in the
+//!   caller's own workspace whatever the header said, and a caller acting across workspaces
+//!   must not believe otherwise.
 
 use http::{HeaderMap, HeaderName, HeaderValue};
 use std::sync::Arc;
+
+use crate::auth::WorkspaceRef;
 
 /// The header a caller names its target workspace in.
 pub const WORKSPACE_HEADER: HeaderName = HeaderName::from_static("x-portcullis-workspace");
@@ -59,26 +70,26 @@ pub fn requested_workspace(headers: &HeaderMap) -> RequestedWorkspace {
 pub enum TargetWorkspace {
     /// The caller's own (no header, or the header named it).
     Own(Arc<str>),
-    /// Another, named by id in `x-portcullis-workspace` (checked well-formed ASCII).
-    Named(HeaderValue),
+    /// Another, named by id in `x-portcullis-workspace`, the caller allowed there and the
+    /// workspace found active (`Access::enter_workspace`), with its current name.
+    Named(WorkspaceRef),
+}
+
+/// The workspace a caller of workspace `own` named, when it is another one: naming one's own
+/// is naming none.
+pub fn other_workspace<'a>(
+    own: &str,
+    requested: Option<&'a HeaderValue>,
+) -> Option<&'a HeaderValue> {
+    requested.filter(|v| v.as_bytes() != own.as_bytes())
 }
 
 impl TargetWorkspace {
-    /// The target of a caller of workspace `own` that asked for `requested` (well-formed).
-    pub fn choose(own: &Arc<str>, requested: Option<&HeaderValue>) -> Self {
-        match requested {
-            Some(v) if v.as_bytes() != own.as_bytes() => Self::Named(v.clone()),
-            _ => Self::Own(own.clone()),
-        }
-    }
-
     /// The workspace id.
     pub fn id(&self) -> &str {
         match self {
             Self::Own(id) => id,
-            // Checked to be ASCII when read; never empty in practice, and an empty id is
-            // bound nowhere.
-            Self::Named(v) => v.to_str().unwrap_or(""),
+            Self::Named(w) => &w.id,
         }
     }
 
@@ -129,12 +140,14 @@ mod tests {
 
     #[test]
     fn naming_ones_own_workspace_is_naming_none() {
-        let own: Arc<str> = "ws_1".into();
-        let t = TargetWorkspace::choose(&own, Some(&HeaderValue::from_static("ws_1")));
-        assert!(t.is_own());
-        let t = TargetWorkspace::choose(&own, None);
+        let (own, other) = (
+            HeaderValue::from_static("ws_1"),
+            HeaderValue::from_static("ws_2"),
+        );
+        assert_eq!(other_workspace("ws_1", Some(&own)), None);
+        assert_eq!(other_workspace("ws_1", None), None);
+        assert_eq!(other_workspace("ws_1", Some(&other)), Some(&other));
+        let t = TargetWorkspace::Own("ws_1".into());
         assert_eq!((t.id(), t.is_own()), ("ws_1", true));
-        let t = TargetWorkspace::choose(&own, Some(&HeaderValue::from_static("ws_2")));
-        assert_eq!((t.id(), t.is_own()), ("ws_2", false));
     }
 }

@@ -729,6 +729,7 @@ mod tests {
                 streaming: false,
                 capability: None,
                 protocol: portcullis_link::Protocol::Http,
+                workspace_scoped: false,
             }],
             openapi: None,
             credential: portcullis_link::Credential::Token {

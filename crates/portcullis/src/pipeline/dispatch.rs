@@ -19,6 +19,7 @@ use tracing::Instrument;
 use super::call::Call;
 use super::resolve::Target;
 use super::Limits;
+use crate::access::TargetWorkspace;
 use crate::auth::assertion::AssertionSigner;
 use crate::auth::{Identity, WorkspaceRef};
 use crate::body::{BoxError, GatewayBody};
@@ -37,22 +38,12 @@ pub struct Dispatch {
 
 /// The workspace a call acts in, which its assertion names: the one the authorise phase
 /// decided on (`Call::workspace`) — the identity's own, or the one an identity bound across
-/// workspaces named in `x-portcullis-workspace` — never one the caller merely belongs to.
-/// A named workspace is known by id only (the decision costs no lookup), so its assertion
-/// carries the id as `wsn` too.
-fn acting_workspace<'a>(
-    call: &'a Call,
-    identity: &'a Identity,
-) -> std::borrow::Cow<'a, WorkspaceRef> {
+/// workspaces named in `x-portcullis-workspace`, with its name as the authorise phase found it
+/// — never one the caller merely belongs to.
+fn acting_workspace<'a>(call: &'a Call, identity: &'a Identity) -> &'a WorkspaceRef {
     match &call.workspace {
-        Some(w) if !w.is_own() && w.id() != &*identity.workspace.id => {
-            let id: std::sync::Arc<str> = w.id().into();
-            std::borrow::Cow::Owned(WorkspaceRef {
-                id: id.clone(),
-                name: id,
-            })
-        }
-        _ => std::borrow::Cow::Borrowed(&identity.workspace),
+        Some(TargetWorkspace::Named(w)) => w,
+        _ => &identity.workspace,
     }
 }
 
@@ -90,7 +81,7 @@ impl Dispatch {
                 let identity = match &call.identity {
                     Some(id) => Some(
                         self.assertions
-                            .assertion(id, &acting_workspace(call, id), &route.service)
+                            .assertion(id, acting_workspace(call, id), &route.service)
                             .map_err(|e| {
                                 tracing::error!(error = %e, "cannot sign the identity assertion");
                                 GatewayError::Unavailable("identity assertion")

@@ -172,14 +172,24 @@ impl Target {
         }
     }
 
-    /// Capability the target needs; `None` for a public operation (and for nothing, which
-    /// is answered before any decision).
     /// Is the target a gateway operation that needs only a verified identity and authorises
     /// per request (`Requirement::Authenticated`)?
     pub fn authorises_itself(&self) -> bool {
         matches!(self, Self::Gateway(op) if op.requires == Requirement::Authenticated)
     }
 
+    /// Can a call to the target act in a workspace other than the caller's own
+    /// (`x-portcullis-workspace`)? Routes declared `workspace_scoped`, and gateway operations.
+    pub fn workspace_scoped(&self) -> bool {
+        match self {
+            Self::Service(r) => r.workspace_scoped,
+            Self::Gateway(_) => true,
+            Self::Unrouted(_) => false,
+        }
+    }
+
+    /// Capability the target needs; `None` for a public operation (and for nothing, which
+    /// is answered before any decision).
     pub fn capability(&self) -> Option<&str> {
         match self {
             Self::Service(r) => Some(&r.capability),

@@ -27,6 +27,9 @@ pub struct Route {
     pub timeout: Duration,
     /// Response is a long-lived stream.
     pub streaming: bool,
+    /// A caller bound across workspaces may point a call at another workspace (the descriptor
+    /// of the first instance registered decides, as for every other field).
+    pub workspace_scoped: bool,
     /// Capability a caller needs: the one the descriptor declares, or `<service>.call`
     /// (`access::registry::endpoint_capability`).
     pub capability: Arc<str>,
@@ -180,6 +183,7 @@ pub fn route_from(
             .map(Duration::from_millis)
             .unwrap_or(default_timeout),
         streaming: d.streaming,
+        workspace_scoped: d.workspace_scoped,
         // Registration refuses descriptors whose capability is not valid, so this never falls
         // back; if it did, the empty name matches no scope, pattern or role: fail closed.
         capability: crate::access::registry::endpoint_capability(service, d.capability.as_deref())
@@ -205,6 +209,7 @@ mod tests {
                     streaming: false,
                     capability: None,
                     protocol: Protocol::Http,
+                    workspace_scoped: false,
                 };
                 let t = d.validate().unwrap();
                 (

@@ -6,7 +6,9 @@
 use sqlx::Row;
 
 use super::Store;
-use crate::access::{PolicyError, PolicyFuture, PolicySource, RoleBinding, SubjectRef};
+use crate::access::{
+    PolicyError, PolicyFuture, PolicySource, RoleBinding, SubjectRef, WorkspaceFacts,
+};
 
 impl Store {
     /// The active role bindings of a subject (`user` or `key`, by id), as (role, workspace id or
@@ -50,6 +52,18 @@ impl PolicySource for Store {
                 .iter()
                 .map(|(role, ws)| RoleBinding::new(role, ws))
                 .collect())
+        })
+    }
+
+    fn workspace<'a>(&'a self, id: &'a str) -> PolicyFuture<'a, Option<WorkspaceFacts>> {
+        Box::pin(async move {
+            Ok(Store::workspace(self, id)
+                .await
+                .map_err(PolicyError::new)?
+                .map(|w| WorkspaceFacts {
+                    active: !w.is_disabled(),
+                    name: w.name.into(),
+                }))
         })
     }
 }

@@ -105,6 +105,84 @@ async fn another_workspace_without_a_binding_there_is_the_fixed_403_forbidden_wo
     gw.shutdown().await;
 }
 
+/// A caller bound in `*` (an admin) may point a workspace-scoped call at any workspace that
+/// exists and is active, and the service learns its id and current name from the assertion;
+/// a disabled or unknown one is the fixed 403 (`forbidden_workspace`), and a route not
+/// declared workspace-scoped refuses another workspace with 400.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_caller_bound_everywhere_enters_only_active_workspaces_and_scoped_routes() {
+    use portcullis::store::{NewRoleBinding, SubjectKind, WorkspaceUpdate};
+    let gw = TestGateway::with_services(&["echo"]).await;
+    let (_svc, _) = gw.echo("echo-1").await;
+    let db = gw.auth.store().clone();
+    let team_b = db.create_workspace("team-b", None).await.unwrap().id;
+    let (key_id, admin) = gw.create_key("everywhere", &["*"]).await;
+    db.grant_role(
+        &NewRoleBinding {
+            subject_kind: SubjectKind::Key,
+            subject_id: key_id,
+            role: "admin".into(),
+            workspace_id: "*".into(),
+        },
+        "test",
+    )
+    .await
+    .unwrap();
+    gw.auth.poll_changes().await.unwrap();
+    let at = gw.ingress;
+
+    let (status, body) = call(at, "GET", "/whoami", Some(&admin), &[&team_b]).await;
+    assert_eq!(status, StatusCode::OK, "{body:?}");
+    let v = json(&body);
+    assert_eq!(v["workspace"]["id"], team_b.as_str());
+    assert_eq!(v["workspace"]["name"], "team-b");
+
+    // /stats serves no workspace's data: another workspace is a mistake, said plainly.
+    let (status, body) = call(at, "GET", "/stats", Some(&admin), &[&team_b]).await;
+    assert_eq!((status, &body[..]), (StatusCode::BAD_REQUEST, BAD_REQUEST));
+    let own = own_workspace(&gw).await;
+    let (status, _) = call(at, "GET", "/stats", Some(&admin), &[&own]).await;
+    assert_eq!(status, StatusCode::OK);
+
+    // A rename reaches the assertion once the change is seen.
+    db.update_workspace(
+        &team_b,
+        &WorkspaceUpdate {
+            name: Some("team-bee".into()),
+            display_name: None,
+        },
+        "test",
+    )
+    .await
+    .unwrap();
+    gw.auth.poll_changes().await.unwrap();
+    let (_, body) = call(at, "GET", "/whoami", Some(&admin), &[&team_b]).await;
+    assert_eq!(json(&body)["workspace"]["name"], "team-bee");
+
+    // Disabled: entered by nobody, `*` or not; the caller's own still works.
+    db.disable_workspace(&team_b, "test").await.unwrap();
+    gw.auth.poll_changes().await.unwrap();
+    for ws in [team_b.as_str(), "ws_0000000000000000"] {
+        let (status, body) = call(at, "GET", "/whoami", Some(&admin), &[ws]).await;
+        assert_eq!(
+            (status, &body[..]),
+            (StatusCode::FORBIDDEN, FORBIDDEN),
+            "{ws}"
+        );
+    }
+    let (status, _) = call(at, "GET", "/whoami", Some(&admin), &[]).await;
+    assert_eq!(status, StatusCode::OK);
+    let (_, _, m) = gw.get("/metrics").await;
+    let m = String::from_utf8_lossy(&m);
+    assert_eq!(failures(&m, "forbidden_workspace"), 2, "{m}");
+
+    db.enable_workspace(&team_b, "test").await.unwrap();
+    gw.auth.poll_changes().await.unwrap();
+    let (status, _) = call(at, "GET", "/whoami", Some(&admin), &[&team_b]).await;
+    assert_eq!(status, StatusCode::OK);
+    gw.shutdown().await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_malformed_workspace_header_is_400_once_authenticated_and_nothing_before() {
     let gw = TestGateway::with_services(&["echo"]).await;

@@ -49,10 +49,10 @@ async fn routes_echo_and_outcomes() {
     let (_, _, body) = collect(gw.request(req).await).await;
     let v = json(&body);
     assert_eq!(v["headers"]["x-portcullis-route"], "/echo/{*rest}");
-    // The client's value never arrives; the gateway's own signed assertion does.
-    let asserted = v["headers"]["x-portcullis-identity"].as_str().unwrap_or("");
-    assert_ne!(asserted, "admin");
-    assert_eq!(asserted.split('.').count(), 3, "{asserted}");
+    // The client's value never arrives; the gateway's own signed assertion does (the SDK
+    // verified it before the handler ran, or the call would be 401), and the echo hands no
+    // credential back.
+    assert_eq!(v["headers"]["x-portcullis-identity"], "[redacted]");
 
     gw.shutdown().await;
 }

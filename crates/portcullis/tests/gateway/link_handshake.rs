@@ -42,6 +42,7 @@ fn hello(service: &str, token: &str, path: &str) -> Hello {
             streaming: false,
             capability: None,
             protocol: Protocol::Http,
+            workspace_scoped: false,
         }],
         openapi: None,
         credential: Credential::Token {

@@ -385,6 +385,7 @@ pub fn descriptor(method: &str, path: &str) -> portcullis_link::EndpointDescript
         streaming: true,
         capability: None,
         protocol: portcullis_link::Protocol::Http,
+        workspace_scoped: false,
     }
 }
 
