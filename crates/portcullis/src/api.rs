@@ -9,8 +9,8 @@
 //! | `POST …/users`, `PATCH …/users/{id}`, `DELETE …/users/{id}`, `POST …/users/{id}/disable`, `…/enable`, `…/reset-password` | `iam.users.write` |
 //! | `GET …/role-bindings?subject=S` or `?workspace=W` | `iam.roles.read` |
 //! | `POST …/role-bindings`, `DELETE …/role-bindings/{id}` | `iam.roles.write` |
-//! | `GET …/keys` (the caller's own), `POST …/keys` (one for the caller), `POST …/keys/{id}/revoke` (its own) | none beyond being a user |
-//! | `GET …/keys?workspace=W`, `POST …/keys` with `user`, `POST …/keys/{id}/revoke` of another's key | `iam.keys.read` / `iam.keys.write` |
+//! | `GET …/keys` (the caller's own), `POST …/keys` (one for the caller), `POST …/keys/{id}/revoke`, `POST …/keys/{id}/rotate` (its own) | none beyond being a user |
+//! | `GET …/keys?workspace=W`, `POST …/keys` with `user`, `POST …/keys/{id}/revoke` or `/rotate` of another's key | `iam.keys.read` / `iam.keys.write` |
 //!
 //! **Workspaces are enforced here the same way as on routed calls**: the workspace an
 //! operation acts on is read from its path or body (a user's workspace, a binding's workspace,
@@ -40,7 +40,7 @@ use crate::admin::{AdminError, ErrorKind};
 use crate::admin::{Issuance, IssuedKeyView, KeyList, KeyView};
 use crate::audit::{AuditSink, Refusal};
 use crate::auth::authenticator::CreateKey;
-use crate::auth::login::{json_body, rescued};
+use crate::auth::login::{json_body, json_body_or_empty, rescued};
 use crate::auth::password::{Password, PasswordHasher};
 use crate::auth::ApiKeyAuthenticator;
 use crate::error::GatewayError;
@@ -263,6 +263,7 @@ pub fn router(api: Arc<IamApi>) -> Router {
         )
         .route("/api/v1/iam/keys", get(keys_list).post(keys_create))
         .route("/api/v1/iam/keys/{id}/revoke", post(keys_revoke))
+        .route("/api/v1/iam/keys/{id}/rotate", post(keys_rotate))
         .with_state(api)
 }
 
@@ -617,25 +618,30 @@ async fn keys_create(
     )
 }
 
+/// May the caller change key `id`: its own (a key issued to the calling user), or any with
+/// `iam.keys.write` in the key's workspace? An unknown id is checked in the caller's own
+/// workspace, so it answers 404 only to a caller who could have changed it.
+async fn check_key_change(api: &IamApi, c: &Caller, id: &str) -> Result<(), Response> {
+    let key = api.store.key(id).await.map_err(|e| error(e.into()))?;
+    let own = key
+        .as_ref()
+        .is_some_and(|k| k.user_id.is_some() && k.user_id.as_deref() == caller_user(c));
+    if !own {
+        let ws = key
+            .as_ref()
+            .map_or_else(|| own_workspace(c), |k| k.workspace_id.clone());
+        api.check(c, IAM_KEYS_WRITE, &ws).await?;
+    }
+    Ok(())
+}
+
 async fn keys_revoke(
     axum::extract::State(api): St,
     c: Option<Extension<Caller>>,
     Path(id): Path<String>,
 ) -> Response {
     let c = caller!(c);
-    let key = match api.store.key(&id).await {
-        Ok(k) => k,
-        Err(e) => return error(e.into()),
-    };
-    let own = key
-        .as_ref()
-        .is_some_and(|k| k.user_id.is_some() && k.user_id.as_deref() == caller_user(&c));
-    if !own {
-        let ws = key
-            .as_ref()
-            .map_or_else(|| own_workspace(&c), |k| k.workspace_id.clone());
-        tri!(api.check(&c, IAM_KEYS_WRITE, &ws).await);
-    }
+    tri!(check_key_change(&api, &c, &id).await);
     let actor = IamApi::actor(&c);
     let now = crate::store::now_ms();
     done(
@@ -644,6 +650,45 @@ async fn keys_revoke(
             .revoke(&id, &actor)
             .await
             .map(|k| KeyView::new(&k, now))
+            .map_err(AdminError::from),
+    )
+}
+
+/// Longest overlap a rotation may give the previous secret through the API.
+const MAX_ROTATION_OVERLAP: std::time::Duration = std::time::Duration::from_secs(30 * 86_400);
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RotateBody {
+    /// How long the previous secret stays valid, in seconds; absent: 24 h, as in the CLI.
+    #[serde(default)]
+    overlap_s: Option<u64>,
+}
+
+async fn keys_rotate(
+    axum::extract::State(api): St,
+    c: Option<Extension<Caller>>,
+    Path(id): Path<String>,
+    req: Request,
+) -> Response {
+    let c = caller!(c);
+    // An empty body takes the defaults.
+    let body = tri!(json_body_or_empty(req).await).unwrap_or(RotateBody { overlap_s: None });
+    let overlap = body.overlap_s.map_or(
+        std::time::Duration::from_secs(86_400),
+        std::time::Duration::from_secs,
+    );
+    if overlap > MAX_ROTATION_OVERLAP {
+        return error(AdminError::usage("overlap_s is at most 30 days (2592000)"));
+    }
+    tri!(check_key_change(&api, &c, &id).await);
+    let actor = IamApi::actor(&c);
+    done(
+        StatusCode::OK,
+        api.keys
+            .rotate(&id, overlap, &actor)
+            .await
+            .map(|(i, until)| IssuedKeyView::new(i, Issuance::Rotated, Some(until)))
             .map_err(AdminError::from),
     )
 }

@@ -431,6 +431,16 @@ fn answer(e: LoginError) -> Response {
 
 /// Read a JSON body of at most [`MAX_BODY_BYTES`] strictly into `T`.
 pub(crate) async fn json_body<T: serde::de::DeserializeOwned>(req: Request) -> Result<T, Response> {
+    json_body_or_empty(req)
+        .await?
+        .ok_or_else(|| rescued(GatewayError::BadRequest("json")))
+}
+
+/// [`json_body`], where an empty body (or only whitespace) is `None`: an operation whose
+/// every field has a default.
+pub(crate) async fn json_body_or_empty<T: serde::de::DeserializeOwned>(
+    req: Request,
+) -> Result<Option<T>, Response> {
     let limited = http_body_util::Limited::new(req.into_body(), MAX_BODY_BYTES);
     let bytes: Bytes = match limited.collect().await {
         Ok(c) => c.to_bytes(),
@@ -445,10 +455,13 @@ pub(crate) async fn json_body<T: serde::de::DeserializeOwned>(req: Request) -> R
     // The body may hold a password: wiped once parsed.
     let bytes = zeroize::Zeroizing::new(bytes.to_vec());
     // An object, not the same fields as an array (serde would accept `[ws, user, pw]`).
-    if bytes.iter().find(|b| !b.is_ascii_whitespace()) != Some(&b'{') {
-        return Err(rescued(GatewayError::BadRequest("json")));
+    match bytes.iter().find(|b| !b.is_ascii_whitespace()) {
+        None => Ok(None),
+        Some(b'{') => serde_json::from_slice(&bytes)
+            .map(Some)
+            .map_err(|_| rescued(GatewayError::BadRequest("json"))),
+        Some(_) => Err(rescued(GatewayError::BadRequest("json"))),
     }
-    serde_json::from_slice(&bytes).map_err(|_| rescued(GatewayError::BadRequest("json")))
 }
 
 fn no_store(mut r: Response) -> Response {

@@ -304,6 +304,76 @@ async fn an_admin_bootstrapped_by_the_cli_manages_workspaces_users_and_roles() {
         StatusCode::UNAUTHORIZED
     );
 
+    // Rotating one's own key: a new secret once, the previous one kept for the overlap (none
+    // here: refused at once); someone else's needs iam.keys.write.
+    let wide_id = wide_key
+        .strip_prefix("pcs_")
+        .and_then(|k| k.split('_').next())
+        .unwrap()
+        .to_string();
+    for bad in [r#"{"overlap_s": 2592001}"#, r#"{"overlap": 1}"#, "[0]"] {
+        let (status, _, _) = send(
+            &gw,
+            "POST",
+            &format!("/api/v1/iam/keys/{wide_id}/rotate"),
+            Some(serde_json::from_str(bad).unwrap_or(serde_json::Value::Null)),
+            Some(&bob),
+            None,
+        )
+        .await;
+        assert_eq!(status, StatusCode::BAD_REQUEST, "{bad}");
+    }
+    let (status, _, body) = send(
+        &gw,
+        "POST",
+        &format!("/api/v1/iam/keys/{wide_id}/rotate"),
+        Some(serde_json::json!({"overlap_s": 0})),
+        Some(&bob),
+        None,
+    )
+    .await;
+    assert_eq!(status, StatusCode::OK, "{body:?}");
+    let rotated = json(&body)["api_key"].as_str().unwrap().to_string();
+    assert_ne!(rotated, wide_key);
+    assert_eq!(
+        gw.get_with_key("/echo/x", Some(&rotated)).await.0,
+        StatusCode::OK
+    );
+    eventually("the previous secret is refused", || async {
+        gw.get_with_key("/echo/x", Some(&wide_key)).await.0 == StatusCode::UNAUTHORIZED
+    })
+    .await;
+    let root_keys = gw.auth.store().list_user_keys(root_id).await.unwrap();
+    if let Some(k) = root_keys.first() {
+        let (status, _, _) = send(
+            &gw,
+            "POST",
+            &format!("/api/v1/iam/keys/{}/rotate", k.key_id),
+            None,
+            Some(&bob),
+            None,
+        )
+        .await;
+        assert_eq!(status, StatusCode::FORBIDDEN);
+    }
+    // An empty body takes the 24 h default; root may rotate bob's key.
+    let (status, _, body) = send(
+        &gw,
+        "POST",
+        &format!("/api/v1/iam/keys/{wide_id}/rotate"),
+        None,
+        Some(&root),
+        None,
+    )
+    .await;
+    assert_eq!(status, StatusCode::OK, "{body:?}");
+    assert!(json(&body)["previous_valid_until"].is_string(), "{body:?}");
+    assert_eq!(
+        gw.get_with_key("/echo/x", Some(&rotated)).await.0,
+        StatusCode::OK,
+        "the previous secret holds for the overlap"
+    );
+
     // Cross-workspace calls: root (admin in `*`) may act in acme by naming it; bob may not act
     // in default.
     let default_ws = gw
