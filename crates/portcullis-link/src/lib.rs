@@ -15,6 +15,7 @@ mod frame;
 pub mod jws;
 pub mod shard;
 mod template;
+pub mod worker;
 
 pub use descriptor::{
     find_overlap, methods_overlap, DescriptorError, EndpointDescriptor, Overlap, Protocol,

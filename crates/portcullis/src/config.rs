@@ -24,6 +24,7 @@ pub use crate::dataplane::RuntimeConfig;
 pub use crate::ingress::IngressConfig;
 pub use crate::link::{LinkConfig, MAX_H2_WINDOW};
 pub use crate::routing::RoutingConfig;
+pub use crate::sessions::{BackendConfig, SessionsConfig};
 pub use crate::store::StoreConfig;
 pub use crate::telemetry::TelemetryConfig;
 
@@ -92,6 +93,10 @@ pub struct Config {
     pub auth: AuthConfig,
     /// Access control: configured roles and the decision cache.
     pub access: AccessConfig,
+    /// Sessions: limits, leases, queues and the worker protocol's timings.
+    pub sessions: SessionsConfig,
+    /// Process-worker backends sessions can target, by name.
+    pub backends: BTreeMap<String, BackendConfig>,
 }
 
 impl Default for Config {
@@ -108,6 +113,8 @@ impl Default for Config {
             store: StoreConfig::default(),
             auth: AuthConfig::default(),
             access: AccessConfig::default(),
+            sessions: SessionsConfig::default(),
+            backends: BTreeMap::new(),
         }
     }
 }
@@ -316,6 +323,11 @@ impl Config {
         self.store.validate("store", &mut errs);
         for (name, svc) in &self.services {
             svc.validate(&format!("services.{name}"), name, &mut errs);
+        }
+        self.sessions
+            .validate("sessions", &self.backends, &mut errs);
+        for (name, b) in &self.backends {
+            b.validate(&format!("backends.{name}"), name, &mut errs);
         }
         if errs.is_empty() {
             Ok(())

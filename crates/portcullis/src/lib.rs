@@ -28,6 +28,7 @@ pub mod pipeline;
 pub mod proxy;
 pub mod routing;
 pub mod server;
+pub mod sessions;
 pub mod store;
 pub mod telemetry;
 pub mod tls;

@@ -311,6 +311,13 @@ pub async fn run_with_parts(
     capabilities
         .register_operation("iam", Requirement::Authenticated)
         .map_err(|e| anyhow::anyhow!("iam: {e}"))?;
+    // The sessions API likewise authorises per request: in the session's workspace, with the
+    // capability each command kind's worker declared.
+    for c in crate::sessions::api::CAPABILITIES {
+        capabilities
+            .register_operation("sessions", Requirement::Capability((*c).into()))
+            .map_err(|e| anyhow::anyhow!("sessions: {e}"))?;
+    }
     // Role patterns are checked against the registered namespaces and the configured
     // services: a typo stops the start instead of granting nothing.
     let roles = Roles::build(
@@ -344,6 +351,28 @@ pub async fn run_with_parts(
             keys: auth.clone(),
         })),
     });
+    let sessions = crate::sessions::Sessions::new(
+        config.sessions.clone(),
+        &config.backends,
+        metrics.sessions.clone(),
+    );
+    let sessions_api = crate::sessions::api::router(Arc::new(crate::sessions::api::SessionsApi {
+        sessions: sessions.clone(),
+        access: access.clone(),
+        audit: audit.clone(),
+    }));
+    for path in [
+        crate::pipeline::PathMatch::Exact(crate::sessions::api::SESSIONS_PATH),
+        crate::pipeline::PathMatch::Prefix(crate::sessions::api::SESSIONS_PREFIX),
+    ] {
+        operations.register(crate::pipeline::Operation {
+            name: "sessions",
+            path,
+            requires: Requirement::Authenticated,
+            auth: crate::pipeline::AuthPolicy::Credential(crate::auth::CredentialKinds::BEARER),
+            router: sessions_api.clone(),
+        });
+    }
     let pipeline = Pipeline::new(crate::pipeline::Parts {
         registry: registry.clone(),
         tiers,
@@ -384,6 +413,7 @@ pub async fn run_with_parts(
     let auth_task = auth.start(background.clone());
     let signing_task = handles.signing.start(auth.changes(), background.clone());
     let throttle_task = handles.login.start(background.clone());
+    let sessions_monitor = sessions.spawn_monitor(background.clone());
     let stop_accepting = CancellationToken::new();
     let drain = CancellationToken::new();
     let close_links = CancellationToken::new();
@@ -409,6 +439,8 @@ pub async fn run_with_parts(
     health.set_draining();
     stop_accepting.cancel();
     drain.cancel();
+    // Sessions close first: their event streams end, so their connections can finish.
+    sessions.shutdown(config.shutdown.grace_period).await;
     let _ = ingress_task.await;
     if tokio::time::timeout(config.shutdown.grace_period, ingress.wait())
         .await
@@ -431,6 +463,7 @@ pub async fn run_with_parts(
     background.cancel();
     let _ = auth_task.await;
     let _ = signing_task.await;
+    let _ = sessions_monitor.await;
     if let Some(t) = throttle_task {
         let _ = t.await;
     }

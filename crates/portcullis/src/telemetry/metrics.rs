@@ -126,6 +126,8 @@ pub struct Metrics {
     /// `portcullis_audit_dropped_total`: failure audit events dropped because the audit
     /// queue was full (the failure itself is still counted above).
     pub audit_dropped: Counter,
+    /// Sessions and their workers (`crate::sessions`).
+    pub sessions: Arc<SessionMetrics>,
     registry: Registry,
 }
 
@@ -199,6 +201,7 @@ impl Metrics {
             audit_dropped.clone(),
         );
         registry.register("portcullis_build_info", "Build of this gateway", build_info);
+        let sessions = Arc::new(SessionMetrics::register(&mut registry));
         for c in extra {
             registry.register_collector(c);
         }
@@ -210,6 +213,7 @@ impl Metrics {
             link_frames,
             auth_failures,
             audit_dropped,
+            sessions,
             registry,
         }
     }
@@ -291,5 +295,273 @@ pub fn operation(
             None => crate::access::Requirement::Public,
         },
         router,
+    }
+}
+
+/// One label `reason` / `kind` / `hop` / `outcome` value (all closed sets but command kinds,
+/// which [`SessionMetrics`] caps).
+#[derive(Clone, Debug, Hash, PartialEq, Eq)]
+pub struct NameLabel {
+    /// Label name.
+    pub key: &'static str,
+    /// Value.
+    pub value: Label,
+}
+
+impl EncodeLabelSet for NameLabel {
+    fn encode(&self, encoder: LabelSetEncoder) -> Result<(), std::fmt::Error> {
+        [(self.key, &*self.value.0)].encode(encoder)
+    }
+}
+
+/// Labels of a session command: its kind and outcome.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct CommandLabels {
+    /// The command kind (a kind the worker declared, `undeclared`, or `other` past
+    /// [`MAX_COMMAND_KIND_LABELS`]).
+    pub kind: Label,
+    /// `started`, `succeeded` (any reply, even one carrying a backend error), `failed`,
+    /// `timed_out`.
+    pub outcome: &'static str,
+}
+
+/// Distinct command kinds labelled before the rest count as `other`: workers declare kinds,
+/// and a label set must stay bounded whatever they declare.
+pub const MAX_COMMAND_KIND_LABELS: usize = 256;
+
+/// Session metrics: `portcullis_sessions_*`.
+#[derive(Debug)]
+pub struct SessionMetrics {
+    /// `portcullis_sessions_open`: sessions not closed or faulted (sampled by the monitor).
+    pub open: Gauge,
+    /// `portcullis_sessions_opened_total`: sessions that reached Ready.
+    pub opened: Counter,
+    /// `portcullis_sessions_refused_total{reason}`: limit, workspace-limit, start-failed.
+    pub refused: Family<NameLabel, Counter>,
+    /// `portcullis_sessions_closed_total{reason}`: client-close, lease-expired, idle,
+    /// gateway-shutdown, worker-exited.
+    pub closed: Family<NameLabel, Counter>,
+    /// `portcullis_sessions_faults_total{kind}`.
+    pub faults: Family<NameLabel, Counter>,
+    /// `portcullis_sessions_workers_running`: workers started and not yet killed or closed.
+    pub workers_running: Gauge,
+    /// `portcullis_sessions_worker_start_seconds`: spawn to ready.
+    pub spawn_time: Histogram,
+    /// `portcullis_sessions_open_seconds`: open request to Ready.
+    pub open_time: Histogram,
+    /// `portcullis_sessions_commands_total{kind,outcome}`.
+    pub commands: Family<CommandLabels, Counter>,
+    /// `portcullis_sessions_command_duration_seconds`.
+    pub command_duration: Histogram,
+    /// `portcullis_sessions_events_total`: events received from workers.
+    pub events: Counter,
+    /// `portcullis_sessions_queue_depth{hop}`: events waiting per hop (sampled).
+    pub queue_depth: Family<NameLabel, Gauge>,
+    /// `portcullis_sessions_queue_overflows_total{hop}`.
+    pub overflows: Family<NameLabel, Counter>,
+    /// `portcullis_sessions_heartbeats_missed_total`.
+    pub heartbeats_missed: Counter,
+    /// `portcullis_sessions_workers_killed_total{reason}`: fault, shutdown-timeout,
+    /// gateway-shutdown.
+    pub killed: Family<NameLabel, Counter>,
+    kinds: std::sync::Mutex<std::collections::HashSet<Arc<str>>>,
+}
+
+fn name(key: &'static str, value: &str) -> NameLabel {
+    NameLabel {
+        key,
+        value: Label(value.into()),
+    }
+}
+
+impl SessionMetrics {
+    /// Create and register in `r`.
+    pub fn register(r: &mut Registry) -> Self {
+        let m = Self {
+            open: Gauge::default(),
+            opened: Counter::default(),
+            refused: Family::default(),
+            closed: Family::default(),
+            faults: Family::default(),
+            workers_running: Gauge::default(),
+            spawn_time: new_histogram(),
+            open_time: new_histogram(),
+            commands: Family::default(),
+            command_duration: new_histogram(),
+            events: Counter::default(),
+            queue_depth: Family::default(),
+            overflows: Family::default(),
+            heartbeats_missed: Counter::default(),
+            killed: Family::default(),
+            kinds: Default::default(),
+        };
+        r.register("portcullis_sessions_open", "Sessions open", m.open.clone());
+        r.register(
+            "portcullis_sessions_opened",
+            "Sessions that reached Ready",
+            m.opened.clone(),
+        );
+        r.register(
+            "portcullis_sessions_refused",
+            "Opens refused, by reason",
+            m.refused.clone(),
+        );
+        r.register(
+            "portcullis_sessions_closed",
+            "Sessions closed, by reason",
+            m.closed.clone(),
+        );
+        r.register(
+            "portcullis_sessions_faults",
+            "Session faults, by kind",
+            m.faults.clone(),
+        );
+        r.register(
+            "portcullis_sessions_workers_running",
+            "Worker processes running",
+            m.workers_running.clone(),
+        );
+        r.register(
+            "portcullis_sessions_worker_start_seconds",
+            "From spawning a worker to its ready frame",
+            m.spawn_time.clone(),
+        );
+        r.register(
+            "portcullis_sessions_open_seconds",
+            "From an open request to a Ready session",
+            m.open_time.clone(),
+        );
+        r.register(
+            "portcullis_sessions_commands",
+            "Session commands, by kind and outcome",
+            m.commands.clone(),
+        );
+        r.register(
+            "portcullis_sessions_command_duration_seconds",
+            "From invoke to reply",
+            m.command_duration.clone(),
+        );
+        r.register(
+            "portcullis_sessions_events",
+            "Events received from workers",
+            m.events.clone(),
+        );
+        r.register(
+            "portcullis_sessions_queue_depth",
+            "Events waiting, by hop",
+            m.queue_depth.clone(),
+        );
+        r.register(
+            "portcullis_sessions_queue_overflows",
+            "Event queue overflows, by hop",
+            m.overflows.clone(),
+        );
+        r.register(
+            "portcullis_sessions_heartbeats_missed",
+            "Workers that missed their heartbeat grace",
+            m.heartbeats_missed.clone(),
+        );
+        r.register(
+            "portcullis_sessions_workers_killed",
+            "Worker process groups killed, by reason",
+            m.killed.clone(),
+        );
+        m
+    }
+
+    /// An unregistered set (component tests).
+    pub fn detached() -> Arc<Self> {
+        Arc::new(Self::register(&mut Registry::default()))
+    }
+
+    /// A session reached Ready `took` after its open began.
+    pub fn opened(&self, took: std::time::Duration) {
+        self.opened.inc();
+        self.open_time.observe(took.as_secs_f64());
+    }
+
+    /// A worker reached ready `took` after it was spawned.
+    pub fn spawn_time(&self, took: std::time::Duration) {
+        self.workers_running.inc();
+        self.spawn_time.observe(took.as_secs_f64());
+    }
+
+    /// An open was refused.
+    pub fn refused(&self, reason: &'static str) {
+        self.refused.get_or_create(&name("reason", reason)).inc();
+    }
+
+    /// A session closed.
+    pub fn closed(&self, reason: &'static str) {
+        self.closed.get_or_create(&name("reason", reason)).inc();
+    }
+
+    /// A Ready worker stopped (closed or faulted).
+    pub fn worker_gone(&self) {
+        self.workers_running.dec();
+    }
+
+    /// A session faulted.
+    pub fn faulted(&self, kind: &'static str) {
+        self.faults.get_or_create(&name("kind", kind)).inc();
+    }
+
+    /// A worker's process group was killed.
+    pub fn killed(&self, reason: &'static str) {
+        self.killed.get_or_create(&name("reason", reason)).inc();
+    }
+
+    /// A command of `kind` reached `outcome`.
+    pub fn command(&self, kind: &str, outcome: &'static str) {
+        let kind: Arc<str> = {
+            let mut k = self.kinds.lock().unwrap_or_else(|p| p.into_inner());
+            match k.get(kind) {
+                Some(v) => v.clone(),
+                None if k.len() < MAX_COMMAND_KIND_LABELS => {
+                    let v: Arc<str> = kind.into();
+                    k.insert(v.clone());
+                    v
+                }
+                None => "other".into(),
+            }
+        };
+        self.commands
+            .get_or_create(&CommandLabels {
+                kind: Label(kind),
+                outcome,
+            })
+            .inc();
+    }
+
+    /// A command took `took`.
+    pub fn command_duration(&self, took: std::time::Duration) {
+        self.command_duration.observe(took.as_secs_f64());
+    }
+
+    /// An event arrived.
+    pub fn event(&self) {
+        self.events.inc();
+    }
+
+    /// A hop overflowed.
+    pub fn overflow(&self, hop: &'static str) {
+        self.overflows.get_or_create(&name("hop", hop)).inc();
+    }
+
+    /// A worker missed its heartbeat grace.
+    pub fn heartbeat_missed(&self) {
+        self.heartbeats_missed.inc();
+    }
+
+    /// The monitor's sample: open sessions, and depth of hops worker-queue, session-buffer,
+    /// subscriber-queue.
+    pub fn gauges(&self, open: i64, depth: [i64; 3]) {
+        self.open.set(open);
+        for (hop, d) in ["worker-queue", "session-buffer", "subscriber-queue"]
+            .into_iter()
+            .zip(depth)
+        {
+            self.queue_depth.get_or_create(&name("hop", hop)).set(d);
+        }
     }
 }

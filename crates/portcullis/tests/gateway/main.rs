@@ -22,6 +22,7 @@ mod link_handshake;
 mod operations;
 mod pipeline;
 mod sdk_limits;
+mod sessions;
 mod store;
 mod store_iam;
 mod tokens;
