@@ -93,6 +93,7 @@ mod identity;
 mod serve;
 mod service;
 mod supervisor;
+pub mod worker;
 
 #[cfg(test)]
 mod tests;

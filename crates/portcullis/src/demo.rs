@@ -50,6 +50,15 @@ pub async fn run(args: DemoArgs, shutdown: impl Future<Output = ()>) -> anyhow::
     crate::admin::init(&config)
         .await
         .map_err(|e| anyhow::anyhow!("demo store: {e}"))?;
+    // Sessions: one progress-worker process per session — this very binary in its worker
+    // mode (`portcullis demo-worker`), so nothing else has to be built or found.
+    let exe = std::env::current_exe()
+        .map_err(|e| anyhow::anyhow!("demo: cannot locate this binary for its worker: {e}"))?;
+    config.backends.insert(
+        "progress".into(),
+        crate::sessions::BackendConfig::new(vec![exe.display().to_string(), "demo-worker".into()]),
+    );
+    config.sessions.default_backend = Some("progress".into());
     config.ingress.listen = args.ingress;
     config.link.listen = args.link;
     config.services.insert(
@@ -68,7 +77,18 @@ pub async fn run(args: DemoArgs, shutdown: impl Future<Output = ()>) -> anyhow::
             &crate::auth::authenticator::CreateKey {
                 workspace: crate::store::DEFAULT_WORKSPACE.into(),
                 name: "demo".into(),
-                scopes: vec!["echo.read".into(), "echo.write".into()],
+                scopes: [
+                    "echo.read",
+                    "echo.write",
+                    "sessions.open",
+                    "sessions.read",
+                    "sessions.close",
+                    "sessions.events.read",
+                    "compute.run",
+                    "compute.read",
+                ]
+                .map(String::from)
+                .to_vec(),
                 expires_in: None,
                 key_id: None,
             },
@@ -110,7 +130,7 @@ pub async fn run(args: DemoArgs, shutdown: impl Future<Output = ()>) -> anyhow::
     } else {
         let dd = data_dir.display();
         println!(
-            "\nPortcullis demo is running.\n\n  gateway (clients):  {ingress}\n  link (services):    {link}\n  service linked:     echo ({} routes)\n  store:              {dd}\n\nA demo API key (scopes echo.read, echo.write; shown once):\n\n  export PORTCULLIS_KEY={api_key}\n\nTry:\n  curl -s -H \"Authorization: Bearer $PORTCULLIS_KEY\" '{ingress}/echo/hello?name=world'\n  curl -s -X POST -H \"Authorization: Bearer $PORTCULLIS_KEY\" --data-binary @/etc/hostname {ingress}/upload\n  curl -s -H \"Authorization: Bearer $PORTCULLIS_KEY\" '{ingress}/stream?bytes=1048576' | wc -c\n  curl -si {ingress}/echo/hello            # no key: 401\n\nManage keys of this demo (in another terminal):\n  portcullis keys list --data-dir {dd}\n  portcullis keys revoke {} --data-dir {dd}\n  portcullis audit list --data-dir {dd}\n\nRoutes:\n{}\n\nPress Ctrl-C to stop.",
+            "\nPortcullis demo is running.\n\n  gateway (clients):  {ingress}\n  link (services):    {link}\n  service linked:     echo ({} routes)\n  store:              {dd}\n\nA demo API key (scopes echo.*, sessions.*, compute.*; shown once):\n\n  export PORTCULLIS_KEY={api_key}\n\nTry:\n  curl -s -H \"Authorization: Bearer $PORTCULLIS_KEY\" '{ingress}/echo/hello?name=world'\n  curl -s -X POST -H \"Authorization: Bearer $PORTCULLIS_KEY\" --data-binary @/etc/hostname {ingress}/upload\n  curl -s -H \"Authorization: Bearer $PORTCULLIS_KEY\" '{ingress}/stream?bytes=1048576' | wc -c\n  curl -si {ingress}/echo/hello            # no key: 401\n\nA session (one worker process of its own, streaming progress):\n  S=$(curl -s -X POST -H \"Authorization: Bearer $PORTCULLIS_KEY\" -d '{{}}' {ingress}/api/v1/sessions | sed 's/.*\"id\":\"\\([^\"]*\\)\".*/\\1/')\n  curl -sN -H \"Authorization: Bearer $PORTCULLIS_KEY\" {ingress}/api/v1/sessions/$S/events &\n  curl -s -X POST -H \"Authorization: Bearer $PORTCULLIS_KEY\" -d '{{\"kind\":\"primes\",\"payload\":{{\"below\":2000000,\"steps\":10}}}}' {ingress}/api/v1/sessions/$S/invoke\n  curl -s -X DELETE -H \"Authorization: Bearer $PORTCULLIS_KEY\" {ingress}/api/v1/sessions/$S\n\nManage keys of this demo (in another terminal):\n  portcullis keys list --data-dir {dd}\n  portcullis keys revoke {} --data-dir {dd}\n  portcullis audit list --data-dir {dd}\n\nRoutes:\n{}\n\nPress Ctrl-C to stop.",
             routes.len(),
             key.record.key_id,
             routes.iter().map(|r| format!("  {r}")).collect::<Vec<_>>().join("\n"),

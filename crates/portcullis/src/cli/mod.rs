@@ -80,6 +80,17 @@ pub enum Command {
     /// Run a self-contained demo: a gateway on 127.0.0.1:8080 with the echo service linked.
     #[cfg(feature = "demo")]
     Demo(crate::demo::DemoArgs),
+    /// The demo's session worker (the `progress-worker` example), which `portcullis demo`
+    /// starts once per session with the worker protocol's arguments; not for direct use.
+    /// A worker mode of this binary rather than a second one, so `cargo run -- demo` builds
+    /// it and the demo finds it next to itself (`std::env::current_exe`).
+    #[cfg(feature = "demo")]
+    #[command(hide = true)]
+    DemoWorker {
+        /// `--session-id ID --socket PATH --protocol-version N`.
+        #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
+        args: Vec<String>,
+    },
     /// Not in this build: it was built without the `demo` feature.
     #[cfg(not(feature = "demo"))]
     #[command(hide = true)]
@@ -433,6 +444,8 @@ pub fn run(cli: Cli, shutdown: impl Future<Output = ()> + Send + 'static) -> Exi
             let _telemetry = crate::telemetry::init(&crate::telemetry::TelemetryConfig::default());
             runtime(crate::demo::run(args, shutdown))
         }
+        #[cfg(feature = "demo")]
+        Command::DemoWorker { args } => ExitCode::from(progress_worker::worker().main_with(args)),
         #[cfg(not(feature = "demo"))]
         Command::Demo { .. } => {
             eprintln!(

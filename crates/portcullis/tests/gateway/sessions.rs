@@ -693,3 +693,46 @@ async fn a_silent_worker_faults_when_its_heartbeat_grace_passes() {
     gone(pid).await;
     gw.shutdown().await;
 }
+
+/// The SDK's worker mode, through the example the demo runs (`portcullis demo-worker`).
+#[tokio::test]
+async fn an_sdk_worker_streams_progress_and_acknowledges_shutdown() {
+    let mut cfg = config_with_services(&[]);
+    cfg.backends.insert(
+        "progress".into(),
+        BackendConfig::new(vec![
+            crate::common::process::binary().to_string(),
+            "demo-worker".into(),
+        ]),
+    );
+    cfg.sessions.default_backend = Some("progress".into());
+    let gw = start(cfg).await;
+    let (status, s) = call(&gw, "POST", "/api/v1/sessions", Some(json!({}))).await;
+    assert_eq!(status, StatusCode::CREATED, "{s}");
+    assert_eq!(s["backend"], "progress");
+    assert_eq!(s["commands"]["primes"], "compute.run");
+    let id = s["id"].as_str().unwrap();
+    let pid = s["worker_pid"].as_u64().unwrap();
+    let mut events = subscribe(&gw, id, None).await;
+    let (status, reply) = invoke(&gw, id, "primes", json!({ "below": 100_000, "steps": 5 })).await;
+    assert_eq!(status, StatusCode::OK, "{reply}");
+    assert_eq!(
+        reply,
+        json!({ "status": 0, "payload": { "below": 100000, "primes": 9592 } })
+    );
+    for step in 1..=5 {
+        let e = events.next().await.unwrap();
+        assert_eq!(e.data["kind"], "progress");
+        assert_eq!(e.data["payload"]["step"], step);
+    }
+    // A payload that does not fit the kind is the backend's own 400, in-band.
+    let (status, reply) = invoke(&gw, id, "primes", json!("lots")).await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(reply["status"], 400);
+    let (_, closed) = call(&gw, "DELETE", &format!("/api/v1/sessions/{id}"), None).await;
+    assert_eq!(closed["session"]["state"], "closed");
+    assert_eq!(closed["session"]["worker_killed"], Value::Null);
+    assert_eq!(closed["session"]["worker_exit"], "exit code 0 (ok)");
+    gone(pid).await;
+    gw.shutdown().await;
+}
