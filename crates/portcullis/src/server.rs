@@ -356,11 +356,21 @@ pub async fn run_with_parts(
         &config.backends,
         metrics.sessions.clone(),
     );
-    let sessions_api = crate::sessions::api::router(Arc::new(crate::sessions::api::SessionsApi {
+    let sessions_parts = Arc::new(crate::sessions::api::SessionsApi {
         sessions: sessions.clone(),
         access: access.clone(),
         audit: audit.clone(),
-    }));
+    });
+    let sessions_api = crate::sessions::api::router(sessions_parts.clone());
+    // The same API over gRPC, `portcullis.sessions.v1.Sessions`, on the ingress port.
+    operations.register(crate::pipeline::Operation {
+        name: "sessions",
+        path: crate::pipeline::PathMatch::Prefix(crate::sessions::grpc::PREFIX),
+        requires: Requirement::Authenticated,
+        auth: crate::pipeline::AuthPolicy::Credential(crate::auth::CredentialKinds::BEARER),
+        router: axum::Router::new()
+            .fallback_service(crate::sessions::grpc::SessionsService::new(sessions_parts)),
+    });
     for path in [
         crate::pipeline::PathMatch::Exact(crate::sessions::api::SESSIONS_PATH),
         crate::pipeline::PathMatch::Prefix(crate::sessions::api::SESSIONS_PREFIX),

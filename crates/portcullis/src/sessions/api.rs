@@ -100,15 +100,25 @@ fn not_found() -> Response {
     err(StatusCode::NOT_FOUND, "no such session")
 }
 
+/// Why a caller was refused (the rescue point's fixed 401 or 403 follows).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Denied {
+    /// No verified identity.
+    Unauthenticated,
+    /// The capability is not granted (the audit reason).
+    Forbidden(&'static str),
+}
+
 impl SessionsApi {
-    async fn check(
+    /// May the caller use `capability` in `workspace_id`? A denial is audited.
+    pub async fn authorise(
         &self,
         caller: &Caller,
         capability: &str,
         workspace_id: &str,
-    ) -> Result<Owner, Response> {
+    ) -> Result<Owner, Denied> {
         let Some(identity) = &caller.identity else {
-            return Err(rescued(GatewayError::Unauthorized("missing")));
+            return Err(Denied::Unauthenticated);
         };
         match self
             .access
@@ -126,9 +136,23 @@ impl SessionsApi {
                     peer: caller.peer,
                     capability: Some(capability),
                 });
-                Err(rescued(GatewayError::Forbidden(reason.as_str())))
+                Err(Denied::Forbidden(reason.as_str()))
             }
         }
+    }
+
+    async fn check(
+        &self,
+        caller: &Caller,
+        capability: &str,
+        workspace_id: &str,
+    ) -> Result<Owner, Response> {
+        self.authorise(caller, capability, workspace_id)
+            .await
+            .map_err(|d| match d {
+                Denied::Unauthenticated => rescued(GatewayError::Unauthorized("missing")),
+                Denied::Forbidden(reason) => rescued(GatewayError::Forbidden(reason)),
+            })
     }
 
     /// Authorise `capability` in the caller's workspace, then find the caller's session.
@@ -145,7 +169,8 @@ impl SessionsApi {
     }
 }
 
-fn own_workspace(c: &Caller) -> String {
+/// The caller's own workspace id.
+pub fn own_workspace(c: &Caller) -> String {
     c.identity
         .as_ref()
         .map_or_else(String::new, |i| i.workspace.id.to_string())

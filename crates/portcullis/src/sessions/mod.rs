@@ -17,6 +17,7 @@ pub mod api;
 pub mod config;
 pub mod conn;
 pub mod events;
+pub mod grpc;
 pub mod process;
 
 pub use config::{BackendConfig, SessionsConfig};

@@ -736,3 +736,88 @@ async fn an_sdk_worker_streams_progress_and_acknowledges_shutdown() {
     gone(pid).await;
     gw.shutdown().await;
 }
+
+/// `portcullis.sessions.v1.Sessions` from Python `grpcio`, stubs generated from the repo's
+/// `.proto`: open → invoke → events → close, and the mapped status codes.
+#[tokio::test]
+async fn the_grpc_service_serves_python_grpcio_with_the_mapped_status_codes() {
+    let have = |m: &str| {
+        std::process::Command::new(PYTHON)
+            .args(["-c", &format!("import {m}")])
+            .output()
+            .is_ok_and(|o| o.status.success())
+    };
+    if !python_available() || !have("grpc") || !have("google.protobuf") {
+        eprintln!("skipped: python3 grpcio/protobuf not installed");
+        return;
+    }
+    if std::process::Command::new("protoc")
+        .arg("--version")
+        .output()
+        .is_err()
+    {
+        eprintln!("skipped: protoc not installed");
+        return;
+    }
+    let gw = start(config(&["normal"])).await;
+    let out_dir = tempfile::tempdir().unwrap();
+    let target = gw.ingress.to_string();
+    let key = gw.api_key().to_string();
+    let out = tokio::task::spawn_blocking(move || {
+        std::process::Command::new(PYTHON)
+            .arg(concat!(
+                env!("CARGO_MANIFEST_DIR"),
+                "/tests/gateway/workers/grpc_client.py"
+            ))
+            .args([
+                target.as_str(),
+                key.as_str(),
+                concat!(env!("CARGO_MANIFEST_DIR"), "/proto"),
+                out_dir.path().to_str().unwrap(),
+                "normal",
+            ])
+            .output()
+            .unwrap()
+    })
+    .await
+    .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let v: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(v["open"]["backend"], "normal");
+    assert_eq!(v["open"]["version"], 1);
+    assert_eq!(v["open"]["capabilities"]["count"], "compute.run");
+    assert!(v["open"]["pid"].as_u64().unwrap() > 0);
+    assert_eq!(v["count"], json!({ "status": 0, "payload": { "done": 3 } }));
+    let events = v["events"].as_array().unwrap();
+    for (i, e) in events.iter().enumerate() {
+        assert_eq!(e["kind"], "progress");
+        assert_eq!(e["payload"]["i"], i + 1);
+    }
+    assert!(events[0]["sequence"].as_u64() < events[1]["sequence"].as_u64());
+    assert_eq!(
+        v["backend_error"],
+        json!({ "status": 404, "payload": { "error": "no such row", "rows": [] } })
+    );
+    assert_eq!(
+        v["codes"],
+        json!({
+            "second_subscriber": "RESOURCE_EXHAUSTED",
+            "unknown_session": "NOT_FOUND",
+            "no_command": "INVALID_ARGUMENT",
+            "timeout": "DEADLINE_EXCEEDED",
+            "unauthenticated": "UNAUTHENTICATED",
+        })
+    );
+    assert_eq!(
+        v["close"],
+        json!({ "state": "closed", "result": "closed", "reason": "client-close" })
+    );
+    assert_eq!(v["stream_end"], "OK");
+    assert_eq!(v["after_close"], "FAILED_PRECONDITION");
+    assert_eq!(v["close_again"], "was already closed");
+    gw.shutdown().await;
+}
