@@ -14,6 +14,7 @@
 pub mod iam;
 mod login;
 pub mod render;
+mod sessions;
 
 pub use render::Render;
 
@@ -77,6 +78,9 @@ pub enum Command {
     /// the terminal without echo, or from standard input when it is not a terminal; never
     /// from the command line or the environment.
     Login(LoginArgs),
+    /// Inspect and close sessions on a running gateway (its REST API, with the API key or
+    /// token in `PORTCULLIS_KEY`).
+    Sessions(sessions::SessionsArgs),
     /// Run a self-contained demo: a gateway on 127.0.0.1:8080 with the echo service linked.
     #[cfg(feature = "demo")]
     Demo(crate::demo::DemoArgs),
@@ -438,6 +442,7 @@ pub fn run(cli: Cli, shutdown: impl Future<Output = ()> + Send + 'static) -> Exi
             }
         },
         Command::Login(args) => login::run(&args),
+        Command::Sessions(args) => sessions::run(&args),
         Command::Serve { config, data_dir } => serve(&config, data_dir, shutdown),
         #[cfg(feature = "demo")]
         Command::Demo(args) => {

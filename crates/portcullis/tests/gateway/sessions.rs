@@ -821,3 +821,64 @@ async fn the_grpc_service_serves_python_grpcio_with_the_mapped_status_codes() {
     assert_eq!(v["close_again"], "was already closed");
     gw.shutdown().await;
 }
+
+#[tokio::test]
+async fn the_cli_lists_reads_and_closes_sessions_with_the_usual_exit_codes() {
+    if !python_available() {
+        return;
+    }
+    let gw = start(config(&["normal"])).await;
+    let id = open(&gw, "normal").await["id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let url = format!("http://{}", gw.ingress);
+    let key = gw.api_key().to_string();
+    let run = move |args: Vec<String>, with_key: bool| {
+        let url = url.clone();
+        let key = key.clone();
+        async move {
+            tokio::task::spawn_blocking(move || {
+                let mut a: Vec<&str> = vec!["sessions"];
+                a.extend(args.iter().map(String::as_str));
+                a.extend(["--gateway", url.as_str()]);
+                let env: Vec<(&str, &str)> = if with_key {
+                    vec![("PORTCULLIS_KEY", key.as_str())]
+                } else {
+                    vec![]
+                };
+                let out = crate::common::process::run(&a, &env);
+                (
+                    out.status.code().unwrap_or(-1),
+                    String::from_utf8_lossy(&out.stdout).into_owned(),
+                    String::from_utf8_lossy(&out.stderr).into_owned(),
+                )
+            })
+            .await
+            .unwrap()
+        }
+    };
+    let (code, out, err) = run(vec!["list".into(), "--json".into()], true).await;
+    assert_eq!(code, 0, "{err}");
+    let v: Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(v["sessions"][0]["id"], id.as_str());
+    let (code, out, _) = run(vec!["get".into(), id.clone()], true).await;
+    assert_eq!(code, 0);
+    assert!(out.contains("ready") && out.contains(&id), "{out}");
+    let (code, out, _) = run(vec!["close".into(), id.clone()], true).await;
+    assert_eq!(code, 0);
+    assert!(out.starts_with("closed\n"), "{out}");
+    let (code, out, _) = run(vec!["close".into(), id.clone()], true).await;
+    assert_eq!(code, 0);
+    assert!(out.starts_with("was already closed\n"), "{out}");
+    let (code, _, err) = run(vec!["get".into(), "node.0000".into()], true).await;
+    assert_eq!(code, 1);
+    assert!(err.contains("no such session"), "{err}");
+    let (code, _, _) = run(vec!["get".into(), "Not An Id".into()], true).await;
+    assert_eq!(code, 2);
+    let (code, _, err) = run(vec!["list".into()], false).await;
+    assert_eq!(code, 2, "{err}");
+    let (code, _, _) = run(vec!["list".into(), "--bogus".into()], true).await;
+    assert_eq!(code, 2);
+    gw.shutdown().await;
+}
