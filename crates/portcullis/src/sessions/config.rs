@@ -58,6 +58,9 @@ pub struct SessionsConfig {
     pub worker_queue: usize,
     /// Hop 2: events the session holds for delivery and resume. Default 1024.
     pub event_buffer: usize,
+    /// Hop 2's bound in bytes of event JSON, so large events cannot hold `event_buffer`
+    /// frames of a megabyte each. Default 16 MiB.
+    pub event_buffer_bytes: usize,
     /// Hop 3: events queued for the one subscriber's connection. Default 1024.
     pub subscriber_queue: usize,
     /// Largest frame either side may send, bytes (at most 1 MiB). Default 1 MiB.
@@ -89,6 +92,7 @@ impl Default for SessionsConfig {
             heartbeat_grace: Duration::from_secs(15),
             worker_queue: 1024,
             event_buffer: 1024,
+            event_buffer_bytes: 16 << 20,
             subscriber_queue: 1024,
             max_frame_bytes: portcullis_link::worker::MAX_WORKER_FRAME_LEN,
             socket_dir: None,
@@ -151,6 +155,12 @@ impl SessionsConfig {
         );
         positive(errs, at, "worker_queue", self.worker_queue > 0);
         positive(errs, at, "event_buffer", self.event_buffer > 0);
+        if self.event_buffer_bytes < self.max_frame_bytes {
+            errs.push(ConfigError::new(
+                format!("{at}.event_buffer_bytes"),
+                "must be at least sessions.max_frame_bytes",
+            ));
+        }
         positive(errs, at, "subscriber_queue", self.subscriber_queue > 0);
         positive(
             errs,

@@ -75,6 +75,9 @@ pub struct Subscription {
 pub struct Events {
     buffer: VecDeque<Event>,
     capacity: usize,
+    /// Bytes of event JSON the buffer may hold.
+    max_bytes: usize,
+    bytes: usize,
     queue: usize,
     /// Highest sequence handed to a subscriber (events at or below it may be evicted).
     delivered_through: u64,
@@ -89,11 +92,14 @@ pub struct Events {
 }
 
 impl Events {
-    /// A buffer of `capacity` events, subscribers with queues of `queue`.
-    pub fn new(capacity: usize, queue: usize) -> Self {
+    /// A buffer of `capacity` events and at most `max_bytes` of their JSON, subscribers with
+    /// queues of `queue`.
+    pub fn new(capacity: usize, max_bytes: usize, queue: usize) -> Self {
         Self {
             buffer: VecDeque::with_capacity(capacity.min(64)),
             capacity: capacity.max(1),
+            max_bytes: max_bytes.max(1),
+            bytes: 0,
             queue: queue.max(1),
             delivered_through: 0,
             evicted_through: 0,
@@ -110,16 +116,23 @@ impl Events {
         if self.ended {
             return Ok(());
         }
-        if self.buffer.len() >= self.capacity {
+        while !self.buffer.is_empty()
+            && (self.buffer.len() >= self.capacity || self.bytes + e.json.len() > self.max_bytes)
+        {
             match self.buffer.front() {
                 Some(front) if front.sequence <= self.delivered_through => {
                     self.evicted_through = front.sequence;
+                    self.bytes -= front.json.len();
                     self.buffer.pop_front();
                 }
                 _ => return Err(Hop::SessionBuffer),
             }
         }
+        if e.json.len() > self.max_bytes {
+            return Err(Hop::SessionBuffer);
+        }
         self.last = e.sequence;
+        self.bytes += e.json.len();
         self.buffer.push_back(e.clone());
         if let Some((_, tx)) = &self.subscriber {
             let seq = e.sequence;
@@ -225,15 +238,25 @@ mod tests {
 
     #[test]
     fn a_full_buffer_nobody_took_from_names_the_session_buffer() {
-        let mut e = Events::new(2, 8);
+        let mut e = Events::new(2, 1 << 20, 8);
         e.push(ev(1)).unwrap();
         e.push(ev(2)).unwrap();
         assert_eq!(e.push(ev(3)), Err(Hop::SessionBuffer));
     }
 
     #[test]
+    fn the_buffer_is_bounded_in_bytes_too() {
+        let mut e = Events::new(100, 5, 8);
+        e.push(ev(1)).unwrap();
+        e.push(ev(2)).unwrap();
+        e.push(ev(3)).unwrap();
+        e.push(ev(44)).unwrap();
+        assert_eq!(e.push(ev(55)), Err(Hop::SessionBuffer));
+    }
+
+    #[test]
     fn a_full_subscriber_queue_names_its_hop() {
-        let mut e = Events::new(8, 1);
+        let mut e = Events::new(8, 1 << 20, 1);
         let _s = e.subscribe(0).unwrap();
         e.push(ev(1)).unwrap();
         assert_eq!(e.push(ev(2)), Err(Hop::SubscriberQueue));
@@ -241,7 +264,7 @@ mod tests {
 
     #[test]
     fn delivered_events_make_room_and_resume_covers_what_is_held() {
-        let mut e = Events::new(2, 8);
+        let mut e = Events::new(2, 1 << 20, 8);
         let mut s = e.subscribe(0).unwrap();
         for i in 1..=4 {
             e.push(ev(i)).unwrap();
@@ -265,7 +288,7 @@ mod tests {
 
     #[test]
     fn one_subscriber_at_a_time_and_a_gone_one_frees_the_slot() {
-        let mut e = Events::new(4, 4);
+        let mut e = Events::new(4, 1 << 20, 4);
         let s = e.subscribe(0).unwrap();
         assert_eq!(e.subscribe(0).unwrap_err(), SubscribeError::Conflict);
         drop(s);
@@ -274,7 +297,7 @@ mod tests {
 
     #[test]
     fn the_backlog_and_the_queue_never_repeat_or_skip() {
-        let mut e = Events::new(16, 16);
+        let mut e = Events::new(16, 1 << 20, 16);
         e.push(ev(1)).unwrap();
         e.push(ev(3)).unwrap();
         let mut s = e.subscribe(1).unwrap();

@@ -834,7 +834,11 @@ impl Sessions {
                 sequencer: None,
                 queue: None,
             }),
-            events: Mutex::new(Events::new(cfg.event_buffer, cfg.subscriber_queue)),
+            events: Mutex::new(Events::new(
+                cfg.event_buffer,
+                cfg.event_buffer_bytes,
+                cfg.subscriber_queue,
+            )),
             close_lock: tokio::sync::Mutex::new(()),
             live: OnceLock::new(),
             stop: CancellationToken::new(),
@@ -904,32 +908,52 @@ impl Sessions {
         };
         // The start runs on its own task: a client that goes away mid-open leaves no
         // half-started worker behind (the lease closes what it never learns the id of).
+        // The start and its clean-up run on their own task: a client that goes away mid-open
+        // leaves neither a half-started worker nor a registry entry stuck in Handshaking
+        // (a started session it never learns the id of is closed by its lease).
+        let me = self.clone();
         let s = session.clone();
-        let started = tokio::spawn(async move { start(&s).await }).await;
-        let result = match started {
-            Ok(r) => r,
-            Err(e) => Err(Fault::new(
-                "spawn-failed",
-                format!("the start task failed: {e}"),
-            )),
-        };
-        match result {
-            Ok(()) => {
-                self.0.metrics.opened(now.elapsed());
-                Ok(session)
-            }
-            Err(f) => {
-                session.fault(f.clone());
-                let worker = lock(&session.inner).worker.clone();
-                let worker_pid = worker.as_ref().map_or(0, |w| w.pid);
-                if let Some(w) = worker {
-                    w.kill_and_wait(Duration::from_secs(2)).await;
+        let started = tokio::spawn(async move {
+            let r = start(&s).await;
+            match r {
+                Ok(()) if me.0.shutting_down.load(Ordering::Acquire) => {
+                    // Shutdown walked the registry while this one was starting.
+                    s.close(CloseReason::GatewayShutdown).await;
+                    Err(OpenError::ShuttingDown)
                 }
+                Ok(()) => {
+                    me.0.metrics.opened(now.elapsed());
+                    Ok(())
+                }
+                Err(f) => {
+                    s.fault(f.clone());
+                    let worker = lock(&s.inner).worker.clone();
+                    let worker_pid = worker.as_ref().map_or(0, |w| w.pid);
+                    if let Some(w) = worker {
+                        w.kill_and_wait(Duration::from_secs(2)).await;
+                    }
+                    lock(&me.0.map).remove(&s.id);
+                    me.0.metrics.refused("start-failed");
+                    Err(OpenError::Failed {
+                        fault: f,
+                        worker_pid,
+                    })
+                }
+            }
+        })
+        .await;
+        match started {
+            Ok(Ok(())) => Ok(session),
+            Ok(Err(e)) => Err(e),
+            Err(e) => {
+                session.fault(Fault::new(
+                    "spawn-failed",
+                    format!("the start task failed: {e}"),
+                ));
                 lock(&self.0.map).remove(&session.id);
-                self.0.metrics.refused("start-failed");
                 Err(OpenError::Failed {
-                    fault: f,
-                    worker_pid,
+                    fault: Fault::new("spawn-failed", "the start task failed"),
+                    worker_pid: 0,
                 })
             }
         }

@@ -882,3 +882,28 @@ async fn the_cli_lists_reads_and_closes_sessions_with_the_usual_exit_codes() {
     assert_eq!(code, 2);
     gw.shutdown().await;
 }
+
+#[tokio::test]
+async fn a_subscriber_that_stops_reading_faults_the_session_at_its_queue() {
+    if !python_available() {
+        return;
+    }
+    let mut cfg = config(&["normal"]);
+    cfg.sessions.subscriber_queue = 4;
+    let gw = start(cfg).await;
+    let s = open(&gw, "normal").await;
+    let id = s["id"].as_str().unwrap();
+    let pid = s["worker_pid"].as_u64().unwrap();
+    // Subscribed, and never read: the connection's buffers fill, then the queue of 4.
+    let stalled = subscribe(&gw, id, None).await;
+    assert_eq!(stalled.status, StatusCode::OK);
+    let (status, v) = invoke(&gw, id, "flood", json!({ "n": 100_000 })).await;
+    assert_eq!(status, StatusCode::CONFLICT, "{v}");
+    assert_eq!(
+        v["fault"]["message"],
+        "event stream queue overflowed at subscriber-queue"
+    );
+    gone(pid).await;
+    drop(stalled);
+    gw.shutdown().await;
+}
