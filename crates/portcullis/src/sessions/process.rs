@@ -374,6 +374,48 @@ mod tests {
         assert!(!parent.exists());
     }
 
+    #[derive(Clone, Default)]
+    struct Captured(Arc<std::sync::Mutex<Vec<u8>>>);
+
+    impl std::io::Write for Captured {
+        fn write(&mut self, b: &[u8]) -> std::io::Result<usize> {
+            self.0.lock().unwrap().extend_from_slice(b);
+            Ok(b.len())
+        }
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+
+    #[tokio::test]
+    async fn worker_output_reaches_the_log_with_the_session_id_and_without_the_nonce() {
+        let captured = Captured::default();
+        let c = captured.clone();
+        let subscriber = tracing_subscriber::fmt()
+            .with_writer(move || c.clone())
+            .with_ansi(false)
+            .finish();
+        let _guard = tracing::subscriber::set_default(subscriber);
+        let nonce = "0f1e2d3c4b5a69788796a5b4c3d2e1f0";
+        let long = "x".repeat(MAX_LINE + 10);
+        let text = format!("starting with {nonce} in hand\npassword=hunter2\n{long}\nlast");
+        copy_output(
+            text.as_bytes(),
+            "stderr",
+            "node.s1".into(),
+            nonce.into(),
+            Arc::new(OutputBudget::new(100)),
+        )
+        .await;
+        let log = String::from_utf8(captured.0.lock().unwrap().clone()).unwrap();
+        assert!(!log.contains(nonce), "{log}");
+        assert!(!log.contains("hunter2"), "{log}");
+        assert!(log.contains("starting with *** in hand"), "{log}");
+        assert_eq!(log.matches("session=node.s1").count(), 4, "{log}");
+        assert!(log.contains("truncated=true"), "{log}");
+        assert!(!log.contains(&long), "a line is cut at 4 KiB");
+    }
+
     #[tokio::test(start_paused = true)]
     async fn output_is_bounded_per_second() {
         let b = OutputBudget::new(2);

@@ -452,6 +452,16 @@ async fn an_event_flood_faults_the_session_naming_the_full_hop() {
         text.contains(r#"portcullis_sessions_queue_overflows_total{hop="session-buffer"} 1"#),
         "{text}"
     );
+    for line in [
+        "portcullis_sessions_opened_total 1",
+        r#"portcullis_sessions_faults_total{kind="queue-overflow"} 1"#,
+        r#"portcullis_sessions_workers_killed_total{reason="fault"} 1"#,
+        r#"portcullis_sessions_commands_total{kind="flood",outcome="started"} 1"#,
+        r#"portcullis_sessions_commands_total{kind="flood",outcome="failed"} 1"#,
+        "portcullis_sessions_workers_running 0",
+    ] {
+        assert!(text.contains(line), "{line} in {text}");
+    }
     gw.shutdown().await;
 }
 
