@@ -616,8 +616,20 @@ fn configuration_doc_lists_every_field_with_its_default() {
             token_sha256: Secret::new("x"),
         },
     );
+    full_cfg.backends.insert(
+        "<name>".into(),
+        portcullis::config::BackendConfig::new(vec!["/w".into()]),
+    );
     let mut fields = defaults.clone();
     leaves(&serde_json::to_value(&full_cfg).unwrap(), "", &mut fields);
+    // A backend's fields have defaults of their own, but its command.
+    let mut backend_defaults = BTreeMap::new();
+    leaves(
+        &serde_json::to_value(portcullis::config::BackendConfig::new(Vec::new())).unwrap(),
+        "backends.<name>",
+        &mut backend_defaults,
+    );
+    backend_defaults.remove("backends.<name>.command");
 
     let row = |key: &str| {
         doc.lines()
@@ -631,7 +643,7 @@ fn configuration_doc_lists_every_field_with_its_default() {
             key.replace('.', "__").replace("<name>", "<NAME>")
         )
         .to_uppercase();
-        match defaults.get(key) {
+        match defaults.get(key).or_else(|| backend_defaults.get(key)) {
             // Optional, absent by default.
             Some(serde_json::Value::Null) => {
                 assert!(
