@@ -297,6 +297,28 @@ pub async fn run_with_parts(
     ) {
         operations.register(op);
     }
+    if let Some(path) = &config.auth.bootstrap_token_file {
+        let token = crate::auth::bootstrap::BootstrapToken::from_file(path)?;
+        match auth.store().has_admin_binding().await {
+            Ok(true) => tracing::warn!(
+                "auth.bootstrap_token_file is set but an admin exists: HTTP bootstrap refuses \
+                 every attempt; remove the setting"
+            ),
+            Ok(false) => tracing::info!(
+                path = crate::auth::bootstrap::BOOTSTRAP_PATH,
+                "HTTP bootstrap enabled until the first admin exists"
+            ),
+            Err(e) => tracing::warn!(error = %e, "cannot tell whether an admin exists"),
+        }
+        operations.register(crate::auth::bootstrap::operation(Arc::new(
+            crate::auth::bootstrap::Bootstrap {
+                token,
+                store: auth.store().clone(),
+                hasher: handles.login.hasher().clone(),
+                audit: audit.clone(),
+            },
+        )));
+    }
     operations
         .register_capabilities(&capabilities)
         .map_err(|e| anyhow::anyhow!("gateway operations (auth.metrics_scope among them): {e}"))?;
