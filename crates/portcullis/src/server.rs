@@ -284,12 +284,15 @@ pub async fn run_with_parts(
     let link_audit = audit.clone();
     let handles = build_auth(&config, &parts, &audit).await?;
     // The one key ring signs user tokens and the identity assertion of every forwarded call.
-    let assertions = Arc::new(AssertionSigner::new(
-        handles.keys().clone(),
-        config.link.assertion_issuer.as_str(),
-        auth.clock().clone(),
-        crate::auth::assertion::DEFAULT_CAPACITY,
-    ));
+    let assertions = Arc::new(
+        AssertionSigner::new(
+            handles.keys().clone(),
+            config.link.assertion_issuer.as_str(),
+            auth.clock().clone(),
+            crate::auth::assertion::DEFAULT_CAPACITY,
+        )
+        .counting_into(metrics.assertions_signed.clone()),
+    );
     for op in crate::auth::login::operations(
         handles.login.clone(),
         handles.keys().clone(),
