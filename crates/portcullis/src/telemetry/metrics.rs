@@ -217,6 +217,11 @@ impl Metrics {
             "Calls refused because no identity assertion could be signed",
             assertion_failures.clone(),
         );
+        registry.register(
+            "portcullis_tls_library_messages",
+            "Warnings and errors of the TLS library (mostly about what peers sent), counted instead of logged",
+            super::TLS_LIBRARY_MESSAGES.clone(),
+        );
         registry.register("portcullis_build_info", "Build of this gateway", build_info);
         for c in extra {
             registry.register_collector(c);
