@@ -24,5 +24,5 @@ mod pipeline;
 mod sdk_limits;
 mod store;
 mod store_iam;
-mod tls_noise;
+mod tls;
 mod tokens;
