@@ -284,18 +284,43 @@ pub async fn run_with_parts(
     let link_audit = audit.clone();
     let handles = build_auth(&config, &parts, &audit).await?;
     // The one key ring signs user tokens and the identity assertion of every forwarded call.
-    let assertions = Arc::new(AssertionSigner::new(
-        handles.keys().clone(),
-        config.link.assertion_issuer.as_str(),
-        auth.clock().clone(),
-        crate::auth::assertion::DEFAULT_CAPACITY,
-    ));
+    let assertions = Arc::new(
+        AssertionSigner::new(
+            handles.keys().clone(),
+            config.link.assertion_issuer.as_str(),
+            auth.clock().clone(),
+            crate::auth::assertion::DEFAULT_CAPACITY,
+        )
+        .counting_into(metrics.assertions_signed.clone()),
+    );
     for op in crate::auth::login::operations(
         handles.login.clone(),
         handles.keys().clone(),
         auth.clock().clone(),
     ) {
         operations.register(op);
+    }
+    if let Some(path) = &config.auth.bootstrap_token_file {
+        let token = crate::auth::bootstrap::BootstrapToken::from_file(path)?;
+        match auth.store().has_admin_binding().await {
+            Ok(true) => tracing::warn!(
+                "auth.bootstrap_token_file is set but an admin exists: HTTP bootstrap refuses \
+                 every attempt; remove the setting"
+            ),
+            Ok(false) => tracing::info!(
+                path = crate::auth::bootstrap::BOOTSTRAP_PATH,
+                "HTTP bootstrap enabled until the first admin exists"
+            ),
+            Err(e) => tracing::warn!(error = %e, "cannot tell whether an admin exists"),
+        }
+        operations.register(crate::auth::bootstrap::operation(Arc::new(
+            crate::auth::bootstrap::Bootstrap {
+                token,
+                store: auth.store().clone(),
+                hasher: handles.login.hasher().clone(),
+                audit: audit.clone(),
+            },
+        )));
     }
     operations
         .register_capabilities(&capabilities)
@@ -408,6 +433,7 @@ pub async fn run_with_parts(
         pipeline,
         metrics.clone(),
         &dataplane,
+        auth.clock().clone(),
     )?);
     let link = Arc::new(LinkServer::new(
         &config,

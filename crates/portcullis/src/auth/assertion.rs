@@ -69,6 +69,8 @@ pub struct AssertionSigner {
     hasher: RandomState,
     shards: Box<[Mutex<Shard>]>,
     per_shard: usize,
+    /// Counts every signature (a cache miss).
+    signed: prometheus_client::metrics::counter::Counter,
 }
 
 impl std::fmt::Debug for AssertionSigner {
@@ -138,7 +140,19 @@ impl AssertionSigner {
             hasher: RandomState::new(),
             shards: (0..shards).map(|_| Mutex::default()).collect(),
             per_shard: capacity.div_ceil(shards).max(1),
+            signed: Default::default(),
         }
+    }
+
+    /// Count signatures into `signed` (`Metrics::assertions_signed`).
+    pub fn counting_into(mut self, signed: prometheus_client::metrics::counter::Counter) -> Self {
+        self.signed = signed;
+        self
+    }
+
+    /// Assertions signed so far.
+    pub fn signed(&self) -> u64 {
+        self.signed.get()
     }
 
     /// The issuer every assertion names.
@@ -181,6 +195,7 @@ impl AssertionSigner {
         }
         // Signed outside the lock: the thread's other calls wait for nothing.
         let entry = self.sign(identity, workspace, audience, signer, now)?;
+        self.signed.inc();
         let value = entry.value.clone();
         let mut s = shard.lock().unwrap_or_else(PoisonError::into_inner);
         if s.entries.len() >= self.per_shard && !s.entries.contains_key(&hash) {

@@ -30,6 +30,11 @@ pub struct AuthConfig {
     /// When set, `/metrics` requires a key with this scope. Absent: `/metrics` is open
     /// (bind it to a private interface or put it behind this).
     pub metrics_scope: Option<String>,
+    /// A file (mode 0600) holding a one-time token of at least 32 bytes that enables
+    /// `POST /api/v1/auth/bootstrap`, which creates the first admin user over HTTP while no
+    /// admin exists. Absent (the default): there is no HTTP bootstrap, only `portcullis
+    /// bootstrap` on the store. Remove it once the admin exists.
+    pub bootstrap_token_file: Option<PathBuf>,
     /// Most rows kept in the audit log; the oldest are trimmed. Default 100000.
     pub audit_max_rows: u64,
     /// How long "no such key id" stays in the negative cache, so a key id that does not exist
@@ -102,6 +107,7 @@ impl Default for AuthConfig {
             cache_capacity: 10_000,
             invalidation_poll: Duration::from_secs(1),
             metrics_scope: None,
+            bootstrap_token_file: None,
             audit_max_rows: 100_000,
             negative_cache_ttl: Duration::from_secs(30),
             negative_cache_capacity: 10_000,

@@ -33,6 +33,7 @@
 pub mod assertion;
 pub mod audit;
 pub mod authenticator;
+pub mod bootstrap;
 mod config;
 pub mod key;
 pub mod keyring;

@@ -100,6 +100,23 @@ fn login(args: &LoginArgs) -> Result<LoginToken, AdminError> {
         }))
         .map_err(|e| AdminError::failure(e.to_string()))?,
     );
+    let (status, bytes) = post_json(&url, &body)?;
+    match status {
+        200 => serde_json::from_slice(&bytes)
+            .map_err(|_| AdminError::failure("the gateway's answer is not a token response")),
+        401 => Err(AdminError::failure(
+            "login refused (wrong workspace, username or password, a disabled user, or too many failures)",
+        )),
+        503 => Err(AdminError::failure(
+            "the gateway is busy or its store is unavailable: try again",
+        )),
+        s => Err(AdminError::failure(format!("the gateway answered {s}"))),
+    }
+}
+
+/// POST `body` (JSON, which may hold a secret: never echoed) to `url`; the status and body
+/// of the answer.
+pub(crate) fn post_json(url: &str, body: &[u8]) -> Result<(u16, bytes::Bytes), AdminError> {
     // reqwest runs on rustls without a built-in provider: the gateway's one (ring).
     let _ = rustls::crypto::ring::default_provider().install_default();
     let rt = tokio::runtime::Builder::new_current_thread()
@@ -112,30 +129,89 @@ fn login(args: &LoginArgs) -> Result<LoginToken, AdminError> {
             .build()
             .map_err(|e| AdminError::failure(format!("cannot build the HTTP client: {e}")))?;
         let resp = client
-            .post(&url)
+            .post(url)
             .header(http::header::CONTENT_TYPE, "application/json")
             .body(body.to_vec())
             .send()
             .await
             // reqwest's message names the URL, never the body.
             .map_err(|e| AdminError::failure(format!("cannot reach the gateway: {e}")))?;
-        let status = resp.status();
+        let status = resp.status().as_u16();
         let bytes = resp
             .bytes()
             .await
             .map_err(|e| AdminError::failure(format!("reading the answer: {e}")))?;
-        match status.as_u16() {
-            200 => serde_json::from_slice(&bytes)
-                .map_err(|_| AdminError::failure("the gateway's answer is not a token response")),
-            401 => Err(AdminError::failure(
-                "login refused (wrong workspace, username or password, a disabled user, or too many failures)",
-            )),
-            503 => Err(AdminError::failure(
-                "the gateway is busy or its store is unavailable: try again",
-            )),
-            s => Err(AdminError::failure(format!("the gateway answered {s}"))),
-        }
+        Ok((status, bytes))
     })
+}
+
+/// The gateway's answer to an HTTP bootstrap (the created user and its binding), printed as
+/// it came with `--json`.
+#[derive(Debug, Serialize, serde::Deserialize)]
+#[serde(transparent)]
+pub struct BootstrappedOverHttp(serde_json::Value);
+
+impl Render for BootstrappedOverHttp {
+    fn text(&self) -> String {
+        let u = &self.0["user"];
+        let field = |k: &str| u[k].as_str().unwrap_or("?").to_string();
+        format!(
+            "Created admin user {}/{} ({}), role admin in every workspace.\n\
+             Log in with `portcullis login --workspace {} --username {}`; remove \
+             auth.bootstrap_token_file from the gateway's configuration.\n",
+            field("workspace"),
+            field("username"),
+            field("id"),
+            field("workspace"),
+            field("username"),
+        )
+    }
+}
+
+/// `bootstrap --admin-user NAME --gateway URL --token-file F`: the first admin over HTTP.
+pub(crate) fn bootstrap_over_http(
+    gateway: &str,
+    token_file: &std::path::Path,
+    workspace: &str,
+    username: &str,
+) -> Result<BootstrappedOverHttp, AdminError> {
+    let g = gateway.trim_end_matches('/');
+    if !(g.starts_with("http://") || g.starts_with("https://")) {
+        return Err(AdminError::usage(
+            "--gateway must be an http:// or https:// URL",
+        ));
+    }
+    let url = format!("{g}{}", crate::auth::bootstrap::BOOTSTRAP_PATH);
+    let mut raw = zeroize::Zeroizing::new(Vec::new());
+    std::fs::File::open(token_file)
+        .and_then(|f| f.take(4097).read_to_end(&mut raw))
+        .map_err(|e| AdminError::usage(format!("--token-file {}: {e}", token_file.display())))?;
+    let token = std::str::from_utf8(&raw)
+        .map(str::trim)
+        .map_err(|_| AdminError::usage("--token-file does not hold text"))?;
+    let password = read_password()?;
+    let body = zeroize::Zeroizing::new(
+        serde_json::to_vec(&serde_json::json!({
+            "token": token,
+            "workspace": workspace,
+            "username": username,
+            "password": password.expose(),
+        }))
+        .map_err(|e| AdminError::failure(e.to_string()))?,
+    );
+    let (status, bytes) = post_json(&url, &body)?;
+    match status {
+        201 => serde_json::from_slice(&bytes)
+            .map_err(|_| AdminError::failure("the gateway's answer is not a bootstrap answer")),
+        401 => Err(AdminError::failure(
+            "bootstrap refused (the gateway's log and audit log say why: a wrong or spent token, \
+             an admin that exists already, a password the policy refuses)",
+        )),
+        404 => Err(AdminError::failure(
+            "the gateway has no HTTP bootstrap (auth.bootstrap_token_file is not set)",
+        )),
+        s => Err(AdminError::failure(format!("the gateway answered {s}"))),
+    }
 }
 
 /// The password: from the terminal with echo off, else standard input (one line, bounded).

@@ -163,6 +163,14 @@ pub struct BootstrapArgs {
     /// Workspace of the admin user.
     #[arg(long, default_value = crate::store::DEFAULT_WORKSPACE, requires = "admin_user")]
     pub workspace: String,
+    /// Bootstrap over HTTP through this gateway (e.g. `https://gw:8443`) instead of on the
+    /// store: the gateway must be configured with `auth.bootstrap_token_file`.
+    #[arg(long, requires_all = ["admin_user", "token_file"])]
+    pub gateway: Option<String>,
+    /// With `--gateway`: a file holding the gateway's one-time bootstrap token (never give
+    /// the token itself on the command line).
+    #[arg(long, requires = "gateway")]
+    pub token_file: Option<PathBuf>,
 }
 
 /// `portcullis keys …`.
@@ -385,6 +393,23 @@ pub fn run(cli: Cli, shutdown: impl Future<Output = ()> + Send + 'static) -> Exi
             target,
             admin_user: Some(user),
             workspace,
+            gateway: Some(gateway),
+            token_file: Some(token_file),
+        }) => {
+            let result = login::bootstrap_over_http(&gateway, &token_file, &workspace, &user);
+            let (stdout, stderr) = render::outcome(&result, target.json);
+            print!("{stdout}");
+            eprint!("{stderr}");
+            match result {
+                Ok(_) => ExitCode::SUCCESS,
+                Err(e) => ExitCode::from(e.exit_code()),
+            }
+        }
+        Command::Bootstrap(BootstrapArgs {
+            target,
+            admin_user: Some(user),
+            workspace,
+            ..
         }) => iam::bootstrap_admin(&target, workspace, user),
         Command::Bootstrap(BootstrapArgs { target, .. }) => {
             admin_command(&target, |c| async move { admin::bootstrap(&c).await })

@@ -83,6 +83,7 @@ impl Dispatch {
                         self.assertions
                             .assertion(id, acting_workspace(call, id), &route.service)
                             .map_err(|e| {
+                                self.metrics.assertion_failures.inc();
                                 tracing::error!(error = %e, "cannot sign the identity assertion");
                                 GatewayError::Unavailable("identity assertion")
                             })?,

@@ -126,6 +126,13 @@ pub struct Metrics {
     /// `portcullis_audit_dropped_total`: failure audit events dropped because the audit
     /// queue was full (the failure itself is still counted above).
     pub audit_dropped: Counter,
+    /// `portcullis_identity_assertions_signed_total`: identity assertions signed (each is then
+    /// reused per data-plane thread until near its expiry, so this grows with distinct callers
+    /// per minute, not with calls).
+    pub assertions_signed: Counter,
+    /// `portcullis_identity_assertion_failures_total`: calls refused with 503 because no
+    /// assertion could be signed (no signing key yet).
+    pub assertion_failures: Counter,
     /// Sessions and their workers (`crate::sessions`).
     pub sessions: Arc<SessionMetrics>,
     registry: Registry,
@@ -158,6 +165,8 @@ impl Metrics {
         let link_frames = Family::<FrameLabels, Counter>::default();
         let auth_failures = Family::<ReasonLabels, Counter>::default();
         let audit_dropped = Counter::default();
+        let assertions_signed = Counter::default();
+        let assertion_failures = Counter::default();
         let build_info = Family::<BuildLabels, Gauge>::default();
         build_info
             .get_or_create(&BuildLabels {
@@ -200,6 +209,21 @@ impl Metrics {
             "Authentication-failure audit events dropped because the audit queue was full",
             audit_dropped.clone(),
         );
+        registry.register(
+            "portcullis_identity_assertions_signed",
+            "Identity assertions signed (each reused per data-plane thread until near expiry)",
+            assertions_signed.clone(),
+        );
+        registry.register(
+            "portcullis_identity_assertion_failures",
+            "Calls refused because no identity assertion could be signed",
+            assertion_failures.clone(),
+        );
+        registry.register(
+            "portcullis_tls_library_messages",
+            "Warnings and errors of the TLS library (mostly about what peers sent), counted instead of logged",
+            super::TLS_LIBRARY_MESSAGES.clone(),
+        );
         registry.register("portcullis_build_info", "Build of this gateway", build_info);
         let sessions = Arc::new(SessionMetrics::register(&mut registry));
         for c in extra {
@@ -213,6 +237,8 @@ impl Metrics {
             link_frames,
             auth_failures,
             audit_dropped,
+            assertions_signed,
+            assertion_failures,
             sessions,
             registry,
         }

@@ -114,6 +114,27 @@ async fn an_api_key_call_reaches_the_handler_with_its_verified_identity() {
         .keys()
         .signer(portcullis::store::now_ms());
     assert_eq!(v["kid"], *kid.unwrap().kid);
+    // Signed once, then reused: further calls sign nothing (per data-plane thread, so at
+    // most one signature per thread for the same caller).
+    for _ in 0..20 {
+        assert_eq!(whoami(&gw).await.0, http::StatusCode::OK);
+    }
+    let (_, _, m) = gw.get("/metrics").await;
+    let m = String::from_utf8_lossy(&m);
+    let signed: u64 = m
+        .lines()
+        .find_map(|l| l.strip_prefix("portcullis_identity_assertions_signed_total "))
+        .and_then(|v| v.trim().parse().ok())
+        .unwrap_or_else(|| panic!("{m}"));
+    let threads = std::thread::available_parallelism().map_or(1, |n| n.get()) as u64;
+    assert!(
+        (1..=threads + 1).contains(&signed),
+        "{signed} signatures\n{m}"
+    );
+    assert!(
+        m.contains("portcullis_identity_assertion_failures_total 0"),
+        "{m}"
+    );
     gw.shutdown().await;
 }
 

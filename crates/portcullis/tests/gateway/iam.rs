@@ -569,3 +569,146 @@ async fn the_cli_manages_users_and_roles_and_never_takes_a_password_from_argv() 
     let (code, _, _) = process::cli(&["users", "get", "default/carol", "--data-dir", d]);
     assert_eq!(code, 1);
 }
+
+/// With `auth.bootstrap_token_file`, the first admin can be created over HTTP (here by the
+/// real CLI, `bootstrap --gateway --token-file`), once; every refusal — a malformed body, a
+/// wrong or spent token, a password the policy refuses, an admin that exists — is the same
+/// fixed 401, the reason in the metrics. Without the setting the path is no operation at all.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn http_bootstrap_needs_the_one_time_token_and_refuses_alike_whatever_the_reason() {
+    use std::os::unix::fs::PermissionsExt;
+    const UNAUTHORIZED: &[u8] = br#"{"error":"unauthorized"}"#;
+    const TOKEN: &str = "5f1c0a9e7b3d4e2f8a6c1b0d9e8f7a6b";
+    let post = |gw: &TestGateway, body: String| {
+        let req = http::Request::post(gw.url("/api/v1/auth/bootstrap"))
+            .header("content-type", "application/json")
+            .header("authorization", "Basic eA==")
+            .body(
+                http_body_util::Full::new(bytes::Bytes::from(body))
+                    .map_err(|e| match e {})
+                    .boxed(),
+            )
+            .unwrap();
+        let client = gw.client.inner.clone();
+        async move { collect(client.request(req).await.unwrap()).await }
+    };
+
+    // Not configured: the same 401 as any path without a credential.
+    let plain = TestGateway::with_services(&["echo"]).await;
+    let (status, _, body) = post(&plain, "{}".into()).await;
+    assert_eq!(
+        (status, &body[..]),
+        (StatusCode::UNAUTHORIZED, UNAUTHORIZED)
+    );
+    plain.shutdown().await;
+
+    let dir = tempfile::tempdir().unwrap();
+    let token_file = dir.path().join("bootstrap-token");
+    std::fs::write(&token_file, format!("{TOKEN}\n")).unwrap();
+    std::fs::set_permissions(&token_file, std::fs::Permissions::from_mode(0o600)).unwrap();
+    let mut cfg = config_with_services(&["echo"]);
+    cfg.auth.bootstrap_token_file = Some(token_file.clone());
+    let gw = TestGateway::start(cfg).await;
+    // The harness's `*` key counts as an admin; without it no admin exists.
+    gw.auth.revoke(gw.key_id(), "test").await.unwrap();
+
+    let attempt = |token: &str, password: &str| {
+        serde_json::json!({"token": token, "username": "root", "password": password}).to_string()
+    };
+    for (body, why) in [
+        ("not json".to_string(), "bootstrap_malformed"),
+        (r#"{"token": "x"}"#.to_string(), "bootstrap_malformed"),
+        (
+            attempt("wrong-token-wrong-token-wrong-token", ROOT_PASSWORD),
+            "bootstrap_token",
+        ),
+        (attempt(TOKEN, "short"), "bootstrap_refused"),
+    ] {
+        let (status, _, answer) = post(&gw, body.clone()).await;
+        assert_eq!(
+            (status, &answer[..]),
+            (StatusCode::UNAUTHORIZED, UNAUTHORIZED),
+            "{body} ({why})"
+        );
+    }
+
+    // The real CLI, the token from a file and the password on stdin.
+    let (code, out, err) = cli_with_stdin(
+        &[
+            "bootstrap",
+            "--admin-user",
+            "root",
+            "--gateway",
+            &gw.url(""),
+            "--token-file",
+            token_file.to_str().unwrap(),
+            "--json",
+        ],
+        &format!("{ROOT_PASSWORD}\n"),
+    );
+    assert_eq!(code, 0, "{out}{err}");
+    let boot: serde_json::Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(boot["user"]["username"], "root");
+    assert_eq!(boot["binding"]["workspace"], "*");
+    for secret in [TOKEN, ROOT_PASSWORD] {
+        assert!(!out.contains(secret) && !err.contains(secret));
+    }
+    let root = login(&gw, "default", "root", ROOT_PASSWORD).await;
+    let (status, _, _) = send(
+        &gw,
+        "GET",
+        "/api/v1/iam/workspaces",
+        None,
+        Some(&root),
+        None,
+    )
+    .await;
+    assert_eq!(status, StatusCode::OK);
+
+    // Spent: the same token, the same 401 — also through the CLI (exit 1).
+    let (status, _, answer) = post(&gw, attempt(TOKEN, ROOT_PASSWORD)).await;
+    assert_eq!(
+        (status, &answer[..]),
+        (StatusCode::UNAUTHORIZED, UNAUTHORIZED)
+    );
+    let (code, _, err) = cli_with_stdin(
+        &[
+            "bootstrap",
+            "--admin-user",
+            "second",
+            "--gateway",
+            &gw.url(""),
+            "--token-file",
+            token_file.to_str().unwrap(),
+        ],
+        &format!("{ROOT_PASSWORD}\n"),
+    );
+    assert_eq!(code, 1, "{err}");
+    assert!(!err.contains(TOKEN), "{err}");
+
+    let (_, _, m) = gw.get("/metrics").await;
+    let m = String::from_utf8_lossy(&m);
+    for (reason, n) in [
+        ("bootstrap_malformed", 2),
+        ("bootstrap_token", 3),
+        ("bootstrap_refused", 1),
+    ] {
+        let line = format!("portcullis_auth_failures_total{{reason=\"{reason}\"}} {n}");
+        assert!(m.contains(&line), "{line}\n{m}");
+    }
+    gw.shutdown().await;
+
+    // A token file others can read stops the start.
+    std::fs::set_permissions(&token_file, std::fs::Permissions::from_mode(0o644)).unwrap();
+    let mut cfg = config_with_services(&["echo"]);
+    cfg.auth.bootstrap_token_file = Some(token_file);
+    let store = portcullis::store::testing::TestStore::sqlite();
+    cfg.data_dir = store.data_dir();
+    cfg.store.url = store.options.url.clone();
+    portcullis::admin::init(&cfg).await.unwrap();
+    let Err(e) = portcullis::Running::start(cfg).await else {
+        panic!("a token file others can read must stop the start");
+    };
+    assert!(e.to_string().contains("chmod 600"), "{e}");
+    store.cleanup().await;
+}

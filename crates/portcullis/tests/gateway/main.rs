@@ -25,4 +25,5 @@ mod sdk_limits;
 mod sessions;
 mod store;
 mod store_iam;
+mod tls;
 mod tokens;

@@ -272,10 +272,20 @@ async fn a_user_logs_in_and_calls_a_service_with_the_token() {
         json(&body)["headers"].get("authorization").is_none(),
         "the service never sees the token"
     );
-    // The role binding grants `echo.*` too; once it is revoked in the store, the same token
-    // is refused with the fixed 403 within the invalidation poll.
+    // The role binding grants `echo.*` too; the service verified the gateway's assertion
+    // and its handler sees the user, the token as the credential, and the workspace by name.
     let (status, _, _) = u.gw.get_with_key("/echo/x", Some(&token)).await;
     assert_eq!(status, StatusCode::OK);
+    let (status, _, body) = u.gw.get_with_key("/whoami", Some(&token)).await;
+    assert_eq!(status, StatusCode::OK, "{body:?}");
+    let who = json(&body);
+    assert_eq!(who["subject"], format!("user:{}", u.alice));
+    assert_eq!(who["credential"]["kind"], "token");
+    assert_eq!(who["credential"]["id"], c.jti.as_str());
+    assert_eq!(who["workspace"]["id"], u.workspace_id.as_str());
+    assert_eq!(who["workspace"]["name"], "default");
+    // Once the binding is revoked in the store, the same token is refused with the fixed 403
+    // within the invalidation poll.
     let bindings = u
         .store
         .list_role_bindings_for(portcullis::store::SubjectKind::User, &u.alice)
