@@ -137,6 +137,30 @@ pub(crate) async fn dial(
     Ok(Transport::Tls(Box::new(stream)))
 }
 
+impl Transport {
+    /// The connection's TLS exporter value (the channel binding an instance key signs);
+    /// `None` on plaintext TCP.
+    pub(crate) fn tls_exporter(&self) -> Result<Option<[u8; 32]>, Error> {
+        match self {
+            Self::Tcp(_) => Ok(None),
+            Self::Tls(s) => {
+                let mut out = [0u8; portcullis_link::proof::TLS_EXPORTER_LEN];
+                s.get_ref()
+                    .1
+                    .export_keying_material(
+                        &mut out,
+                        portcullis_link::proof::TLS_EXPORTER_LABEL,
+                        None,
+                    )
+                    .map_err(|e| {
+                        Error::new(ErrorKind::Connect, "TLS exporter unavailable").with_source(e)
+                    })?;
+                Ok(Some(out))
+            }
+        }
+    }
+}
+
 impl AsyncRead for Transport {
     fn poll_read(
         self: Pin<&mut Self>,

@@ -11,6 +11,8 @@
 //! | `POST …/role-bindings`, `DELETE …/role-bindings/{id}` | `iam.roles.write` |
 //! | `GET …/keys` (the caller's own), `POST …/keys` (one for the caller), `POST …/keys/{id}/revoke` (its own) | none beyond being a user |
 //! | `GET …/keys?workspace=W`, `POST …/keys` with `user`, `POST …/keys/{id}/revoke` of another's key | `iam.keys.read` / `iam.keys.write` |
+//! | `GET …/pairings[?pending=true]` | `iam.pairings.read` in `*` |
+//! | `POST …/pairings/{code}/approve` (body `{"bind_instance": bool}`, optional), `POST …/pairings/{code}/deny`, `POST …/pairings/revoke` (body `{"service": S, "instance": I}`) | `iam.pairings.write` in `*` |
 //!
 //! **Workspaces are enforced here the same way as on routed calls**: the workspace an
 //! operation acts on is read from its path or body (a user's workspace, a binding's workspace,
@@ -32,8 +34,8 @@ use serde::Deserialize;
 use std::sync::Arc;
 
 use crate::access::registry::{
-    IAM_KEYS_READ, IAM_KEYS_WRITE, IAM_ROLES_READ, IAM_ROLES_WRITE, IAM_USERS_READ,
-    IAM_USERS_WRITE, IAM_WORKSPACES_READ, IAM_WORKSPACES_WRITE,
+    IAM_KEYS_READ, IAM_KEYS_WRITE, IAM_PAIRINGS_READ, IAM_PAIRINGS_WRITE, IAM_ROLES_READ,
+    IAM_ROLES_WRITE, IAM_USERS_READ, IAM_USERS_WRITE, IAM_WORKSPACES_READ, IAM_WORKSPACES_WRITE,
 };
 use crate::access::{Access, Decision, Resource};
 use crate::admin::{AdminError, ErrorKind};
@@ -263,6 +265,12 @@ pub fn router(api: Arc<IamApi>) -> Router {
         )
         .route("/api/v1/iam/keys", get(keys_list).post(keys_create))
         .route("/api/v1/iam/keys/{id}/revoke", post(keys_revoke))
+        .route("/api/v1/iam/pairings", get(pairings_list))
+        .route("/api/v1/iam/pairings/revoke", post(pairings_revoke))
+        .route(
+            "/api/v1/iam/pairings/{code}/{action}",
+            post(pairings_decide),
+        )
         .with_state(api)
 }
 
@@ -645,5 +653,99 @@ async fn keys_revoke(
             .await
             .map(|k| KeyView::new(&k, now))
             .map_err(AdminError::from),
+    )
+}
+
+#[derive(Deserialize)]
+struct PairingsQuery {
+    #[serde(default)]
+    pending: bool,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct ApproveBody {
+    #[serde(default)]
+    bind_instance: bool,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RevokeInstance {
+    service: String,
+    instance: String,
+}
+
+async fn pairings_list(
+    axum::extract::State(api): St,
+    c: Option<Extension<Caller>>,
+    Query(q): Query<PairingsQuery>,
+) -> Response {
+    let c = caller!(c);
+    tri!(api.check(&c, IAM_PAIRINGS_READ, ALL_WORKSPACES).await);
+    let now = crate::store::now_ms();
+    done(
+        StatusCode::OK,
+        crate::pairings::list_on(&api.store, q.pending, now).await,
+    )
+}
+
+async fn pairings_decide(
+    axum::extract::State(api): St,
+    c: Option<Extension<Caller>>,
+    Path((code, action)): Path<(String, String)>,
+    req: Request,
+) -> Response {
+    let c = caller!(c);
+    tri!(api.check(&c, IAM_PAIRINGS_WRITE, ALL_WORKSPACES).await);
+    let approve = match action.as_str() {
+        "approve" => true,
+        "deny" => false,
+        _ => return StatusCode::NOT_FOUND.into_response(),
+    };
+    let empty = req
+        .headers()
+        .get(http::header::CONTENT_LENGTH)
+        .is_some_and(|v| v == "0")
+        || (!req.headers().contains_key(http::header::CONTENT_LENGTH)
+            && !req.headers().contains_key(http::header::TRANSFER_ENCODING));
+    let body: ApproveBody = if empty {
+        ApproveBody::default()
+    } else {
+        tri!(json_body(req).await)
+    };
+    let actor = IamApi::actor(&c);
+    done(
+        StatusCode::OK,
+        crate::pairings::decide_on(
+            &api.store,
+            &code,
+            approve,
+            body.bind_instance,
+            crate::store::now_ms(),
+            &actor,
+        )
+        .await,
+    )
+}
+
+async fn pairings_revoke(
+    axum::extract::State(api): St,
+    c: Option<Extension<Caller>>,
+    req: Request,
+) -> Response {
+    let c = caller!(c);
+    tri!(api.check(&c, IAM_PAIRINGS_WRITE, ALL_WORKSPACES).await);
+    let body: RevokeInstance = tri!(json_body(req).await);
+    let actor = IamApi::actor(&c);
+    done(
+        StatusCode::OK,
+        crate::pairings::revoke_on(
+            &api.store,
+            &format!("{}/{}", body.service, body.instance),
+            crate::store::now_ms(),
+            &actor,
+        )
+        .await,
     )
 }

@@ -8,7 +8,7 @@ use rand::RngCore;
 use std::future::Future;
 use std::net::SocketAddr;
 
-use crate::config::{Config, Secret, ServiceConfig};
+use crate::config::{Config, ServiceConfig};
 
 /// Flags of `portcullis demo`.
 #[derive(Debug, Clone, clap::Args)]
@@ -54,9 +54,7 @@ pub async fn run(args: DemoArgs, shutdown: impl Future<Output = ()>) -> anyhow::
     config.link.listen = args.link;
     config.services.insert(
         "echo".into(),
-        ServiceConfig {
-            token_sha256: Secret::new(hex::encode(crate::link::hash_token(&token))),
-        },
+        ServiceConfig::token(hex::encode(crate::link::hash_token(&token))),
     );
     // One link per gateway worker: every call is served on the worker of its connection.
     let links = crate::dataplane::resolve_count(config.runtime.threads)

@@ -24,6 +24,7 @@ pub mod health;
 pub mod iam;
 pub mod ingress;
 pub mod link;
+pub mod pairings;
 pub mod pipeline;
 pub mod proxy;
 pub mod routing;

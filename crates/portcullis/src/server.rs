@@ -370,6 +370,20 @@ pub async fn run_with_parts(
         metrics.clone(),
         &dataplane,
     )?);
+    // Ed25519 instance keys of the services that require them, enrolled by pairing.
+    let instance_keys = Arc::new(
+        crate::link::InstanceKeys::new(
+            auth.store().clone(),
+            auth.clock().clone(),
+            config.link.pairing.clone(),
+            config
+                .services
+                .iter()
+                .filter(|(_, s)| s.requires(crate::config::LinkAuthKind::Ed25519))
+                .map(|(name, _)| name.clone()),
+        )
+        .with_metrics(metrics.clone()),
+    );
     let link = Arc::new(LinkServer::new(
         &config,
         registry.clone(),
@@ -377,6 +391,8 @@ pub async fn run_with_parts(
         link_audit,
         &dataplane,
         assertions,
+        Some(instance_keys.clone()),
+        Some(auth.changes().clone()),
     )?);
 
     // Audit writer, last-used writer, change poll; stopped after the listeners.
@@ -384,6 +400,7 @@ pub async fn run_with_parts(
     let auth_task = auth.start(background.clone());
     let signing_task = handles.signing.start(auth.changes(), background.clone());
     let throttle_task = handles.login.start(background.clone());
+    let pairing_task = instance_keys.start(auth.changes().clone(), background.clone());
     let stop_accepting = CancellationToken::new();
     let drain = CancellationToken::new();
     let close_links = CancellationToken::new();
@@ -431,6 +448,7 @@ pub async fn run_with_parts(
     background.cancel();
     let _ = auth_task.await;
     let _ = signing_task.await;
+    let _ = pairing_task.await;
     if let Some(t) = throttle_task {
         let _ = t.await;
     }

@@ -73,6 +73,8 @@ pub enum Command {
     Audit(AuditArgs),
     /// Manage the gateway's signing keys (user tokens, identity assertions).
     SigningKeys(SigningKeysArgs),
+    /// Approve, deny and revoke the Ed25519 keys services link with (enrolment by pairing).
+    Pairings(PairingsArgs),
     /// Log in as a user and print an access token, for scripts. The password is read from
     /// the terminal without echo, or from standard input when it is not a terminal; never
     /// from the command line or the environment.
@@ -302,6 +304,47 @@ pub enum SigningKeysCommand {
     Rotate,
 }
 
+/// `portcullis pairings …`.
+#[derive(Debug, clap::Args)]
+pub struct PairingsArgs {
+    /// Where the store is.
+    #[command(flatten)]
+    pub target: Target,
+    /// What to do with pairings.
+    #[command(subcommand)]
+    pub command: PairingsCommand,
+}
+
+/// `portcullis pairings` subcommands.
+#[derive(Debug, Subcommand)]
+pub enum PairingsCommand {
+    /// List instance keys and their pairings (pending with their codes first to act on):
+    /// state, code, service, instance, fingerprint, times, webhook delivery.
+    List {
+        /// Only pairings waiting for a decision.
+        #[arg(long)]
+        pending: bool,
+    },
+    /// Approve the pending pairing with this code: its key may link as its service.
+    Approve {
+        /// The code the instance shows (8 characters; case and a dash do not matter).
+        code: String,
+        /// Bind the key to the instance that asked, not to any instance of the service.
+        #[arg(long)]
+        bind_instance: bool,
+    },
+    /// Deny the pending pairing with this code: its key never links.
+    Deny {
+        /// The code the instance shows.
+        code: String,
+    },
+    /// Revoke the approved keys of one instance: its links close and it must pair again.
+    Revoke {
+        /// `SERVICE/INSTANCE`.
+        target: String,
+    },
+}
+
 /// `portcullis login`.
 #[derive(Debug, Clone, clap::Args)]
 pub struct LoginArgs {
@@ -423,6 +466,26 @@ pub fn run(cli: Cli, shutdown: impl Future<Output = ()> + Send + 'static) -> Exi
                 admin_command(
                     &target,
                     |c| async move { admin::signing_keys_rotate(&c).await },
+                )
+            }
+        },
+        Command::Pairings(PairingsArgs { target, command }) => match command {
+            PairingsCommand::List { pending } => admin_command(&target, |c| async move {
+                crate::pairings::list(&c, pending).await
+            }),
+            PairingsCommand::Approve {
+                code,
+                bind_instance,
+            } => admin_command(&target, |c| async move {
+                crate::pairings::decide(&c, &code, true, bind_instance).await
+            }),
+            PairingsCommand::Deny { code } => admin_command(&target, |c| async move {
+                crate::pairings::decide(&c, &code, false, false).await
+            }),
+            PairingsCommand::Revoke { target: t } => {
+                admin_command(
+                    &target,
+                    |c| async move { crate::pairings::revoke(&c, &t).await },
                 )
             }
         },

@@ -47,6 +47,75 @@ pub struct LinkConfig {
     /// sent to every service in HELLO_ACK: 1-128 of `[A-Za-z0-9._-]`. Gateway nodes that share
     /// signing keys should share it. Default `portcullis`.
     pub assertion_issuer: String,
+    /// Enrolment of Ed25519 instance keys by pairing, and the checks of every signed HELLO.
+    pub pairing: PairingConfig,
+}
+
+/// The `[link.pairing]` section (docs/link-protocol.md §10).
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct PairingConfig {
+    /// How long a pending pairing waits for an admin before it lapses (the instance then gets
+    /// a new code on its next attempt). Default 15 min.
+    #[serde(with = "humantime_serde")]
+    pub ttl: Duration,
+    /// Pending pairings allowed at once; at the bound, new keys are answered `unavailable`.
+    /// Default 1000.
+    pub max_pending: u32,
+    /// Largest difference allowed between a HELLO's signed timestamp and the gateway's clock;
+    /// further off is `stale_timestamp`. Default 30 s.
+    #[serde(with = "humantime_serde")]
+    pub max_skew: Duration,
+    /// Bad signatures an enrolled key may fail with within `failure_window`; one more
+    /// revokes it (re-pairing required). Default 10.
+    pub max_failures: u32,
+    /// The window of `max_failures`. Default 60 s.
+    #[serde(with = "humantime_serde")]
+    pub failure_window: Duration,
+    /// How long the instance is asked to wait before dialling again while its pairing is
+    /// pending (`retry_after_ms` of `pairing_required`). Default 5 s.
+    #[serde(with = "humantime_serde")]
+    pub retry_after: Duration,
+}
+
+impl Default for PairingConfig {
+    fn default() -> Self {
+        Self {
+            ttl: Duration::from_secs(15 * 60),
+            max_pending: 1000,
+            max_skew: Duration::from_secs(30),
+            max_failures: 10,
+            failure_window: Duration::from_secs(60),
+            retry_after: Duration::from_secs(5),
+        }
+    }
+}
+
+impl PairingConfig {
+    /// Check the section at key path `at` (`link.pairing`).
+    pub fn validate(&self, at: &str, errs: &mut Vec<ConfigError>) {
+        if self.ttl < Duration::from_secs(1) {
+            errs.push(ConfigError::new(format!("{at}.ttl"), "must be at least 1s"));
+        }
+        if self.max_pending == 0 {
+            errs.push(ConfigError::new(
+                format!("{at}.max_pending"),
+                "must be at least 1",
+            ));
+        }
+        if self.max_skew < Duration::from_secs(1) || self.max_skew > Duration::from_secs(600) {
+            errs.push(ConfigError::new(
+                format!("{at}.max_skew"),
+                "must be between 1s and 10m",
+            ));
+        }
+        if self.failure_window.is_zero() {
+            errs.push(ConfigError::new(
+                format!("{at}.failure_window"),
+                "must be positive",
+            ));
+        }
+    }
 }
 
 impl Default for LinkConfig {
@@ -62,6 +131,7 @@ impl Default for LinkConfig {
             max_pending_handshakes_per_ip: 32,
             stream_window_bytes: 256 * 1024,
             assertion_issuer: "portcullis".into(),
+            pairing: PairingConfig::default(),
         }
     }
 }
@@ -108,6 +178,7 @@ impl LinkConfig {
                 "must be at least 1",
             ));
         }
+        self.pairing.validate(&format!("{at}.pairing"), errs);
         if !portcullis_link::valid_token(&self.assertion_issuer) {
             errs.push(ConfigError::new(
                 format!("{at}.assertion_issuer"),

@@ -80,9 +80,16 @@ impl EncodeLabelSet for FrameLabels {
 /// Labels of an authentication failure.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct ReasonLabels {
-    /// Closed set of reasons: `link_token` (a service presented a wrong token or an unknown
-    /// name at the link handshake).
+    /// Closed set of reasons; at the link handshake `link_*`
+    /// (`crate::link::authenticator::LinkAuthFailure::as_str`).
     pub reason: &'static str,
+}
+
+/// Labels of a pairing event.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct PairingLabels {
+    /// `requested`, `approved`, `denied` or `revoked`.
+    pub event: &'static str,
 }
 
 /// Labels of the build info.
@@ -126,6 +133,12 @@ pub struct Metrics {
     /// `portcullis_audit_dropped_total`: failure audit events dropped because the audit
     /// queue was full (the failure itself is still counted above).
     pub audit_dropped: Counter,
+    /// `portcullis_link_pairings_total{event}`: pairing events this gateway saw: `requested`
+    /// (a new pending pairing), `approved`, `denied` (through its admin API), `revoked`.
+    pub pairings: Family<PairingLabels, Counter>,
+    /// `portcullis_link_pairings_pending`: pending pairings in the store, refreshed on every
+    /// store change and heartbeat of the pairing watcher.
+    pub pairings_pending: Gauge,
     registry: Registry,
 }
 
@@ -156,6 +169,8 @@ impl Metrics {
         let link_frames = Family::<FrameLabels, Counter>::default();
         let auth_failures = Family::<ReasonLabels, Counter>::default();
         let audit_dropped = Counter::default();
+        let pairings = Family::<PairingLabels, Counter>::default();
+        let pairings_pending = Gauge::default();
         let build_info = Family::<BuildLabels, Gauge>::default();
         build_info
             .get_or_create(&BuildLabels {
@@ -198,6 +213,16 @@ impl Metrics {
             "Authentication-failure audit events dropped because the audit queue was full",
             audit_dropped.clone(),
         );
+        registry.register(
+            "portcullis_link_pairings",
+            "Pairing events of instance keys, by event",
+            pairings.clone(),
+        );
+        registry.register(
+            "portcullis_link_pairings_pending",
+            "Pairings waiting for an admin",
+            pairings_pending.clone(),
+        );
         registry.register("portcullis_build_info", "Build of this gateway", build_info);
         for c in extra {
             registry.register_collector(c);
@@ -210,6 +235,8 @@ impl Metrics {
             link_frames,
             auth_failures,
             audit_dropped,
+            pairings,
+            pairings_pending,
             registry,
         }
     }
@@ -217,6 +244,11 @@ impl Metrics {
     /// Count a link frame.
     pub fn frame(&self, kind: &'static str) {
         self.link_frames.get_or_create(&FrameLabels { kind }).inc();
+    }
+
+    /// Count a pairing event (`requested`, `approved`, `denied`, `revoked`).
+    pub fn pairing(&self, event: &'static str) {
+        self.pairings.get_or_create(&PairingLabels { event }).inc();
     }
 
     /// Count one refused credential (client key or link token) by reason.

@@ -20,6 +20,7 @@ mod iam;
 mod limits;
 mod link_handshake;
 mod operations;
+mod pairing;
 mod pipeline;
 mod sdk_limits;
 mod store;

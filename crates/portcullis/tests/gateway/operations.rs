@@ -613,7 +613,8 @@ fn configuration_doc_lists_every_field_with_its_default() {
     full_cfg.services.insert(
         "<name>".into(),
         ServiceConfig {
-            token_sha256: Secret::new("x"),
+            token_sha256: Some(Secret::new("x")),
+            auth: vec![portcullis::config::LinkAuthKind::Token],
         },
     );
     let mut fields = defaults.clone();
