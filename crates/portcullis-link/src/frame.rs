@@ -181,6 +181,9 @@ pub enum Credential {
         /// The Ed25519 signature of the proof bytes, 128 hex characters (64 bytes).
         signature: String,
     },
+    /// Version 3: nothing beyond the TLS client certificate the connection presented (for a
+    /// service whose only required credential is mTLS).
+    TlsClientCertificate {},
 }
 
 impl fmt::Debug for Credential {
@@ -192,6 +195,7 @@ impl fmt::Debug for Credential {
             Self::Ed25519 { public_key, .. } => {
                 write!(f, "Credential::Ed25519({public_key}, ***)")
             }
+            Self::TlsClientCertificate {} => f.write_str("Credential::TlsClientCertificate"),
         }
     }
 }
@@ -488,11 +492,9 @@ impl Frame {
             }
             Self::Hello(h)
                 if version < ED25519_VERSION
-                    && matches!(h.credential, Credential::Ed25519 { .. }) =>
+                    && !matches!(h.credential, Credential::Token { .. }) =>
             {
-                Err(format!(
-                    "unknown credential type `ed25519` in version {version}"
-                ))
+                Err(format!("unknown credential type in version {version}"))
             }
             Self::Reject(r) if version < r.code.since_version() => Err(format!(
                 "unknown code `{}` in version {version}",
@@ -566,6 +568,7 @@ impl Frame {
                             return Err("signature must be 128 lowercase hex characters".into());
                         }
                     }
+                    Credential::TlsClientCertificate {} => {}
                 }
             }
             Self::HelloAck(a) => {

@@ -90,11 +90,11 @@ where
     // The newest version both speak; an instance key needs version 3.
     let version = SPOKEN
         .into_iter()
-        .filter(|v| proving.key.is_none() || *v >= ED25519_VERSION)
+        .filter(|v| matches!(hello.credential, Credential::Token { .. }) || *v >= ED25519_VERSION)
         .find(|v| challenge.versions.contains(v));
     let Some(version) = version else {
-        let wanted = if proving.key.is_some() {
-            format!("{ED25519_VERSION} (instance keys)")
+        let wanted = if !matches!(hello.credential, Credential::Token { .. }) {
+            format!("{ED25519_VERSION} (instance keys, client certificates)")
         } else {
             "2 or 3".to_string()
         };

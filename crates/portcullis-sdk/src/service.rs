@@ -60,6 +60,7 @@ impl Service {
             gateways: Vec::new(),
             token: None,
             instance_key: None,
+            tls_client_cert: None,
             on_pairing: OnPairing(None),
             instance_id: None,
             version: "unknown".into(),
@@ -104,6 +105,7 @@ pub struct ServiceBuilder {
     gateways: Vec<String>,
     token: Option<Secret>,
     instance_key: Option<InstanceKey>,
+    tls_client_cert: Option<(Vec<u8>, Secret)>,
     on_pairing: OnPairing,
     instance_id: Option<String>,
     version: String,
@@ -140,6 +142,39 @@ impl ServiceBuilder {
     pub fn instance_key(mut self, key: InstanceKey) -> Self {
         self.instance_key = Some(key);
         self
+    }
+
+    /// Present this certificate chain and private key (PEM) to `tls://` gateways whose
+    /// configuration requires mTLS of this service (`auth = ["mtls", …]`): the certificate's
+    /// SAN must name the service. On its own (no token, no instance key) it is the HELLO's
+    /// only credential. The key is never logged.
+    pub fn tls_client_cert_pem(
+        mut self,
+        cert_pem: impl Into<Vec<u8>>,
+        key_pem: impl Into<String>,
+    ) -> Self {
+        self.tls_client_cert = Some((cert_pem.into(), Secret(key_pem.into())));
+        self
+    }
+
+    /// [`ServiceBuilder::tls_client_cert_pem`] from PEM files.
+    ///
+    /// # Errors
+    /// A file that cannot be read.
+    pub fn tls_client_cert_files(
+        self,
+        cert: impl AsRef<std::path::Path>,
+        key: impl AsRef<std::path::Path>,
+    ) -> Result<Self, Error> {
+        let read = |p: &std::path::Path| {
+            std::fs::read(p).map_err(|e| {
+                Error::config(format!("TLS client certificate file {}", p.display())).with_source(e)
+            })
+        };
+        let cert = read(cert.as_ref())?;
+        let key = String::from_utf8(read(key.as_ref())?)
+            .map_err(|_| Error::config("TLS client key: not PEM text"))?;
+        Ok(self.tls_client_cert_pem(cert, key))
     }
 
     /// Called with the pairing code every time a gateway answers that the instance key waits
@@ -257,31 +292,33 @@ impl ServiceBuilder {
         }
         // The credential every HELLO carries: a token as configured, or a placeholder of the
         // right size that each handshake replaces with a fresh signature.
-        let credential =
-            match (&self.token, &self.instance_key) {
-                (Some(_), Some(_)) => {
-                    return Err(Error::config(
-                        "both a service token and an instance key are configured: choose one",
-                    ))
-                }
-                (None, None) => return Err(Error::config(
+        let credential = match (&self.token, &self.instance_key) {
+            (Some(_), Some(_)) => {
+                return Err(Error::config(
+                    "both a service token and an instance key are configured: choose one",
+                ))
+            }
+            (None, None) if self.tls_client_cert.is_some() => Credential::TlsClientCertificate {},
+            (None, None) => {
+                return Err(Error::config(
                     "no credential configured: set an instance key (or a token, for development)",
-                )),
-                (Some(token), None) => {
-                    if token.0.is_empty() || token.0.len() > 1024 {
-                        return Err(Error::config("service token must be 1-1024 bytes"));
-                    }
-                    Credential::Token {
-                        token: token.0.clone(),
-                    }
+                ))
+            }
+            (Some(token), None) => {
+                if token.0.is_empty() || token.0.len() > 1024 {
+                    return Err(Error::config("service token must be 1-1024 bytes"));
                 }
-                (None, Some(key)) => Credential::Ed25519 {
-                    public_key: portcullis_link::proof::encode_hex(&key.public_key()),
-                    nonce: "0".repeat(64),
-                    timestamp_ms: 0,
-                    signature: "0".repeat(128),
-                },
-            };
+                Credential::Token {
+                    token: token.0.clone(),
+                }
+            }
+            (None, Some(key)) => Credential::Ed25519 {
+                public_key: portcullis_link::proof::encode_hex(&key.public_key()),
+                nonce: "0".repeat(64),
+                timestamp_ms: 0,
+                signature: "0".repeat(128),
+            },
+        };
         if !(1..=MAX_LINKS_PER_GATEWAY).contains(&self.links_per_gateway) {
             return Err(Error::config(format!(
                 "links_per_gateway must be 1-{MAX_LINKS_PER_GATEWAY}"
@@ -331,7 +368,11 @@ impl ServiceBuilder {
             for a in addrs.iter().filter(|a| a.tls) {
                 a.server_name()?;
             }
-            Some(tls_config(pem)?)
+            let client = self
+                .tls_client_cert
+                .as_ref()
+                .map(|(c, k)| (c.as_slice(), k.0.as_bytes()));
+            Some(tls_config(pem, client)?)
         } else {
             None
         };

@@ -132,9 +132,10 @@ pub struct ServiceConfig {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub token_sha256: Option<Secret>,
     /// The credentials a link of this service must present, every one of them:
-    /// `["token"]` (a static token, development) or `["ed25519"]` (an instance key enrolled
-    /// by pairing, docs/link-protocol.md §10). Default: `["token"]` when `token_sha256` is
-    /// set.
+    /// `["token"]` (a static token, development), `["ed25519"]` (an instance key enrolled
+    /// by pairing, docs/link-protocol.md §10), `["mtls"]` (a client certificate from
+    /// `link.client_ca` naming the service), or `mtls` with one of the others. Default:
+    /// `["token"]` when `token_sha256` is set.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub auth: Vec<LinkAuthKind>,
 }
@@ -147,6 +148,8 @@ pub enum LinkAuthKind {
     Token,
     /// An Ed25519 instance key enrolled by pairing.
     Ed25519,
+    /// A TLS client certificate from `link.client_ca` naming the service (SAN dNSName).
+    Mtls,
 }
 
 impl LinkAuthKind {
@@ -155,6 +158,7 @@ impl LinkAuthKind {
         match self {
             Self::Token => "token",
             Self::Ed25519 => "ed25519",
+            Self::Mtls => "mtls",
         }
     }
 }
@@ -399,6 +403,12 @@ impl Config {
         self.store.validate("store", &mut errs);
         for (name, svc) in &self.services {
             svc.validate(&format!("services.{name}"), name, &mut errs);
+            if svc.requires(LinkAuthKind::Mtls) && self.link.client_ca.is_none() {
+                errs.push(ConfigError::new(
+                    format!("services.{name}.auth"),
+                    "\"mtls\" needs link.client_ca (and link.tls)",
+                ));
+            }
         }
         if errs.is_empty() {
             Ok(())

@@ -31,6 +31,8 @@ pub struct HandshakeFacts {
     /// The connection's TLS exporter value (`EXPORTER-portcullis-link`); `None` on
     /// plaintext TCP.
     pub tls_exporter: Option<[u8; 32]>,
+    /// The client certificate the connection presented, checked against `link.client_ca`.
+    pub client_cert: crate::tls::ClientCert,
 }
 
 /// How a service proved who it is.
@@ -40,6 +42,12 @@ pub enum LinkCredentialKind {
     Token,
     /// An Ed25519 instance key enrolled by pairing.
     Ed25519,
+    /// A TLS client certificate naming the service, alone.
+    Mtls,
+    /// A client certificate and a static token.
+    MtlsToken,
+    /// A client certificate and an enrolled key.
+    MtlsEd25519,
 }
 
 impl LinkCredentialKind {
@@ -48,6 +56,9 @@ impl LinkCredentialKind {
         match self {
             Self::Token => "service_token",
             Self::Ed25519 => "ed25519",
+            Self::Mtls => "mtls",
+            Self::MtlsToken => "mtls+service_token",
+            Self::MtlsEd25519 => "mtls+ed25519",
         }
     }
 }
@@ -101,6 +112,11 @@ pub enum LinkAuthFailure {
     /// The store could not be asked.
     #[error("the gateway cannot check credentials now")]
     Unavailable,
+    /// The service requires a client certificate and this one (or its absence) fails: the
+    /// audit reason (`link_mtls_missing`, `_unknown_ca`, `_expired`, `_revoked`, `_invalid`,
+    /// `_name`).
+    #[error("client certificate refused ({0})")]
+    Mtls(&'static str),
 }
 
 impl LinkAuthFailure {
@@ -118,6 +134,7 @@ impl LinkAuthFailure {
             Self::PairingDenied => "link_pairing_denied",
             Self::PairingFull => "link_pairing_full",
             Self::Unavailable => "link_store_unavailable",
+            Self::Mtls(reason) => reason,
         }
     }
 
@@ -212,7 +229,7 @@ impl LinkAuthenticator for ServiceTokens {
     fn authenticate<'a>(&'a self, hello: &'a Hello, _facts: &'a HandshakeFacts) -> AuthFuture<'a> {
         let ok = match &hello.credential {
             Credential::Token { token } => self.verify(&hello.service, token),
-            Credential::Ed25519 { .. } => false,
+            Credential::Ed25519 { .. } | Credential::TlsClientCertificate {} => false,
         };
         Box::pin(async move {
             if ok {
@@ -229,19 +246,45 @@ impl LinkAuthenticator for ServiceTokens {
 }
 
 /// Every link credential of the gateway: tokens for the services that require them, instance
-/// keys for those that require Ed25519 (when the gateway has a store).
+/// keys for those that require Ed25519 (when the gateway has a store), and the client
+/// certificate for those that require mTLS, each service held to every kind its `auth` lists.
 pub struct LinkCredentials {
     tokens: ServiceTokens,
     keys: Option<Arc<super::instance_keys::InstanceKeys>>,
+    /// Services that require a client certificate.
+    mtls: std::collections::HashSet<String>,
 }
 
 impl LinkCredentials {
-    /// Tokens and, when given, instance keys.
+    /// Tokens and, when given, instance keys; no service requires mTLS.
     pub fn new(
         tokens: ServiceTokens,
         keys: Option<Arc<super::instance_keys::InstanceKeys>>,
     ) -> Self {
-        Self { tokens, keys }
+        Self {
+            tokens,
+            keys,
+            mtls: Default::default(),
+        }
+    }
+
+    /// Require a client certificate of `services`.
+    pub fn with_mtls(mut self, services: impl IntoIterator<Item = String>) -> Self {
+        self.mtls = services.into_iter().collect();
+        self
+    }
+
+    /// The client certificate check of a service that requires one.
+    fn check_cert(&self, hello: &Hello, facts: &HandshakeFacts) -> Result<(), LinkAuthFailure> {
+        use crate::tls::ClientCert;
+        match &facts.client_cert {
+            ClientCert::None => Err(LinkAuthFailure::Mtls("link_mtls_missing")),
+            ClientCert::Refused(reason) => Err(LinkAuthFailure::Mtls(reason)),
+            c @ ClientCert::Verified(_) if !c.names(&hello.service) => {
+                Err(LinkAuthFailure::Mtls("link_mtls_name"))
+            }
+            ClientCert::Verified(_) => Ok(()),
+        }
     }
 
     /// The instance keys, if any service enrols them.
@@ -252,15 +295,45 @@ impl LinkCredentials {
 
 impl LinkAuthenticator for LinkCredentials {
     fn authenticate<'a>(&'a self, hello: &'a Hello, facts: &'a HandshakeFacts) -> AuthFuture<'a> {
-        match &hello.credential {
-            Credential::Token { .. } => self.tokens.authenticate(hello, facts),
-            Credential::Ed25519 { .. } => Box::pin(async move {
-                match &self.keys {
-                    Some(k) => k.authenticate(hello, facts).await,
-                    None => Err(LinkAuthFailure::KindNotAccepted),
+        Box::pin(async move {
+            let mtls = self.mtls.contains(&hello.service);
+            if mtls {
+                self.check_cert(hello, facts)?;
+            }
+            let mut id = match &hello.credential {
+                Credential::Token { .. } => self.tokens.authenticate(hello, facts).await?,
+                Credential::Ed25519 { .. } => match &self.keys {
+                    Some(k) => k.authenticate(hello, facts).await?,
+                    None => return Err(LinkAuthFailure::KindNotAccepted),
+                },
+                // Only for a service whose one credential is the certificate: one that also
+                // requires a token or a key is configured for those, and a service without
+                // mTLS is not satisfied by nothing.
+                Credential::TlsClientCertificate {} => {
+                    let only_mtls = mtls
+                        && !self.tokens.services().any(|s| s == hello.service)
+                        && !self
+                            .keys
+                            .as_ref()
+                            .is_some_and(|k| k.accepts(&hello.service));
+                    if !only_mtls {
+                        return Err(LinkAuthFailure::KindNotAccepted);
+                    }
+                    return Ok(LinkIdentity {
+                        service: hello.service.as_str().into(),
+                        via: LinkCredentialKind::Mtls,
+                        key: None,
+                    });
                 }
-            }),
-        }
+            };
+            if mtls {
+                id.via = match id.via {
+                    LinkCredentialKind::Ed25519 => LinkCredentialKind::MtlsEd25519,
+                    _ => LinkCredentialKind::MtlsToken,
+                };
+            }
+            Ok(id)
+        })
     }
 }
 

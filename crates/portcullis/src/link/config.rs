@@ -19,6 +19,9 @@ pub struct LinkConfig {
     pub listen: SocketAddr,
     /// Require TLS on links with this certificate. Absent: plain TCP (development only).
     pub tls: Option<TlsConfig>,
+    /// CA bundle (PEM) of the client certificates services present for `auth = ["mtls"]`.
+    /// Needs `tls`. Absent: no client certificate is asked for.
+    pub client_ca: Option<std::path::PathBuf>,
     /// Interval of PINGs and health exchanges; a link silent for three intervals is dropped.
     /// Default 5 s.
     #[serde(with = "humantime_serde")]
@@ -123,6 +126,7 @@ impl Default for LinkConfig {
         Self {
             listen: SocketAddr::from(([127, 0, 0, 1], 7070)),
             tls: None,
+            client_ca: None,
             heartbeat_interval: Duration::from_secs(5),
             handshake_timeout: Duration::from_secs(10),
             max_frame_bytes: portcullis_link::MAX_FRAME_LEN,
@@ -179,6 +183,12 @@ impl LinkConfig {
             ));
         }
         self.pairing.validate(&format!("{at}.pairing"), errs);
+        if self.client_ca.is_some() && self.tls.is_none() {
+            errs.push(ConfigError::new(
+                format!("{at}.client_ca"),
+                "needs link.tls: client certificates are a TLS feature",
+            ));
+        }
         if !portcullis_link::valid_token(&self.assertion_issuer) {
             errs.push(ConfigError::new(
                 format!("{at}.assertion_issuer"),

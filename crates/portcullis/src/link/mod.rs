@@ -70,6 +70,8 @@ pub struct LinkServer {
     /// Signs the identity assertions of calls: its issuer and public keys go to services.
     assertions: Arc<AssertionSigner>,
     tls: Option<tokio_rustls::TlsAcceptor>,
+    /// Checks client certificates against `link.client_ca`, when set.
+    client_verifier: Option<Arc<dyn rustls::server::danger::ClientCertVerifier>>,
     metrics: Arc<Metrics>,
     /// Weak: link tasks hold the `LinkServer`; only the gateway's `run` owns the data plane.
     dataplane: std::sync::Weak<crate::dataplane::DataPlane>,
@@ -115,13 +117,21 @@ impl LinkServer {
         keys: Option<Arc<InstanceKeys>>,
         changes: Option<crate::auth::Changes>,
     ) -> anyhow::Result<Self> {
-        let authenticator = Arc::new(LinkCredentials::new(
-            ServiceTokens::from_config(config)?,
-            keys.clone(),
-        ));
-        let tls = match &config.link.tls {
-            Some(t) => Some(crate::tls::acceptor(t, &[])?),
-            None => None,
+        let authenticator = Arc::new(
+            LinkCredentials::new(ServiceTokens::from_config(config)?, keys.clone()).with_mtls(
+                config
+                    .services
+                    .iter()
+                    .filter(|(_, s)| s.requires(crate::config::LinkAuthKind::Mtls))
+                    .map(|(n, _)| n.clone()),
+            ),
+        );
+        let (tls, client_verifier) = match &config.link.tls {
+            Some(t) => {
+                let (acc, v) = crate::tls::link_acceptor(t, config.link.client_ca.as_deref())?;
+                (Some(acc), v)
+            }
+            None => (None, None),
         };
         Ok(Self {
             registry,
@@ -135,6 +145,7 @@ impl LinkServer {
             audit,
             assertions,
             tls,
+            client_verifier,
             metrics,
             dataplane: Arc::downgrade(dataplane),
             links: tokio_util::task::TaskTracker::new(),
@@ -182,6 +193,13 @@ impl LinkServer {
                         match tls {
                             Ok(Ok(tls)) => {
                                 let mut exporter = [0u8; portcullis_link::proof::TLS_EXPORTER_LEN];
+                                let cert = match &this.client_verifier {
+                                    Some(v) => crate::tls::check_client_cert(
+                                        v.as_ref(),
+                                        tls.get_ref().1.peer_certificates(),
+                                    ),
+                                    None => crate::tls::ClientCert::None,
+                                };
                                 match tls.get_ref().1.export_keying_material(
                                     &mut exporter,
                                     portcullis_link::proof::TLS_EXPORTER_LABEL,
@@ -193,7 +211,7 @@ impl LinkServer {
                                             shutdown,
                                             Some(slot),
                                             hello_by,
-                                            Some(exporter),
+                                            Some((exporter, cert)),
                                         )
                                         .await
                                     }
@@ -248,7 +266,7 @@ impl LinkServer {
         shutdown: CancellationToken,
         mut slot: Option<Slot>,
         hello_by: Instant,
-        tls_exporter: Option<[u8; 32]>,
+        tls_facts: Option<([u8; 32], crate::tls::ClientCert)>,
     ) -> Result<(), HandshakeError>
     where
         IO: AsyncRead + AsyncWrite + Unpin + Send + 'static,
@@ -268,7 +286,7 @@ impl LinkServer {
         let attempt = tokio::select! {
             r = tokio::time::timeout(
                 self.cfg.handshake_timeout,
-                self.handshake(&mut io, slot.as_ref(), hello_by, &mut version, tls_exporter),
+                self.handshake(&mut io, slot.as_ref(), hello_by, &mut version, tls_facts),
             ) => r,
             _ = evicted => return Err(HandshakeError::Evicted),
             _ = shutdown.cancelled() => {
@@ -551,7 +569,7 @@ impl LinkServer {
         slot: Option<&Slot>,
         hello_by: Instant,
         version: &mut u8,
-        tls_exporter: Option<[u8; 32]>,
+        tls_facts: Option<([u8; 32], crate::tls::ClientCert)>,
     ) -> Result<Accepted, HandshakeError>
     where
         IO: AsyncRead + AsyncWrite + Unpin,
@@ -580,11 +598,16 @@ impl LinkServer {
         if let Some(s) = slot {
             s.hello_received();
         }
+        let (tls_exporter, client_cert) = match tls_facts {
+            Some((e, c)) => (Some(e), c),
+            None => (None, crate::tls::ClientCert::None),
+        };
         let facts = HandshakeFacts {
             nonce,
             server_time_ms,
             version: *version,
             tls_exporter,
+            client_cert,
         };
         // The one credential contract of the link; a refusal costs what an acceptance does.
         let identity = match self.authenticator.authenticate(&hello, &facts).await {
@@ -831,6 +854,7 @@ mod tests {
             audit: AuditSink::metrics_only(metrics.clone()),
             assertions: Arc::new(test_signer()),
             tls: None,
+            client_verifier: None,
             metrics,
             dataplane: std::sync::Weak::new(),
             links: tokio_util::task::TaskTracker::new(),
