@@ -389,6 +389,25 @@ impl Config {
         toml::to_string_pretty(self).unwrap_or_else(|e| format!("# cannot render: {e}\n"))
     }
 
+    /// What is allowed but unwise, one sentence each (`check-config` prints them): a static
+    /// service token accepted on a link listener other networks can reach.
+    pub fn warnings(&self) -> Vec<String> {
+        let mut out = Vec::new();
+        if !self.link.listen.ip().is_loopback() {
+            for (name, svc) in &self.services {
+                if svc.requires(LinkAuthKind::Token) {
+                    out.push(format!(
+                        "services.{name}: accepts a static token on a non-loopback link listener \
+                         (link.listen = {}); a leaked token is a permanent impersonation — use \
+                         auth = [\"ed25519\"] (instance keys enrolled by pairing) or \"mtls\"",
+                        self.link.listen
+                    ));
+                }
+            }
+        }
+        out
+    }
+
     /// Check every field; returns all problems found, each naming its field.
     pub fn validate(&self) -> Result<(), Vec<ConfigError>> {
         let mut errs = Vec::new();

@@ -388,7 +388,10 @@ pub fn parse_duration(flag: &str, s: &str) -> Result<Duration, AdminError> {
 pub fn run(cli: Cli, shutdown: impl Future<Output = ()> + Send + 'static) -> ExitCode {
     match cli.command {
         Command::CheckConfig { file } => match load_config(Some(&file)) {
-            Ok(_) => {
+            Ok(c) => {
+                for w in c.warnings() {
+                    eprintln!("{}: warning: {w}", file.display());
+                }
                 println!("{}: ok", file.display());
                 ExitCode::SUCCESS
             }

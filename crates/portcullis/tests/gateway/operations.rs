@@ -718,6 +718,24 @@ fn check_config_names_every_problem_with_its_key_path() {
     let out = process::run(&["check-config", good.to_str().unwrap()], &[]);
     assert!(out.status.success(), "{out:?}");
     assert!(String::from_utf8_lossy(&out.stdout).contains("ok"));
+    assert!(
+        !String::from_utf8_lossy(&out.stderr).contains("warning"),
+        "a token on a loopback link listener is fine: {out:?}"
+    );
+    // A static token on a link listener other networks reach: valid, with a warning.
+    let out = process::run(
+        &["check-config", good.to_str().unwrap()],
+        &[("PORTCULLIS_LINK__LISTEN", "0.0.0.0:7070")],
+    );
+    assert!(out.status.success(), "{out:?}");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains(
+            "warning: services.echo: accepts a static token on a non-loopback link listener"
+        ),
+        "{stderr}"
+    );
+    assert!(stderr.contains("ed25519"), "{stderr}");
 
     // A syntax error names its line.
     std::fs::write(&bad, "[ingress]\nlisten = \n").unwrap();
