@@ -12,6 +12,7 @@
 //! | `GET …/keys` (the caller's own), `POST …/keys` (one for the caller), `POST …/keys/{id}/revoke` (its own) | none beyond being a user |
 //! | `GET …/keys?workspace=W`, `POST …/keys` with `user`, `POST …/keys/{id}/revoke` of another's key | `iam.keys.read` / `iam.keys.write` |
 //! | `GET …/pairings[?pending=true]` | `iam.pairings.read` in `*` |
+//! | `GET …/services` (linked instances, their links, state, RTT, in flight, credential) | `iam.services.read` in `*` |
 //! | `POST …/pairings/{code}/approve` (body `{"bind_instance": bool}`, optional), `POST …/pairings/{code}/deny`, `POST …/pairings/revoke` (body `{"service": S, "instance": I}`) | `iam.pairings.write` in `*` |
 //!
 //! **Workspaces are enforced here the same way as on routed calls**: the workspace an
@@ -35,7 +36,8 @@ use std::sync::Arc;
 
 use crate::access::registry::{
     IAM_KEYS_READ, IAM_KEYS_WRITE, IAM_PAIRINGS_READ, IAM_PAIRINGS_WRITE, IAM_ROLES_READ,
-    IAM_ROLES_WRITE, IAM_USERS_READ, IAM_USERS_WRITE, IAM_WORKSPACES_READ, IAM_WORKSPACES_WRITE,
+    IAM_ROLES_WRITE, IAM_SERVICES_READ, IAM_USERS_READ, IAM_USERS_WRITE, IAM_WORKSPACES_READ,
+    IAM_WORKSPACES_WRITE,
 };
 use crate::access::{Access, Decision, Resource};
 use crate::admin::{AdminError, ErrorKind};
@@ -67,6 +69,8 @@ pub struct IamApi {
     pub known_role: Arc<dyn Fn(&str) -> bool + Send + Sync>,
     /// API keys: created and revoked through it, so this node's cache follows at once.
     pub keys: Arc<ApiKeyAuthenticator>,
+    /// The linked instances (`GET …/services`).
+    pub registry: Option<Arc<crate::routing::Registry>>,
 }
 
 type Api = Arc<IamApi>;
@@ -266,6 +270,7 @@ pub fn router(api: Arc<IamApi>) -> Router {
         .route("/api/v1/iam/keys", get(keys_list).post(keys_create))
         .route("/api/v1/iam/keys/{id}/revoke", post(keys_revoke))
         .route("/api/v1/iam/pairings", get(pairings_list))
+        .route("/api/v1/iam/services", get(services_list))
         .route("/api/v1/iam/pairings/revoke", post(pairings_revoke))
         .route(
             "/api/v1/iam/pairings/{code}/{action}",
@@ -748,4 +753,17 @@ async fn pairings_revoke(
         )
         .await,
     )
+}
+
+async fn services_list(axum::extract::State(api): St, c: Option<Extension<Caller>>) -> Response {
+    let c = caller!(c);
+    tri!(api.check(&c, IAM_SERVICES_READ, ALL_WORKSPACES).await);
+    let list = api
+        .registry
+        .as_deref()
+        .map(crate::services::list_on)
+        .unwrap_or(crate::services::ServiceList {
+            services: Vec::new(),
+        });
+    (StatusCode::OK, axum::Json(list)).into_response()
 }

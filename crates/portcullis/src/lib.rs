@@ -29,6 +29,7 @@ pub mod pipeline;
 pub mod proxy;
 pub mod routing;
 pub mod server;
+pub mod services;
 pub mod store;
 pub mod telemetry;
 pub mod tls;

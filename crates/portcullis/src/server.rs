@@ -342,6 +342,7 @@ pub async fn run_with_parts(
                 Arc::new(move |name: &str| roles.get(name).is_some())
             },
             keys: auth.clone(),
+            registry: Some(registry.clone()),
         })),
     });
     let pipeline = Pipeline::new(crate::pipeline::Parts {

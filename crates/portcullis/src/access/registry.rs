@@ -44,6 +44,9 @@ pub const IAM_PAIRINGS_READ: &str = "iam.pairings.read";
 /// Approve, deny and revoke link instance keys (IAM; in workspace `*`).
 pub const IAM_PAIRINGS_WRITE: &str = "iam.pairings.write";
 
+/// List linked services, their instances and links (IAM; in workspace `*`).
+pub const IAM_SERVICES_READ: &str = "iam.services.read";
+
 /// Every IAM capability, for operations and tests that enumerate them.
 pub const IAM_CAPABILITIES: &[&str] = &[
     IAM_USERS_READ,
@@ -56,6 +59,7 @@ pub const IAM_CAPABILITIES: &[&str] = &[
     IAM_KEYS_WRITE,
     IAM_PAIRINGS_READ,
     IAM_PAIRINGS_WRITE,
+    IAM_SERVICES_READ,
 ];
 
 /// Namespaces the gateway's own operations use or will use (IAM, metrics, the admin API, the

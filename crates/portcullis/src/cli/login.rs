@@ -56,7 +56,15 @@ pub(super) fn run(args: &LoginArgs) -> ExitCode {
 
 /// The gateway's base URL: `--gateway`, else from the configuration's ingress.
 fn gateway_url(args: &LoginArgs) -> Result<String, AdminError> {
-    if let Some(g) = &args.gateway {
+    gateway_base(args.gateway.as_deref(), args.config.as_deref())
+}
+
+/// The gateway's base URL: `gateway`, else from the ingress of the configuration at `config`.
+pub(crate) fn gateway_base(
+    gateway: Option<&str>,
+    config: Option<&std::path::Path>,
+) -> Result<String, AdminError> {
+    if let Some(g) = gateway {
         let g = g.trim_end_matches('/');
         if !(g.starts_with("http://") || g.starts_with("https://")) {
             return Err(AdminError::usage(
@@ -65,7 +73,7 @@ fn gateway_url(args: &LoginArgs) -> Result<String, AdminError> {
         }
         return Ok(g.to_string());
     }
-    let cfg = super::load_config(args.config.as_deref()).map_err(AdminError::usage)?;
+    let cfg = super::load_config(config).map_err(AdminError::usage)?;
     let mut addr = cfg.ingress.listen;
     if addr.ip().is_unspecified() {
         addr.set_ip(match addr {

@@ -75,6 +75,10 @@ pub enum Command {
     SigningKeys(SigningKeysArgs),
     /// Approve, deny and revoke the Ed25519 keys services link with (enrolment by pairing).
     Pairings(PairingsArgs),
+    /// The services linked to a running gateway (asks its API with the key in
+    /// `PORTCULLIS_KEY`).
+    #[command(subcommand)]
+    Services(ServicesCommand),
     /// Log in as a user and print an access token, for scripts. The password is read from
     /// the terminal without echo, or from standard input when it is not a terminal; never
     /// from the command line or the environment.
@@ -345,6 +349,25 @@ pub enum PairingsCommand {
     },
 }
 
+/// `portcullis services` subcommands.
+#[derive(Debug, Subcommand)]
+pub enum ServicesCommand {
+    /// Every linked instance and link: state (online, unstable, draining), round-trip time,
+    /// calls in flight, the credential that proved it, key fingerprint, since when.
+    List {
+        /// Gateway base URL, e.g. `http://127.0.0.1:8080`. Default: the configuration's
+        /// `ingress.listen`.
+        #[arg(long)]
+        gateway: Option<String>,
+        /// TOML configuration file, for the default gateway address.
+        #[arg(long, short, env = "PORTCULLIS_CONFIG")]
+        config: Option<PathBuf>,
+        /// Print JSON instead of text.
+        #[arg(long)]
+        json: bool,
+    },
+}
+
 /// `portcullis login`.
 #[derive(Debug, Clone, clap::Args)]
 pub struct LoginArgs {
@@ -492,6 +515,30 @@ pub fn run(cli: Cli, shutdown: impl Future<Output = ()> + Send + 'static) -> Exi
                 )
             }
         },
+        Command::Services(ServicesCommand::List {
+            gateway,
+            config,
+            json,
+        }) => {
+            let result =
+                login::gateway_base(gateway.as_deref(), config.as_deref()).and_then(|base| {
+                    let key = std::env::var("PORTCULLIS_KEY").map_err(|_| {
+                        AdminError::usage("set PORTCULLIS_KEY to an API key with iam.services.read")
+                    })?;
+                    tokio::runtime::Builder::new_current_thread()
+                        .enable_all()
+                        .build()
+                        .map_err(|e| AdminError::failure(format!("cannot start the runtime: {e}")))?
+                        .block_on(crate::services::list_remote(&base, key.trim()))
+                });
+            let (stdout, stderr) = render::outcome(&result, json);
+            print!("{stdout}");
+            eprint!("{stderr}");
+            match result {
+                Ok(_) => ExitCode::SUCCESS,
+                Err(e) => ExitCode::from(e.exit_code()),
+            }
+        }
         Command::Login(args) => login::run(&args),
         Command::Serve { config, data_dir } => serve(&config, data_dir, shutdown),
         #[cfg(feature = "demo")]

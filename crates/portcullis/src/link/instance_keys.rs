@@ -335,8 +335,8 @@ impl InstanceKeys {
         }
     }
 
-    /// Keep `portcullis_link_pairings_pending` current: on every store change and every
-    /// 10 s, until `stop`.
+    /// Keep `portcullis_link_keys{state}` current: on every store change and every 10 s,
+    /// until `stop`.
     pub fn start(
         self: &Arc<Self>,
         changes: crate::auth::Changes,
@@ -347,8 +347,14 @@ impl InstanceKeys {
             let mut rx = changes.subscribe();
             loop {
                 if let Some(m) = &this.metrics {
-                    if let Ok(n) = this.store.count_pending_pairings(this.clock.now_ms()).await {
-                        m.pairings_pending.set(n);
+                    if let Ok(counts) = this.store.count_link_keys(this.clock.now_ms()).await {
+                        for (state, n) in counts {
+                            m.link_keys
+                                .get_or_create(&crate::telemetry::metrics::PairingStateLabels {
+                                    state: state.as_str(),
+                                })
+                                .set(n);
+                        }
                     }
                 }
                 tokio::select! {

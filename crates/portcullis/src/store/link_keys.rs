@@ -358,6 +358,37 @@ impl Store {
         .await
     }
 
+    /// Keys by state at `now` (lapsed pending pairings not counted), every state listed.
+    pub async fn count_link_keys(&self, now: i64) -> Result<Vec<(LinkKeyState, i64)>, StoreError> {
+        self.at_home(move |store| async move {
+            let rows = sqlx::query(
+                "SELECT state, COUNT(*) FROM link_keys
+                 WHERE state <> 'pending' OR expires_at > $1 GROUP BY state",
+            )
+            .bind(now)
+            .fetch_all(store.pool())
+            .await?;
+            let mut out: Vec<(LinkKeyState, i64)> = [
+                LinkKeyState::Pending,
+                LinkKeyState::Approved,
+                LinkKeyState::Denied,
+                LinkKeyState::Revoked,
+            ]
+            .into_iter()
+            .map(|s| (s, 0))
+            .collect();
+            for r in rows {
+                let state: String = r.try_get(0)?;
+                let n: i64 = r.try_get(1)?;
+                if let Some(e) = out.iter_mut().find(|(s, _)| s.as_str() == state) {
+                    e.1 = n;
+                }
+            }
+            Ok(out)
+        })
+        .await
+    }
+
     /// Pending pairings not lapsed at `now`.
     pub async fn count_pending_pairings(&self, now: i64) -> Result<i64, StoreError> {
         self.at_home(move |store| async move {

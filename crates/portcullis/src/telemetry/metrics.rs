@@ -92,6 +92,13 @@ pub struct PairingLabels {
     pub event: &'static str,
 }
 
+/// Labels of the instance-key gauge.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct PairingStateLabels {
+    /// `pending`, `approved`, `denied` or `revoked`.
+    pub state: &'static str,
+}
+
 /// Labels of the build info.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct BuildLabels {
@@ -136,9 +143,10 @@ pub struct Metrics {
     /// `portcullis_link_pairings_total{event}`: pairing events this gateway saw: `requested`
     /// (a new pending pairing), `approved`, `denied` (through its admin API), `revoked`.
     pub pairings: Family<PairingLabels, Counter>,
-    /// `portcullis_link_pairings_pending`: pending pairings in the store, refreshed on every
-    /// store change and heartbeat of the pairing watcher.
-    pub pairings_pending: Gauge,
+    /// `portcullis_link_keys{state}`: instance keys in the store by state (`pending` — not
+    /// lapsed —, `approved`, `denied`, `revoked`), refreshed on every store change and every
+    /// 10 s, whichever process (CLI, API, another node) made the change.
+    pub link_keys: Family<PairingStateLabels, Gauge>,
     registry: Registry,
 }
 
@@ -170,7 +178,7 @@ impl Metrics {
         let auth_failures = Family::<ReasonLabels, Counter>::default();
         let audit_dropped = Counter::default();
         let pairings = Family::<PairingLabels, Counter>::default();
-        let pairings_pending = Gauge::default();
+        let link_keys = Family::<PairingStateLabels, Gauge>::default();
         let build_info = Family::<BuildLabels, Gauge>::default();
         build_info
             .get_or_create(&BuildLabels {
@@ -219,9 +227,9 @@ impl Metrics {
             pairings.clone(),
         );
         registry.register(
-            "portcullis_link_pairings_pending",
-            "Pairings waiting for an admin",
-            pairings_pending.clone(),
+            "portcullis_link_keys",
+            "Instance keys of links in the store, by state (pending: waiting for an admin)",
+            link_keys.clone(),
         );
         registry.register("portcullis_build_info", "Build of this gateway", build_info);
         for c in extra {
@@ -236,7 +244,7 @@ impl Metrics {
             auth_failures,
             audit_dropped,
             pairings,
-            pairings_pending,
+            link_keys,
             registry,
         }
     }

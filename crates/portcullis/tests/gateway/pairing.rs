@@ -740,3 +740,72 @@ async fn the_admin_api_lists_approves_and_revokes_pairings_and_needs_its_capabil
     svc.shutdown().await;
     gw.shutdown().await;
 }
+
+#[tokio::test]
+async fn services_list_shows_each_link_with_its_credential_and_key_and_metrics_count_keys_and_failures(
+) {
+    let gw = TestGateway::start(ed25519_config(|_| {})).await;
+    let (key, _) = portcullis_sdk::InstanceKey::generate().unwrap();
+    let fingerprint = key.fingerprint();
+    let (svc, _stats, mut codes) = keyed_echo(&gw, "echo-1", key);
+    approve_and_link(&gw, &svc, &mut codes).await;
+    gw.auth
+        .store()
+        .grant_role(
+            &portcullis::store::NewRoleBinding {
+                subject_kind: portcullis::store::SubjectKind::Key,
+                subject_id: gw.key_id().to_string(),
+                role: "admin".into(),
+                workspace_id: "*".into(),
+            },
+            "test",
+        )
+        .await
+        .unwrap();
+    eventually("the admin binding applies", || async {
+        gw.get("/api/v1/iam/services").await.0 == 200
+    })
+    .await;
+    // The CLI asks the running gateway, the key from the environment.
+    let base = format!("http://{}", gw.ingress);
+    // Off the runtime: the gateway under test answers on it meanwhile.
+    let (b, k) = (base.clone(), gw.api_key().to_string());
+    let out = tokio::task::spawn_blocking(move || {
+        crate::common::process::run(
+            &["services", "list", "--gateway", &b, "--json"],
+            &[("PORTCULLIS_KEY", &k)],
+        )
+    })
+    .await
+    .unwrap();
+    assert!(out.status.success(), "{out:?}");
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let link = &v["services"][0]["links"][0];
+    assert_eq!(v["services"][0]["service"], "echo");
+    assert_eq!(link["instance"], "echo-1");
+    assert_eq!(link["state"], "online");
+    assert_eq!(link["credential"], "ed25519");
+    assert_eq!(link["key_fingerprint"], fingerprint.as_str());
+    assert!(link["rtt_ms"].as_f64().is_some() && link["since"].as_str().is_some());
+    let out = crate::common::process::run(&["services", "list", "--gateway", &base], &[]);
+    assert_eq!(out.status.code(), Some(2), "no key: usage error");
+
+    // A bad signature is counted by reason; the store's keys by state.
+    let intruder = RawKey::new();
+    let now = portcullis::store::now_ms() as u64;
+    let (a, _) = attempt(&gw, |n| {
+        intruder.hello("echo-9", n, now, rand::random(), true)
+    })
+    .await;
+    assert_eq!(code_of(&a), Some(RejectCode::BadCredential));
+    eventually("metrics count keys and the failure", || async {
+        let (_, _, m) = gw.get("/metrics").await;
+        let m = String::from_utf8_lossy(&m).to_string();
+        m.contains("portcullis_link_keys{state=\"approved\"} 1")
+            && m.contains("portcullis_auth_failures_total{reason=\"link_signature\"} 1")
+            && m.contains("portcullis_link_pairings_total{event=\"requested\"} 1")
+    })
+    .await;
+    svc.shutdown().await;
+    gw.shutdown().await;
+}
