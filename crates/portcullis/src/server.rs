@@ -372,19 +372,28 @@ pub async fn run_with_parts(
         &dataplane,
     )?);
     // Ed25519 instance keys of the services that require them, enrolled by pairing.
-    let instance_keys = Arc::new(
-        crate::link::InstanceKeys::new(
+    let webhook = match &config.link.pairing.webhook {
+        Some(w) => Some(crate::link::webhook::Notifier::new(
+            w.clone(),
             auth.store().clone(),
-            auth.clock().clone(),
-            config.link.pairing.clone(),
-            config
-                .services
-                .iter()
-                .filter(|(_, s)| s.requires(crate::config::LinkAuthKind::Ed25519))
-                .map(|(name, _)| name.clone()),
-        )
-        .with_metrics(metrics.clone()),
-    );
+        )?),
+        None => None,
+    };
+    let mut instance_keys = crate::link::InstanceKeys::new(
+        auth.store().clone(),
+        auth.clock().clone(),
+        config.link.pairing.clone(),
+        config
+            .services
+            .iter()
+            .filter(|(_, s)| s.requires(crate::config::LinkAuthKind::Ed25519))
+            .map(|(name, _)| name.clone()),
+    )
+    .with_metrics(metrics.clone());
+    if let Some(n) = webhook {
+        instance_keys = instance_keys.with_listener(Arc::new(move |k| n.notify(k)));
+    }
+    let instance_keys = Arc::new(instance_keys);
     let link = Arc::new(LinkServer::new(
         &config,
         registry.clone(),

@@ -79,6 +79,8 @@ pub struct PairingConfig {
     /// pending (`retry_after_ms` of `pairing_required`). Default 5 s.
     #[serde(with = "humantime_serde")]
     pub retry_after: Duration,
+    /// Notify this webhook of every pending pairing (signed JSON, retried). Absent: none.
+    pub webhook: Option<super::webhook::WebhookConfig>,
 }
 
 impl Default for PairingConfig {
@@ -90,6 +92,7 @@ impl Default for PairingConfig {
             max_failures: 10,
             failure_window: Duration::from_secs(60),
             retry_after: Duration::from_secs(5),
+            webhook: None,
         }
     }
 }
@@ -111,6 +114,9 @@ impl PairingConfig {
                 format!("{at}.max_skew"),
                 "must be between 1s and 10m",
             ));
+        }
+        if let Some(w) = &self.webhook {
+            w.validate(&format!("{at}.webhook"), errs);
         }
         if self.failure_window.is_zero() {
             errs.push(ConfigError::new(

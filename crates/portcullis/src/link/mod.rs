@@ -18,6 +18,7 @@ mod config;
 mod handshake;
 pub mod instance_keys;
 mod peer;
+pub mod webhook;
 
 use bytes::Bytes;
 use http::Request;

@@ -610,6 +610,12 @@ fn configuration_doc_lists_every_field_with_its_default() {
     };
     full_cfg.ingress.tls = Some(tls.clone());
     full_cfg.link.tls = Some(tls);
+    full_cfg.link.pairing.webhook = Some(portcullis::link::webhook::WebhookConfig {
+        url: "https://hooks.example/pairing".into(),
+        secret: Secret::new("x"),
+        attempts: 5,
+        timeout: std::time::Duration::from_secs(5),
+    });
     full_cfg.services.insert(
         "<name>".into(),
         ServiceConfig {
@@ -651,7 +657,7 @@ fn configuration_doc_lists_every_field_with_its_default() {
             None => assert!(r.contains("required"), "`{key}` is required: {r}"),
         }
         // An optional table is set through its fields' overrides.
-        let is_optional_table = key.ends_with(".tls");
+        let is_optional_table = key.ends_with(".tls") || key.ends_with(".webhook");
         if !is_optional_table {
             assert!(r.contains(&env), "`{key}` names its override {env}: {r}");
         }

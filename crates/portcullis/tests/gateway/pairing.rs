@@ -809,3 +809,101 @@ async fn services_list_shows_each_link_with_its_credential_and_key_and_metrics_c
     svc.shutdown().await;
     gw.shutdown().await;
 }
+
+#[tokio::test]
+async fn a_pending_pairing_is_posted_signed_to_the_webhook_and_a_failing_one_is_recorded() {
+    // A local webhook receiver.
+    let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<(http::HeaderMap, bytes::Bytes)>();
+    let app = axum::Router::new().route(
+        "/hook",
+        axum::routing::post(move |headers: http::HeaderMap, body: bytes::Bytes| {
+            let tx = tx.clone();
+            async move {
+                let _ = tx.send((headers, body));
+                http::StatusCode::NO_CONTENT
+            }
+        }),
+    );
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let hook = listener.local_addr().unwrap();
+    tokio::spawn(async move { axum::serve(listener, app).await });
+    let secret = "webhook-secret-0123456789";
+    let gw = TestGateway::start(ed25519_config(|c| {
+        c.link.pairing.webhook = Some(portcullis::link::webhook::WebhookConfig {
+            url: format!("http://{hook}/hook"),
+            secret: portcullis::config::Secret::new(secret),
+            attempts: 3,
+            timeout: Duration::from_secs(2),
+        });
+    }))
+    .await;
+    let key = RawKey::new();
+    let now = portcullis::store::now_ms() as u64;
+    let (a, _) = attempt(&gw, |n| key.hello("echo-1", n, now, rand::random(), false)).await;
+    let Frame::Reject(r) = a else { panic!() };
+    let code = r.pairing.unwrap().code;
+    let (headers, body) = tokio::time::timeout(Duration::from_secs(10), rx.recv())
+        .await
+        .expect("the webhook is called")
+        .unwrap();
+    let sig = headers[portcullis::link::webhook::SIGNATURE_HEADER]
+        .to_str()
+        .unwrap();
+    assert_eq!(
+        sig,
+        portcullis::link::webhook::signature(secret.as_bytes(), &body)
+    );
+    let v: serde_json::Value = serde_json::from_slice(&body).unwrap();
+    assert_eq!(v["event"], "pairing.pending");
+    assert_eq!(v["code"], code.as_str());
+    assert_eq!(v["service"], "echo");
+    assert_eq!(v["instance"], "echo-1");
+    let dir = data_dir(&gw);
+    eventually("the delivery is recorded", || {
+        let dir = dir.clone();
+        async move {
+            let (_, list, _) = tokio::task::spawn_blocking(move || {
+                cli_json(&["pairings", "list", "--data-dir", &dir, "--json"])
+            })
+            .await
+            .unwrap();
+            list["pairings"][0]["webhook"] == "sent"
+        }
+    })
+    .await;
+    gw.shutdown().await;
+
+    // A webhook nobody answers: retried, then recorded as failed for the admin to see.
+    let closed = {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        l.local_addr().unwrap()
+    };
+    let gw = TestGateway::start(ed25519_config(|c| {
+        c.link.pairing.webhook = Some(portcullis::link::webhook::WebhookConfig {
+            url: format!("http://{closed}/hook"),
+            secret: portcullis::config::Secret::new(secret),
+            attempts: 2,
+            timeout: Duration::from_secs(1),
+        });
+    }))
+    .await;
+    let (a, _) = attempt(&gw, |n| key.hello("echo-1", n, now, rand::random(), false)).await;
+    assert_eq!(code_of(&a), Some(RejectCode::PairingRequired));
+    let dir = data_dir(&gw);
+    eventually("the failure is recorded", || {
+        let dir = dir.clone();
+        async move {
+            let (_, list, _) = tokio::task::spawn_blocking(move || {
+                cli_json(&["pairings", "list", "--data-dir", &dir, "--json"])
+            })
+            .await
+            .unwrap();
+            list["pairings"][0]["webhook"] == "failed"
+                && list["pairings"][0]["webhook_error"]
+                    .as_str()
+                    .is_some_and(|e| e.contains("attempt 2: cannot connect"))
+        }
+    })
+    .await;
+    gw.shutdown().await;
+}
