@@ -10,7 +10,10 @@
 //! adds [`HelloAck::assertions`] (the keys that verify identity assertions). CHALLENGE is
 //! always sent as version [`MIN_VERSION`] so every service can read the list of versions the
 //! gateway accepts; the service then picks one and every later frame of the handshake, in both
-//! directions, carries it.
+//! directions, carries it. Version 3 adds the Ed25519 credential ([`Credential::Ed25519`],
+//! signing [`crate::proof`]'s bytes), the pairing answer ([`Reject::pairing`]) and the REJECT
+//! codes `pairing_required`, `pairing_denied` and `stale_timestamp`; none of them may appear in
+//! an older version's frame.
 
 use serde::{Deserialize, Serialize};
 use std::fmt;
@@ -21,12 +24,14 @@ use crate::descriptor::{EndpointDescriptor, MAX_ENDPOINTS};
 pub const MAGIC: [u8; 2] = *b"PC";
 /// The newest protocol version this crate speaks; what a service sends when the gateway
 /// accepts it.
-pub const VERSION: u8 = 2;
+pub const VERSION: u8 = 3;
 /// The oldest protocol version this crate still decodes (a gateway accepts services of every
 /// version from this one to [`VERSION`]).
 pub const MIN_VERSION: u8 = 1;
 /// Every version this crate speaks, oldest first, as a gateway lists them in CHALLENGE.
-pub const VERSIONS: [u8; 2] = [MIN_VERSION, VERSION];
+pub const VERSIONS: [u8; 3] = [MIN_VERSION, 2, VERSION];
+/// The first version with the Ed25519 credential and pairing.
+pub const ED25519_VERSION: u8 = 3;
 /// Length of the fixed frame header.
 pub const HEADER_LEN: usize = 8;
 /// Hard upper bound of a frame body. Receivers may enforce a lower one.
@@ -162,14 +167,42 @@ pub enum Credential {
         /// The token itself. Never logged: `Debug` masks it.
         token: String,
     },
+    /// Version 3: an Ed25519 key the instance holds, proving possession by signing the bytes
+    /// of [`crate::proof::Proof`] (the CHALLENGE's nonce, its own fresh `nonce`,
+    /// `timestamp_ms`, its service and instance, and under TLS the exporter value). An unknown
+    /// key starts a pairing (docs/link-protocol.md §10).
+    Ed25519 {
+        /// The public key, 64 lowercase hex characters (32 bytes).
+        public_key: String,
+        /// The service's fresh nonce, 64 hex characters (32 random bytes), never reused.
+        nonce: String,
+        /// The service's wall clock when it signed, Unix milliseconds.
+        timestamp_ms: u64,
+        /// The Ed25519 signature of the proof bytes, 128 hex characters (64 bytes).
+        signature: String,
+    },
+    /// Version 3: nothing beyond the TLS client certificate the connection presented (for a
+    /// service whose only required credential is mTLS).
+    TlsClientCertificate {},
 }
 
 impl fmt::Debug for Credential {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
             Self::Token { .. } => f.write_str("Credential::Token(***)"),
+            // The public key is public; the nonce and signature are single-use but are kept
+            // out of logs all the same (a logged HELLO is a replayable HELLO).
+            Self::Ed25519 { public_key, .. } => {
+                write!(f, "Credential::Ed25519({public_key}, ***)")
+            }
+            Self::TlsClientCertificate {} => f.write_str("Credential::TlsClientCertificate"),
         }
     }
+}
+
+/// Is `s` exactly `2 * n` lowercase hex digits?
+pub(crate) fn is_hex(s: &str, n: usize) -> bool {
+    s.len() == 2 * n && s.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f'))
 }
 
 /// service → gateway: identity, endpoints and credential.
@@ -255,6 +288,13 @@ pub enum RejectCode {
     Unavailable,
     /// The handshake took too long.
     Timeout,
+    /// Version 3: the key is not enrolled; a pairing is pending ([`Reject::pairing`] has its
+    /// code). Retry with backoff: the next HELLO links once an admin has approved it.
+    PairingRequired,
+    /// Version 3: an admin denied this key's pairing. The same key will never link.
+    PairingDenied,
+    /// Version 3: the signed timestamp is outside the gateway's allowed clock skew.
+    StaleTimestamp,
 }
 
 impl RejectCode {
@@ -270,6 +310,17 @@ impl RejectCode {
             Self::InvalidDescriptor => "invalid_descriptor",
             Self::Unavailable => "unavailable",
             Self::Timeout => "timeout",
+            Self::PairingRequired => "pairing_required",
+            Self::PairingDenied => "pairing_denied",
+            Self::StaleTimestamp => "stale_timestamp",
+        }
+    }
+
+    /// The first protocol version that has this code.
+    pub fn since_version(self) -> u8 {
+        match self {
+            Self::PairingRequired | Self::PairingDenied | Self::StaleTimestamp => ED25519_VERSION,
+            _ => MIN_VERSION,
         }
     }
 }
@@ -292,6 +343,33 @@ pub struct Reject {
     /// When set, the peer should wait this long before retrying.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub retry_after_ms: Option<u64>,
+    /// Version 3, with `pairing_required` only: the pending pairing to show the operator.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pairing: Option<PairingPrompt>,
+}
+
+/// A pending pairing as the gateway tells the instance about it: what its operator reads to
+/// an admin, who approves it with `portcullis pairings approve CODE`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PairingPrompt {
+    /// The pairing code: [`PAIRING_CODE_LEN`] characters of [`PAIRING_ALPHABET`].
+    pub code: String,
+    /// When the pairing expires unless approved, Unix milliseconds.
+    pub expires_at_ms: u64,
+    /// The key's fingerprint ([`crate::proof::fingerprint`]), for the admin to compare.
+    pub fingerprint: String,
+}
+
+/// Length of a pairing code.
+pub const PAIRING_CODE_LEN: usize = 8;
+/// The characters of pairing codes: digits and upper-case letters without the ones people
+/// confuse (`0`/`O`, `1`/`I`/`L`).
+pub const PAIRING_ALPHABET: &[u8; 31] = b"23456789ABCDEFGHJKMNPQRSTUVWXYZ";
+
+/// Is `s` a well-formed pairing code?
+pub fn valid_pairing_code(s: &str) -> bool {
+    s.len() == PAIRING_CODE_LEN && s.bytes().all(|b| PAIRING_ALPHABET.contains(&b))
 }
 
 /// One handshake frame.
@@ -412,6 +490,19 @@ impl Frame {
             Self::HelloAck(a) if version < 2 && a.assertions.is_some() => {
                 Err("unknown field `assertions` in version 1".into())
             }
+            Self::Hello(h)
+                if version < ED25519_VERSION
+                    && !matches!(h.credential, Credential::Token { .. }) =>
+            {
+                Err(format!("unknown credential type in version {version}"))
+            }
+            Self::Reject(r) if version < r.code.since_version() => Err(format!(
+                "unknown code `{}` in version {version}",
+                r.code.as_str()
+            )),
+            Self::Reject(r) if version < ED25519_VERSION && r.pairing.is_some() => {
+                Err(format!("unknown field `pairing` in version {version}"))
+            }
             _ => Ok(()),
         }
     }
@@ -455,9 +546,29 @@ impl Frame {
                 if h.endpoints.len() > MAX_ENDPOINTS {
                     return Err(format!("more than {MAX_ENDPOINTS} endpoints"));
                 }
-                let Credential::Token { token } = &h.credential;
-                if token.len() > MAX_STRING {
-                    return Err("credential too long".into());
+                match &h.credential {
+                    Credential::Token { token } => {
+                        if token.len() > MAX_STRING {
+                            return Err("credential too long".into());
+                        }
+                    }
+                    Credential::Ed25519 {
+                        public_key,
+                        nonce,
+                        signature,
+                        ..
+                    } => {
+                        if !is_hex(public_key, 32) {
+                            return Err("public_key must be 64 lowercase hex characters".into());
+                        }
+                        if !is_hex(nonce, 32) {
+                            return Err("nonce must be 64 lowercase hex characters".into());
+                        }
+                        if !is_hex(signature, 64) {
+                            return Err("signature must be 128 lowercase hex characters".into());
+                        }
+                    }
+                    Credential::TlsClientCertificate {} => {}
                 }
             }
             Self::HelloAck(a) => {
@@ -479,6 +590,17 @@ impl Frame {
             Self::Reject(r) => {
                 if r.message.len() > MAX_STRING {
                     return Err("message too long".into());
+                }
+                if let Some(p) = &r.pairing {
+                    if r.code != RejectCode::PairingRequired {
+                        return Err("pairing only with code pairing_required".into());
+                    }
+                    if !valid_pairing_code(&p.code) {
+                        return Err("pairing.code is not a pairing code".into());
+                    }
+                    if p.fingerprint.len() > 128 {
+                        return Err("pairing.fingerprint longer than 128 bytes".into());
+                    }
                 }
             }
         }
@@ -546,12 +668,100 @@ mod tests {
                 code: RejectCode::RouteConflict,
                 message: "GET /x is served by other".into(),
                 retry_after_ms: Some(10),
+                pairing: None,
             }),
+            Frame::Reject(Reject {
+                code: RejectCode::PairingRequired,
+                message: "approve the pairing".into(),
+                retry_after_ms: Some(5000),
+                pairing: Some(PairingPrompt {
+                    code: "ABCD2345".into(),
+                    expires_at_ms: 9,
+                    fingerprint: "SHA256:x".into(),
+                }),
+            }),
+            ed25519_hello(),
         ];
         for f in frames {
             let bytes = f.encode().unwrap();
             assert_eq!(Frame::decode(&bytes, MAX_FRAME_LEN).unwrap(), f);
         }
+    }
+
+    fn ed25519_hello() -> Frame {
+        let Frame::Hello(mut h) = hello() else {
+            unreachable!()
+        };
+        h.credential = Credential::Ed25519 {
+            public_key: "ab".repeat(32),
+            nonce: "01".repeat(32),
+            timestamp_ms: 1_700_000_000_000,
+            signature: "cd".repeat(64),
+        };
+        Frame::Hello(h)
+    }
+
+    /// Version 3's credential, codes and pairing field are unknown to older receivers: they
+    /// cannot be encoded as, and are refused in, a version 1 or 2 frame.
+    #[test]
+    fn ed25519_and_pairing_exist_from_version_3_on() {
+        let reject = Frame::Reject(Reject {
+            code: RejectCode::PairingRequired,
+            message: String::new(),
+            retry_after_ms: None,
+            pairing: None,
+        });
+        for f in [ed25519_hello(), reject] {
+            for v in [1, 2] {
+                assert!(
+                    matches!(f.encode_as(v), Err(DecodeError::Malformed { .. })),
+                    "{f:?} as {v}"
+                );
+                let mut bytes = f.encode_as(3).unwrap();
+                bytes[2] = v;
+                assert_eq!(
+                    Frame::decode(&bytes, MAX_FRAME_LEN)
+                        .unwrap_err()
+                        .reject_code(),
+                    RejectCode::MalformedFrame
+                );
+            }
+            let bytes = f.encode_as(3).unwrap();
+            assert_eq!(Frame::decode(&bytes, MAX_FRAME_LEN).unwrap(), f);
+        }
+        // The older codes stay encodable in every version.
+        let old = Frame::Reject(Reject {
+            code: RejectCode::BadCredential,
+            message: String::new(),
+            retry_after_ms: None,
+            pairing: None,
+        });
+        for v in VERSIONS {
+            assert!(old.encode_as(v).is_ok());
+        }
+    }
+
+    #[test]
+    fn ed25519_credential_fields_are_bounded_and_masked() {
+        let Frame::Hello(mut h) = ed25519_hello() else {
+            unreachable!()
+        };
+        assert!(!format!("{h:?}").contains(&"01".repeat(32)));
+        h.credential = Credential::Ed25519 {
+            public_key: "AB".repeat(32),
+            nonce: "01".repeat(32),
+            timestamp_ms: 0,
+            signature: "cd".repeat(64),
+        };
+        let bytes = Frame::Hello(h).encode().unwrap();
+        assert!(matches!(
+            Frame::decode(&bytes, MAX_FRAME_LEN),
+            Err(DecodeError::Malformed { .. })
+        ));
+        assert!(valid_pairing_code("ABCD2345"));
+        assert!(!valid_pairing_code("ABCD0345"));
+        assert!(!valid_pairing_code("abcd2345"));
+        assert!(!valid_pairing_code("ABCD234"));
     }
 
     fn ack_with_keys() -> Frame {

@@ -13,6 +13,7 @@
 mod descriptor;
 mod frame;
 pub mod jws;
+pub mod proof;
 pub mod shard;
 mod template;
 pub mod worker;
@@ -22,9 +23,10 @@ pub use descriptor::{
     MAX_ENDPOINTS, MAX_TIMEOUT_MS,
 };
 pub use frame::{
-    AssertionKeys, Challenge, Credential, DecodeError, Frame, FrameHeader, FrameType, Hello,
-    HelloAck, LinkLimits, Reject, RejectCode, HEADER_LEN, MAGIC, MAX_FRAME_LEN, MIN_VERSION,
-    VERSION, VERSIONS,
+    valid_pairing_code, AssertionKeys, Challenge, Credential, DecodeError, Frame, FrameHeader,
+    FrameType, Hello, HelloAck, LinkLimits, PairingPrompt, Reject, RejectCode, ED25519_VERSION,
+    HEADER_LEN, MAGIC, MAX_FRAME_LEN, MIN_VERSION, PAIRING_ALPHABET, PAIRING_CODE_LEN, VERSION,
+    VERSIONS,
 };
 pub use template::{PathTemplate, Segment, TemplateError};
 

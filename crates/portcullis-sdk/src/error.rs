@@ -57,6 +57,8 @@ struct Inner {
     kind: ErrorKind,
     message: String,
     reject: Option<(RejectCode, Option<u64>)>,
+    /// The pairing of a `pairing_required` refusal.
+    pairing: Option<portcullis_link::PairingPrompt>,
     /// The gateway the error concerns, once a supervisor has attributed it.
     gateway: Option<String>,
     source: Option<Arc<dyn std::error::Error + Send + Sync>>,
@@ -80,6 +82,7 @@ impl Error {
             kind,
             message: message.into(),
             reject: None,
+            pairing: None,
             gateway: None,
             source: None,
         }))
@@ -100,7 +103,13 @@ impl Error {
             format!("{}: {}", reject.code, reject.message),
         );
         e.0.reject = Some((reject.code, reject.retry_after_ms));
+        e.0.pairing = reject.pairing.clone();
         e
+    }
+
+    /// The pending pairing a `pairing_required` refusal named.
+    pub(crate) fn pairing(&self) -> Option<&portcullis_link::PairingPrompt> {
+        self.0.pairing.as_ref()
     }
 
     /// This refusal, as the error of a link slot that stopped dialling `gateway` for good.
@@ -161,18 +170,25 @@ impl Error {
 ///   `route_conflict`: another service holds a route *now*; during a deploy that moves a
 ///   route from one service to another the new owner is refused until the old one unlinks,
 ///   and giving up would turn that ordering race into an outage. `duplicate_instance`: the
-///   live link it names goes away. These keep the backoff (and `retry_after_ms`).
+///   live link it names goes away. `pairing_required`: an admin approves the pairing.
+///   `stale_timestamp`: the instance's clock may be corrected. These keep the backoff (and
+///   `retry_after_ms`). `pairing_denied` is permanent: the key is refused for good.
+///   (`bad_credential` to an instance key is retried by the supervisor: a key revoked for a
+///   replay or a flood of failures pairs again on its next attempt.)
 pub(crate) fn permanent(code: RejectCode) -> bool {
     match code {
         RejectCode::InvalidDescriptor
         | RejectCode::UnsupportedVersion
         | RejectCode::MalformedFrame
         | RejectCode::TooLarge
-        | RejectCode::BadCredential => true,
+        | RejectCode::BadCredential
+        | RejectCode::PairingDenied => true,
         RejectCode::Unavailable
         | RejectCode::Timeout
         | RejectCode::RouteConflict
-        | RejectCode::DuplicateInstance => false,
+        | RejectCode::DuplicateInstance
+        | RejectCode::PairingRequired
+        | RejectCode::StaleTimestamp => false,
     }
 }
 

@@ -83,8 +83,12 @@ impl GatewayAddr {
     }
 }
 
-/// Build the rustls client configuration from PEM root certificates: TLS 1.3 only, `ring`.
-pub(crate) fn tls_config(root_ca_pem: &[u8]) -> Result<Arc<rustls::ClientConfig>, Error> {
+/// Build the rustls client configuration from PEM root certificates: TLS 1.3 only, `ring`;
+/// with `client`, a certificate chain and private key (PEM) presented to the gateway (mTLS).
+pub(crate) fn tls_config(
+    root_ca_pem: &[u8],
+    client: Option<(&[u8], &[u8])>,
+) -> Result<Arc<rustls::ClientConfig>, Error> {
     let mut roots = rustls::RootCertStore::empty();
     let mut count = 0usize;
     for cert in CertificateDer::pem_slice_iter(root_ca_pem) {
@@ -98,11 +102,28 @@ pub(crate) fn tls_config(root_ca_pem: &[u8]) -> Result<Arc<rustls::ClientConfig>
         return Err(Error::config("TLS root CA: no certificate in PEM"));
     }
     let provider = Arc::new(rustls::crypto::ring::default_provider());
-    let config = rustls::ClientConfig::builder_with_provider(provider)
+    let builder = rustls::ClientConfig::builder_with_provider(provider)
         .with_protocol_versions(&[&rustls::version::TLS13])
         .map_err(|e| Error::config("TLS configuration").with_source(e))?
-        .with_root_certificates(roots)
-        .with_no_client_auth();
+        .with_root_certificates(roots);
+    let config = match client {
+        None => builder.with_no_client_auth(),
+        Some((cert_pem, key_pem)) => {
+            let chain = CertificateDer::pem_slice_iter(cert_pem)
+                .collect::<Result<Vec<_>, _>>()
+                .map_err(|e| Error::config("TLS client certificate: invalid PEM").with_source(e))?;
+            if chain.is_empty() {
+                return Err(Error::config(
+                    "TLS client certificate: no certificate in PEM",
+                ));
+            }
+            let key = rustls::pki_types::PrivateKeyDer::from_pem_slice(key_pem)
+                .map_err(|e| Error::config("TLS client key: invalid PEM").with_source(e))?;
+            builder
+                .with_client_auth_cert(chain, key)
+                .map_err(|e| Error::config("TLS client certificate and key").with_source(e))?
+        }
+    };
     Ok(Arc::new(config))
 }
 
@@ -135,6 +156,30 @@ pub(crate) async fn dial(
         .await
         .map_err(|e| Error::new(ErrorKind::Connect, format!("TLS with {addr}")).with_source(e))?;
     Ok(Transport::Tls(Box::new(stream)))
+}
+
+impl Transport {
+    /// The connection's TLS exporter value (the channel binding an instance key signs);
+    /// `None` on plaintext TCP.
+    pub(crate) fn tls_exporter(&self) -> Result<Option<[u8; 32]>, Error> {
+        match self {
+            Self::Tcp(_) => Ok(None),
+            Self::Tls(s) => {
+                let mut out = [0u8; portcullis_link::proof::TLS_EXPORTER_LEN];
+                s.get_ref()
+                    .1
+                    .export_keying_material(
+                        &mut out,
+                        portcullis_link::proof::TLS_EXPORTER_LABEL,
+                        None,
+                    )
+                    .map_err(|e| {
+                        Error::new(ErrorKind::Connect, "TLS exporter unavailable").with_source(e)
+                    })?;
+                Ok(Some(out))
+            }
+        }
+    }
 }
 
 impl AsyncRead for Transport {
@@ -228,9 +273,11 @@ mod tests {
 
     #[test]
     fn refuses_empty_ca() {
-        assert!(tls_config(b"").is_err());
-        assert!(
-            tls_config(b"-----BEGIN CERTIFICATE-----\nzz\n-----END CERTIFICATE-----\n").is_err()
-        );
+        assert!(tls_config(b"", None).is_err());
+        assert!(tls_config(
+            b"-----BEGIN CERTIFICATE-----\nzz\n-----END CERTIFICATE-----\n",
+            None
+        )
+        .is_err());
     }
 }

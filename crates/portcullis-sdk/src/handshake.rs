@@ -8,8 +8,23 @@
 use std::time::Duration;
 
 use portcullis_link::{
-    DecodeError, Frame, FrameHeader, Hello, HelloAck, Reject, RejectCode, HEADER_LEN, VERSION,
+    Credential, DecodeError, Frame, FrameHeader, Hello, HelloAck, Reject, RejectCode,
+    ED25519_VERSION, HEADER_LEN, MIN_VERSION, VERSION,
 };
+
+use crate::instance_key::InstanceKey;
+
+/// The versions the SDK speaks, newest first: 3 (Ed25519 keys) and 2 (assertion keys; a
+/// version 1 gateway sends none, so the SDK could verify no call).
+const SPOKEN: [u8; 2] = [VERSION, 2];
+
+/// What the HELLO is proved with on this connection: the instance key, if any, and the
+/// connection's TLS exporter value.
+#[derive(Clone, Copy, Default)]
+pub(crate) struct Proving<'a> {
+    pub(crate) key: Option<&'a InstanceKey>,
+    pub(crate) tls_exporter: Option<[u8; 32]>,
+}
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 
 use crate::error::{Error, ErrorKind};
@@ -22,28 +37,34 @@ pub(crate) const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 const MAX_INBOUND_FRAME: u32 = 64 * 1024;
 
 /// Run the handshake on `io` within [`HANDSHAKE_TIMEOUT`].
-pub(crate) async fn handshake<IO>(io: &mut IO, hello: &Hello) -> Result<HelloAck, Error>
+pub(crate) async fn handshake<IO>(
+    io: &mut IO,
+    hello: &Hello,
+    proving: Proving<'_>,
+) -> Result<HelloAck, Error>
 where
     IO: AsyncRead + AsyncWrite + Unpin,
 {
-    handshake_within(io, hello, HANDSHAKE_TIMEOUT).await
+    handshake_within(io, hello, proving, HANDSHAKE_TIMEOUT).await
 }
 
 pub(crate) async fn handshake_within<IO>(
     io: &mut IO,
     hello: &Hello,
+    proving: Proving<'_>,
     limit: Duration,
 ) -> Result<HelloAck, Error>
 where
     IO: AsyncRead + AsyncWrite + Unpin,
 {
-    match tokio::time::timeout(limit, exchange(io, hello)).await {
+    match tokio::time::timeout(limit, exchange(io, hello, proving)).await {
         Ok(r) => r,
         Err(_) => {
             let reject = Reject {
                 code: RejectCode::Timeout,
                 message: "handshake took too long".into(),
                 retry_after_ms: None,
+                pairing: None,
             };
             // Best effort, bounded: the peer may not be reading at all.
             let _ = tokio::time::timeout(Duration::from_millis(100), send_reject(io, reject)).await;
@@ -55,7 +76,7 @@ where
     }
 }
 
-async fn exchange<IO>(io: &mut IO, hello: &Hello) -> Result<HelloAck, Error>
+async fn exchange<IO>(io: &mut IO, hello: &Hello, proving: Proving<'_>) -> Result<HelloAck, Error>
 where
     IO: AsyncRead + AsyncWrite + Unpin,
 {
@@ -66,20 +87,42 @@ where
             return Err(protocol_violation(io, "CHALLENGE", &other).await);
         }
     };
-    if !challenge.versions.contains(&VERSION) {
+    // The newest version both speak; an instance key needs version 3.
+    let version = SPOKEN
+        .into_iter()
+        .filter(|v| matches!(hello.credential, Credential::Token { .. }) || *v >= ED25519_VERSION)
+        .find(|v| challenge.versions.contains(v));
+    let Some(version) = version else {
+        let wanted = if !matches!(hello.credential, Credential::Token { .. }) {
+            format!("{ED25519_VERSION} (instance keys, client certificates)")
+        } else {
+            "2 or 3".to_string()
+        };
         let reject = Reject {
             code: RejectCode::UnsupportedVersion,
-            message: format!("service speaks version {VERSION}"),
+            message: format!("service speaks version {wanted}"),
             retry_after_ms: None,
+            pairing: None,
         };
         let _ = send_reject(io, reject).await;
         return Err(Error::new(
             ErrorKind::Protocol,
-            format!("gateway does not accept protocol version {VERSION}"),
+            format!("gateway does not accept protocol version {wanted}"),
         ));
+    };
+    let mut hello = hello.clone();
+    if let Some(key) = proving.key {
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_millis() as u64)
+            .unwrap_or(0);
+        hello.credential =
+            key.credential(&hello, version, &challenge.nonce, now, proving.tls_exporter)?;
+    } else if matches!(hello.credential, Credential::Ed25519 { .. }) {
+        return Err(Error::config("an Ed25519 credential without its key"));
     }
-    let bytes = Frame::Hello(Box::new(hello.clone()))
-        .encode()
+    let bytes = Frame::Hello(Box::new(hello))
+        .encode_as(version)
         .map_err(|e| Error::config("HELLO does not fit in a frame").with_source(e))?;
     io.write_all(&bytes).await.map_err(link_io)?;
     io.flush().await.map_err(link_io)?;
@@ -126,6 +169,7 @@ where
         code: e.reject_code(),
         message: e.to_string(),
         retry_after_ms: None,
+        pairing: None,
     };
     let _ = send_reject(io, reject).await;
     Error::new(ErrorKind::Protocol, "undecodable frame from gateway").with_source(e)
@@ -143,6 +187,7 @@ where
         code: RejectCode::MalformedFrame,
         message: message.clone(),
         retry_after_ms: None,
+        pairing: None,
     };
     let _ = send_reject(io, reject).await;
     Error::new(ErrorKind::Protocol, message)
@@ -152,8 +197,9 @@ async fn send_reject<IO>(io: &mut IO, reject: Reject) -> std::io::Result<()>
 where
     IO: AsyncWrite + Unpin,
 {
+    // Version 1: every gateway reads it, and every code the SDK sends exists there.
     let bytes = Frame::Reject(reject)
-        .encode()
+        .encode_as(MIN_VERSION)
         .map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidData, e))?;
     io.write_all(&bytes).await?;
     io.flush().await?;

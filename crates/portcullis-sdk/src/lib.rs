@@ -90,6 +90,7 @@ mod error;
 mod gateway;
 mod handshake;
 mod identity;
+mod instance_key;
 mod serve;
 mod service;
 mod supervisor;
@@ -103,6 +104,7 @@ pub use error::{BoxError, Error, ErrorKind};
 #[cfg(feature = "axum")]
 pub use identity::IdentityRejection;
 pub use identity::{Identity, Verifier, VerifyError, DEFAULT_CACHE_CAPACITY};
+pub use instance_key::{InstanceKey, Pairing};
 pub use portcullis_link::headers::IDENTITY as IDENTITY_HEADER;
 pub use portcullis_link::{EndpointDescriptor, HealthReport, Protocol, RejectCode};
 pub use service::{

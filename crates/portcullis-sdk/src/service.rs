@@ -20,6 +20,7 @@ use tokio::task::{AbortHandle, JoinSet};
 use crate::endpoint::{validate_all, Endpoint};
 use crate::error::{BoxError, Error};
 use crate::gateway::{tls_config, GatewayAddr};
+use crate::instance_key::{InstanceKey, Pairing, PairingCallback};
 use crate::serve::{LinkSettings, Shared};
 use crate::supervisor::{supervise, LinkSlot};
 
@@ -58,6 +59,9 @@ impl Service {
             name: name.into(),
             gateways: Vec::new(),
             token: None,
+            instance_key: None,
+            tls_client_cert: None,
+            on_pairing: OnPairing(None),
             instance_id: None,
             version: "unknown".into(),
             region: None,
@@ -83,6 +87,16 @@ impl fmt::Debug for Secret {
     }
 }
 
+/// The pairing callback, shown in `Debug` only as present or not.
+#[derive(Clone)]
+struct OnPairing(Option<PairingCallback>);
+
+impl fmt::Debug for OnPairing {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(if self.0.is_some() { "Some(..)" } else { "None" })
+    }
+}
+
 /// Describes a service before it links to its gateways. See the crate docs for an example.
 #[derive(Debug, Clone)]
 #[must_use]
@@ -90,6 +104,9 @@ pub struct ServiceBuilder {
     name: String,
     gateways: Vec<String>,
     token: Option<Secret>,
+    instance_key: Option<InstanceKey>,
+    tls_client_cert: Option<(Vec<u8>, Secret)>,
+    on_pairing: OnPairing,
     instance_id: Option<String>,
     version: String,
     region: Option<String>,
@@ -111,9 +128,60 @@ impl ServiceBuilder {
         self
     }
 
-    /// The static service token the gateway knows this service by. Never logged.
+    /// The static service token the gateway knows this service by. Never logged. For
+    /// development; production instances use [`ServiceBuilder::instance_key`].
     pub fn token(mut self, token: impl Into<String>) -> Self {
         self.token = Some(Secret(token.into()));
+        self
+    }
+
+    /// Prove the instance with its own Ed25519 key (protocol version 3, docs/link-protocol.md
+    /// §10) instead of a token. On first contact the gateway answers with a pairing code: the
+    /// SDK logs it, calls [`ServiceBuilder::on_pairing`], and keeps dialling with backoff
+    /// until an admin approves it (`portcullis pairings approve CODE`).
+    pub fn instance_key(mut self, key: InstanceKey) -> Self {
+        self.instance_key = Some(key);
+        self
+    }
+
+    /// Present this certificate chain and private key (PEM) to `tls://` gateways whose
+    /// configuration requires mTLS of this service (`auth = ["mtls", …]`): the certificate's
+    /// SAN must name the service. On its own (no token, no instance key) it is the HELLO's
+    /// only credential. The key is never logged.
+    pub fn tls_client_cert_pem(
+        mut self,
+        cert_pem: impl Into<Vec<u8>>,
+        key_pem: impl Into<String>,
+    ) -> Self {
+        self.tls_client_cert = Some((cert_pem.into(), Secret(key_pem.into())));
+        self
+    }
+
+    /// [`ServiceBuilder::tls_client_cert_pem`] from PEM files.
+    ///
+    /// # Errors
+    /// A file that cannot be read.
+    pub fn tls_client_cert_files(
+        self,
+        cert: impl AsRef<std::path::Path>,
+        key: impl AsRef<std::path::Path>,
+    ) -> Result<Self, Error> {
+        let read = |p: &std::path::Path| {
+            std::fs::read(p).map_err(|e| {
+                Error::config(format!("TLS client certificate file {}", p.display())).with_source(e)
+            })
+        };
+        let cert = read(cert.as_ref())?;
+        let key = String::from_utf8(read(key.as_ref())?)
+            .map_err(|_| Error::config("TLS client key: not PEM text"))?;
+        Ok(self.tls_client_cert_pem(cert, key))
+    }
+
+    /// Called with the pairing code every time a gateway answers that the instance key waits
+    /// for an admin (at most once per attempt, so at the pace of the backoff). Runs on the
+    /// link's task: keep it short.
+    pub fn on_pairing(mut self, f: impl Fn(&Pairing) + Send + Sync + 'static) -> Self {
+        self.on_pairing = OnPairing(Some(Arc::new(f)));
         self
     }
 
@@ -222,13 +290,35 @@ impl ServiceBuilder {
         if self.gateways.is_empty() {
             return Err(Error::config("no gateway configured"));
         }
-        let token = self
-            .token
-            .as_ref()
-            .ok_or_else(|| Error::config("no service token configured"))?;
-        if token.0.is_empty() || token.0.len() > 1024 {
-            return Err(Error::config("service token must be 1-1024 bytes"));
-        }
+        // The credential every HELLO carries: a token as configured, or a placeholder of the
+        // right size that each handshake replaces with a fresh signature.
+        let credential = match (&self.token, &self.instance_key) {
+            (Some(_), Some(_)) => {
+                return Err(Error::config(
+                    "both a service token and an instance key are configured: choose one",
+                ))
+            }
+            (None, None) if self.tls_client_cert.is_some() => Credential::TlsClientCertificate {},
+            (None, None) => {
+                return Err(Error::config(
+                    "no credential configured: set an instance key (or a token, for development)",
+                ))
+            }
+            (Some(token), None) => {
+                if token.0.is_empty() || token.0.len() > 1024 {
+                    return Err(Error::config("service token must be 1-1024 bytes"));
+                }
+                Credential::Token {
+                    token: token.0.clone(),
+                }
+            }
+            (None, Some(key)) => Credential::Ed25519 {
+                public_key: portcullis_link::proof::encode_hex(&key.public_key()),
+                nonce: "0".repeat(64),
+                timestamp_ms: 0,
+                signature: "0".repeat(128),
+            },
+        };
         if !(1..=MAX_LINKS_PER_GATEWAY).contains(&self.links_per_gateway) {
             return Err(Error::config(format!(
                 "links_per_gateway must be 1-{MAX_LINKS_PER_GATEWAY}"
@@ -278,7 +368,11 @@ impl ServiceBuilder {
             for a in addrs.iter().filter(|a| a.tls) {
                 a.server_name()?;
             }
-            Some(tls_config(pem)?)
+            let client = self
+                .tls_client_cert
+                .as_ref()
+                .map(|(c, k)| (c.as_slice(), k.0.as_bytes()));
+            Some(tls_config(pem, client)?)
         } else {
             None
         };
@@ -302,9 +396,7 @@ impl ServiceBuilder {
                     region: self.region.clone(),
                     endpoints: self.endpoints.iter().cloned().map(Into::into).collect(),
                     openapi: self.openapi.clone(),
-                    credential: Credential::Token {
-                        token: token.0.clone(),
-                    },
+                    credential: credential.clone(),
                 };
                 slots.push(LinkSlot {
                     addr: addr.clone(),
@@ -312,13 +404,15 @@ impl ServiceBuilder {
                     hello,
                     settings,
                     issuer: self.issuer.clone(),
+                    key: self.instance_key.clone(),
+                    on_pairing: self.on_pairing.0.clone(),
                 });
             }
         }
         // Refuse at build time a HELLO that could never be sent.
         if let Some(slot) = slots.first() {
             Frame::Hello(Box::new(slot.hello.clone()))
-                .encode()
+                .encode_as(portcullis_link::VERSION)
                 .map_err(|e| Error::config("HELLO exceeds the frame size limit").with_source(e))?;
         }
         Ok(slots)

@@ -24,8 +24,9 @@ use tokio::time::Instant;
 
 use crate::error::{BoxError, Chain, ErrorKind};
 use crate::gateway::{dial, GatewayAddr};
-use crate::handshake::handshake;
+use crate::handshake::{handshake, Proving};
 use crate::identity::Verifier;
+use crate::instance_key::{InstanceKey, Pairing, PairingCallback};
 use crate::serve::{serve_link, LinkService, LinkSettings, LinkTrust, LinkUp, Shared};
 
 const BACKOFF_BASE: Duration = Duration::from_millis(100);
@@ -69,6 +70,10 @@ pub(crate) struct LinkSlot {
     pub(crate) settings: LinkSettings,
     /// The issuer assertions must name; `None`: the one the gateway announces.
     pub(crate) issuer: Option<String>,
+    /// The instance key that proves each HELLO; `None`: the HELLO's token.
+    pub(crate) key: Option<InstanceKey>,
+    /// Told of every pending pairing.
+    pub(crate) on_pairing: Option<PairingCallback>,
 }
 
 /// The verifier of a link's calls, from what its gateway announced in HELLO_ACK. A gateway
@@ -119,7 +124,11 @@ pub(crate) async fn supervise<S, B>(
         }
         let attempt = async {
             let mut io = dial(&slot.addr, slot.tls.as_ref()).await?;
-            let ack = handshake(&mut io, &slot.hello).await?;
+            let proving = Proving {
+                key: slot.key.as_ref(),
+                tls_exporter: io.tls_exporter()?,
+            };
+            let ack = handshake(&mut io, &slot.hello, proving).await?;
             Ok::<_, crate::Error>((io, ack))
         };
         let result = tokio::select! {
@@ -154,6 +163,40 @@ pub(crate) async fn supervise<S, B>(
                     backoff.reset();
                 }
                 None
+            }
+            Err(e) if e.reject_code() == Some(portcullis_link::RejectCode::PairingRequired) => {
+                if let Some(p) = e.pairing() {
+                    let pairing = Pairing::new(&gateway, p);
+                    tracing::warn!(
+                        %gateway, instance, code = %pairing.code, fingerprint = %pairing.fingerprint,
+                        expires_at_ms = pairing.expires_at_ms,
+                        "pairing required: ask a Portcullis admin to run \"portcullis pairings approve {}\"",
+                        pairing.code
+                    );
+                    if let Some(f) = &slot.on_pairing {
+                        f(&pairing);
+                    }
+                }
+                e.retry_after()
+            }
+            Err(e)
+                if slot.key.is_some()
+                    && e.reject_code() == Some(portcullis_link::RejectCode::BadCredential) =>
+            {
+                // An instance key the gateway revoked (a replay, a flood of failures) pairs
+                // again on the next attempt: keep dialling, at the backoff's pace.
+                tracing::error!(
+                    %gateway, instance, error = %e,
+                    "gateway refused the instance key; retrying (a revoked key pairs again)"
+                );
+                None
+            }
+            Err(e) if e.reject_code() == Some(portcullis_link::RejectCode::StaleTimestamp) => {
+                tracing::error!(
+                    %gateway, instance, error = %e,
+                    "gateway refused the signed timestamp: this machine's clock is off"
+                );
+                e.retry_after()
             }
             Err(e) if e.is_permanent() => {
                 let e = e.given_up(&gateway);

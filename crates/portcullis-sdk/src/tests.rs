@@ -20,7 +20,7 @@ use portcullis_link::{
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, DuplexStream};
 use tokio::sync::{oneshot, watch, Notify};
 
-use crate::handshake::{handshake, handshake_within};
+use crate::handshake::{handshake, handshake_within, Proving};
 use crate::serve::{serve_link, LinkService, LinkSettings, LinkTrust, LinkUp, Shared};
 use crate::{Endpoint, ErrorKind, Service};
 use ring::signature::Ed25519KeyPair;
@@ -235,7 +235,7 @@ fn spawn_service_side_with(
 ) -> tokio::task::JoinHandle<Result<(), crate::Error>> {
     let up = LinkUp::new(shared);
     tokio::spawn(async move {
-        let ack = handshake(&mut io, &hello()).await?;
+        let ack = handshake(&mut io, &hello(), Proving::default()).await?;
         let slot = slot_for("127.0.0.1:9".parse().unwrap());
         let trust = LinkTrust::new(crate::supervisor::link_verifier(&slot, &ack, "test"));
         serve_link(
@@ -259,7 +259,9 @@ async fn handshake_then_http2_on_the_same_stream() {
     let got = gateway_hello(&mut gw_io).await;
     assert_eq!(got, hello());
     assert!(!format!("{got:?}").contains(TOKEN));
-    let Credential::Token { token } = &got.credential;
+    let Credential::Token { token } = &got.credential else {
+        panic!("not a token credential")
+    };
     assert_eq!(token, TOKEN);
     write_frame(&mut gw_io, Frame::HelloAck(ack())).await;
 
@@ -289,7 +291,8 @@ async fn handshake_then_http2_on_the_same_stream() {
 #[tokio::test]
 async fn reject_is_reported_with_code_and_retry_after() {
     let (mut svc_io, mut gw_io) = tokio::io::duplex(64 * 1024);
-    let service_side = tokio::spawn(async move { handshake(&mut svc_io, &hello()).await });
+    let service_side =
+        tokio::spawn(async move { handshake(&mut svc_io, &hello(), Proving::default()).await });
     gateway_hello(&mut gw_io).await;
     write_frame(
         &mut gw_io,
@@ -297,6 +300,7 @@ async fn reject_is_reported_with_code_and_retry_after() {
             code: RejectCode::BadCredential,
             message: "unknown token".into(),
             retry_after_ms: Some(1500),
+            pairing: None,
         }),
     )
     .await;
@@ -311,7 +315,8 @@ async fn reject_is_reported_with_code_and_retry_after() {
 #[tokio::test]
 async fn garbage_from_the_gateway_is_answered_with_reject() {
     let (mut svc_io, mut gw_io) = tokio::io::duplex(64 * 1024);
-    let service_side = tokio::spawn(async move { handshake(&mut svc_io, &hello()).await });
+    let service_side =
+        tokio::spawn(async move { handshake(&mut svc_io, &hello(), Proving::default()).await });
     gw_io.write_all(b"GET / HTTP/1.1\r\n\r\n").await.unwrap();
     let err = service_side.await.unwrap().unwrap_err();
     assert_eq!(err.kind(), ErrorKind::Protocol);
@@ -327,7 +332,8 @@ async fn garbage_from_the_gateway_is_answered_with_reject() {
 async fn unsupported_versions_are_refused() {
     for versions in [vec![7], vec![1]] {
         let (mut svc_io, mut gw_io) = tokio::io::duplex(64 * 1024);
-        let service_side = tokio::spawn(async move { handshake(&mut svc_io, &hello()).await });
+        let service_side =
+            tokio::spawn(async move { handshake(&mut svc_io, &hello(), Proving::default()).await });
         write_frame(&mut gw_io, challenge(versions.clone())).await;
         let err = service_side.await.unwrap().unwrap_err();
         assert_eq!(err.kind(), ErrorKind::Protocol, "{versions:?}");
@@ -341,7 +347,8 @@ async fn unsupported_versions_are_refused() {
 #[tokio::test]
 async fn unexpected_frame_is_a_protocol_error() {
     let (mut svc_io, mut gw_io) = tokio::io::duplex(64 * 1024);
-    let service_side = tokio::spawn(async move { handshake(&mut svc_io, &hello()).await });
+    let service_side =
+        tokio::spawn(async move { handshake(&mut svc_io, &hello(), Proving::default()).await });
     write_frame(&mut gw_io, Frame::HelloAck(ack())).await;
     let err = service_side.await.unwrap().unwrap_err();
     assert_eq!(err.kind(), ErrorKind::Protocol);
@@ -350,9 +357,14 @@ async fn unexpected_frame_is_a_protocol_error() {
 #[tokio::test(start_paused = true)]
 async fn silent_gateway_times_out() {
     let (mut svc_io, _gw_io) = tokio::io::duplex(64 * 1024);
-    let err = handshake_within(&mut svc_io, &hello(), Duration::from_secs(10))
-        .await
-        .unwrap_err();
+    let err = handshake_within(
+        &mut svc_io,
+        &hello(),
+        Proving::default(),
+        Duration::from_secs(10),
+    )
+    .await
+    .unwrap_err();
     assert_eq!(err.kind(), ErrorKind::Timeout);
 }
 
@@ -432,6 +444,7 @@ async fn supervisor_retries_reconnects_and_aborts() {
                     code: RejectCode::Unavailable,
                     message: "starting".into(),
                     retry_after_ms: Some(50),
+                    pairing: None,
                 };
                 write_frame(&mut io, Frame::Reject(reject)).await;
                 continue;
@@ -997,6 +1010,7 @@ fn reject(code: RejectCode, message: &str) -> Reject {
         code,
         message: message.into(),
         retry_after_ms: Some(1),
+        pairing: None,
     }
 }
 
@@ -1007,6 +1021,8 @@ fn slot_for(addr: std::net::SocketAddr) -> crate::supervisor::LinkSlot {
         hello: hello(),
         settings: default_settings(),
         issuer: None,
+        key: None,
+        on_pairing: None,
     }
 }
 

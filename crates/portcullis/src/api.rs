@@ -11,6 +11,9 @@
 //! | `POST …/role-bindings`, `DELETE …/role-bindings/{id}` | `iam.roles.write` |
 //! | `GET …/keys` (the caller's own), `POST …/keys` (one for the caller), `POST …/keys/{id}/revoke`, `POST …/keys/{id}/rotate` (its own) | none beyond being a user |
 //! | `GET …/keys?workspace=W`, `POST …/keys` with `user`, `POST …/keys/{id}/revoke` or `/rotate` of another's key | `iam.keys.read` / `iam.keys.write` |
+//! | `GET …/pairings[?pending=true]` | `iam.pairings.read` in `*` |
+//! | `GET …/services` (linked instances, their links, state, RTT, in flight, credential) | `iam.services.read` in `*` |
+//! | `POST …/pairings/{code}/approve` (body `{"bind_instance": bool}`, optional), `POST …/pairings/{code}/deny`, `POST …/pairings/revoke` (body `{"service": S, "instance": I}`) | `iam.pairings.write` in `*` |
 //!
 //! **Workspaces are enforced here the same way as on routed calls**: the workspace an
 //! operation acts on is read from its path or body (a user's workspace, a binding's workspace,
@@ -32,8 +35,9 @@ use serde::Deserialize;
 use std::sync::Arc;
 
 use crate::access::registry::{
-    IAM_KEYS_READ, IAM_KEYS_WRITE, IAM_ROLES_READ, IAM_ROLES_WRITE, IAM_USERS_READ,
-    IAM_USERS_WRITE, IAM_WORKSPACES_READ, IAM_WORKSPACES_WRITE,
+    IAM_KEYS_READ, IAM_KEYS_WRITE, IAM_PAIRINGS_READ, IAM_PAIRINGS_WRITE, IAM_ROLES_READ,
+    IAM_ROLES_WRITE, IAM_SERVICES_READ, IAM_USERS_READ, IAM_USERS_WRITE, IAM_WORKSPACES_READ,
+    IAM_WORKSPACES_WRITE,
 };
 use crate::access::{Access, Decision, Resource};
 use crate::admin::{AdminError, ErrorKind};
@@ -65,6 +69,8 @@ pub struct IamApi {
     pub known_role: Arc<dyn Fn(&str) -> bool + Send + Sync>,
     /// API keys: created and revoked through it, so this node's cache follows at once.
     pub keys: Arc<ApiKeyAuthenticator>,
+    /// The linked instances (`GET …/services`).
+    pub registry: Option<Arc<crate::routing::Registry>>,
 }
 
 type Api = Arc<IamApi>;
@@ -264,6 +270,13 @@ pub fn router(api: Arc<IamApi>) -> Router {
         .route("/api/v1/iam/keys", get(keys_list).post(keys_create))
         .route("/api/v1/iam/keys/{id}/revoke", post(keys_revoke))
         .route("/api/v1/iam/keys/{id}/rotate", post(keys_rotate))
+        .route("/api/v1/iam/pairings", get(pairings_list))
+        .route("/api/v1/iam/services", get(services_list))
+        .route("/api/v1/iam/pairings/revoke", post(pairings_revoke))
+        .route(
+            "/api/v1/iam/pairings/{code}/{action}",
+            post(pairings_decide),
+        )
         .with_state(api)
 }
 
@@ -691,4 +704,111 @@ async fn keys_rotate(
             .map(|(i, until)| IssuedKeyView::new(i, Issuance::Rotated, Some(until)))
             .map_err(AdminError::from),
     )
+}
+
+#[derive(Deserialize)]
+struct PairingsQuery {
+    #[serde(default)]
+    pending: bool,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct ApproveBody {
+    #[serde(default)]
+    bind_instance: bool,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RevokeInstance {
+    service: String,
+    instance: String,
+}
+
+async fn pairings_list(
+    axum::extract::State(api): St,
+    c: Option<Extension<Caller>>,
+    Query(q): Query<PairingsQuery>,
+) -> Response {
+    let c = caller!(c);
+    tri!(api.check(&c, IAM_PAIRINGS_READ, ALL_WORKSPACES).await);
+    let now = crate::store::now_ms();
+    done(
+        StatusCode::OK,
+        crate::pairings::list_on(&api.store, q.pending, now).await,
+    )
+}
+
+async fn pairings_decide(
+    axum::extract::State(api): St,
+    c: Option<Extension<Caller>>,
+    Path((code, action)): Path<(String, String)>,
+    req: Request,
+) -> Response {
+    let c = caller!(c);
+    tri!(api.check(&c, IAM_PAIRINGS_WRITE, ALL_WORKSPACES).await);
+    let approve = match action.as_str() {
+        "approve" => true,
+        "deny" => false,
+        _ => return StatusCode::NOT_FOUND.into_response(),
+    };
+    let empty = req
+        .headers()
+        .get(http::header::CONTENT_LENGTH)
+        .is_some_and(|v| v == "0")
+        || (!req.headers().contains_key(http::header::CONTENT_LENGTH)
+            && !req.headers().contains_key(http::header::TRANSFER_ENCODING));
+    let body: ApproveBody = if empty {
+        ApproveBody::default()
+    } else {
+        tri!(json_body(req).await)
+    };
+    let actor = IamApi::actor(&c);
+    done(
+        StatusCode::OK,
+        crate::pairings::decide_on(
+            &api.store,
+            &code,
+            approve,
+            body.bind_instance,
+            crate::store::now_ms(),
+            &actor,
+        )
+        .await,
+    )
+}
+
+async fn pairings_revoke(
+    axum::extract::State(api): St,
+    c: Option<Extension<Caller>>,
+    req: Request,
+) -> Response {
+    let c = caller!(c);
+    tri!(api.check(&c, IAM_PAIRINGS_WRITE, ALL_WORKSPACES).await);
+    let body: RevokeInstance = tri!(json_body(req).await);
+    let actor = IamApi::actor(&c);
+    done(
+        StatusCode::OK,
+        crate::pairings::revoke_on(
+            &api.store,
+            &format!("{}/{}", body.service, body.instance),
+            crate::store::now_ms(),
+            &actor,
+        )
+        .await,
+    )
+}
+
+async fn services_list(axum::extract::State(api): St, c: Option<Extension<Caller>>) -> Response {
+    let c = caller!(c);
+    tri!(api.check(&c, IAM_SERVICES_READ, ALL_WORKSPACES).await);
+    let list = api
+        .registry
+        .as_deref()
+        .map(crate::services::list_on)
+        .unwrap_or(crate::services::ServiceList {
+            services: Vec::new(),
+        });
+    (StatusCode::OK, axum::Json(list)).into_response()
 }

@@ -185,26 +185,113 @@ impl TlsConfig {
 }
 
 /// A service allowed to link.
-#[derive(Debug, Clone, Deserialize, Serialize)]
+#[derive(Debug, Clone, Default, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct ServiceConfig {
-    /// SHA-256 of the service's link token, lowercase hex (`portcullis hash-token` prints it).
-    /// The token itself never appears in the configuration.
-    pub token_sha256: Secret,
+    /// SHA-256 of the service's static link token, lowercase hex (`portcullis hash-token`
+    /// prints it). The token itself never appears in the configuration. Needed when `auth`
+    /// has `token` (the default when it is set).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub token_sha256: Option<Secret>,
+    /// The credentials a link of this service must present, every one of them:
+    /// `["token"]` (a static token, development), `["ed25519"]` (an instance key enrolled
+    /// by pairing, docs/link-protocol.md §10), `["mtls"]` (a client certificate from
+    /// `link.client_ca` naming the service), or `mtls` with one of the others. Default:
+    /// `["token"]` when `token_sha256` is set.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub auth: Vec<LinkAuthKind>,
+}
+
+/// A kind of link credential a service may be required to present.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Deserialize, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum LinkAuthKind {
+    /// A static service token (`token_sha256`).
+    Token,
+    /// An Ed25519 instance key enrolled by pairing.
+    Ed25519,
+    /// A TLS client certificate from `link.client_ca` naming the service (SAN dNSName).
+    Mtls,
+}
+
+impl LinkAuthKind {
+    /// Stable name, as in the configuration.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Token => "token",
+            Self::Ed25519 => "ed25519",
+            Self::Mtls => "mtls",
+        }
+    }
 }
 
 impl ServiceConfig {
+    /// A service that links with a static token whose SHA-256 is `hash_hex`.
+    pub fn token(hash_hex: impl Into<String>) -> Self {
+        Self {
+            token_sha256: Some(Secret::new(hash_hex)),
+            auth: Vec::new(),
+        }
+    }
+
+    /// A service whose instances link with enrolled Ed25519 keys.
+    pub fn ed25519() -> Self {
+        Self {
+            token_sha256: None,
+            auth: vec![LinkAuthKind::Ed25519],
+        }
+    }
+
+    /// The credential kinds in force: `auth`, or `token` when only a token hash is set.
+    pub fn kinds(&self) -> Vec<LinkAuthKind> {
+        if self.auth.is_empty() && self.token_sha256.is_some() {
+            vec![LinkAuthKind::Token]
+        } else {
+            self.auth.clone()
+        }
+    }
+
+    /// Does this service require (and so accept) `kind`?
+    pub fn requires(&self, kind: LinkAuthKind) -> bool {
+        self.kinds().contains(&kind)
+    }
+
     /// Check the entry at key path `at` (`services.<name>`), the name included.
     pub fn validate(&self, at: &str, name: &str, errs: &mut Vec<ConfigError>) {
         if !portcullis_link::valid_service_name(name) {
             errs.push(ConfigError::new(at, "service names are 1-63 of [a-z0-9-]"));
         }
-        let h = self.token_sha256.expose();
-        if h.len() != 64 || !h.bytes().all(|b| b.is_ascii_hexdigit()) {
+        if let Some(h) = &self.token_sha256 {
+            let h = h.expose();
+            if h.len() != 64 || !h.bytes().all(|b| b.is_ascii_hexdigit()) {
+                errs.push(ConfigError::new(
+                    format!("{at}.token_sha256"),
+                    "must be 64 hex characters (see `portcullis hash-token`)",
+                ));
+            }
+        }
+        let kinds = self.kinds();
+        if kinds.is_empty() {
+            errs.push(ConfigError::new(
+                format!("{at}.auth"),
+                "set token_sha256 or auth (e.g. [\"ed25519\"]): a service needs a credential",
+            ));
+        }
+        if kinds.contains(&LinkAuthKind::Token) && self.token_sha256.is_none() {
             errs.push(ConfigError::new(
                 format!("{at}.token_sha256"),
-                "must be 64 hex characters (see `portcullis hash-token`)",
+                "required when auth has \"token\"",
             ));
+        }
+        if kinds.contains(&LinkAuthKind::Token) && kinds.contains(&LinkAuthKind::Ed25519) {
+            errs.push(ConfigError::new(
+                format!("{at}.auth"),
+                "a HELLO carries one credential: \"token\" and \"ed25519\" cannot both be required",
+            ));
+        }
+        let mut seen = std::collections::HashSet::new();
+        if !kinds.iter().all(|k| seen.insert(*k)) {
+            errs.push(ConfigError::new(format!("{at}.auth"), "lists a kind twice"));
         }
     }
 }
@@ -364,6 +451,25 @@ impl Config {
         toml::to_string_pretty(self).unwrap_or_else(|e| format!("# cannot render: {e}\n"))
     }
 
+    /// What is allowed but unwise, one sentence each (`check-config` prints them): a static
+    /// service token accepted on a link listener other networks can reach.
+    pub fn warnings(&self) -> Vec<String> {
+        let mut out = Vec::new();
+        if !self.link.listen.ip().is_loopback() {
+            for (name, svc) in &self.services {
+                if svc.requires(LinkAuthKind::Token) {
+                    out.push(format!(
+                        "services.{name}: accepts a static token on a non-loopback link listener \
+                         (link.listen = {}); a leaked token is a permanent impersonation — use \
+                         auth = [\"ed25519\"] (instance keys enrolled by pairing) or \"mtls\"",
+                        self.link.listen
+                    ));
+                }
+            }
+        }
+        out
+    }
+
     /// Check every field; returns all problems found, each naming its field.
     pub fn validate(&self) -> Result<(), Vec<ConfigError>> {
         let mut errs = Vec::new();
@@ -378,6 +484,12 @@ impl Config {
         self.store.validate("store", &mut errs);
         for (name, svc) in &self.services {
             svc.validate(&format!("services.{name}"), name, &mut errs);
+            if svc.requires(LinkAuthKind::Mtls) && self.link.client_ca.is_none() {
+                errs.push(ConfigError::new(
+                    format!("services.{name}.auth"),
+                    "\"mtls\" needs link.client_ca (and link.tls)",
+                ));
+            }
         }
         self.sessions
             .validate("sessions", &self.backends, &mut errs);
@@ -499,12 +611,8 @@ mod tests {
     #[test]
     fn masked_rendering_hides_secrets() {
         let mut c = Config::default();
-        c.services.insert(
-            "echo".into(),
-            ServiceConfig {
-                token_sha256: Secret::new("ab".repeat(32)),
-            },
-        );
+        c.services
+            .insert("echo".into(), ServiceConfig::token("ab".repeat(32)));
         let shown = c.to_toml_masked();
         assert!(!shown.contains("abab"), "{shown}");
         assert!(shown.contains("***"));

@@ -1,14 +1,17 @@
 //! `portcullis demo`: a gateway and the echo service, linked in one process, with nothing to
-//! configure and no network beyond loopback. The service token is random per run and lives
-//! only in memory. Routed endpoints need an API key like anywhere else: the demo initialises a
-//! store (in a fresh temporary directory unless `--data-dir` is given), creates a demo key
-//! and prints it, so the CLI can be pointed at the running demo with `--data-dir`.
+//! configure and no network beyond loopback. The echo service links the way production
+//! services do, with an Ed25519 instance key enrolled by pairing (generated per run, kept in
+//! memory); the one difference, **for the demo only**, is that the demo approves the pairing
+//! itself the moment it is requested, where a real gateway waits for an admin's
+//! `portcullis pairings approve CODE`. Routed endpoints need an API key like anywhere else: the
+//! demo initialises a store (in a fresh temporary directory unless `--data-dir` is given),
+//! creates a demo key and prints it, so the CLI can be pointed at the running demo with
+//! `--data-dir`.
 
-use rand::RngCore;
 use std::future::Future;
 use std::net::SocketAddr;
 
-use crate::config::{Config, Secret, ServiceConfig};
+use crate::config::{Config, ServiceConfig};
 
 /// Flags of `portcullis demo`.
 #[derive(Debug, Clone, clap::Args)]
@@ -29,10 +32,6 @@ pub struct DemoArgs {
 
 /// Run the demo until `shutdown` resolves.
 pub async fn run(args: DemoArgs, shutdown: impl Future<Output = ()>) -> anyhow::Result<()> {
-    let mut token = [0u8; 32];
-    rand::thread_rng().fill_bytes(&mut token);
-    let token = hex::encode(token);
-
     // Held until the demo ends: the temporary store is removed with it.
     let (data_dir, _temp) = match &args.data_dir {
         Some(d) => (d.clone(), None),
@@ -61,12 +60,11 @@ pub async fn run(args: DemoArgs, shutdown: impl Future<Output = ()>) -> anyhow::
     config.sessions.default_backend = Some("progress".into());
     config.ingress.listen = args.ingress;
     config.link.listen = args.link;
-    config.services.insert(
-        "echo".into(),
-        ServiceConfig {
-            token_sha256: Secret::new(hex::encode(crate::link::hash_token(&token))),
-        },
-    );
+    config
+        .services
+        .insert("echo".into(), ServiceConfig::ed25519());
+    // The demo approves at once, so its links need not wait the production pace.
+    config.link.pairing.retry_after = std::time::Duration::from_millis(100);
     // One link per gateway worker: every call is served on the worker of its connection.
     let links = crate::dataplane::resolve_count(config.runtime.threads)
         .clamp(1, portcullis_sdk::MAX_LINKS_PER_GATEWAY);
@@ -105,9 +103,38 @@ pub async fn run(args: DemoArgs, shutdown: impl Future<Output = ()>) -> anyhow::
         .iter()
         .map(|e| format!("{} {}", e.descriptor().method, e.descriptor().path))
         .collect();
+    // DEMO ONLY: approve the echo service's pairing as soon as it is requested. A real gateway
+    // never does this: an admin approves each new key (`portcullis pairings approve CODE`).
+    let (instance_key, _) = portcullis_sdk::InstanceKey::generate()?;
+    let (codes, mut pending) = tokio::sync::mpsc::unbounded_channel::<String>();
+    let store = gateway.auth.store().clone();
+    let approver = tokio::spawn(async move {
+        while let Some(code) = pending.recv().await {
+            match store
+                .decide_pairing(
+                    &code,
+                    true,
+                    false,
+                    crate::store::now_ms(),
+                    "demo-auto-approve",
+                )
+                .await
+            {
+                Ok(k) => tracing::warn!(
+                    code = %code, fingerprint = %k.fingerprint,
+                    "DEMO ONLY: pairing approved automatically; a real gateway waits for `portcullis pairings approve`"
+                ),
+                // Another link of the same instance showed the same code: approved already.
+                Err(e) => tracing::debug!(error = %e, "demo pairing already decided"),
+            }
+        }
+    });
     let mut builder = portcullis_sdk::Service::builder("echo")
         .gateway(link.clone())
-        .token(token)
+        .instance_key(instance_key)
+        .on_pairing(move |p| {
+            let _ = codes.send(p.code.clone());
+        })
         .instance_id("echo-demo")
         .links_per_gateway(links)
         .version(env!("CARGO_PKG_VERSION"));
@@ -130,13 +157,14 @@ pub async fn run(args: DemoArgs, shutdown: impl Future<Output = ()>) -> anyhow::
     } else {
         let dd = data_dir.display();
         println!(
-            "\nPortcullis demo is running.\n\n  gateway (clients):  {ingress}\n  link (services):    {link}\n  service linked:     echo ({} routes)\n  store:              {dd}\n\nA demo API key (scopes echo.*, sessions.*, compute.*; shown once):\n\n  export PORTCULLIS_KEY={api_key}\n\nTry:\n  curl -s -H \"Authorization: Bearer $PORTCULLIS_KEY\" '{ingress}/echo/hello?name=world'\n  curl -s -X POST -H \"Authorization: Bearer $PORTCULLIS_KEY\" --data-binary @/etc/hostname {ingress}/upload\n  curl -s -H \"Authorization: Bearer $PORTCULLIS_KEY\" '{ingress}/stream?bytes=1048576' | wc -c\n  curl -si {ingress}/echo/hello            # no key: 401\n\nA session (one worker process of its own, streaming progress):\n  S=$(curl -s -X POST -H \"Authorization: Bearer $PORTCULLIS_KEY\" -d '{{}}' {ingress}/api/v1/sessions | sed 's/.*\"id\":\"\\([^\"]*\\)\".*/\\1/')\n  curl -sN -H \"Authorization: Bearer $PORTCULLIS_KEY\" {ingress}/api/v1/sessions/$S/events &\n  curl -s -X POST -H \"Authorization: Bearer $PORTCULLIS_KEY\" -d '{{\"kind\":\"primes\",\"payload\":{{\"below\":2000000,\"steps\":10}}}}' {ingress}/api/v1/sessions/$S/invoke\n  curl -s -X DELETE -H \"Authorization: Bearer $PORTCULLIS_KEY\" {ingress}/api/v1/sessions/$S\n\nManage keys of this demo (in another terminal):\n  portcullis keys list --data-dir {dd}\n  portcullis keys revoke {} --data-dir {dd}\n  portcullis audit list --data-dir {dd}\n\nRoutes:\n{}\n\nPress Ctrl-C to stop.",
+            "\nPortcullis demo is running.\n\n  gateway (clients):  {ingress}\n  link (services):    {link}\n  service linked:     echo ({} routes; Ed25519 key, pairing approved automatically — demo only)\n  store:              {dd}\n\nA demo API key (scopes echo.*, sessions.*, compute.*; shown once):\n\n  export PORTCULLIS_KEY={api_key}\n\nTry:\n  curl -s -H \"Authorization: Bearer $PORTCULLIS_KEY\" '{ingress}/echo/hello?name=world'\n  curl -s -X POST -H \"Authorization: Bearer $PORTCULLIS_KEY\" --data-binary @/etc/hostname {ingress}/upload\n  curl -s -H \"Authorization: Bearer $PORTCULLIS_KEY\" '{ingress}/stream?bytes=1048576' | wc -c\n  curl -si {ingress}/echo/hello            # no key: 401\n\nA session (one worker process of its own, streaming progress):\n  S=$(curl -s -X POST -H \"Authorization: Bearer $PORTCULLIS_KEY\" -d '{{}}' {ingress}/api/v1/sessions | sed 's/.*\"id\":\"\\([^\"]*\\)\".*/\\1/')\n  curl -sN -H \"Authorization: Bearer $PORTCULLIS_KEY\" {ingress}/api/v1/sessions/$S/events &\n  curl -s -X POST -H \"Authorization: Bearer $PORTCULLIS_KEY\" -d '{{\"kind\":\"primes\",\"payload\":{{\"below\":2000000,\"steps\":10}}}}' {ingress}/api/v1/sessions/$S/invoke\n  curl -s -X DELETE -H \"Authorization: Bearer $PORTCULLIS_KEY\" {ingress}/api/v1/sessions/$S\n\nManage keys of this demo (in another terminal):\n  portcullis keys list --data-dir {dd}\n  portcullis keys revoke {} --data-dir {dd}\n  portcullis audit list --data-dir {dd}\n\nRoutes:\n{}\n\nPress Ctrl-C to stop.",
             routes.len(),
             key.record.key_id,
             routes.iter().map(|r| format!("  {r}")).collect::<Vec<_>>().join("\n"),
         );
     }
     shutdown.await;
+    approver.abort();
     service.shutdown().await;
     gateway.shutdown().await
 }

@@ -374,6 +374,7 @@ pub async fn run_with_parts(
                 Arc::new(move |name: &str| roles.get(name).is_some())
             },
             keys: auth.clone(),
+            registry: Some(registry.clone()),
         })),
     });
     let sessions = crate::sessions::Sessions::new(
@@ -435,6 +436,29 @@ pub async fn run_with_parts(
         &dataplane,
         auth.clock().clone(),
     )?);
+    // Ed25519 instance keys of the services that require them, enrolled by pairing.
+    let webhook = match &config.link.pairing.webhook {
+        Some(w) => Some(crate::link::webhook::Notifier::new(
+            w.clone(),
+            auth.store().clone(),
+        )?),
+        None => None,
+    };
+    let mut instance_keys = crate::link::InstanceKeys::new(
+        auth.store().clone(),
+        auth.clock().clone(),
+        config.link.pairing.clone(),
+        config
+            .services
+            .iter()
+            .filter(|(_, s)| s.requires(crate::config::LinkAuthKind::Ed25519))
+            .map(|(name, _)| name.clone()),
+    )
+    .with_metrics(metrics.clone());
+    if let Some(n) = webhook {
+        instance_keys = instance_keys.with_listener(Arc::new(move |k| n.notify(k)));
+    }
+    let instance_keys = Arc::new(instance_keys);
     let link = Arc::new(LinkServer::new(
         &config,
         registry.clone(),
@@ -442,6 +466,8 @@ pub async fn run_with_parts(
         link_audit,
         &dataplane,
         assertions,
+        Some(instance_keys.clone()),
+        Some(auth.changes().clone()),
     )?);
 
     // Audit writer, last-used writer, change poll; stopped after the listeners.
@@ -450,6 +476,7 @@ pub async fn run_with_parts(
     let signing_task = handles.signing.start(auth.changes(), background.clone());
     let throttle_task = handles.login.start(background.clone());
     let sessions_monitor = sessions.spawn_monitor(background.clone());
+    let pairing_task = instance_keys.start(auth.changes().clone(), background.clone());
     let stop_accepting = CancellationToken::new();
     let drain = CancellationToken::new();
     let close_links = CancellationToken::new();
@@ -500,6 +527,7 @@ pub async fn run_with_parts(
     let _ = auth_task.await;
     let _ = signing_task.await;
     let _ = sessions_monitor.await;
+    let _ = pairing_task.await;
     if let Some(t) = throttle_task {
         let _ = t.await;
     }

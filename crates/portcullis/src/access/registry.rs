@@ -39,6 +39,14 @@ pub const IAM_KEYS_READ: &str = "iam.keys.read";
 /// Create, revoke and rotate other identities' API keys (IAM).
 pub const IAM_KEYS_WRITE: &str = "iam.keys.write";
 
+/// List the pairings of link instance keys (IAM; in workspace `*`: links span workspaces).
+pub const IAM_PAIRINGS_READ: &str = "iam.pairings.read";
+/// Approve, deny and revoke link instance keys (IAM; in workspace `*`).
+pub const IAM_PAIRINGS_WRITE: &str = "iam.pairings.write";
+
+/// List linked services, their instances and links (IAM; in workspace `*`).
+pub const IAM_SERVICES_READ: &str = "iam.services.read";
+
 /// Every IAM capability, for operations and tests that enumerate them.
 pub const IAM_CAPABILITIES: &[&str] = &[
     IAM_USERS_READ,
@@ -49,6 +57,9 @@ pub const IAM_CAPABILITIES: &[&str] = &[
     IAM_ROLES_WRITE,
     IAM_KEYS_READ,
     IAM_KEYS_WRITE,
+    IAM_PAIRINGS_READ,
+    IAM_PAIRINGS_WRITE,
+    IAM_SERVICES_READ,
 ];
 
 /// Namespaces the gateway's own operations use or will use (IAM, metrics, the admin API, the

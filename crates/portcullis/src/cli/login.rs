@@ -59,8 +59,8 @@ fn gateway_url(args: &LoginArgs) -> Result<String, AdminError> {
     gateway_base(args.gateway.as_deref(), args.config.as_deref())
 }
 
-/// The gateway's base URL: `gateway`, else from the configuration at `config`.
-pub(super) fn gateway_base(
+/// The gateway's base URL: `gateway`, else from the ingress of the configuration at `config`.
+pub(crate) fn gateway_base(
     gateway: Option<&str>,
     config: Option<&std::path::Path>,
 ) -> Result<String, AdminError> {

@@ -74,6 +74,12 @@ pub enum Command {
     Audit(AuditArgs),
     /// Manage the gateway's signing keys (user tokens, identity assertions).
     SigningKeys(SigningKeysArgs),
+    /// Approve, deny and revoke the Ed25519 keys services link with (enrolment by pairing).
+    Pairings(PairingsArgs),
+    /// The services linked to a running gateway (asks its API with the key in
+    /// `PORTCULLIS_KEY`).
+    #[command(subcommand)]
+    Services(ServicesCommand),
     /// Log in as a user and print an access token, for scripts. The password is read from
     /// the terminal without echo, or from standard input when it is not a terminal; never
     /// from the command line or the environment.
@@ -325,6 +331,66 @@ pub enum SigningKeysCommand {
     Rotate,
 }
 
+/// `portcullis pairings …`.
+#[derive(Debug, clap::Args)]
+pub struct PairingsArgs {
+    /// Where the store is.
+    #[command(flatten)]
+    pub target: Target,
+    /// What to do with pairings.
+    #[command(subcommand)]
+    pub command: PairingsCommand,
+}
+
+/// `portcullis pairings` subcommands.
+#[derive(Debug, Subcommand)]
+pub enum PairingsCommand {
+    /// List instance keys and their pairings (pending with their codes first to act on):
+    /// state, code, service, instance, fingerprint, times, webhook delivery.
+    List {
+        /// Only pairings waiting for a decision.
+        #[arg(long)]
+        pending: bool,
+    },
+    /// Approve the pending pairing with this code: its key may link as its service.
+    Approve {
+        /// The code the instance shows (8 characters; case and a dash do not matter).
+        code: String,
+        /// Bind the key to the instance that asked, not to any instance of the service.
+        #[arg(long)]
+        bind_instance: bool,
+    },
+    /// Deny the pending pairing with this code: its key never links.
+    Deny {
+        /// The code the instance shows.
+        code: String,
+    },
+    /// Revoke the approved keys of one instance: its links close and it must pair again.
+    Revoke {
+        /// `SERVICE/INSTANCE`.
+        target: String,
+    },
+}
+
+/// `portcullis services` subcommands.
+#[derive(Debug, Subcommand)]
+pub enum ServicesCommand {
+    /// Every linked instance and link: state (online, unstable, draining), round-trip time,
+    /// calls in flight, the credential that proved it, key fingerprint, since when.
+    List {
+        /// Gateway base URL, e.g. `http://127.0.0.1:8080`. Default: the configuration's
+        /// `ingress.listen`.
+        #[arg(long)]
+        gateway: Option<String>,
+        /// TOML configuration file, for the default gateway address.
+        #[arg(long, short, env = "PORTCULLIS_CONFIG")]
+        config: Option<PathBuf>,
+        /// Print JSON instead of text.
+        #[arg(long)]
+        json: bool,
+    },
+}
+
 /// `portcullis login`.
 #[derive(Debug, Clone, clap::Args)]
 pub struct LoginArgs {
@@ -368,7 +434,10 @@ pub fn parse_duration(flag: &str, s: &str) -> Result<Duration, AdminError> {
 pub fn run(cli: Cli, shutdown: impl Future<Output = ()> + Send + 'static) -> ExitCode {
     match cli.command {
         Command::CheckConfig { file } => match load_config(Some(&file)) {
-            Ok(_) => {
+            Ok(c) => {
+                for w in c.warnings() {
+                    eprintln!("{}: warning: {w}", file.display());
+                }
                 println!("{}: ok", file.display());
                 ExitCode::SUCCESS
             }
@@ -466,6 +535,50 @@ pub fn run(cli: Cli, shutdown: impl Future<Output = ()> + Send + 'static) -> Exi
                 )
             }
         },
+        Command::Pairings(PairingsArgs { target, command }) => match command {
+            PairingsCommand::List { pending } => admin_command(&target, |c| async move {
+                crate::pairings::list(&c, pending).await
+            }),
+            PairingsCommand::Approve {
+                code,
+                bind_instance,
+            } => admin_command(&target, |c| async move {
+                crate::pairings::decide(&c, &code, true, bind_instance).await
+            }),
+            PairingsCommand::Deny { code } => admin_command(&target, |c| async move {
+                crate::pairings::decide(&c, &code, false, false).await
+            }),
+            PairingsCommand::Revoke { target: t } => {
+                admin_command(
+                    &target,
+                    |c| async move { crate::pairings::revoke(&c, &t).await },
+                )
+            }
+        },
+        Command::Services(ServicesCommand::List {
+            gateway,
+            config,
+            json,
+        }) => {
+            let result =
+                login::gateway_base(gateway.as_deref(), config.as_deref()).and_then(|base| {
+                    let key = std::env::var("PORTCULLIS_KEY").map_err(|_| {
+                        AdminError::usage("set PORTCULLIS_KEY to an API key with iam.services.read")
+                    })?;
+                    tokio::runtime::Builder::new_current_thread()
+                        .enable_all()
+                        .build()
+                        .map_err(|e| AdminError::failure(format!("cannot start the runtime: {e}")))?
+                        .block_on(crate::services::list_remote(&base, key.trim()))
+                });
+            let (stdout, stderr) = render::outcome(&result, json);
+            print!("{stdout}");
+            eprint!("{stderr}");
+            match result {
+                Ok(_) => ExitCode::SUCCESS,
+                Err(e) => ExitCode::from(e.exit_code()),
+            }
+        }
         Command::Login(args) => login::run(&args),
         Command::Sessions(args) => sessions::run(&args),
         Command::Serve { config, data_dir } => serve(&config, data_dir, shutdown),

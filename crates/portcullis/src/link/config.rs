@@ -19,6 +19,9 @@ pub struct LinkConfig {
     pub listen: SocketAddr,
     /// Require TLS on links with this certificate. Absent: plain TCP (development only).
     pub tls: Option<TlsConfig>,
+    /// CA bundle (PEM) of the client certificates services present for `auth = ["mtls"]`.
+    /// Needs `tls`. Absent: no client certificate is asked for.
+    pub client_ca: Option<std::path::PathBuf>,
     /// Interval of PINGs and health exchanges; a link silent for three intervals is dropped.
     /// Default 5 s.
     #[serde(with = "humantime_serde")]
@@ -47,6 +50,81 @@ pub struct LinkConfig {
     /// sent to every service in HELLO_ACK: 1-128 of `[A-Za-z0-9._-]`. Gateway nodes that share
     /// signing keys should share it. Default `portcullis`.
     pub assertion_issuer: String,
+    /// Enrolment of Ed25519 instance keys by pairing, and the checks of every signed HELLO.
+    pub pairing: PairingConfig,
+}
+
+/// The `[link.pairing]` section (docs/link-protocol.md §10).
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct PairingConfig {
+    /// How long a pending pairing waits for an admin before it lapses (the instance then gets
+    /// a new code on its next attempt). Default 15 min.
+    #[serde(with = "humantime_serde")]
+    pub ttl: Duration,
+    /// Pending pairings allowed at once; at the bound, new keys are answered `unavailable`.
+    /// Default 1000.
+    pub max_pending: u32,
+    /// Largest difference allowed between a HELLO's signed timestamp and the gateway's clock;
+    /// further off is `stale_timestamp`. Default 30 s.
+    #[serde(with = "humantime_serde")]
+    pub max_skew: Duration,
+    /// Bad signatures an enrolled key may fail with within `failure_window`; one more
+    /// revokes it (re-pairing required). Default 10.
+    pub max_failures: u32,
+    /// The window of `max_failures`. Default 60 s.
+    #[serde(with = "humantime_serde")]
+    pub failure_window: Duration,
+    /// How long the instance is asked to wait before dialling again while its pairing is
+    /// pending (`retry_after_ms` of `pairing_required`). Default 5 s.
+    #[serde(with = "humantime_serde")]
+    pub retry_after: Duration,
+    /// Notify this webhook of every pending pairing (signed JSON, retried). Absent: none.
+    pub webhook: Option<super::webhook::WebhookConfig>,
+}
+
+impl Default for PairingConfig {
+    fn default() -> Self {
+        Self {
+            ttl: Duration::from_secs(15 * 60),
+            max_pending: 1000,
+            max_skew: Duration::from_secs(30),
+            max_failures: 10,
+            failure_window: Duration::from_secs(60),
+            retry_after: Duration::from_secs(5),
+            webhook: None,
+        }
+    }
+}
+
+impl PairingConfig {
+    /// Check the section at key path `at` (`link.pairing`).
+    pub fn validate(&self, at: &str, errs: &mut Vec<ConfigError>) {
+        if self.ttl < Duration::from_secs(1) {
+            errs.push(ConfigError::new(format!("{at}.ttl"), "must be at least 1s"));
+        }
+        if self.max_pending == 0 {
+            errs.push(ConfigError::new(
+                format!("{at}.max_pending"),
+                "must be at least 1",
+            ));
+        }
+        if self.max_skew < Duration::from_secs(1) || self.max_skew > Duration::from_secs(600) {
+            errs.push(ConfigError::new(
+                format!("{at}.max_skew"),
+                "must be between 1s and 10m",
+            ));
+        }
+        if let Some(w) = &self.webhook {
+            w.validate(&format!("{at}.webhook"), errs);
+        }
+        if self.failure_window.is_zero() {
+            errs.push(ConfigError::new(
+                format!("{at}.failure_window"),
+                "must be positive",
+            ));
+        }
+    }
 }
 
 impl Default for LinkConfig {
@@ -54,6 +132,7 @@ impl Default for LinkConfig {
         Self {
             listen: SocketAddr::from(([127, 0, 0, 1], 7070)),
             tls: None,
+            client_ca: None,
             heartbeat_interval: Duration::from_secs(5),
             handshake_timeout: Duration::from_secs(10),
             max_frame_bytes: portcullis_link::MAX_FRAME_LEN,
@@ -62,6 +141,7 @@ impl Default for LinkConfig {
             max_pending_handshakes_per_ip: 32,
             stream_window_bytes: 256 * 1024,
             assertion_issuer: "portcullis".into(),
+            pairing: PairingConfig::default(),
         }
     }
 }
@@ -109,6 +189,13 @@ impl LinkConfig {
             errs.push(ConfigError::new(
                 format!("{at}.max_pending_handshakes_per_ip"),
                 "must be at least 1",
+            ));
+        }
+        self.pairing.validate(&format!("{at}.pairing"), errs);
+        if self.client_ca.is_some() && self.tls.is_none() {
+            errs.push(ConfigError::new(
+                format!("{at}.client_ca"),
+                "needs link.tls: client certificates are a TLS feature",
             ));
         }
         if !portcullis_link::valid_token(&self.assertion_issuer) {

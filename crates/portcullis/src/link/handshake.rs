@@ -17,9 +17,9 @@ pub enum HandshakeError {
     /// A valid frame, but not the one expected at this point.
     #[error("unexpected frame type")]
     Unexpected,
-    /// Unknown service or wrong token.
-    #[error("bad credential")]
-    BadCredential,
+    /// The credential was refused (or a pairing is pending).
+    #[error("{0}")]
+    Refused(super::LinkAuthFailure),
     /// Endpoints refused.
     #[error("{0}")]
     Register(RegisterError),

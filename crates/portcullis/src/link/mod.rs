@@ -16,7 +16,9 @@ mod admission;
 pub mod authenticator;
 mod config;
 mod handshake;
+pub mod instance_keys;
 mod peer;
+pub mod webhook;
 
 use bytes::Bytes;
 use http::Request;
@@ -40,11 +42,14 @@ use crate::routing::{validate_endpoints, Instance, LinkState, RegisterError, Reg
 use crate::telemetry::metrics::{Listener, Metrics};
 
 pub use admission::{Admission, Slot};
-pub use authenticator::{HandshakeFacts, LinkAuthenticator, ServiceTokens};
-pub use config::{LinkConfig, MAX_H2_WINDOW};
+pub use authenticator::{
+    HandshakeFacts, LinkAuthFailure, LinkAuthenticator, LinkCredentials, ServiceTokens,
+};
+pub use config::{LinkConfig, PairingConfig, MAX_H2_WINDOW};
 pub use handshake::{
     read_frame, read_frame_versioned, write_frame, write_frame_as, HandshakeError,
 };
+pub use instance_keys::{InstanceKeys, LinkKeyId};
 
 /// Everything the link server needs, built once from the configuration.
 pub struct LinkServer {
@@ -53,13 +58,21 @@ pub struct LinkServer {
     max_request_body: u64,
     /// `ingress.response_stall_timeout`, given to every instance.
     response_stall_timeout: Duration,
+    /// How long a replaced link may take to finish its calls (`shutdown.grace_period`).
+    drain_grace: Duration,
     /// Who may link: the link's credential contract.
     authenticator: Arc<dyn LinkAuthenticator>,
+    /// Enrolled instance keys, to re-check live links when the store changes.
+    keys: Option<Arc<InstanceKeys>>,
+    /// Store changes (another node or the CLI approved, denied or revoked something).
+    changes: Option<crate::auth::Changes>,
     /// Where refused credentials go.
     audit: AuditSink,
     /// Signs the identity assertions of calls: its issuer and public keys go to services.
     assertions: Arc<AssertionSigner>,
     tls: Option<tokio_rustls::TlsAcceptor>,
+    /// Checks client certificates against `link.client_ca`, when set.
+    client_verifier: Option<Arc<dyn rustls::server::danger::ClientCertVerifier>>,
     metrics: Arc<Metrics>,
     /// Weak: link tasks hold the `LinkServer`; only the gateway's `run` owns the data plane.
     dataplane: std::sync::Weak<crate::dataplane::DataPlane>,
@@ -92,6 +105,9 @@ fn random_hex(bytes: usize) -> String {
 impl LinkServer {
     /// Build from the configuration. Fails if a configured token hash or TLS file is bad.
     /// Services learn the issuer and public keys of `assertions` over their links.
+    /// `keys` checks Ed25519 credentials (absent: only tokens link); `changes` tells the live
+    /// links of enrolled keys to check the store again.
+    #[allow(clippy::too_many_arguments)]
     pub fn new(
         config: &Config,
         registry: Arc<Registry>,
@@ -99,21 +115,42 @@ impl LinkServer {
         audit: AuditSink,
         dataplane: &Arc<crate::dataplane::DataPlane>,
         assertions: Arc<AssertionSigner>,
+        keys: Option<Arc<InstanceKeys>>,
+        changes: Option<crate::auth::Changes>,
     ) -> anyhow::Result<Self> {
-        let authenticator = Arc::new(ServiceTokens::from_config(config)?);
-        let tls = match &config.link.tls {
-            Some(t) => Some(crate::tls::acceptor(t, &[], assertions.clock().clone())?),
-            None => None,
+        let authenticator = Arc::new(
+            LinkCredentials::new(ServiceTokens::from_config(config)?, keys.clone()).with_mtls(
+                config
+                    .services
+                    .iter()
+                    .filter(|(_, s)| s.requires(crate::config::LinkAuthKind::Mtls))
+                    .map(|(n, _)| n.clone()),
+            ),
+        );
+        let (tls, client_verifier) = match &config.link.tls {
+            Some(t) => {
+                let (acc, v) = crate::tls::link_acceptor(
+                    t,
+                    config.link.client_ca.as_deref(),
+                    assertions.clock().clone(),
+                )?;
+                (Some(acc), v)
+            }
+            None => (None, None),
         };
         Ok(Self {
             registry,
             cfg: config.link.clone(),
             max_request_body: config.ingress.max_body_bytes,
             response_stall_timeout: config.ingress.response_stall_timeout,
+            drain_grace: config.shutdown.grace_period,
             authenticator,
+            keys,
+            changes,
             audit,
             assertions,
             tls,
+            client_verifier,
             metrics,
             dataplane: Arc::downgrade(dataplane),
             links: tokio_util::task::TaskTracker::new(),
@@ -160,7 +197,31 @@ impl LinkServer {
                         };
                         match tls {
                             Ok(Ok(tls)) => {
-                                this.handle_until(tls, shutdown, Some(slot), hello_by).await
+                                let mut exporter = [0u8; portcullis_link::proof::TLS_EXPORTER_LEN];
+                                let cert = match &this.client_verifier {
+                                    Some(v) => crate::tls::check_client_cert(
+                                        v.as_ref(),
+                                        tls.get_ref().1.peer_certificates(),
+                                    ),
+                                    None => crate::tls::ClientCert::None,
+                                };
+                                match tls.get_ref().1.export_keying_material(
+                                    &mut exporter,
+                                    portcullis_link::proof::TLS_EXPORTER_LABEL,
+                                    None,
+                                ) {
+                                    Ok(_) => {
+                                        this.handle_until(
+                                            tls,
+                                            shutdown,
+                                            Some(slot),
+                                            hello_by,
+                                            Some((exporter, cert)),
+                                        )
+                                        .await
+                                    }
+                                    Err(e) => Err(HandshakeError::Io(std::io::Error::other(e))),
+                                }
                             }
                             Ok(Err(e)) => Err(HandshakeError::Io(e)),
                             Err(_) => Err(HandshakeError::Timeout),
@@ -199,16 +260,18 @@ impl LinkServer {
         IO: AsyncRead + AsyncWrite + Unpin + Send + 'static,
     {
         let hello_by = Instant::now() + self.cfg.hello_timeout.min(self.cfg.handshake_timeout);
-        self.handle_until(io, shutdown, slot, hello_by).await
+        self.handle_until(io, shutdown, slot, hello_by, None).await
     }
 
-    /// [`LinkServer::handle`] with the HELLO due by `hello_by`.
+    /// [`LinkServer::handle`] with the HELLO due by `hello_by`, on a connection whose TLS
+    /// exporter value (the channel binding of signed HELLOs) is `tls_exporter`.
     async fn handle_until<IO>(
         &self,
         mut io: IO,
         shutdown: CancellationToken,
         mut slot: Option<Slot>,
         hello_by: Instant,
+        tls_facts: Option<([u8; 32], crate::tls::ClientCert)>,
     ) -> Result<(), HandshakeError>
     where
         IO: AsyncRead + AsyncWrite + Unpin + Send + 'static,
@@ -228,7 +291,7 @@ impl LinkServer {
         let attempt = tokio::select! {
             r = tokio::time::timeout(
                 self.cfg.handshake_timeout,
-                self.handshake(&mut io, slot.as_ref(), hello_by, &mut version),
+                self.handshake(&mut io, slot.as_ref(), hello_by, &mut version, tls_facts),
             ) => r,
             _ = evicted => return Err(HandshakeError::Evicted),
             _ = shutdown.cancelled() => {
@@ -240,7 +303,13 @@ impl LinkServer {
             Ok(Err(e)) => {
                 if let Some(code) = e.reject_code() {
                     self.metrics.frame("reject");
-                    let r = reject(code, &e.to_string(), None);
+                    let mut r = reject(code, &e.to_string(), None);
+                    if let (Frame::Reject(r), HandshakeError::Refused(failure)) = (&mut r, &e) {
+                        r.retry_after_ms = self.retry_after(failure);
+                        if let LinkAuthFailure::PairingRequired(p) = failure {
+                            r.pairing = Some(p.clone());
+                        }
+                    }
                     let _ = write_frame_as(&mut io, &r, version).await;
                 }
                 return Err(e);
@@ -256,7 +325,11 @@ impl LinkServer {
                 return Err(HandshakeError::Timeout);
             }
         };
-        let Accepted { hello, endpoints } = hello;
+        let Accepted {
+            hello,
+            endpoints,
+            identity,
+        } = hello;
 
         let link_id = format!("l-{}", random_hex(8));
         // Subscribed before the keys are read: a change after this point is pushed.
@@ -318,7 +391,11 @@ impl LinkServer {
                 sender,
             )
             .with_max_header_list_size(peer_settings.max_header_list_size())
-            .with_response_stall_timeout(self.response_stall_timeout),
+            .with_response_stall_timeout(self.response_stall_timeout)
+            .with_credential(
+                identity.via.as_str(),
+                identity.key.as_ref().map(|k| k.fingerprint.clone()),
+            ),
         );
         if let Err(e) = self.registry.register(instance.clone(), endpoints) {
             // Lost a race with another service registering the same route after our check.
@@ -344,7 +421,10 @@ impl LinkServer {
                 None => std::future::pending().await,
             }
         };
-        let reason = tokio::select! {
+        // A link proved by an enrolled key ends when the store stops admitting the key
+        // (revoked by an admin or another node).
+        let revoked = self.watch_key(&instance, identity.key.as_ref());
+        let mut reason = tokio::select! {
             r = &mut conn => match r {
                 Ok(()) => "closed by service",
                 Err(e) if e.is_go_away() => "goaway",
@@ -354,8 +434,28 @@ impl LinkServer {
             never = keys => match never {},
             _ = instance.stall_watch.run(instance.response_stall_timeout) => "stall watch ended",
             _ = instance.close.cancelled() => "closed by gateway",
+            _ = instance.replaced.cancelled() => "replaced",
+            r = revoked => r,
             _ = shutdown.cancelled() => "gateway shutdown",
         };
+        if reason == "replaced" {
+            // The newer link is registered and takes every new call; the calls still on
+            // this one finish first (bounded by the drain grace).
+            let deadline = Instant::now() + self.drain_grace;
+            let mut poll = tokio::time::interval(Duration::from_millis(20));
+            reason = loop {
+                if instance.in_flight() == 0 {
+                    break "replaced by a newer link";
+                }
+                tokio::select! {
+                    _ = &mut conn => break "replaced; closed by service while draining",
+                    _ = poll.tick() => {}
+                    _ = tokio::time::sleep_until(deadline) => break "replaced; drain grace over",
+                    _ = instance.close.cancelled() => break "replaced; closed by gateway",
+                    _ = shutdown.cancelled() => break "replaced; gateway shutdown",
+                }
+            };
+        }
         instance.set_state(LinkState::Offline);
         self.registry.unregister(&instance);
         tracing::info!(
@@ -363,6 +463,30 @@ impl LinkServer {
             reason, "link down"
         );
         Ok(())
+    }
+
+    /// Resolves when the store no longer admits `key` for `inst` (checked on every store
+    /// change); never for a link without an enrolled key.
+    async fn watch_key(&self, inst: &Instance, key: Option<&LinkKeyId>) -> &'static str {
+        let (Some(key), Some(keys), Some(changes)) = (key, &self.keys, &self.changes) else {
+            return std::future::pending().await;
+        };
+        let mut rx = changes.subscribe();
+        loop {
+            if rx.changed().await.is_err() {
+                return std::future::pending().await;
+            }
+            if !keys
+                .still_admits(key, &inst.service, &inst.instance_id)
+                .await
+            {
+                tracing::warn!(
+                    service = %inst.service, instance = %inst.instance_id,
+                    fingerprint = %key.fingerprint, "instance key no longer admitted: closing its link"
+                );
+                return "instance key revoked";
+            }
+        }
     }
 
     /// The link's connection window: one stream window per stream it may carry, plus one.
@@ -431,6 +555,17 @@ impl LinkServer {
         }
     }
 
+    /// The `retry_after_ms` of a refused credential's REJECT.
+    fn retry_after(&self, failure: &LinkAuthFailure) -> Option<u64> {
+        match failure {
+            LinkAuthFailure::PairingRequired(_) => {
+                Some(self.cfg.pairing.retry_after.as_millis() as u64)
+            }
+            LinkAuthFailure::PairingFull | LinkAuthFailure::Unavailable => Some(30_000),
+            _ => None,
+        }
+    }
+
     /// CHALLENGE, HELLO, credential, descriptors. `version` becomes the HELLO's as soon as
     /// it has been read, for the REJECT or HELLO_ACK that answers it.
     async fn handshake<IO>(
@@ -439,6 +574,7 @@ impl LinkServer {
         slot: Option<&Slot>,
         hello_by: Instant,
         version: &mut u8,
+        tls_facts: Option<([u8; 32], crate::tls::ClientCert)>,
     ) -> Result<Accepted, HandshakeError>
     where
         IO: AsyncRead + AsyncWrite + Unpin,
@@ -448,10 +584,8 @@ impl LinkServer {
             server_time_ms: u64::try_from(crate::store::now_ms()).unwrap_or(0),
             versions: portcullis_link::VERSIONS.to_vec(),
         };
-        let facts = HandshakeFacts {
-            nonce: challenge.nonce.as_str().into(),
-            server_time_ms: challenge.server_time_ms,
-        };
+        let nonce: Arc<str> = challenge.nonce.as_str().into();
+        let server_time_ms = challenge.server_time_ms;
         write_frame(io, &Frame::Challenge(challenge)).await?;
         self.metrics.frame("challenge");
         let (v, frame) =
@@ -469,26 +603,47 @@ impl LinkServer {
         if let Some(s) = slot {
             s.hello_received();
         }
+        let (tls_exporter, client_cert) = match tls_facts {
+            Some((e, c)) => (Some(e), c),
+            None => (None, crate::tls::ClientCert::None),
+        };
+        let facts = HandshakeFacts {
+            nonce,
+            server_time_ms,
+            version: *version,
+            tls_exporter,
+            client_cert,
+        };
         // The one credential contract of the link; a refusal costs what an acceptance does.
-        if let Err(failure) = self.authenticator.authenticate(&hello, &facts).await {
-            self.audit.refused(Refusal {
-                reason: failure.as_str(),
-                credential_id: Some(&hello.service),
-                peer: None,
-                capability: None,
-            });
-            return Err(HandshakeError::BadCredential);
-        }
+        let identity = match self.authenticator.authenticate(&hello, &facts).await {
+            Ok(id) => id,
+            Err(failure) => {
+                if failure.is_failure() {
+                    self.audit.refused(Refusal {
+                        reason: failure.as_str(),
+                        credential_id: Some(&hello.service),
+                        peer: None,
+                        capability: None,
+                    });
+                }
+                return Err(HandshakeError::Refused(failure));
+            }
+        };
         let endpoints = validate_endpoints(&hello.endpoints).map_err(HandshakeError::Register)?;
         self.registry
             .check(&hello.service, &hello.instance_id, &endpoints)
             .map_err(HandshakeError::Register)?;
-        Ok(Accepted { hello, endpoints })
+        Ok(Accepted {
+            hello,
+            endpoints,
+            identity,
+        })
     }
 }
 
 struct Accepted {
     hello: Hello,
+    identity: authenticator::LinkIdentity,
     endpoints: Vec<(
         portcullis_link::EndpointDescriptor,
         portcullis_link::PathTemplate,
@@ -500,6 +655,7 @@ fn reject(code: RejectCode, message: &str, retry_after_ms: Option<u64>) -> Frame
         code,
         message: message.chars().take(512).collect(),
         retry_after_ms,
+        pairing: None,
     })
 }
 
@@ -508,7 +664,7 @@ impl HandshakeError {
         Some(match self {
             Self::Decode(e) => e.reject_code(),
             Self::Unexpected => RejectCode::MalformedFrame,
-            Self::BadCredential => RejectCode::BadCredential,
+            Self::Refused(f) => f.reject_code(),
             Self::Register(RegisterError::Conflict { .. }) => RejectCode::RouteConflict,
             Self::Register(RegisterError::InvalidDescriptor { .. }) => {
                 RejectCode::InvalidDescriptor
@@ -688,9 +844,7 @@ mod tests {
         let mut config_with_svc = config.clone();
         config_with_svc.services.insert(
             "svc".into(),
-            crate::config::ServiceConfig {
-                token_sha256: crate::config::Secret::new(hex::encode(hash_token("svc-token"))),
-            },
+            crate::config::ServiceConfig::token(hex::encode(hash_token("svc-token"))),
         );
         let metrics = Arc::new(Metrics::new(Vec::new()));
         let server = LinkServer {
@@ -698,10 +852,14 @@ mod tests {
             cfg: config.link.clone(),
             max_request_body: config.ingress.max_body_bytes,
             response_stall_timeout: config.ingress.response_stall_timeout,
+            drain_grace: config.shutdown.grace_period,
             authenticator: Arc::new(ServiceTokens::from_config(&config_with_svc).unwrap()),
+            keys: None,
+            changes: None,
             audit: AuditSink::metrics_only(metrics.clone()),
             assertions: Arc::new(test_signer()),
             tls: None,
+            client_verifier: None,
             metrics,
             dataplane: std::sync::Weak::new(),
             links: tokio_util::task::TaskTracker::new(),

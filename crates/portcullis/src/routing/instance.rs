@@ -60,8 +60,17 @@ pub struct Instance {
     in_flight: AtomicU32,
     /// Exponentially weighted round-trip time, microseconds.
     rtt_us: AtomicU64,
-    /// Cancelled to close the link (replacement, shutdown, dead peer).
+    /// Cancelled to close the link (shutdown, dead peer, revoked credential).
     pub close: CancellationToken,
+    /// Cancelled when a newer link of the same instance has authenticated and taken its
+    /// place: the link then drains (its calls in flight finish) and closes.
+    pub replaced: CancellationToken,
+    /// The credential kind that proved the link (`service_token`, `ed25519`).
+    pub credential: &'static str,
+    /// The fingerprint of the enrolled key that proved it, for an Ed25519 link.
+    pub key_fingerprint: Option<Arc<str>>,
+    /// When the link was registered, Unix ms.
+    pub since_ms: i64,
     /// The data-plane thread the link runs on (`crate::dataplane`), if any.
     pub worker: Option<usize>,
     /// The links of one service process share this: the instance id without the SDK's
@@ -116,6 +125,10 @@ impl Instance {
             in_flight: AtomicU32::new(0),
             rtt_us: AtomicU64::new(INITIAL_RTT_US),
             close: CancellationToken::new(),
+            replaced: CancellationToken::new(),
+            credential: "service_token",
+            key_fingerprint: None,
+            since_ms: crate::store::now_ms(),
             worker: crate::dataplane::current(),
             max_header_list_size: u32::MAX,
             response_stall_timeout: std::time::Duration::ZERO,
@@ -126,6 +139,13 @@ impl Instance {
     /// Set how long a response body may stall before it is cut.
     pub fn with_response_stall_timeout(mut self, t: std::time::Duration) -> Self {
         self.response_stall_timeout = t;
+        self
+    }
+
+    /// Record the credential that proved the link.
+    pub fn with_credential(mut self, kind: &'static str, fingerprint: Option<Arc<str>>) -> Self {
+        self.credential = kind;
+        self.key_fingerprint = fingerprint;
         self
     }
 

@@ -152,7 +152,8 @@ impl Registry {
     }
 
     /// Register a linked instance. An instance with the same (service, instance id) is
-    /// replaced and its link closed: the caller has already authenticated the new one.
+    /// replaced and its link told to drain (`Instance::replaced`): the caller has already
+    /// authenticated the new one.
     pub fn register(
         &self,
         instance: Arc<Instance>,
@@ -174,8 +175,10 @@ impl Registry {
                 },
             );
         if let Some(old) = old {
-            old.instance.set_state(LinkState::Offline);
-            old.instance.close.cancel();
+            // Out of the table below, so no new call chooses it; its link drains the calls
+            // in flight and closes (`link::LinkServer`), instead of failing them.
+            old.instance.set_state(LinkState::Draining);
+            old.instance.replaced.cancel();
         }
         self.publish(&st);
         Ok(())

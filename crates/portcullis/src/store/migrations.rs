@@ -133,6 +133,33 @@ fn v2_iam(_: Dialect) -> Vec<String> {
     ]
 }
 
+/// Instance keys of links (Ed25519) and their pairings: one row per public key, from the
+/// first HELLO that shows it (pending, with a code) to its approval, denial or revocation.
+fn v3_link_keys(_: Dialect) -> Vec<String> {
+    vec![
+        "CREATE TABLE link_keys (
+            public_key TEXT PRIMARY KEY,
+            fingerprint TEXT NOT NULL,
+            service TEXT NOT NULL,
+            instance_id TEXT NOT NULL,
+            bound_instance TEXT,
+            state TEXT NOT NULL,
+            code TEXT UNIQUE,
+            requested_at BIGINT NOT NULL,
+            expires_at BIGINT,
+            decided_at BIGINT,
+            decided_by TEXT,
+            revoked_reason TEXT,
+            webhook_state TEXT,
+            webhook_error TEXT,
+            webhook_attempts BIGINT NOT NULL DEFAULT 0
+        )"
+        .into(),
+        "CREATE INDEX link_keys_state ON link_keys (state)".into(),
+        "CREATE INDEX link_keys_service ON link_keys (service, instance_id)".into(),
+    ]
+}
+
 const MIGRATIONS: &[Migration] = &[
     Migration {
         version: 1,
@@ -144,10 +171,15 @@ const MIGRATIONS: &[Migration] = &[
         name: "iam: users, role bindings, signing keys, login throttle, workspace status",
         statements: v2_iam,
     },
+    Migration {
+        version: 3,
+        name: "links: instance keys and pairings",
+        statements: v3_link_keys,
+    },
 ];
 
 /// The newest schema version this binary knows.
-pub const LATEST: i64 = 2;
+pub const LATEST: i64 = 3;
 
 /// What [`Store::migrate`] did.
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -20,6 +20,8 @@
 //!   configuration and code (`crate::access`), not rows.
 //! - **Token signing**: `signing_keys` ([`signing_keys`]): public keys and sealed private keys
 //!   (sealed elsewhere; the store never sees a private key in the clear).
+//! - **Links**: `link_keys` ([`link_keys`]): Ed25519 instance keys and their pairings
+//!   (pending with a code, approved for a service, denied, revoked).
 //! - **Login defence**: `login_throttle` ([`login_throttle`]): failure counts per opaque scope
 //!   key, bounded by purging.
 //! - **History**: `audit_log` ([`audit`]).
@@ -35,6 +37,7 @@
 
 pub mod api_keys;
 pub mod audit;
+pub mod link_keys;
 pub mod login_throttle;
 pub mod migrations;
 mod policy;
@@ -55,6 +58,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 pub use api_keys::{KeyRecord, KeySecret, KeyVerification, NewKeyRow};
 pub use audit::{AuditEntry, AuditEvent};
+pub use link_keys::{LinkKey, LinkKeyState, PairingOutcome, PairingRequest};
 pub use login_throttle::{ThrottlePolicy, ThrottleState};
 pub use role_bindings::{NewRoleBinding, RoleBinding, SubjectKind, ADMIN_ROLE, ALL_WORKSPACES};
 pub use signing_keys::{NewSigningKey, SigningKey, EDDSA};

@@ -80,9 +80,23 @@ impl EncodeLabelSet for FrameLabels {
 /// Labels of an authentication failure.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct ReasonLabels {
-    /// Closed set of reasons: `link_token` (a service presented a wrong token or an unknown
-    /// name at the link handshake).
+    /// Closed set of reasons; at the link handshake `link_*`
+    /// (`crate::link::authenticator::LinkAuthFailure::as_str`).
     pub reason: &'static str,
+}
+
+/// Labels of a pairing event.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct PairingLabels {
+    /// `requested`, `approved`, `denied` or `revoked`.
+    pub event: &'static str,
+}
+
+/// Labels of the instance-key gauge.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct PairingStateLabels {
+    /// `pending`, `approved`, `denied` or `revoked`.
+    pub state: &'static str,
 }
 
 /// Labels of the build info.
@@ -135,6 +149,13 @@ pub struct Metrics {
     pub assertion_failures: Counter,
     /// Sessions and their workers (`crate::sessions`).
     pub sessions: Arc<SessionMetrics>,
+    /// `portcullis_link_pairings_total{event}`: pairing events this gateway saw: `requested`
+    /// (a new pending pairing), `approved`, `denied` (through its admin API), `revoked`.
+    pub pairings: Family<PairingLabels, Counter>,
+    /// `portcullis_link_keys{state}`: instance keys in the store by state (`pending` — not
+    /// lapsed —, `approved`, `denied`, `revoked`), refreshed on every store change and every
+    /// 10 s, whichever process (CLI, API, another node) made the change.
+    pub link_keys: Family<PairingStateLabels, Gauge>,
     registry: Registry,
 }
 
@@ -167,6 +188,8 @@ impl Metrics {
         let audit_dropped = Counter::default();
         let assertions_signed = Counter::default();
         let assertion_failures = Counter::default();
+        let pairings = Family::<PairingLabels, Counter>::default();
+        let link_keys = Family::<PairingStateLabels, Gauge>::default();
         let build_info = Family::<BuildLabels, Gauge>::default();
         build_info
             .get_or_create(&BuildLabels {
@@ -224,6 +247,16 @@ impl Metrics {
             "Warnings and errors of the TLS library (mostly about what peers sent), counted instead of logged",
             super::TLS_LIBRARY_MESSAGES.clone(),
         );
+        registry.register(
+            "portcullis_link_pairings",
+            "Pairing events of instance keys, by event",
+            pairings.clone(),
+        );
+        registry.register(
+            "portcullis_link_keys",
+            "Instance keys of links in the store, by state (pending: waiting for an admin)",
+            link_keys.clone(),
+        );
         registry.register("portcullis_build_info", "Build of this gateway", build_info);
         let sessions = Arc::new(SessionMetrics::register(&mut registry));
         for c in extra {
@@ -240,6 +273,8 @@ impl Metrics {
             assertions_signed,
             assertion_failures,
             sessions,
+            pairings,
+            link_keys,
             registry,
         }
     }
@@ -247,6 +282,11 @@ impl Metrics {
     /// Count a link frame.
     pub fn frame(&self, kind: &'static str) {
         self.link_frames.get_or_create(&FrameLabels { kind }).inc();
+    }
+
+    /// Count a pairing event (`requested`, `approved`, `denied`, `revoked`).
+    pub fn pairing(&self, event: &'static str) {
+        self.pairings.get_or_create(&PairingLabels { event }).inc();
     }
 
     /// Count one refused credential (client key or link token) by reason.

@@ -69,6 +69,15 @@ async fn demo_json_line_describes_a_working_gateway() {
     assert_eq!(headers["www-authenticate"], "Bearer");
     assert_eq!(&body[..], br#"{"error":"unauthorized"}"#);
 
+    // The echo service linked with an Ed25519 key whose pairing the demo (and only the demo)
+    // approved by itself.
+    let (code, out, err) = process::cli(&["pairings", "list", "--json", "--data-dir", data_dir]);
+    assert_eq!(code, 0, "{err}");
+    let pairings: serde_json::Value = serde_json::from_str(out.trim()).unwrap();
+    assert_eq!(pairings["pairings"][0]["state"], "approved", "{pairings}");
+    assert_eq!(pairings["pairings"][0]["service"], "echo");
+    assert_eq!(pairings["pairings"][0]["decided_by"], "demo-auto-approve");
+
     // The CLI, pointed at the running demo, sees its key and can revoke it.
     let key_id = v["key_id"].as_str().unwrap();
     // `process::cli` runs the binary in a clean environment: no PORTCULLIS_* of the runner's

@@ -607,10 +607,17 @@ fn configuration_doc_lists_every_field_with_its_default() {
     let tls = TlsConfig::new("cert.pem", "key.pem");
     full_cfg.ingress.tls = Some(tls.clone());
     full_cfg.link.tls = Some(tls);
+    full_cfg.link.pairing.webhook = Some(portcullis::link::webhook::WebhookConfig {
+        url: "https://hooks.example/pairing".into(),
+        secret: Secret::new("x"),
+        attempts: 5,
+        timeout: std::time::Duration::from_secs(5),
+    });
     full_cfg.services.insert(
         "<name>".into(),
         ServiceConfig {
-            token_sha256: Secret::new("x"),
+            token_sha256: Some(Secret::new("x")),
+            auth: vec![portcullis::config::LinkAuthKind::Token],
         },
     );
     full_cfg.backends.insert(
@@ -668,7 +675,7 @@ fn configuration_doc_lists_every_field_with_its_default() {
             None => assert!(r.contains("required"), "`{key}` is required: {r}"),
         }
         // An optional table is set through its fields' overrides.
-        let is_optional_table = key.ends_with(".tls");
+        let is_optional_table = key.ends_with(".tls") || key.ends_with(".webhook");
         if !is_optional_table {
             assert!(r.contains(&env), "`{key}` names its override {env}: {r}");
         }
@@ -735,6 +742,24 @@ fn check_config_names_every_problem_with_its_key_path() {
     let out = process::run(&["check-config", good.to_str().unwrap()], &[]);
     assert!(out.status.success(), "{out:?}");
     assert!(String::from_utf8_lossy(&out.stdout).contains("ok"));
+    assert!(
+        !String::from_utf8_lossy(&out.stderr).contains("warning"),
+        "a token on a loopback link listener is fine: {out:?}"
+    );
+    // A static token on a link listener other networks reach: valid, with a warning.
+    let out = process::run(
+        &["check-config", good.to_str().unwrap()],
+        &[("PORTCULLIS_LINK__LISTEN", "0.0.0.0:7070")],
+    );
+    assert!(out.status.success(), "{out:?}");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains(
+            "warning: services.echo: accepts a static token on a non-loopback link listener"
+        ),
+        "{stderr}"
+    );
+    assert!(stderr.contains("ed25519"), "{stderr}");
 
     // A syntax error names its line.
     std::fs::write(&bad, "[ingress]\nlisten = \n").unwrap();

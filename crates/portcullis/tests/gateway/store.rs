@@ -610,3 +610,171 @@ async fn cache_entries_live_their_ttl_on_tokios_clock() {
         .await;
     }
 }
+
+fn pairing_request(
+    pk: u8,
+    service: &str,
+    instance: &str,
+    now: i64,
+) -> portcullis::store::PairingRequest {
+    portcullis::store::PairingRequest {
+        public_key: hex::encode([pk; 32]),
+        fingerprint: format!("SHA256:test{pk}"),
+        service: service.into(),
+        instance_id: instance.into(),
+        now,
+        ttl_ms: 60_000,
+        max_pending: 2,
+    }
+}
+
+#[tokio::test]
+async fn pairings_pend_lapse_and_are_decided_once_on_both_stores() {
+    use portcullis::store::{LinkKeyState, PairingOutcome};
+    for ts in TestStore::all().await {
+        let k = ts.kind;
+        let store = ts.init().await;
+        let t0 = 1_000_000;
+        let PairingOutcome::Pending(a) = store
+            .request_pairing(&pairing_request(1, "echo", "echo-1", t0))
+            .await
+            .unwrap()
+        else {
+            panic!("{k}: not pending")
+        };
+        let code = a.code.clone().unwrap();
+        assert!(portcullis_link::valid_pairing_code(&code), "{k}: {code}");
+        assert_eq!(a.expires_at, Some(t0 + 60_000), "{k}");
+        // Asking again while pending: the same pairing.
+        let again = store
+            .request_pairing(&pairing_request(1, "echo", "echo-1", t0 + 10))
+            .await
+            .unwrap();
+        assert_eq!(again, PairingOutcome::Pending(a.clone()), "{k}");
+        // The same key for another service is not pairable.
+        assert!(
+            matches!(
+                store
+                    .request_pairing(&pairing_request(1, "other", "o-1", t0))
+                    .await
+                    .unwrap(),
+                PairingOutcome::Known(_)
+            ),
+            "{k}"
+        );
+        // Bounded: two pending, the third waits.
+        assert!(matches!(
+            store
+                .request_pairing(&pairing_request(2, "echo", "echo-2", t0))
+                .await
+                .unwrap(),
+            PairingOutcome::Pending(_)
+        ));
+        assert_eq!(
+            store
+                .request_pairing(&pairing_request(3, "echo", "echo-3", t0))
+                .await
+                .unwrap(),
+            PairingOutcome::Full,
+            "{k}"
+        );
+        assert_eq!(store.count_pending_pairings(t0).await.unwrap(), 2, "{k}");
+        // Approve binds to the instance when asked; a code works once.
+        let approved = store
+            .decide_pairing(&code, true, true, t0 + 20, "cli")
+            .await
+            .unwrap();
+        assert_eq!(approved.state, LinkKeyState::Approved, "{k}");
+        assert_eq!(approved.bound_instance.as_deref(), Some("echo-1"), "{k}");
+        assert!(approved.code.is_none(), "{k}");
+        assert!(
+            approved.admits("echo", "echo-1") && !approved.admits("echo", "echo-9"),
+            "{k}"
+        );
+        assert!(matches!(
+            store
+                .decide_pairing(&code, true, false, t0 + 30, "cli")
+                .await,
+            Err(StoreError::NotFound(_))
+        ));
+        // An approved key is known, not re-paired.
+        assert!(matches!(
+            store
+                .request_pairing(&pairing_request(1, "echo", "echo-1", t0))
+                .await
+                .unwrap(),
+            PairingOutcome::Known(_)
+        ));
+        // Lapsed pairings cannot be approved and free their place.
+        let later = t0 + 60_001;
+        let pending2 = store
+            .link_key(&hex::encode([2u8; 32]))
+            .await
+            .unwrap()
+            .unwrap();
+        assert!(matches!(
+            store
+                .decide_pairing(pending2.code.as_deref().unwrap(), true, false, later, "cli")
+                .await,
+            Err(StoreError::Conflict(_))
+        ));
+        let PairingOutcome::Pending(third) = store
+            .request_pairing(&pairing_request(3, "echo", "echo-3", later))
+            .await
+            .unwrap()
+        else {
+            panic!("{k}: the lapsed pairing still counts")
+        };
+        // Deny is final.
+        let denied = store
+            .decide_pairing(third.code.as_deref().unwrap(), false, false, later, "cli")
+            .await
+            .unwrap();
+        assert_eq!(denied.state, LinkKeyState::Denied, "{k}");
+        assert!(matches!(
+            store.request_pairing(&pairing_request(3, "echo", "echo-3", later)).await.unwrap(),
+            PairingOutcome::Known(d) if d.state == LinkKeyState::Denied
+        ));
+        // Revoking an instance ends its key's trust; its next request pairs again.
+        let revoked = store
+            .revoke_instance_keys("echo", "echo-1", "admin", later, "cli")
+            .await
+            .unwrap();
+        assert_eq!(revoked.len(), 1, "{k}");
+        assert_eq!(revoked[0].state, LinkKeyState::Revoked, "{k}");
+        assert!(matches!(
+            store.request_pairing(&pairing_request(1, "echo", "echo-1", later)).await.unwrap(),
+            PairingOutcome::Pending(p) if p.code.is_some() && p.bound_instance.is_none()
+        ));
+        let events: Vec<String> = store
+            .audit_list(20)
+            .await
+            .unwrap()
+            .into_iter()
+            .map(|e| e.event)
+            .collect();
+        for e in ["pairing_approved", "pairing_denied", "link_key_revoked"] {
+            assert!(events.iter().any(|x| x == e), "{k}: {e} in {events:?}");
+        }
+        store
+            .record_pairing_webhook(&hex::encode([1u8; 32]), later, "failed", Some("503"))
+            .await
+            .unwrap();
+        let w = store
+            .link_key(&hex::encode([1u8; 32]))
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(
+            (
+                w.webhook_state.as_deref(),
+                w.webhook_error.as_deref(),
+                w.webhook_attempts
+            ),
+            (Some("failed"), Some("503"), 1),
+            "{k}"
+        );
+        store.close().await;
+        ts.cleanup().await;
+    }
+}

@@ -17,7 +17,7 @@ use http_body_util::{combinators::BoxBody, BodyExt, Empty, Full};
 use hyper_util::client::legacy::{connect::HttpConnector, Client};
 use hyper_util::rt::TokioExecutor;
 use portcullis::auth::authenticator::CreateKey;
-use portcullis::config::{Config, Secret, ServiceConfig};
+use portcullis::config::{Config, ServiceConfig};
 use portcullis::store::testing::TestStore;
 use std::net::SocketAddr;
 use std::time::Duration;
@@ -36,9 +36,7 @@ pub fn config_with_services(services: &[&str]) -> Config {
     for s in services {
         cfg.services.insert(
             (*s).into(),
-            ServiceConfig {
-                token_sha256: Secret::new(hex::encode(portcullis::link::hash_token(&token_for(s)))),
-            },
+            ServiceConfig::token(hex::encode(portcullis::link::hash_token(&token_for(s)))),
         );
     }
     cfg
