@@ -256,7 +256,11 @@ mod tests {
             "/.well-known/portcullis/",
             "/.well-known/portcullis",
         ] {
-            assert_eq!(d("GET", p).validate(), Err(DescriptorError::Reserved), "{p}");
+            assert_eq!(
+                d("GET", p).validate(),
+                Err(DescriptorError::Reserved),
+                "{p}"
+            );
         }
         assert!(d("GET", "/.well-known/other").validate().is_ok());
         assert!(d("GET", "/.well-known/portcullis-like").validate().is_ok());

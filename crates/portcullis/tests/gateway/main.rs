@@ -21,6 +21,7 @@ mod limits;
 mod link_handshake;
 mod operations;
 mod pipeline;
+mod readme;
 mod sdk_limits;
 mod store;
 mod store_iam;
