@@ -23,6 +23,7 @@ mod operations;
 mod pipeline;
 mod readme;
 mod sdk_limits;
+mod skips;
 mod store;
 mod store_iam;
 mod tokens;
