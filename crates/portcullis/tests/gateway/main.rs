@@ -19,6 +19,7 @@ mod hostile_link;
 mod iam;
 mod limits;
 mod link_handshake;
+mod messages;
 mod operations;
 mod pipeline;
 mod readme;
