@@ -706,10 +706,9 @@ async fn http_bootstrap_needs_the_one_time_token_and_refuses_alike_whatever_the_
     cfg.data_dir = store.data_dir();
     cfg.store.url = store.options.url.clone();
     portcullis::admin::init(&cfg).await.unwrap();
-    let e = portcullis::Running::start(cfg)
-        .await
-        .err()
-        .expect("refused");
+    let Err(e) = portcullis::Running::start(cfg).await else {
+        panic!("a token file others can read is refused");
+    };
     assert!(e.to_string().contains("chmod 600"), "{e}");
     store.cleanup().await;
 }
