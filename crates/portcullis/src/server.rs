@@ -381,6 +381,7 @@ pub async fn run_with_parts(
             limits: Limits {
                 max_in_flight: config.ingress.max_in_flight,
                 max_body_bytes: config.ingress.max_body_bytes,
+                body_stall_timeout: config.ingress.request_body_stall_timeout,
             },
             operations,
         },

@@ -3,6 +3,7 @@
 
 pub mod log_queue;
 pub mod metrics;
+pub mod process;
 pub mod redact;
 
 pub use metrics::Metrics;

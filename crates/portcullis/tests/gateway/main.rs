@@ -21,6 +21,7 @@ mod limits;
 mod link_handshake;
 mod messages;
 mod operations;
+mod operator;
 mod pipeline;
 mod readme;
 mod sdk_limits;
