@@ -250,9 +250,13 @@ async fn a_hello_declaring_a_reserved_path_is_refused_with_invalid_descriptor() 
         );
     }
     // Its neighbours are ordinary paths.
-    let bytes = Frame::Hello(Box::new(hello("raw", &token_for("raw"), "/.well-known/raw")))
-        .encode()
-        .unwrap();
+    let bytes = Frame::Hello(Box::new(hello(
+        "raw",
+        &token_for("raw"),
+        "/.well-known/raw",
+    )))
+    .encode()
+    .unwrap();
     assert!(matches!(answer_to(&gw, &bytes).await, Frame::HelloAck(_)));
     gw.shutdown().await;
 }

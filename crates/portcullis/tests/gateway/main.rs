@@ -14,6 +14,7 @@ mod backbone;
 mod binary;
 #[cfg(feature = "demo")]
 mod demo;
+mod docs;
 mod hostile_http;
 mod hostile_link;
 mod iam;
