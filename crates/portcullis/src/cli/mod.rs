@@ -91,10 +91,8 @@ pub enum Command {
         args: Vec<String>,
     },
     /// Check a configuration file (with PORTCULLIS_* overrides) and print every problem with
-    /// its key path; exits 1 if there is any.
-    ///
-    /// Example: `portcullis check-config portcullis.toml` (or `--config portcullis.toml`,
-    /// as every other command takes it).
+    /// its key path; exits 1 if there is any. The file is given as `FILE` or, as every other
+    /// command takes it, `--config FILE`.
     CheckConfig {
         /// TOML configuration file.
         #[arg(required_unless_present = "config", conflicts_with = "config")]

@@ -15,8 +15,8 @@ use std::sync::Arc;
 
 use crate::routing::{LinkState, Registry};
 
-/// `portcullis_links{service,state}`, computed from the registry at scrape time so the gauge
-/// can never drift from the truth.
+/// `portcullis_links{service,state}` and `portcullis_link_rtt_seconds{service,instance}`,
+/// computed from the registry at scrape time so the gauges can never drift from the truth.
 #[derive(Debug)]
 pub struct LinksCollector(pub Arc<Registry>);
 
@@ -45,6 +45,32 @@ impl prometheus_client::collector::Collector for LinksCollector {
         for ((service, state), n) in counts {
             let labels = [("service", service), ("state", state.to_string())];
             ConstGauge::new(n).encode(metric.encode_family(&labels)?)?;
+        }
+        // The round-trip time selection weighs each link by. Per link, computed from the live
+        // registry at scrape time: a link that is gone leaves no series behind, so the label
+        // set is bounded by the links up now (at most MAX_INSTANCES_PER_SERVICE per service).
+        let mut rtts: Vec<(String, String, f64)> = self
+            .0
+            .instances()
+            .iter()
+            .map(|i| {
+                (
+                    i.service.to_string(),
+                    i.instance_id.to_string(),
+                    i.rtt_us() as f64 / 1e6,
+                )
+            })
+            .collect();
+        rtts.sort_by(|a, b| (&a.0, &a.1).cmp(&(&b.0, &b.1)));
+        let mut metric = encoder.encode_descriptor(
+            "portcullis_link_rtt_seconds",
+            "Smoothed HTTP/2 PING round-trip time of each link, as instance selection uses it",
+            None,
+            prometheus_client::metrics::MetricType::Gauge,
+        )?;
+        for (service, instance, rtt) in rtts {
+            let labels = [("service", service), ("instance", instance)];
+            ConstGauge::new(rtt).encode(metric.encode_family(&labels)?)?;
         }
         Ok(())
     }

@@ -51,6 +51,15 @@ async fn metrics_have_process_and_in_flight_figures_and_leave_probes_out_of_call
         assert!(value(&m, name).is_some(), "{name} in:\n{m}");
     }
     assert!(value(&m, "process_resident_memory_bytes").unwrap() > 1e6);
+    // The RTT selection uses, per link, once a heartbeat has measured it.
+    eventually("the link's RTT is exported", || async {
+        value(
+            &scrape(&gw, None).await.1,
+            "portcullis_link_rtt_seconds{service=\"echo\",instance=\"echo-1\"}",
+        )
+        .is_some_and(|v| v > 0.0)
+    })
+    .await;
     // The scrape itself is the one call in flight.
     assert_eq!(value(&m, "portcullis_in_flight_calls"), Some(1.0));
     // The echo call is counted; the probes and the scrapes are not calls.
