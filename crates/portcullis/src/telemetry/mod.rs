@@ -76,6 +76,38 @@ impl prometheus_client::collector::Collector for LinksCollector {
     }
 }
 
+/// The store's pool and the key lookups that reached it, read at scrape time:
+/// `portcullis_store_connections{state="in_use"|"idle"}` and
+/// `portcullis_key_verification_queries_total`, the API-key verifications the verification
+/// cache could not answer (its misses, negative ones included).
+#[derive(Debug)]
+pub struct StoreCollector(pub crate::store::Store);
+
+impl prometheus_client::collector::Collector for StoreCollector {
+    fn encode(&self, mut encoder: DescriptorEncoder) -> Result<(), std::fmt::Error> {
+        let (open, idle) = self.0.pool_connections();
+        let idle = i64::try_from(idle).unwrap_or(i64::MAX);
+        let mut metric = encoder.encode_descriptor(
+            "portcullis_store_connections",
+            "Connections of the store's pool, by state",
+            None,
+            prometheus_client::metrics::MetricType::Gauge,
+        )?;
+        for (state, n) in [("in_use", (i64::from(open) - idle).max(0)), ("idle", idle)] {
+            ConstGauge::new(n).encode(metric.encode_family(&[("state", state)])?)?;
+        }
+        let metric = encoder.encode_descriptor(
+            "portcullis_key_verification_queries",
+            "API-key verifications that reached the store (misses of the verification cache)",
+            None,
+            prometheus_client::metrics::MetricType::Counter,
+        )?;
+        prometheus_client::metrics::counter::ConstCounter::new(self.0.verification_queries())
+            .encode(metric)?;
+        Ok(())
+    }
+}
+
 /// Telemetry settings.
 #[derive(Debug, Clone, serde::Deserialize, serde::Serialize)]
 #[serde(deny_unknown_fields, default)]

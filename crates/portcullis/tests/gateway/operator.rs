@@ -47,10 +47,15 @@ async fn metrics_have_process_and_in_flight_figures_and_leave_probes_out_of_call
         "process_max_fds",
         "process_start_time_seconds",
         "portcullis_in_flight_calls",
+        "portcullis_store_connections{state=\"idle\"}",
+        "portcullis_store_connections{state=\"in_use\"}",
+        "portcullis_key_verification_queries_total",
     ] {
         assert!(value(&m, name).is_some(), "{name} in:\n{m}");
     }
     assert!(value(&m, "process_resident_memory_bytes").unwrap() > 1e6);
+    // The test key was looked up in the store at least once (then cached).
+    assert!(value(&m, "portcullis_key_verification_queries_total").unwrap() >= 1.0);
     // The RTT selection uses, per link, once a heartbeat has measured it.
     eventually("the link's RTT is exported", || async {
         value(
