@@ -112,7 +112,7 @@ impl Default for Config {
     }
 }
 
-/// TLS certificate and key, PEM files.
+/// TLS certificate and key, PEM files, and session resumption.
 #[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct TlsConfig {
@@ -120,6 +120,61 @@ pub struct TlsConfig {
     pub cert: PathBuf,
     /// Private key, PEM.
     pub key: PathBuf,
+    /// Resume sessions with stateless tickets (TLS 1.3 and 1.2): the client keeps its session,
+    /// sealed under a key only this process holds, so resumption costs no server memory per
+    /// client. Default true.
+    #[serde(default = "default_true")]
+    pub session_tickets: bool,
+    /// How often the ticket key is replaced; a ticket opens for at most twice this. Between
+    /// 1 min and 24 h. Default 1 h.
+    #[serde(default = "default_ticket_rotation", with = "humantime_serde")]
+    pub ticket_rotation: std::time::Duration,
+    /// Most TLS 1.2 sessions held for clients that resume by session id instead of a ticket
+    /// (the least recently used go first). At most 1000000; 0 turns it off. Default 10000.
+    #[serde(default = "default_session_cache")]
+    pub session_cache: usize,
+}
+
+fn default_true() -> bool {
+    true
+}
+
+fn default_ticket_rotation() -> std::time::Duration {
+    std::time::Duration::from_secs(3600)
+}
+
+fn default_session_cache() -> usize {
+    10_000
+}
+
+impl TlsConfig {
+    /// The certificate chain at `cert` and its key at `key`, resumption as by default.
+    pub fn new(cert: impl Into<PathBuf>, key: impl Into<PathBuf>) -> Self {
+        Self {
+            cert: cert.into(),
+            key: key.into(),
+            session_tickets: true,
+            ticket_rotation: default_ticket_rotation(),
+            session_cache: default_session_cache(),
+        }
+    }
+
+    /// Check the section at key path `at` (`ingress.tls`, `link.tls`).
+    pub fn validate(&self, at: &str, errs: &mut Vec<ConfigError>) {
+        let r = self.ticket_rotation;
+        if r < std::time::Duration::from_secs(60) || r > std::time::Duration::from_secs(86_400) {
+            errs.push(ConfigError::new(
+                format!("{at}.ticket_rotation"),
+                "must be between 1m and 24h",
+            ));
+        }
+        if self.session_cache > 1_000_000 {
+            errs.push(ConfigError::new(
+                format!("{at}.session_cache"),
+                "must be at most 1000000",
+            ));
+        }
+    }
 }
 
 /// A service allowed to link.

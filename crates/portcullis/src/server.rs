@@ -396,6 +396,7 @@ pub async fn run_with_parts(
         pipeline,
         metrics.clone(),
         &dataplane,
+        auth.clock().clone(),
     )?);
     let link = Arc::new(LinkServer::new(
         &config,

@@ -1,4 +1,8 @@
-//! TLS server configuration from PEM files (rustls with the ring provider, one TLS stack).
+//! TLS server configuration from PEM files (rustls with the ring provider, one TLS stack),
+//! with session resumption that scales: stateless tickets under a rotating key
+//! ([`tickets::RotatingTicketer`]) and a bounded cache for TLS 1.2 session ids.
+
+pub mod tickets;
 
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer};
@@ -6,8 +10,13 @@ use std::sync::Arc;
 
 use crate::config::TlsConfig;
 
-/// A TLS acceptor for the certificate and key in `cfg`, advertising `alpn` protocols.
-pub fn acceptor(cfg: &TlsConfig, alpn: &[&[u8]]) -> anyhow::Result<tokio_rustls::TlsAcceptor> {
+/// A TLS acceptor for the certificate and key in `cfg`, advertising `alpn` protocols; ticket
+/// keys rotate on `clock`.
+pub fn acceptor(
+    cfg: &TlsConfig,
+    alpn: &[&[u8]],
+    clock: crate::clock::Clock,
+) -> anyhow::Result<tokio_rustls::TlsAcceptor> {
     let certs: Vec<CertificateDer<'static>> = CertificateDer::pem_file_iter(&cfg.cert)
         .map_err(|e| anyhow::anyhow!("{}: {e}", cfg.cert.display()))?
         .collect::<Result<_, _>>()
@@ -23,5 +32,13 @@ pub fn acceptor(cfg: &TlsConfig, alpn: &[&[u8]]) -> anyhow::Result<tokio_rustls:
         .with_no_client_auth()
         .with_single_cert(certs, key)?;
     sc.alpn_protocols = alpn.iter().map(|p| p.to_vec()).collect();
+    sc.session_storage = if cfg.session_cache == 0 {
+        Arc::new(rustls::server::NoServerSessionStorage {})
+    } else {
+        rustls::server::ServerSessionMemoryCache::new(cfg.session_cache)
+    };
+    if cfg.session_tickets {
+        sc.ticketer = Arc::new(tickets::RotatingTicketer::new(cfg.ticket_rotation, clock)?);
+    }
     Ok(tokio_rustls::TlsAcceptor::from(Arc::new(sc)))
 }

@@ -74,6 +74,9 @@ impl Default for IngressConfig {
 impl IngressConfig {
     /// Check the section at key path `at` (`ingress`), adding every problem to `errs`.
     pub fn validate(&self, at: &str, errs: &mut Vec<ConfigError>) {
+        if let Some(t) = &self.tls {
+            t.validate(&format!("{at}.tls"), errs);
+        }
         if self.max_header_bytes < 8192 || self.max_header_bytes > 1024 * 1024 {
             errs.push(ConfigError::new(
                 format!("{at}.max_header_bytes"),

@@ -120,12 +120,13 @@ pub struct Ingress {
 }
 
 impl Ingress {
-    /// Build from configuration.
+    /// Build from configuration; TLS ticket keys rotate on `clock`.
     pub fn new(
         cfg: &IngressConfig,
         pipeline: Pipeline,
         metrics: Arc<Metrics>,
         dataplane: &Arc<crate::dataplane::DataPlane>,
+        clock: crate::clock::Clock,
     ) -> anyhow::Result<Self> {
         // HTTP/1.1 is served by two builders, the auto one (TLS, h2c detection) and the plain
         // one that can park (`serve_h1`): the same settings for both.
@@ -150,7 +151,7 @@ impl Ingress {
             .max_buf_size(h1_buf)
             .keep_alive(true);
         let tls = match &cfg.tls {
-            Some(t) => Some(crate::tls::acceptor(t, &[b"h2", b"http/1.1"])?),
+            Some(t) => Some(crate::tls::acceptor(t, &[b"h2", b"http/1.1"], clock)?),
             None => None,
         };
         Ok(Self {

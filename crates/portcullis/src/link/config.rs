@@ -69,6 +69,9 @@ impl Default for LinkConfig {
 impl LinkConfig {
     /// Check the section at key path `at` (`link`), adding every problem to `errs`.
     pub fn validate(&self, at: &str, errs: &mut Vec<ConfigError>) {
+        if let Some(t) = &self.tls {
+            t.validate(&format!("{at}.tls"), errs);
+        }
         if self.heartbeat_interval < Duration::from_millis(50) {
             errs.push(ConfigError::new(
                 format!("{at}.heartbeat_interval"),

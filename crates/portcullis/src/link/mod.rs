@@ -102,7 +102,7 @@ impl LinkServer {
     ) -> anyhow::Result<Self> {
         let authenticator = Arc::new(ServiceTokens::from_config(config)?);
         let tls = match &config.link.tls {
-            Some(t) => Some(crate::tls::acceptor(t, &[])?),
+            Some(t) => Some(crate::tls::acceptor(t, &[], assertions.clock().clone())?),
             None => None,
         };
         Ok(Self {

@@ -227,6 +227,11 @@ impl Metrics {
             "Calls in progress (probes and scrapes included), against ingress.max_in_flight",
             in_flight.clone(),
         );
+        registry.register(
+            "portcullis_tls_library_messages",
+            "Warnings and errors of the TLS library (mostly about what peers sent), counted instead of logged",
+            super::TLS_LIBRARY_MESSAGES.clone(),
+        );
         registry.register("portcullis_build_info", "Build of this gateway", build_info);
         registry.register_collector(Box::new(super::process::ProcessCollector));
         for c in extra {

@@ -198,8 +198,18 @@ pub fn init(cfg: &TelemetryConfig) -> anyhow::Result<TelemetryGuard> {
     use tracing_subscriber::util::SubscriberInitExt;
     use tracing_subscriber::{EnvFilter, Layer};
 
-    let filter =
+    let asked = std::env::var("PORTCULLIS_LOG").unwrap_or_default();
+    let mut filter =
         EnvFilter::try_from_env("PORTCULLIS_LOG").unwrap_or_else(|_| EnvFilter::new("info"));
+    // What the TLS library says is almost always about what a peer sent (an IP address as
+    // SNI, a bad record, an alert): a line per connection, which any client can cause at
+    // will. It is counted (`TlsLibraryMessages`), not logged, unless the operator asks for
+    // it by name (`PORTCULLIS_LOG=info,rustls=warn`).
+    if !asked.contains(TLS_LIBRARY) {
+        if let Ok(d) = format!("{TLS_LIBRARY}=off").parse() {
+            filter = filter.add_directive(d);
+        }
+    }
     let mut guard = TelemetryGuard::default();
     let writer = match log_queue::LogQueue::spawn(std::io::stderr()) {
         Ok(q) => {
@@ -264,12 +274,37 @@ pub fn init(cfg: &TelemetryConfig) -> anyhow::Result<TelemetryGuard> {
             )
         }
     };
+    let tls_messages =
+        TlsLibraryMessages.with_filter(EnvFilter::new(format!("{TLS_LIBRARY}=warn")));
     // Already installed (tests, embedding): keep the existing subscriber.
     let _ = tracing_subscriber::registry()
         .with(fmt)
+        .with(tls_messages)
         .with(otel)
         .try_init();
     Ok(guard)
+}
+
+/// The log target of the TLS library.
+const TLS_LIBRARY: &str = "rustls";
+
+/// `portcullis_tls_library_messages_total`: warnings and errors the TLS library logged, which
+/// the log leaves out (see [`init`]).
+pub static TLS_LIBRARY_MESSAGES: std::sync::LazyLock<prometheus_client::metrics::counter::Counter> =
+    std::sync::LazyLock::new(Default::default);
+
+/// Counts the TLS library's warnings and errors (its events reach it through a `rustls=warn`
+/// filter of its own) into [`TLS_LIBRARY_MESSAGES`].
+struct TlsLibraryMessages;
+
+impl<S: tracing::Subscriber> tracing_subscriber::Layer<S> for TlsLibraryMessages {
+    fn on_event(
+        &self,
+        _event: &tracing::Event<'_>,
+        _ctx: tracing_subscriber::layer::Context<'_, S>,
+    ) {
+        TLS_LIBRARY_MESSAGES.inc();
+    }
 }
 
 /// Span fields in JSON lines: only the correlation id, written once when the span opens.

@@ -488,10 +488,7 @@ async fn tls_ingress_and_tls_link_serve_calls() {
     std::fs::write(path("cert.pem"), cert.pem()).unwrap();
     std::fs::write(path("key.pem"), key.serialize_pem()).unwrap();
     std::fs::write(path("ca.pem"), ca.pem()).unwrap();
-    let tls = portcullis::config::TlsConfig {
-        cert: path("cert.pem"),
-        key: path("key.pem"),
-    };
+    let tls = portcullis::config::TlsConfig::new(path("cert.pem"), path("key.pem"));
     let mut cfg = config_with_services(&["echo"]);
     cfg.ingress.tls = Some(tls.clone());
     cfg.link.tls = Some(tls);

@@ -707,7 +707,7 @@ async fn http_bootstrap_needs_the_one_time_token_and_refuses_alike_whatever_the_
     cfg.store.url = store.options.url.clone();
     portcullis::admin::init(&cfg).await.unwrap();
     let Err(e) = portcullis::Running::start(cfg).await else {
-        panic!("a token file others can read is refused");
+        panic!("a token file others can read must stop the start");
     };
     assert!(e.to_string().contains("chmod 600"), "{e}");
     store.cleanup().await;

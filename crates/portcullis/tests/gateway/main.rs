@@ -29,4 +29,5 @@ mod sdk_limits;
 mod skips;
 mod store;
 mod store_iam;
+mod tls;
 mod tokens;

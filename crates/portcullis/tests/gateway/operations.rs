@@ -604,10 +604,7 @@ fn configuration_doc_lists_every_field_with_its_default() {
         &mut defaults,
     );
     let mut full_cfg = Config::default();
-    let tls = TlsConfig {
-        cert: "cert.pem".into(),
-        key: "key.pem".into(),
-    };
+    let tls = TlsConfig::new("cert.pem", "key.pem");
     full_cfg.ingress.tls = Some(tls.clone());
     full_cfg.link.tls = Some(tls);
     full_cfg.services.insert(
@@ -641,6 +638,15 @@ fn configuration_doc_lists_every_field_with_its_default() {
             }
             Some(v) => {
                 let lit = toml_literal(v);
+                assert!(
+                    r.contains(&format!("| `{lit}` |")),
+                    "`{key}` defaults to {lit}: {r}"
+                )
+            }
+            // A field with a default inside an optional table (`ingress.tls.session_cache`):
+            // the default of the table as `TlsConfig::new` makes it.
+            None if key.contains(".tls.") && !key.ends_with(".cert") && !key.ends_with(".key") => {
+                let lit = toml_literal(&fields[key]);
                 assert!(
                     r.contains(&format!("| `{lit}` |")),
                     "`{key}` defaults to {lit}: {r}"
