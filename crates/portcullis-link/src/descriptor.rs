@@ -70,6 +70,10 @@ pub enum DescriptorError {
     /// Capability is not `[a-z0-9._:-]{1,128}`.
     #[error("invalid capability name")]
     Capability,
+    /// The path is under [`RESERVED_PREFIX`](crate::RESERVED_PREFIX), which belongs to the
+    /// link itself (health exchange, key push).
+    #[error("paths under {} are reserved for the link", crate::RESERVED_PREFIX)]
+    Reserved,
 }
 
 impl EndpointDescriptor {
@@ -99,7 +103,13 @@ impl EndpointDescriptor {
                 return Err(DescriptorError::Capability);
             }
         }
-        Ok(PathTemplate::parse(&self.path)?)
+        let template = PathTemplate::parse(&self.path)?;
+        // The prefix without its trailing slash is the same directory: refused too.
+        let reserved = crate::RESERVED_PREFIX;
+        if self.path.starts_with(reserved) || self.path == reserved[..reserved.len() - 1] {
+            return Err(DescriptorError::Reserved);
+        }
+        Ok(template)
     }
 }
 
@@ -235,5 +245,24 @@ mod tests {
         x.timeout_ms = None;
         x.capability = Some("Bad Cap".into());
         assert_eq!(x.validate(), Err(DescriptorError::Capability));
+    }
+
+    #[test]
+    fn paths_under_the_reserved_prefix_are_refused() {
+        for p in [
+            "/.well-known/portcullis/health",
+            "/.well-known/portcullis/keys",
+            "/.well-known/portcullis/{*rest}",
+            "/.well-known/portcullis/",
+            "/.well-known/portcullis",
+        ] {
+            assert_eq!(
+                d("GET", p).validate(),
+                Err(DescriptorError::Reserved),
+                "{p}"
+            );
+        }
+        assert!(d("GET", "/.well-known/other").validate().is_ok());
+        assert!(d("GET", "/.well-known/portcullis-like").validate().is_ok());
     }
 }

@@ -3,7 +3,7 @@
 
 use std::time::Duration;
 
-use portcullis_link::{EndpointDescriptor, PathTemplate, Protocol, RESERVED_PREFIX};
+use portcullis_link::{EndpointDescriptor, PathTemplate, Protocol};
 
 use crate::error::Error;
 
@@ -116,12 +116,8 @@ impl Endpoint {
         let template = d.validate().map_err(|e| {
             Error::config(format!("endpoint {} {}: {e}", d.method, d.path)).with_source(e)
         })?;
-        if d.path.starts_with(RESERVED_PREFIX) {
-            return Err(Error::config(format!(
-                "endpoint {} {}: paths under {RESERVED_PREFIX} are reserved",
-                d.method, d.path
-            )));
-        }
+        // Reserved paths (`RESERVED_PREFIX`) are refused by `validate` itself, as the gateway
+        // refuses them.
         Ok(template)
     }
 }

@@ -619,6 +619,13 @@ pub async fn keys_create(cfg: &Config, req: &CreateKey) -> Result<IssuedKeyView,
 
 /// `keys list` on an open store: never secrets or hashes.
 pub async fn keys_list_on(store: &Store, workspace: Option<&str>) -> Result<KeyList, AdminError> {
+    // An unknown workspace is an error here as it is when creating a key in it, not an empty
+    // list that looks like "no keys".
+    if let Some(w) = workspace {
+        if store.workspace_by_name(w).await?.is_none() {
+            return Err(StoreError::NotFound(format!("workspace {w}")).into());
+        }
+    }
     let keys = store.list_keys(workspace).await?;
     let now = now_ms();
     Ok(KeyList {
@@ -634,12 +641,31 @@ pub async fn keys_list(cfg: &Config, workspace: Option<&str>) -> Result<KeyList,
     r
 }
 
+/// A key id as given to `keys revoke` or `keys rotate`: refused, without repeating it, when
+/// it is not one. Someone who pastes a whole key (`pcs_<id>_<secret>`) must not see the secret
+/// echoed into a terminal, a log or a CI transcript.
+pub fn check_key_id(key_id: &str) -> Result<(), AdminError> {
+    if crate::auth::key::valid_key_id(key_id) {
+        return Ok(());
+    }
+    let what = if key_id.starts_with("pcs_") {
+        "that is a whole API key, not its id"
+    } else {
+        "that is not a key id"
+    };
+    Err(AdminError::usage(format!(
+        "{what} (not repeated here): expected a key id, 4-64 of [a-z0-9-], the part of a key \
+         between `pcs_` and the next `_` (`keys list` shows them)"
+    )))
+}
+
 /// `keys revoke` on an open store.
 pub async fn keys_revoke_on(
     store: &Store,
     key_id: &str,
     actor: &str,
 ) -> Result<RevokedKey, AdminError> {
+    check_key_id(key_id)?;
     let k = store.revoke_key(key_id, actor).await?;
     Ok(RevokedKey(KeyView::new(&k, now_ms())))
 }
@@ -660,6 +686,7 @@ pub async fn keys_rotate_on(
     overlap: Duration,
     actor: &str,
 ) -> Result<IssuedKeyView, AdminError> {
+    check_key_id(key_id)?;
     let (issued, until) = rotate_key(store, pepper, key_id, overlap, actor).await?;
     Ok(IssuedKeyView::new(issued, Issuance::Rotated, Some(until)))
 }

@@ -380,6 +380,9 @@ impl Config {
                 .unwrap_or_else(|| "<file>".into());
             vec![ConfigError::new(line, e.message().to_string())]
         })?;
+        // Key paths set from the environment, with their variable, so a problem in one is
+        // reported as the variable's and not the file's.
+        let mut from_env: Vec<(Vec<String>, String)> = Vec::new();
         for (k, v) in env {
             let Some(path) = k.strip_prefix("PORTCULLIS_") else {
                 continue;
@@ -388,6 +391,7 @@ impl Config {
                 continue;
             }
             let keys: Vec<String> = path.split("__").map(|p| p.to_ascii_lowercase()).collect();
+            from_env.push((keys.clone(), k.clone()));
             let value = format!("v = {v}")
                 .parse::<toml::Table>()
                 .ok()
@@ -395,6 +399,16 @@ impl Config {
                 .unwrap_or(toml::Value::String(v));
             set_path(&mut table, &keys, value);
         }
+        let attribute = |mut e: ConfigError| {
+            let path: Vec<&str> = e.path.split('.').collect();
+            // The override's path is the problem's, or under it (an unknown section).
+            if let Some((_, var)) = from_env.iter().find(|(keys, _)| {
+                keys.len() >= path.len() && keys.iter().zip(&path).all(|(k, p)| k == p)
+            }) {
+                e.message = format!("{} (set by the environment variable {var})", e.message);
+            }
+            e
+        };
         let mut errors = Vec::new();
         let mut value = toml::Value::Table(table);
         // Each pass reports one problem and removes the offending key, so the next pass can
@@ -402,14 +416,14 @@ impl Config {
         for _ in 0..64 {
             match serde_path_to_error::deserialize::<_, Config>(value.clone()) {
                 Ok(cfg) => {
-                    if errors.is_empty() {
-                        cfg.validate()?;
-                        return Ok(cfg);
+                    if let Err(more) = cfg.validate() {
+                        errors.extend(more.into_iter().map(attribute));
                     }
-                    if let Err(mut more) = cfg.validate() {
-                        errors.append(&mut more);
-                    }
-                    return Err(errors);
+                    return if errors.is_empty() {
+                        Ok(cfg)
+                    } else {
+                        Err(errors)
+                    };
                 }
                 Err(e) => {
                     let mut path: Vec<String> = e
@@ -422,7 +436,14 @@ impl Config {
                         })
                         .collect();
                     let msg = e.inner().to_string();
-                    let msg = msg.lines().next().unwrap_or_default().to_string();
+                    let mut msg = msg.lines().next().unwrap_or_default().to_string();
+                    if msg == "invalid socket address syntax" {
+                        // `SocketAddr`'s own message does not say what it wants.
+                        msg = "expected an IP address and a port, such as \"127.0.0.1:8080\" \
+                               or \"[::]:8080\" (host names such as localhost are not \
+                               resolved)"
+                            .into();
+                    }
                     if let Some(field) = msg
                         .strip_prefix("unknown field `")
                         .and_then(|r| r.split('`').next())
@@ -436,7 +457,7 @@ impl Config {
                     } else {
                         path.join(".")
                     };
-                    errors.push(ConfigError::new(shown, msg));
+                    errors.push(attribute(ConfigError::new(shown, msg)));
                     if path.is_empty() || !remove_path(&mut value, &path) {
                         return Err(errors);
                     }
@@ -587,6 +608,57 @@ mod tests {
                 "link.heartbeat_interval"
             ],
             "{e:?}"
+        );
+    }
+
+    #[test]
+    fn a_problem_in_an_override_names_its_variable() {
+        let env = |pairs: &[(&str, &str)]| {
+            pairs
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect::<Vec<_>>()
+                .into_iter()
+        };
+        let errs = Config::from_toml_with_env(
+            "[ingress]\nmax_body_bytes = 10\n",
+            env(&[
+                ("PORTCULLIS_INGRES__LISTEN", "127.0.0.1:1"),
+                ("PORTCULLIS_LINK__HEARTBEAT_INTERVAL", "1ms"),
+            ]),
+        )
+        .unwrap_err();
+        let text: Vec<String> = errs.iter().map(ToString::to_string).collect();
+        assert!(
+            text.iter()
+                .any(|e| e.starts_with("ingres: unknown field `ingres`")
+                    && e.ends_with("(set by the environment variable PORTCULLIS_INGRES__LISTEN)")),
+            "{text:?}"
+        );
+        assert!(
+            text.iter().any(
+                |e| e.starts_with("link.heartbeat_interval: must be at least")
+                    && e.ends_with(
+                        "(set by the environment variable PORTCULLIS_LINK__HEARTBEAT_INTERVAL)"
+                    )
+            ),
+            "{text:?}"
+        );
+        // The same mistake in the file names no variable.
+        let errs = Config::from_toml("[ingres]\nlisten = \"127.0.0.1:1\"\n").unwrap_err();
+        assert!(!errs[0].message.contains("environment"), "{errs:?}");
+    }
+
+    #[test]
+    fn a_host_name_as_listen_address_says_an_ip_address_is_needed() {
+        let errs = Config::from_toml("[ingress]\nlisten = \"localhost:8080\"\n").unwrap_err();
+        assert_eq!(errs[0].path, "ingress.listen");
+        assert!(
+            errs[0]
+                .message
+                .starts_with("expected an IP address and a port")
+                && errs[0].message.contains("localhost are not resolved"),
+            "{errs:?}"
         );
     }
 

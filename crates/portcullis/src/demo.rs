@@ -155,9 +155,14 @@ pub async fn run(args: DemoArgs, shutdown: impl Future<Output = ()>) -> anyhow::
         });
         println!("{line}");
     } else {
-        let dd = data_dir.display();
+        let dd = shell_word(&data_dir.to_string_lossy());
+        // The guide names the binary that is running, so its commands work as printed
+        // whether or not `portcullis` is on the PATH (`cargo run` builds it in target/).
+        let exe = std::env::current_exe()
+            .map(|p| shell_word(&p.to_string_lossy()))
+            .unwrap_or_else(|_| "portcullis".into());
         println!(
-            "\nPortcullis demo is running.\n\n  gateway (clients):  {ingress}\n  link (services):    {link}\n  service linked:     echo ({} routes; Ed25519 key, pairing approved automatically — demo only)\n  store:              {dd}\n\nA demo API key (scopes echo.*, sessions.*, compute.*; shown once):\n\n  export PORTCULLIS_KEY={api_key}\n\nTry:\n  curl -s -H \"Authorization: Bearer $PORTCULLIS_KEY\" '{ingress}/echo/hello?name=world'\n  curl -s -X POST -H \"Authorization: Bearer $PORTCULLIS_KEY\" --data-binary @/etc/hostname {ingress}/upload\n  curl -s -H \"Authorization: Bearer $PORTCULLIS_KEY\" '{ingress}/stream?bytes=1048576' | wc -c\n  curl -si {ingress}/echo/hello            # no key: 401\n\nA session (one worker process of its own, streaming progress):\n  S=$(curl -s -X POST -H \"Authorization: Bearer $PORTCULLIS_KEY\" -d '{{}}' {ingress}/api/v1/sessions | sed 's/.*\"id\":\"\\([^\"]*\\)\".*/\\1/')\n  curl -sN -H \"Authorization: Bearer $PORTCULLIS_KEY\" {ingress}/api/v1/sessions/$S/events &\n  curl -s -X POST -H \"Authorization: Bearer $PORTCULLIS_KEY\" -d '{{\"kind\":\"primes\",\"payload\":{{\"below\":2000000,\"steps\":10}}}}' {ingress}/api/v1/sessions/$S/invoke\n  curl -s -X DELETE -H \"Authorization: Bearer $PORTCULLIS_KEY\" {ingress}/api/v1/sessions/$S\n\nManage keys of this demo (in another terminal):\n  portcullis keys list --data-dir {dd}\n  portcullis keys revoke {} --data-dir {dd}\n  portcullis audit list --data-dir {dd}\n\nRoutes:\n{}\n\nPress Ctrl-C to stop.",
+            "\nPortcullis demo is running.\n\n  gateway (clients):  {ingress}\n  link (services):    {link}\n  service linked:     echo ({} routes; Ed25519 key, pairing approved automatically — demo only)\n  store:              {dd}\n\nA demo API key (scopes echo.*, sessions.*, compute.*; shown once):\n\n  export PORTCULLIS_KEY={api_key}\n\nTry:\n  curl -s -H \"Authorization: Bearer $PORTCULLIS_KEY\" '{ingress}/echo/hello?name=world'\n  curl -s -X POST -H \"Authorization: Bearer $PORTCULLIS_KEY\" --data-binary @/etc/hostname {ingress}/upload\n  curl -s -H \"Authorization: Bearer $PORTCULLIS_KEY\" '{ingress}/stream?bytes=1048576' | wc -c\n  curl -si {ingress}/echo/hello            # no key: 401\n\nA session (one worker process of its own, streaming progress):\n  S=$(curl -s -X POST -H \"Authorization: Bearer $PORTCULLIS_KEY\" -d '{{}}' {ingress}/api/v1/sessions | sed 's/.*\"id\":\"\\([^\"]*\\)\".*/\\1/')\n  curl -sN -H \"Authorization: Bearer $PORTCULLIS_KEY\" {ingress}/api/v1/sessions/$S/events &\n  curl -s -X POST -H \"Authorization: Bearer $PORTCULLIS_KEY\" -d '{{\"kind\":\"primes\",\"payload\":{{\"below\":2000000,\"steps\":10}}}}' {ingress}/api/v1/sessions/$S/invoke\n  curl -s -X DELETE -H \"Authorization: Bearer $PORTCULLIS_KEY\" {ingress}/api/v1/sessions/$S\n\nManage keys of this demo (in another terminal):\n  {exe} keys list --data-dir {dd}\n  {exe} keys revoke {} --data-dir {dd}\n  {exe} audit list --data-dir {dd}\n\nRoutes:\n{}\n\nPress Ctrl-C to stop.",
             routes.len(),
             key.record.key_id,
             routes.iter().map(|r| format!("  {r}")).collect::<Vec<_>>().join("\n"),
@@ -167,4 +172,30 @@ pub async fn run(args: DemoArgs, shutdown: impl Future<Output = ()>) -> anyhow::
     approver.abort();
     service.shutdown().await;
     gateway.shutdown().await
+}
+
+/// `word` as one shell word: unchanged when it needs no quoting, else single-quoted.
+fn shell_word(word: &str) -> String {
+    let plain = !word.is_empty()
+        && word
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"/._-+=:,@%".contains(&b));
+    if plain {
+        word.to_string()
+    } else {
+        format!("'{}'", word.replace('\'', "'\\''"))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn shell_words_are_quoted_only_when_needed() {
+        assert_eq!(
+            super::shell_word("/usr/bin/portcullis"),
+            "/usr/bin/portcullis"
+        );
+        assert_eq!(super::shell_word("/a b/portcullis"), "'/a b/portcullis'");
+        assert_eq!(super::shell_word("/it's"), "'/it'\\''s'");
+    }
 }

@@ -52,6 +52,9 @@ pub enum GatewayError {
     /// A dependency the decision needs (the identity store) cannot be reached: fail closed.
     #[error("unavailable: {0}")]
     Unavailable(&'static str),
+    /// The client stopped sending its request body (`ingress.request_body_stall_timeout`).
+    #[error("request body stalled")]
+    RequestTimeout,
     /// The service did not answer in time.
     #[error("upstream timeout")]
     UpstreamTimeout,
@@ -114,6 +117,7 @@ impl GatewayError {
             Self::NoHealthyInstance(_) | Self::Overloaded | Self::Unavailable(_) => {
                 StatusCode::SERVICE_UNAVAILABLE
             }
+            Self::RequestTimeout => StatusCode::REQUEST_TIMEOUT,
             Self::UpstreamTimeout => StatusCode::GATEWAY_TIMEOUT,
             Self::Upstream { .. } => StatusCode::BAD_GATEWAY,
         }
@@ -133,6 +137,7 @@ impl GatewayError {
             Self::NoHealthyInstance(_) => "no_healthy_instance",
             Self::Overloaded => "overloaded",
             Self::Unavailable(_) => "unavailable",
+            Self::RequestTimeout => "request_timeout",
             Self::UpstreamTimeout => "upstream_timeout",
             Self::Upstream { .. } => "upstream_error",
         }
@@ -152,6 +157,7 @@ impl GatewayError {
             Self::NoHealthyInstance(_) => r#"{"error":"no_healthy_instance"}"#,
             Self::Overloaded => r#"{"error":"overloaded"}"#,
             Self::Unavailable(_) => r#"{"error":"unavailable"}"#,
+            Self::RequestTimeout => r#"{"error":"request_timeout"}"#,
             Self::UpstreamTimeout => r#"{"error":"upstream_timeout"}"#,
             Self::Upstream { .. } => r#"{"error":"bad_gateway"}"#,
         }
@@ -173,6 +179,7 @@ impl GatewayError {
             | Self::Unavailable(_)
             | Self::Upstream { .. } => (grpc::UNAVAILABLE, "unavailable"),
             Self::UpstreamTimeout => (grpc::DEADLINE_EXCEEDED, "deadline exceeded"),
+            Self::RequestTimeout => (grpc::DEADLINE_EXCEEDED, "request body stalled"),
         }
     }
 

@@ -2,7 +2,6 @@
 //! and hands both to [`portcullis::cli::run`]. The grammar, the dispatch and everything else
 //! live in the library.
 
-use clap::Parser;
 use std::process::ExitCode;
 
 /// mimalloc rather than glibc malloc: malloc/free were ~8% of the gateway's profile under the
@@ -11,7 +10,7 @@ use std::process::ExitCode;
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 fn main() -> ExitCode {
-    portcullis::cli::run(portcullis::cli::Cli::parse(), shutdown_signal())
+    portcullis::cli::run(portcullis::cli::parse(), shutdown_signal())
 }
 
 /// Resolves on the first SIGINT or SIGTERM; a second one exits at once.

@@ -49,6 +49,8 @@ pub struct CallContext<'a> {
     pub correlation_id: &'a HeaderValue,
     /// Largest body the client may send.
     pub max_body_bytes: u64,
+    /// Longest wait for the next byte of the client's body.
+    pub body_stall_timeout: std::time::Duration,
     /// Address of the client, for `x-forwarded-for`.
     pub client_ip: Option<std::net::IpAddr>,
     /// Where upstream latency is recorded.
@@ -329,6 +331,7 @@ where
             send,
             PumpLimits {
                 max_body: ctx.max_body_bytes,
+                stall: ctx.body_stall_timeout,
                 max_fields,
             },
             end_tx,
@@ -397,6 +400,8 @@ enum PumpEnd {
     ClientBody,
     /// Trailers larger than the service's header list limit: 431.
     TrailersTooLarge,
+    /// No byte of the body for `ingress.request_body_stall_timeout`: 408.
+    Stalled,
 }
 
 impl From<PumpEnd> for GatewayError {
@@ -405,6 +410,7 @@ impl From<PumpEnd> for GatewayError {
             PumpEnd::TooLarge => GatewayError::PayloadTooLarge,
             PumpEnd::ClientBody => GatewayError::BadRequest("body"),
             PumpEnd::TrailersTooLarge => GatewayError::HeadersTooLarge,
+            PumpEnd::Stalled => GatewayError::RequestTimeout,
         }
     }
 }
@@ -413,6 +419,8 @@ struct PumpLimits {
     max_body: u64,
     /// The service's header list limit, for the trailers.
     max_fields: usize,
+    /// Longest wait for the next frame of the client's body.
+    stall: std::time::Duration,
 }
 
 /// Copy the client's body to the service under HTTP/2 flow control.
@@ -434,7 +442,18 @@ async fn pump<B>(
     loop {
         let frame = tokio::select! {
             // The error's detail is not needed, and dropping it keeps the task `Send`.
-            f = body.frame() => f.map(|r| r.map_err(drop)),
+            f = tokio::time::timeout(limits.stall, body.frame()) => match f {
+                Ok(f) => f.map(|r| r.map_err(drop)),
+                Err(_) => {
+                    tracing::warn!(
+                        received_bytes = sent,
+                        stall_ms = limits.stall.as_millis() as u64,
+                        "request body stalled: call ended"
+                    );
+                    stop(&mut send, end, PumpEnd::Stalled);
+                    return;
+                }
+            },
             // The service reset the stream (answered early or went away): stop reading.
             _ = std::future::poll_fn(|cx| send.poll_reset(cx)) => return,
         };

@@ -261,9 +261,10 @@ pub async fn run_with_parts(
         capabilities.clone(),
     ));
     let health = Arc::new(crate::health::Health::default());
-    let metrics = Arc::new(Metrics::new(vec![Box::new(LinksCollector(
-        registry.clone(),
-    ))]));
+    let metrics = Arc::new(Metrics::new(vec![
+        Box::new(LinksCollector(registry.clone())),
+        Box::new(crate::telemetry::StoreCollector(auth.store().clone())),
+    ]));
     let tiers = Tiers {
         own: config.routing.region.clone(),
         neighbours: config.routing.neighbour_regions.clone(),
@@ -421,6 +422,7 @@ pub async fn run_with_parts(
             limits: Limits {
                 max_in_flight: config.ingress.max_in_flight,
                 max_body_bytes: config.ingress.max_body_bytes,
+                body_stall_timeout: config.ingress.request_body_stall_timeout,
             },
             operations,
         },

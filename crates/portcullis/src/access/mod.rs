@@ -1,6 +1,6 @@
 //! Access control: may this identity use this capability on this resource?
 //!
-//! The contract of DESIGN §5 is `authorise(identity, capability, resource) → Decision`, and
+//! The contract of docs/design.md §5 is `authorise(identity, capability, resource) → Decision`, and
 //! [`Access::authorise`] is the one place it is decided. Policy lives here and only here: an
 //! [`Identity`] says who is calling and proves nothing about what it may do.
 //!

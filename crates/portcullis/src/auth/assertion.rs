@@ -1,5 +1,5 @@
 //! Identity assertions: the gateway's signed statement of who is calling, added to every
-//! authenticated call it forwards as `x-portcullis-identity` (DESIGN §5, specified in
+//! authenticated call it forwards as `x-portcullis-identity` (docs/design.md §5, specified in
 //! `docs/link-protocol.md` §6.4).
 //!
 //! An assertion is a compact JWS (`portcullis_link::jws`, `typ: portcullis-identity+jwt`) of

@@ -1,6 +1,6 @@
 //! Authentication: who is calling.
 //!
-//! The contract of DESIGN §5 is `authenticate(credential) → identity`:
+//! The contract of docs/design.md §5 is `authenticate(credential) → identity`:
 //!
 //! - [`Credential`] is data: what a request presents, extracted once from the request parts
 //!   and the connection facts by [`extract`] (a bearer API key today; JWT, DPoP, client

@@ -11,11 +11,13 @@
 //! Commands that touch the store take `--config FILE` or `--data-dir DIR`
 //! (`PORTCULLIS_DATA_DIR`). A raw key is printed exactly once, by the command that made it.
 
+mod examples;
 pub mod iam;
 mod login;
 pub mod render;
 mod sessions;
 
+pub use examples::{command, parse};
 pub use render::Render;
 
 use clap::{Parser, Subcommand};
@@ -110,10 +112,15 @@ pub enum Command {
         args: Vec<String>,
     },
     /// Check a configuration file (with PORTCULLIS_* overrides) and print every problem with
-    /// its key path; exits 1 if there is any.
+    /// its key path; exits 1 if there is any. The file is given as `FILE` or, as every other
+    /// command takes it, `--config FILE`.
     CheckConfig {
         /// TOML configuration file.
-        file: PathBuf,
+        #[arg(required_unless_present = "config", conflicts_with = "config")]
+        file: Option<PathBuf>,
+        /// The same file, given as every other command takes it.
+        #[arg(long, short, env = "PORTCULLIS_CONFIG", value_name = "FILE")]
+        config: Option<PathBuf>,
     },
     /// Inspect the configuration.
     #[command(subcommand)]
@@ -301,9 +308,10 @@ pub struct AuditArgs {
 #[derive(Debug, Subcommand)]
 pub enum AuditCommand {
     /// Print the newest audit events (key created, rotated, revoked, bootstrap,
-    /// authentication failures coalesced per reason per second).
+    /// authentication failures coalesced per reason per second). Text lists them oldest first,
+    /// like a log; `--json` lists them newest first, as the admin API answers.
     List {
-        /// How many events, newest first.
+        /// How many of the newest events.
         #[arg(long, default_value_t = 100)]
         limit: i64,
     },
@@ -423,29 +431,36 @@ pub enum ConfigCommand {
     },
 }
 
-/// Parse a duration flag (`30d`, `24h`, `0`); a bad one is a usage error naming the flag.
+/// Parse a duration flag (`30d`, `24h`, `0`); a bad one is a usage error naming the flag and
+/// giving examples of what it accepts (`--expires` takes no zero: a key that is expired at
+/// once is a mistake).
 pub fn parse_duration(flag: &str, s: &str) -> Result<Duration, AdminError> {
-    humantime::parse_duration(s.trim())
-        .map_err(|e| AdminError::usage(format!("{flag} {s:?}: {e} (e.g. 30d, 12h, 0)")))
+    let positive = flag == "--expires";
+    let examples = if positive {
+        "a positive duration, e.g. 90d, 12h, 30m"
+    } else {
+        "e.g. 24h, 15m, or 0 for none"
+    };
+    match humantime::parse_duration(s.trim()) {
+        Ok(d) if positive && d.is_zero() => Err(AdminError::usage(format!(
+            "{flag} {s:?}: must be positive ({examples})"
+        ))),
+        Ok(d) => Ok(d),
+        Err(e) => Err(AdminError::usage(format!("{flag} {s:?}: {e} ({examples})"))),
+    }
 }
 
 /// Run a parsed command to its exit code. `shutdown` ends `serve` and `demo` (the binary makes
 /// it from signals); other commands ignore it.
 pub fn run(cli: Cli, shutdown: impl Future<Output = ()> + Send + 'static) -> ExitCode {
     match cli.command {
-        Command::CheckConfig { file } => match load_config(Some(&file)) {
-            Ok(c) => {
-                for w in c.warnings() {
-                    eprintln!("{}: warning: {w}", file.display());
-                }
-                println!("{}: ok", file.display());
-                ExitCode::SUCCESS
-            }
-            Err(e) => {
-                eprintln!("{e}");
-                ExitCode::FAILURE
-            }
-        },
+        Command::CheckConfig { file, config } => {
+            let Some(file) = file.or(config) else {
+                // clap requires one of the two.
+                return ExitCode::from(2);
+            };
+            check_config(&file)
+        }
         Command::Config(ConfigCommand::Show { config }) => match load_config(config.as_deref()) {
             Ok(c) => {
                 print!("{}", c.to_toml_masked());
@@ -600,6 +615,23 @@ pub fn run(cli: Cli, shutdown: impl Future<Output = ()> + Send + 'static) -> Exi
     }
 }
 
+/// `check-config FILE`.
+fn check_config(file: &Path) -> ExitCode {
+    match load_config(Some(file)) {
+        Ok(c) => {
+            for w in c.warnings() {
+                eprintln!("{}: warning: {w}", file.display());
+            }
+            println!("{}: ok", file.display());
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("{e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
 /// `serve`: the gateway until `shutdown`.
 fn serve(
     config: &Path,
@@ -730,5 +762,20 @@ mod tests {
             parse_duration("--expires", "30d").unwrap(),
             Duration::from_secs(30 * 86_400)
         );
+        // What each flag's error suggests, it accepts.
+        let e = parse_duration("--expires", "0").unwrap_err();
+        assert_eq!(e.exit_code(), 2);
+        assert!(
+            e.message
+                .contains("must be positive (a positive duration, e.g. 90d"),
+            "{e}"
+        );
+        assert!(parse_duration("--expires", "90d").is_ok());
+        assert!(parse_duration("--expires", "12h").is_ok());
+        assert!(parse_duration("--expires", "30m").is_ok());
+        let e = parse_duration("--overlap", "x").unwrap_err();
+        assert!(e.message.ends_with("(e.g. 24h, 15m, or 0 for none)"), "{e}");
+        assert!(parse_duration("--overlap", "0").unwrap().is_zero());
+        assert!(parse_duration("--overlap", "15m").is_ok());
     }
 }

@@ -82,17 +82,20 @@ impl Render for IssuedKeyView {
 impl Render for KeyList {
     fn text(&self) -> String {
         let mut text = format!(
-            "{:<24} {:<16} {:<8} {:<24} {:<20} NAME\n",
-            "KEY ID", "WORKSPACE", "STATUS", "SCOPES", "LAST USED"
+            "{:<24} {:<16} {:<8} {:<24} {:<20} {:<20} NAME\n",
+            "KEY ID", "WORKSPACE", "STATUS", "SCOPES", "EXPIRES", "LAST USED"
         );
         for k in &self.keys {
             let _ = writeln!(
                 text,
-                "{:<24} {:<16} {:<8} {:<24} {:<20} {}",
+                "{:<24} {:<16} {:<8} {:<24} {:<20} {:<20} {}",
                 k.key_id,
                 k.workspace,
                 k.status.as_str(),
                 k.scopes.join(","),
+                k.expires_at
+                    .map(|t| t.to_string())
+                    .unwrap_or_else(|| "never".into()),
                 k.last_used_at
                     .map(|t| t.to_string())
                     .unwrap_or_else(|| "never".into()),

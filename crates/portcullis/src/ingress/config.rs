@@ -44,6 +44,12 @@ pub struct IngressConfig {
     /// Default 30 s.
     #[serde(with = "humantime_serde")]
     pub response_stall_timeout: Duration,
+    /// A request body from which no byte arrives for this long (after its head, between
+    /// chunks) is ended: the service's stream is cancelled, the client is answered 408 if no
+    /// response has started, and the stall is logged. Bounds how long a client that stops
+    /// sending holds a call slot and a stream to a service. Default 30 s.
+    #[serde(with = "humantime_serde")]
+    pub request_body_stall_timeout: Duration,
 }
 
 impl Default for IngressConfig {
@@ -60,6 +66,7 @@ impl Default for IngressConfig {
             max_connections: 20_000,
             max_in_flight: 10_000,
             response_stall_timeout: Duration::from_secs(30),
+            request_body_stall_timeout: Duration::from_secs(30),
         }
     }
 }
@@ -116,6 +123,12 @@ impl IngressConfig {
         if self.response_stall_timeout.is_zero() {
             errs.push(ConfigError::new(
                 format!("{at}.response_stall_timeout"),
+                "must be positive",
+            ));
+        }
+        if self.request_body_stall_timeout.is_zero() {
+            errs.push(ConfigError::new(
+                format!("{at}.request_body_stall_timeout"),
                 "must be positive",
             ));
         }

@@ -95,6 +95,7 @@ impl Dispatch {
                     identity,
                     correlation_id: &call.correlation_id,
                     max_body_bytes: limits.max_body_bytes,
+                    body_stall_timeout: limits.body_stall_timeout,
                     client_ip: call.peer_ip(),
                     metrics: &self.metrics,
                 };

@@ -7,8 +7,8 @@
 use http::header::{self, HeaderName};
 use http::uri::Authority;
 use http::{HeaderMap, HeaderValue, Request, Version};
+use prometheus_client::metrics::gauge::Gauge;
 use rand::RngCore;
-use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 
 use super::call::Call;
@@ -94,9 +94,10 @@ pub fn check_head<B>(req: &Request<B>) -> Result<(), GatewayError> {
     Ok(())
 }
 
-/// Calls in progress on the whole gateway, against the configured ceiling.
+/// Calls in progress on the whole gateway, against the configured ceiling. The count is the
+/// `portcullis_in_flight_calls` gauge itself: one atomic, exported as it is.
 #[derive(Debug, Default)]
-pub struct InFlight(AtomicUsize);
+pub struct InFlight(Gauge);
 
 /// One admitted call; gives its slot back when the response body ends.
 #[derive(Debug)]
@@ -104,21 +105,27 @@ pub struct InFlightSlot(Arc<InFlight>);
 
 impl Drop for InFlightSlot {
     fn drop(&mut self) {
-        self.0 .0.fetch_sub(1, Ordering::Relaxed);
+        self.0 .0.dec();
     }
 }
 
 impl InFlight {
+    /// Count on `gauge` (the metric's).
+    pub fn with_gauge(gauge: Gauge) -> Self {
+        Self(gauge)
+    }
+
     /// Calls in progress.
     pub fn current(&self) -> usize {
-        self.0.load(Ordering::Relaxed)
+        usize::try_from(self.0.get()).unwrap_or(0)
     }
 
     /// Admit a call unless `max` are already in progress: past the ceiling the gateway
-    /// sheds load with 503 instead of queueing without bound (DESIGN §8).
+    /// sheds load with 503 instead of queueing without bound (docs/design.md §8).
     fn admit(self: &Arc<Self>, max: usize) -> Result<InFlightSlot, GatewayError> {
-        if self.0.fetch_add(1, Ordering::Relaxed) >= max {
-            self.0.fetch_sub(1, Ordering::Relaxed);
+        // `inc` returns the count before this call.
+        if usize::try_from(self.0.inc()).unwrap_or(0) >= max {
+            self.0.dec();
             return Err(GatewayError::Overloaded);
         }
         Ok(InFlightSlot(self.clone()))
@@ -132,6 +139,13 @@ pub struct Early {
 }
 
 impl Early {
+    /// Counting calls in progress on `in_flight` (the `portcullis_in_flight_calls` gauge).
+    pub fn new(in_flight: Gauge) -> Self {
+        Self {
+            in_flight: Arc::new(InFlight::with_gauge(in_flight)),
+        }
+    }
+
     /// Shed load past `limits.max_in_flight`, keep the requested workspace, strip spoofable
     /// headers, check the head.
     pub fn run<B>(
@@ -216,6 +230,7 @@ mod head_tests {
         let limits = Limits {
             max_in_flight: 10,
             max_body_bytes: 1,
+            body_stall_timeout: std::time::Duration::from_secs(30),
         };
         let early = Early::default();
         let mut call = Call::new(

@@ -1,7 +1,12 @@
 //! Finish phase: the call's context is read once, when the response head is ready, for the
-//! access log line, the request counter and the span; the duration is recorded when the
-//! response body ends (or is dropped), together with the release of everything the call holds
-//! (its load-shedding slot, its count on the connection).
+//! request counter and the span; the access log line and the duration are recorded when the
+//! response body ends (or is dropped), so both cover the whole response, together with the
+//! release of everything the call holds (its load-shedding slot, its count on the connection).
+//!
+//! Health probes and metric scrapes are the orchestrator's and the scraper's traffic, not
+//! calls: they stay out of `portcullis_requests_total` and the duration histogram, and their
+//! log line is at debug level, so a probe every second neither floods the access log nor
+//! dilutes the call latency an operator alerts on.
 
 use http::header::HeaderName;
 use http::Response;
@@ -9,6 +14,7 @@ use std::sync::{Arc, OnceLock};
 use tokio::time::Instant;
 
 use super::call::Call;
+use super::resolve::Target;
 use crate::body::GatewayBody;
 use crate::telemetry::metrics::{method_label, CallLabels, Label, RouteLabels};
 use crate::telemetry::Metrics;
@@ -22,19 +28,56 @@ fn dash() -> Arc<str> {
     DASH.get_or_init(|| Arc::from("-")).clone()
 }
 
-/// Records the call's duration when the response body ends or is dropped.
+/// Records the call's duration and writes its access log line when the response body ends
+/// or is dropped.
 struct DurationRecord {
     metrics: Arc<Metrics>,
     labels: RouteLabels,
     started: Instant,
+    /// Probe or scrape: not a call (see the module's doc).
+    probe: bool,
+    log: AccessLog,
+    /// The call's span: the log line is written inside it, as before the body.
+    span: tracing::Span,
+}
+
+/// The fields of the access log line, taken from the call when its head is ready.
+struct AccessLog {
+    correlation_id: http::HeaderValue,
+    method: http::Method,
+    instance: Option<Arc<str>>,
+    key_id: Option<Arc<str>>,
+    status: u16,
 }
 
 impl Drop for DurationRecord {
     fn drop(&mut self) {
-        self.metrics
-            .request_duration
-            .get_or_create(&self.labels)
-            .observe(self.started.elapsed().as_secs_f64());
+        let elapsed = self.started.elapsed();
+        let _entered = self.span.enter();
+        if !self.probe {
+            self.metrics
+                .request_duration
+                .get_or_create(&self.labels)
+                .observe(elapsed.as_secs_f64());
+        }
+        let l = &self.log;
+        let (correlation_id, route, service) = (
+            l.correlation_id.to_str().unwrap_or("-"),
+            &*self.labels.route.0,
+            &*self.labels.service.0,
+        );
+        let (instance, key_id) = (
+            l.instance.as_deref().unwrap_or("-"),
+            l.key_id.as_deref().unwrap_or("-"),
+        );
+        let duration_ms = elapsed.as_secs_f64() * 1000.0;
+        if self.probe {
+            tracing::debug!(correlation_id, method = %l.method, route, service, instance,
+                key_id, status = l.status, duration_ms, "call");
+        } else {
+            tracing::info!(correlation_id, method = %l.method, route, service, instance,
+                key_id, status = l.status, duration_ms, "call");
+        }
     }
 }
 
@@ -66,44 +109,42 @@ impl Finish {
             service: Label(service),
             route: Label(route),
         };
-        self.metrics
-            .requests
-            .get_or_create(&CallLabels {
-                service: labels.service.clone(),
-                route: labels.route.clone(),
-                method: method_label(&call.method),
-                status,
-            })
-            .inc();
+        let probe = matches!(
+            &call.target,
+            Some(Target::Gateway(op)) if matches!(op.name, "health" | "metrics")
+        );
+        if !probe {
+            self.metrics
+                .requests
+                .get_or_create(&CallLabels {
+                    service: labels.service.clone(),
+                    route: labels.route.clone(),
+                    method: method_label(&call.method),
+                    status,
+                })
+                .inc();
+        }
         let span = call.span.clone();
         span.record("status", status);
         if let Some(i) = &call.served_by {
             span.record("instance", &**i);
         }
-        {
-            let _g = span.enter();
-            tracing::info!(
-                correlation_id = call.correlation_id.to_str().unwrap_or("-"),
-                method = %call.method,
-                route = &*labels.route.0,
-                service = &*labels.service.0,
-                instance = call.served_by.as_deref().unwrap_or("-"),
-                key_id = call.identity.as_ref().map_or("-", |i| &*i.via.id),
-                status,
-                duration_ms = call.timings.started.elapsed().as_secs_f64() * 1000.0,
-                "call"
-            );
-        }
         let record = DurationRecord {
             metrics: self.metrics.clone(),
             labels,
             started: call.timings.started,
+            probe,
+            log: AccessLog {
+                correlation_id: call.correlation_id.clone(),
+                method: call.method.clone(),
+                instance: call.served_by.clone(),
+                key_id: call.identity.as_ref().map(|i| i.via.id.clone()),
+                status,
+            },
+            span,
         };
         let holds = call.holds;
         let (parts, body) = resp.into_parts();
-        Response::from_parts(
-            parts,
-            body.with_guard((holds.active, holds.slot, record, span)),
-        )
+        Response::from_parts(parts, body.with_guard((holds.active, holds.slot, record)))
     }
 }

@@ -1,4 +1,4 @@
-//! The path of one call, as phases in the order the code runs them (DESIGN §2, drawn in
+//! The path of one call, as phases in the order the code runs them (docs/design.md §2, drawn in
 //! `docs/ARCHITECTURE.md`):
 //!
 //! ```text
@@ -70,6 +70,9 @@ pub struct Limits {
     pub max_in_flight: usize,
     /// Largest request body, bytes.
     pub max_body_bytes: u64,
+    /// A request body from which no byte arrives for this long is ended: the service's
+    /// stream is cancelled and the client answered 408 (`ingress.request_body_stall_timeout`).
+    pub body_stall_timeout: std::time::Duration,
 }
 
 /// What may change while the gateway runs, swapped as one value.
@@ -129,7 +132,7 @@ impl Pipeline {
     pub fn new(p: Parts) -> Self {
         Self(Arc::new(Phases {
             policy: ArcSwap::from_pointee(p.policy),
-            early: early::Early::default(),
+            early: early::Early::new(p.metrics.in_flight.clone()),
             resolve: resolve::Resolve::new(p.registry),
             authenticate: authenticate::Authenticate::new(p.authenticators, p.audit.clone()),
             authorise: authorise::Authorise::new(p.access, p.audit),

@@ -1,4 +1,4 @@
-//! Instance selection (DESIGN §4): health filter, region tiers, then the power of two choices
+//! Instance selection (docs/design.md §4): health filter, region tiers, then the power of two choices
 //! on in-flight calls weighted by latency.
 //!
 //! Weighting by `(in_flight + 1) × rtt` rather than picking the lowest ping keeps a fast

@@ -419,6 +419,11 @@ impl Store {
         self.verification_queries.load(Ordering::Relaxed)
     }
 
+    /// Connections of the pool: (open, idle).
+    pub fn pool_connections(&self) -> (u32, usize) {
+        (self.pool.size(), self.pool.num_idle())
+    }
+
     pub(crate) fn count_verification_query(&self) {
         self.verification_queries.fetch_add(1, Ordering::Relaxed);
     }

@@ -1,16 +1,70 @@
-//! Test support: fresh stores on SQLite and PostgreSQL.
+//! Test support: fresh stores on SQLite and PostgreSQL, and the one way a test says it skipped
+//! something.
 //!
 //! Every store test runs against both. PostgreSQL is reached at
-//! `PORTCULLIS_TEST_POSTGRES_URL` (set by CI; locally e.g.
-//! `postgres://postgres@127.0.0.1:5432/test`); each test gets its own uniquely named database,
-//! dropped by [`TestStore::cleanup`], so tests run in parallel and re-run cleanly. When the
-//! variable is unset the PostgreSQL half is skipped with a note on stderr.
+//! `PORTCULLIS_TEST_POSTGRES_URL`, or at [`DEFAULT_POSTGRES_URL`] when it is unset (the server
+//! every development machine and CI runner of the project has); each test gets its own
+//! uniquely named database, dropped by [`TestStore::cleanup`], so tests run in parallel and
+//! re-run cleanly.
+//!
+//! A part of a test that cannot run is never silent: [`skipped`] writes `SKIPPED: …` straight
+//! to standard error, past the test harness's output capture, so it shows even when the test
+//! passes; under `PORTCULLIS_TEST_STRICT` (which `.ci/run` sets) it fails the test instead.
+//! The PostgreSQL half is skipped only when the variable is unset and the default server does
+//! not answer, or when it is `off`; a server named explicitly that does not answer fails.
 
 use super::{Store, StoreOptions};
 use std::path::PathBuf;
 
-/// Environment variable naming the PostgreSQL server for tests.
+/// Environment variable naming the PostgreSQL server for tests (`off`: skip those halves).
 pub const POSTGRES_ENV: &str = "PORTCULLIS_TEST_POSTGRES_URL";
+
+/// The server used when [`POSTGRES_ENV`] is unset.
+pub const DEFAULT_POSTGRES_URL: &str = "postgres://postgres@127.0.0.1:5432/test";
+
+/// Environment variable that turns every [`skipped`] into a failure (any value but `0` or
+/// empty).
+pub const STRICT_ENV: &str = "PORTCULLIS_TEST_STRICT";
+
+fn strict() -> bool {
+    std::env::var(STRICT_ENV).is_ok_and(|v| !v.is_empty() && v != "0")
+}
+
+/// Say that `what` of the running test did not run, and `why`: on standard error even when
+/// the test passes, or as a panic under [`STRICT_ENV`].
+///
+/// # Panics
+/// Under [`STRICT_ENV`], always.
+pub fn skipped(what: &str, why: &str) {
+    let thread = std::thread::current();
+    let test = thread.name().unwrap_or("a test");
+    if strict() {
+        panic!("{test}: {what} did not run ({why}), and {STRICT_ENV} is set");
+    }
+    // `eprintln!` would be captured with the output of a passing test and never shown.
+    use std::io::Write;
+    let _ = writeln!(
+        std::io::stderr(),
+        "SKIPPED: {test}: {what}: {why} (set {STRICT_ENV}=1 to make this a failure)"
+    );
+}
+
+/// Where the PostgreSQL half of a test runs: an explicit server, the default one (which may
+/// be skipped if it does not answer), or nowhere.
+#[derive(Debug, PartialEq, Eq)]
+enum PostgresTarget {
+    Explicit(String),
+    Default,
+    Off,
+}
+
+fn postgres_target(var: Option<&str>) -> PostgresTarget {
+    match var.map(str::trim) {
+        None | Some("") => PostgresTarget::Default,
+        Some("off") => PostgresTarget::Off,
+        Some(url) => PostgresTarget::Explicit(url.to_string()),
+    }
+}
 
 /// A fresh store for one test.
 #[derive(Debug)]
@@ -52,17 +106,38 @@ impl TestStore {
         }
     }
 
-    /// An empty PostgreSQL database of its own, or `None` when no server is configured.
+    /// An empty PostgreSQL database of its own, or `None` (after [`skipped`]) when
+    /// PostgreSQL is `off` or the default server does not answer.
+    ///
+    /// # Panics
+    /// When a server named in [`POSTGRES_ENV`] cannot be reached, or under [`STRICT_ENV`]
+    /// instead of skipping.
     pub async fn postgres() -> Option<Self> {
-        let Ok(base) = std::env::var(POSTGRES_ENV) else {
-            eprintln!("note: {POSTGRES_ENV} unset, skipping the PostgreSQL half of this test");
-            return None;
+        const WHAT: &str = "the PostgreSQL half";
+        let var = std::env::var(POSTGRES_ENV).ok();
+        let (base, explicit) = match postgres_target(var.as_deref()) {
+            PostgresTarget::Off => {
+                skipped(WHAT, &format!("{POSTGRES_ENV}=off"));
+                return None;
+            }
+            PostgresTarget::Explicit(url) => (url, true),
+            PostgresTarget::Default => (DEFAULT_POSTGRES_URL.to_string(), false),
         };
         sqlx::any::install_default_drivers();
+        let mut conn = match <sqlx::AnyConnection as sqlx::Connection>::connect(&base).await {
+            Ok(c) => c,
+            Err(e) if explicit => panic!("{POSTGRES_ENV}: cannot connect: {e}"),
+            Err(e) => {
+                skipped(
+                    WHAT,
+                    &format!(
+                        "{POSTGRES_ENV} is unset and {DEFAULT_POSTGRES_URL} does not answer ({e})"
+                    ),
+                );
+                return None;
+            }
+        };
         let name = format!("pcs_test_{}", hex::encode(rand::random::<[u8; 8]>()));
-        let mut conn = <sqlx::AnyConnection as sqlx::Connection>::connect(&base)
-            .await
-            .unwrap_or_else(|e| panic!("{POSTGRES_ENV}: cannot connect: {e}"));
         sqlx::query(&format!("CREATE DATABASE {name}"))
             .execute(&mut conn)
             .await
@@ -128,6 +203,19 @@ impl TestStore {
 
 #[cfg(test)]
 mod tests {
+    use super::{postgres_target, PostgresTarget};
+
+    #[test]
+    fn an_unset_variable_means_the_default_server_and_off_means_none() {
+        assert_eq!(postgres_target(None), PostgresTarget::Default);
+        assert_eq!(postgres_target(Some(" ")), PostgresTarget::Default);
+        assert_eq!(postgres_target(Some("off")), PostgresTarget::Off);
+        assert_eq!(
+            postgres_target(Some("postgres://h/db")),
+            PostgresTarget::Explicit("postgres://h/db".into())
+        );
+    }
+
     #[test]
     fn database_in_url_is_replaced() {
         assert_eq!(

@@ -156,6 +156,10 @@ pub struct Metrics {
     /// lapsed —, `approved`, `denied`, `revoked`), refreshed on every store change and every
     /// 10 s, whichever process (CLI, API, another node) made the change.
     pub link_keys: Family<PairingStateLabels, Gauge>,
+    /// `portcullis_in_flight_calls`: calls in progress (head received, response body not yet
+    /// ended), the figure `ingress.max_in_flight` sheds load at. The pipeline's admission
+    /// counts on this gauge itself, so it cannot drift.
+    pub in_flight: Gauge,
     registry: Registry,
 }
 
@@ -190,6 +194,7 @@ impl Metrics {
         let assertion_failures = Counter::default();
         let pairings = Family::<PairingLabels, Counter>::default();
         let link_keys = Family::<PairingStateLabels, Gauge>::default();
+        let in_flight = Gauge::default();
         let build_info = Family::<BuildLabels, Gauge>::default();
         build_info
             .get_or_create(&BuildLabels {
@@ -243,6 +248,11 @@ impl Metrics {
             assertion_failures.clone(),
         );
         registry.register(
+            "portcullis_in_flight_calls",
+            "Calls in progress (probes and scrapes included), against ingress.max_in_flight",
+            in_flight.clone(),
+        );
+        registry.register(
             "portcullis_tls_library_messages",
             "Warnings and errors of the TLS library (mostly about what peers sent), counted instead of logged",
             super::TLS_LIBRARY_MESSAGES.clone(),
@@ -259,6 +269,7 @@ impl Metrics {
         );
         registry.register("portcullis_build_info", "Build of this gateway", build_info);
         let sessions = Arc::new(SessionMetrics::register(&mut registry));
+        registry.register_collector(Box::new(super::process::ProcessCollector));
         for c in extra {
             registry.register_collector(c);
         }
@@ -275,6 +286,7 @@ impl Metrics {
             sessions,
             pairings,
             link_keys,
+            in_flight,
             registry,
         }
     }
@@ -296,7 +308,7 @@ impl Metrics {
             .inc();
     }
 
-    /// The exposition text.
+    /// The exposition text (OpenMetrics 1.0).
     pub fn encode(&self) -> String {
         let mut out = String::with_capacity(8192);
         if prometheus_client::encoding::text::encode(&mut out, &self.registry).is_err() {
@@ -326,6 +338,56 @@ impl Drop for ConnectionGauge {
     }
 }
 
+const OPENMETRICS: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";
+const PROMETHEUS_TEXT: &str = "text/plain; version=0.0.4; charset=utf-8";
+
+/// Does the scraper ask for the Prometheus text format (0.0.4) rather than OpenMetrics? Only
+/// when its `Accept` names `text/plain` and not OpenMetrics: without an `Accept`, or with
+/// `*/*`, the answer stays OpenMetrics, which Prometheus itself prefers.
+fn wants_prometheus_text(headers: &http::HeaderMap) -> bool {
+    let accept: Vec<&str> = headers
+        .get_all(http::header::ACCEPT)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .collect();
+    let names = |what: &str| accept.iter().any(|a| a.contains(what));
+    names("text/plain") && !names("application/openmetrics-text")
+}
+
+/// OpenMetrics text as Prometheus text 0.0.4: counters are declared under their sample name
+/// (`_total`), and the `# UNIT` and `# EOF` lines, which 0.0.4 does not have, are left out.
+/// Histograms, gauges and samples are the same in both.
+fn to_prometheus_text(openmetrics: &str) -> String {
+    let mut counters: Vec<&str> = Vec::new();
+    for line in openmetrics.lines() {
+        if let Some(name) = line
+            .strip_prefix("# TYPE ")
+            .and_then(|r| r.strip_suffix(" counter"))
+        {
+            counters.push(name);
+        }
+    }
+    let mut out = String::with_capacity(openmetrics.len());
+    for line in openmetrics.lines() {
+        if line == "# EOF" || line.starts_with("# UNIT ") {
+            continue;
+        }
+        let renamed = ["# TYPE ", "# HELP "].iter().find_map(|p| {
+            let rest = line.strip_prefix(p)?;
+            let (name, tail) = rest.split_once(' ').unwrap_or((rest, ""));
+            counters
+                .contains(&name)
+                .then(|| format!("{p}{name}_total {tail}"))
+        });
+        match renamed {
+            Some(l) => out.push_str(l.trim_end()),
+            None => out.push_str(line),
+        }
+        out.push('\n');
+    }
+    out
+}
+
 /// The `/metrics` operation: open unless `capability` is set (`auth.metrics_scope`), in which
 /// case it needs an API key with that capability — decided by the pipeline's authenticate and
 /// authorise phases like any other call.
@@ -336,16 +398,18 @@ pub fn operation(
     use crate::pipeline::AuthPolicy;
     let router = axum::Router::new().route(
         "/metrics",
-        axum::routing::any(move || {
+        axum::routing::any(move |headers: http::HeaderMap| {
             let m = metrics.clone();
             async move {
-                (
-                    [(
-                        http::header::CONTENT_TYPE,
-                        "application/openmetrics-text; version=1.0.0; charset=utf-8",
-                    )],
-                    m.encode(),
-                )
+                let text = m.encode();
+                if wants_prometheus_text(&headers) {
+                    (
+                        [(http::header::CONTENT_TYPE, PROMETHEUS_TEXT)],
+                        to_prometheus_text(&text),
+                    )
+                } else {
+                    ([(http::header::CONTENT_TYPE, OPENMETRICS)], text)
+                }
             }
         }),
     );
@@ -629,5 +693,34 @@ impl SessionMetrics {
         {
             self.queue_depth.get_or_create(&name("hop", hop)).set(d);
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn prometheus_text_declares_counters_by_their_sample_names() {
+        let om = "# HELP portcullis_requests Calls answered.\n# TYPE portcullis_requests counter\nportcullis_requests_total{status=\"200\"} 3\n# TYPE portcullis_links gauge\nportcullis_links 1\n# UNIT x seconds\n# EOF\n";
+        assert_eq!(
+            to_prometheus_text(om),
+            "# HELP portcullis_requests_total Calls answered.\n# TYPE portcullis_requests_total counter\nportcullis_requests_total{status=\"200\"} 3\n# TYPE portcullis_links gauge\nportcullis_links 1\n"
+        );
+    }
+
+    #[test]
+    fn the_text_format_is_served_only_when_asked_for() {
+        let h = |v: &str| {
+            let mut m = http::HeaderMap::new();
+            m.insert(http::header::ACCEPT, v.parse().unwrap());
+            m
+        };
+        assert!(!wants_prometheus_text(&http::HeaderMap::new()));
+        assert!(!wants_prometheus_text(&h("*/*")));
+        assert!(wants_prometheus_text(&h("text/plain;version=0.0.4")));
+        assert!(!wants_prometheus_text(&h(
+            "application/openmetrics-text;version=1.0.0,text/plain;version=0.0.4;q=0.5"
+        )));
     }
 }

@@ -3,6 +3,7 @@
 
 pub mod log_queue;
 pub mod metrics;
+pub mod process;
 pub mod redact;
 
 pub use metrics::Metrics;
@@ -14,8 +15,8 @@ use std::sync::Arc;
 
 use crate::routing::{LinkState, Registry};
 
-/// `portcullis_links{service,state}`, computed from the registry at scrape time so the gauge
-/// can never drift from the truth.
+/// `portcullis_links{service,state}` and `portcullis_link_rtt_seconds{service,instance}`,
+/// computed from the registry at scrape time so the gauges can never drift from the truth.
 #[derive(Debug)]
 pub struct LinksCollector(pub Arc<Registry>);
 
@@ -45,6 +46,64 @@ impl prometheus_client::collector::Collector for LinksCollector {
             let labels = [("service", service), ("state", state.to_string())];
             ConstGauge::new(n).encode(metric.encode_family(&labels)?)?;
         }
+        // The round-trip time selection weighs each link by. Per link, computed from the live
+        // registry at scrape time: a link that is gone leaves no series behind, so the label
+        // set is bounded by the links up now (at most MAX_INSTANCES_PER_SERVICE per service).
+        let mut rtts: Vec<(String, String, f64)> = self
+            .0
+            .instances()
+            .iter()
+            .map(|i| {
+                (
+                    i.service.to_string(),
+                    i.instance_id.to_string(),
+                    i.rtt_us() as f64 / 1e6,
+                )
+            })
+            .collect();
+        rtts.sort_by(|a, b| (&a.0, &a.1).cmp(&(&b.0, &b.1)));
+        let mut metric = encoder.encode_descriptor(
+            "portcullis_link_rtt_seconds",
+            "Smoothed HTTP/2 PING round-trip time of each link, as instance selection uses it",
+            None,
+            prometheus_client::metrics::MetricType::Gauge,
+        )?;
+        for (service, instance, rtt) in rtts {
+            let labels = [("service", service), ("instance", instance)];
+            ConstGauge::new(rtt).encode(metric.encode_family(&labels)?)?;
+        }
+        Ok(())
+    }
+}
+
+/// The store's pool and the key lookups that reached it, read at scrape time:
+/// `portcullis_store_connections{state="in_use"|"idle"}` and
+/// `portcullis_key_verification_queries_total`, the API-key verifications the verification
+/// cache could not answer (its misses, negative ones included).
+#[derive(Debug)]
+pub struct StoreCollector(pub crate::store::Store);
+
+impl prometheus_client::collector::Collector for StoreCollector {
+    fn encode(&self, mut encoder: DescriptorEncoder) -> Result<(), std::fmt::Error> {
+        let (open, idle) = self.0.pool_connections();
+        let idle = i64::try_from(idle).unwrap_or(i64::MAX);
+        let mut metric = encoder.encode_descriptor(
+            "portcullis_store_connections",
+            "Connections of the store's pool, by state",
+            None,
+            prometheus_client::metrics::MetricType::Gauge,
+        )?;
+        for (state, n) in [("in_use", (i64::from(open) - idle).max(0)), ("idle", idle)] {
+            ConstGauge::new(n).encode(metric.encode_family(&[("state", state)])?)?;
+        }
+        let metric = encoder.encode_descriptor(
+            "portcullis_key_verification_queries",
+            "API-key verifications that reached the store (misses of the verification cache)",
+            None,
+            prometheus_client::metrics::MetricType::Counter,
+        )?;
+        prometheus_client::metrics::counter::ConstCounter::new(self.0.verification_queries())
+            .encode(metric)?;
         Ok(())
     }
 }

@@ -617,6 +617,7 @@ mod pipeline {
                 limits: Limits {
                     max_in_flight: 100,
                     max_body_bytes: 1 << 20,
+                    body_stall_timeout: std::time::Duration::from_secs(30),
                 },
                 operations,
             },

@@ -464,7 +464,10 @@ async fn calls_stay_on_the_worker_of_their_connection() {
 async fn tls_ingress_and_tls_link_serve_calls() {
     let curl = std::process::Command::new("curl").arg("--version").output();
     if !curl.is_ok_and(|o| String::from_utf8_lossy(&o.stdout).contains("HTTP2")) {
-        eprintln!("skipped: needs curl with HTTP/2 (Debian package curl)");
+        portcullis::store::testing::skipped(
+            "the whole test",
+            "it needs curl with HTTP/2 (Debian package curl)",
+        );
         return;
     }
     let dir = tempfile::tempdir().unwrap();

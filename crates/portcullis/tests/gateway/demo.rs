@@ -103,3 +103,46 @@ async fn demo_json_line_describes_a_working_gateway() {
         "demo exits cleanly on SIGTERM: {status:?}"
     );
 }
+
+/// The guide the demo prints names the binary that runs it, so its commands work pasted as
+/// they are, with no `portcullis` on the PATH (the README's `cargo run -- demo`).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_demo_guide_names_the_binary_it_runs() {
+    let mut child = Command::new(env!("CARGO_BIN_EXE_portcullis"))
+        .args(["demo", "--ingress", "127.0.0.1:0", "--link", "127.0.0.1:0"])
+        .env("PORTCULLIS_LOG", "warn")
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let stdout = child.stdout.take().unwrap();
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+            let _ = tx.send(line);
+        }
+    });
+    let mut guide = Vec::new();
+    while !guide.iter().any(|l: &String| l.contains("Press Ctrl-C")) {
+        guide.push(
+            rx.recv_timeout(Duration::from_secs(60))
+                .unwrap_or_else(|_| panic!("the guide ends; got {guide:?}")),
+        );
+    }
+    let exe = std::fs::canonicalize(env!("CARGO_BIN_EXE_portcullis")).unwrap();
+    let list = guide
+        .iter()
+        .find(|l| l.contains(" keys list --data-dir "))
+        .expect("a keys list line");
+    let shown = list.trim().split(' ').next().unwrap();
+    assert_eq!(
+        std::fs::canonicalize(shown).ok().as_deref(),
+        Some(exe.as_path()),
+        "{list}"
+    );
+    let _ = Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status();
+    assert!(child.wait().unwrap().success());
+}

@@ -228,3 +228,35 @@ async fn a_silent_link_is_dropped() {
     svc.abort();
     gw.shutdown().await;
 }
+
+/// `docs/link-protocol.md` §4.5: paths under `/.well-known/portcullis/` belong to the link
+/// (health exchange, key push) and a HELLO declaring one is refused, however it is written.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_hello_declaring_a_reserved_path_is_refused_with_invalid_descriptor() {
+    let gw = TestGateway::with_services(&["raw"]).await;
+    for path in [
+        portcullis_link::HEALTH_PATH,
+        portcullis_link::KEYS_PATH,
+        "/.well-known/portcullis/{*rest}",
+        "/.well-known/portcullis",
+    ] {
+        let bytes = Frame::Hello(Box::new(hello("raw", &token_for("raw"), path)))
+            .encode()
+            .unwrap();
+        assert_eq!(
+            code(answer_to(&gw, &bytes).await),
+            RejectCode::InvalidDescriptor,
+            "{path}"
+        );
+    }
+    // Its neighbours are ordinary paths.
+    let bytes = Frame::Hello(Box::new(hello(
+        "raw",
+        &token_for("raw"),
+        "/.well-known/raw",
+    )))
+    .encode()
+    .unwrap();
+    assert!(matches!(answer_to(&gw, &bytes).await, Frame::HelloAck(_)));
+    gw.shutdown().await;
+}
