@@ -454,7 +454,7 @@ mod tests {
         prop_oneof![
             (
                 any::<u32>(),
-                ".{0,40}",
+                ".{0,32}", // at most 128 bytes (MAX_ID_LEN)
                 any::<u32>(),
                 prop::collection::vec((n, n), 0..5)
             )
@@ -482,8 +482,9 @@ mod tests {
         fn worker_frames_round_trip(
             body in from_worker(),
             sequence in any::<u64>(),
-            session_id in ".{0,60}",
-            correlation_id in proptest::option::of(".{0,60}"),
+            // At most 32 characters of up to 4 bytes each: within MAX_ID_LEN (128 bytes).
+            session_id in ".{0,32}",
+            correlation_id in proptest::option::of(".{0,32}"),
         ) {
             let e = Envelope { version: PROTOCOL_VERSION, session_id, sequence, correlation_id, body };
             let bytes = encode(&e, MAX_WORKER_FRAME_LEN).unwrap();

@@ -130,16 +130,9 @@ impl RotatingTicketer {
     }
 }
 
-impl rustls::server::ProducesTickets for RotatingTicketer {
-    fn enabled(&self) -> bool {
-        true
-    }
-
-    fn lifetime(&self) -> u32 {
-        self.lifetime_s
-    }
-
-    fn encrypt(&self, plain: &[u8]) -> Option<Vec<u8>> {
+impl RotatingTicketer {
+    /// Seal session state `plain` into a ticket under the current key.
+    pub fn seal(&self, plain: &[u8]) -> Option<Vec<u8>> {
         self.maybe_rotate();
         let mut nonce = [0u8; NONCE_LEN];
         self.rng.fill(&mut nonce).ok()?;
@@ -161,7 +154,8 @@ impl rustls::server::ProducesTickets for RotatingTicketer {
         Some(out)
     }
 
-    fn decrypt(&self, cipher: &[u8]) -> Option<Vec<u8>> {
+    /// Open a ticket a client brought (every byte of it the client's): the state, or `None`.
+    pub fn open(&self, cipher: &[u8]) -> Option<Vec<u8>> {
         if cipher.len() > self.longest.load(Ordering::Relaxed) {
             return None;
         }
@@ -183,6 +177,24 @@ impl rustls::server::ProducesTickets for RotatingTicketer {
         let n = plain.len();
         buf.truncate(n);
         Some(buf)
+    }
+}
+
+impl rustls::server::ProducesTickets for RotatingTicketer {
+    fn enabled(&self) -> bool {
+        true
+    }
+
+    fn lifetime(&self) -> u32 {
+        self.lifetime_s
+    }
+
+    fn encrypt(&self, plain: &[u8]) -> Option<Vec<u8>> {
+        self.seal(plain)
+    }
+
+    fn decrypt(&self, cipher: &[u8]) -> Option<Vec<u8>> {
+        self.open(cipher)
     }
 }
 
