@@ -84,26 +84,15 @@ pub fn list_on(registry: &Registry) -> ServiceList {
 }
 
 /// `services list` against the gateway at `base` (`http://host:port`), with `api_key`.
-pub async fn list_remote(base: &str, api_key: &str) -> Result<ServiceList, AdminError> {
-    let _ = rustls::crypto::ring::default_provider().install_default();
-    let client = reqwest::Client::builder()
-        .timeout(Duration::from_secs(30))
-        .build()
-        .map_err(|e| AdminError::failure(format!("cannot build the HTTP client: {e}")))?;
-    let resp = client
-        .get(format!(
-            "{}/api/v1/iam/services",
-            base.trim_end_matches('/')
-        ))
-        .header(http::header::AUTHORIZATION, format!("Bearer {api_key}"))
-        .send()
-        .await
-        .map_err(|e| AdminError::failure(format!("cannot reach the gateway: {e}")))?;
-    let status = resp.status().as_u16();
-    let bytes = resp
-        .bytes()
-        .await
-        .map_err(|e| AdminError::failure(format!("reading the answer: {e}")))?;
+pub fn list_remote(base: &str, api_key: &str) -> Result<ServiceList, AdminError> {
+    let url = format!("{}/api/v1/iam/services", base.trim_end_matches('/'));
+    let (status, bytes) = crate::cli::call_gateway(
+        http::Method::GET,
+        &url,
+        Some(api_key),
+        None,
+        Duration::from_secs(30),
+    )?;
     match status {
         200 => serde_json::from_slice(&bytes)
             .map_err(|_| AdminError::failure("the gateway's answer is not a service list")),

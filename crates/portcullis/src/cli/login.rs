@@ -44,14 +44,7 @@ impl Render for LoginToken {
 
 /// Run `portcullis login`.
 pub(super) fn run(args: &LoginArgs) -> ExitCode {
-    let result = login(args);
-    let (stdout, stderr) = render::outcome(&result, args.json);
-    print!("{stdout}");
-    eprint!("{stderr}");
-    match result {
-        Ok(_) => ExitCode::SUCCESS,
-        Err(e) => ExitCode::from(e.exit_code()),
-    }
+    render::finish(login(args), args.json)
 }
 
 /// The gateway's base URL: `--gateway`, else from the configuration's ingress.
@@ -117,6 +110,25 @@ fn login(args: &LoginArgs) -> Result<LoginToken, AdminError> {
 /// POST `body` (JSON, which may hold a secret: never echoed) to `url`; the status and body
 /// of the answer.
 pub(crate) fn post_json(url: &str, body: &[u8]) -> Result<(u16, bytes::Bytes), AdminError> {
+    call_gateway(
+        http::Method::POST,
+        url,
+        None,
+        Some(body),
+        Duration::from_secs(30),
+    )
+}
+
+/// One call to a running gateway's API from the CLI: `method url`, with `bearer` as the
+/// credential and `body` as JSON when given, answered within `timeout`; the status and body.
+/// Errors name the URL (reqwest's messages do), never the credential or the body.
+pub fn call_gateway(
+    method: http::Method,
+    url: &str,
+    bearer: Option<&str>,
+    body: Option<&[u8]>,
+    timeout: Duration,
+) -> Result<(u16, bytes::Bytes), AdminError> {
     // reqwest runs on rustls without a built-in provider: the gateway's one (ring).
     let _ = rustls::crypto::ring::default_provider().install_default();
     let rt = tokio::runtime::Builder::new_current_thread()
@@ -125,16 +137,21 @@ pub(crate) fn post_json(url: &str, body: &[u8]) -> Result<(u16, bytes::Bytes), A
         .map_err(|e| AdminError::failure(format!("cannot start the runtime: {e}")))?;
     rt.block_on(async move {
         let client = reqwest::Client::builder()
-            .timeout(Duration::from_secs(30))
+            .timeout(timeout)
             .build()
             .map_err(|e| AdminError::failure(format!("cannot build the HTTP client: {e}")))?;
-        let resp = client
-            .post(url)
-            .header(http::header::CONTENT_TYPE, "application/json")
-            .body(body.to_vec())
+        let mut req = client.request(method, url);
+        if let Some(b) = bearer {
+            req = req.bearer_auth(b);
+        }
+        if let Some(b) = body {
+            req = req
+                .header(http::header::CONTENT_TYPE, "application/json")
+                .body(b.to_vec());
+        }
+        let resp = req
             .send()
             .await
-            // reqwest's message names the URL, never the body.
             .map_err(|e| AdminError::failure(format!("cannot reach the gateway: {e}")))?;
         let status = resp.status().as_u16();
         let bytes = resp
@@ -143,6 +160,16 @@ pub(crate) fn post_json(url: &str, body: &[u8]) -> Result<(u16, bytes::Bytes), A
             .map_err(|e| AdminError::failure(format!("reading the answer: {e}")))?;
         Ok((status, bytes))
     })
+}
+
+/// The credential for the gateway's API, from `PORTCULLIS_KEY` (never a flag, where process
+/// listings would show it); `what` says what it must allow.
+pub(crate) fn key_from_env(what: &str) -> Result<String, AdminError> {
+    std::env::var("PORTCULLIS_KEY")
+        .ok()
+        .map(|k| k.trim().to_string())
+        .filter(|k| !k.is_empty())
+        .ok_or_else(|| AdminError::usage(format!("set PORTCULLIS_KEY to {what}")))
 }
 
 /// The gateway's answer to an HTTP bootstrap (the created user and its binding), printed as

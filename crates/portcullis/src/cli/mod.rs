@@ -18,6 +18,7 @@ pub mod render;
 mod sessions;
 
 pub use examples::{command, parse};
+pub use login::call_gateway;
 pub use render::Render;
 
 use clap::{Parser, Subcommand};
@@ -479,16 +480,10 @@ pub fn run(cli: Cli, shutdown: impl Future<Output = ()> + Send + 'static) -> Exi
             workspace,
             gateway: Some(gateway),
             token_file: Some(token_file),
-        }) => {
-            let result = login::bootstrap_over_http(&gateway, &token_file, &workspace, &user);
-            let (stdout, stderr) = render::outcome(&result, target.json);
-            print!("{stdout}");
-            eprint!("{stderr}");
-            match result {
-                Ok(_) => ExitCode::SUCCESS,
-                Err(e) => ExitCode::from(e.exit_code()),
-            }
-        }
+        }) => render::finish(
+            login::bootstrap_over_http(&gateway, &token_file, &workspace, &user),
+            target.json,
+        ),
         Command::Bootstrap(BootstrapArgs {
             target,
             admin_user: Some(user),
@@ -577,22 +572,10 @@ pub fn run(cli: Cli, shutdown: impl Future<Output = ()> + Send + 'static) -> Exi
         }) => {
             let result =
                 login::gateway_base(gateway.as_deref(), config.as_deref()).and_then(|base| {
-                    let key = std::env::var("PORTCULLIS_KEY").map_err(|_| {
-                        AdminError::usage("set PORTCULLIS_KEY to an API key with iam.services.read")
-                    })?;
-                    tokio::runtime::Builder::new_current_thread()
-                        .enable_all()
-                        .build()
-                        .map_err(|e| AdminError::failure(format!("cannot start the runtime: {e}")))?
-                        .block_on(crate::services::list_remote(&base, key.trim()))
+                    let key = login::key_from_env("an API key with iam.services.read")?;
+                    crate::services::list_remote(&base, &key)
                 });
-            let (stdout, stderr) = render::outcome(&result, json);
-            print!("{stdout}");
-            eprint!("{stderr}");
-            match result {
-                Ok(_) => ExitCode::SUCCESS,
-                Err(e) => ExitCode::from(e.exit_code()),
-            }
+            render::finish(result, json)
         }
         Command::Login(args) => login::run(&args),
         Command::Sessions(args) => sessions::run(&args),
@@ -713,13 +696,7 @@ where
             .map_err(|e| AdminError::failure(format!("cannot start the runtime: {e}")))?;
         rt.block_on(f(cfg))
     });
-    let (stdout, stderr) = render::outcome(&result, target.json);
-    print!("{stdout}");
-    eprint!("{stderr}");
-    match result {
-        Ok(_) => ExitCode::SUCCESS,
-        Err(e) => ExitCode::from(e.exit_code()),
-    }
+    render::finish(result, target.json)
 }
 
 /// Run `fut` on a multi-threaded runtime (the control runtime of `serve` and `demo`).

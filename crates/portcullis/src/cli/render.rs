@@ -31,6 +31,20 @@ pub fn outcome<T: Serialize + Render>(
     }
 }
 
+/// Print `result` as [`outcome`] says and give the exit code of the CLI: 0, or the error's.
+pub fn finish<T: Serialize + Render>(
+    result: Result<T, AdminError>,
+    json: bool,
+) -> std::process::ExitCode {
+    let (stdout, stderr) = outcome(&result, json);
+    print!("{stdout}");
+    eprint!("{stderr}");
+    match result {
+        Ok(_) => std::process::ExitCode::SUCCESS,
+        Err(e) => std::process::ExitCode::from(e.exit_code()),
+    }
+}
+
 /// One JSON document and a newline. Views are plain data (strings, numbers, maps with string
 /// keys), so serialising cannot fail; if it ever did, the line says so as JSON.
 fn json_line<T: Serialize>(v: &T) -> String {

@@ -91,22 +91,12 @@ impl Render for Answer {
 
 /// Run `portcullis sessions …`.
 pub(super) fn run(args: &SessionsArgs) -> ExitCode {
-    let result = call(args);
-    let (stdout, stderr) = render::outcome(&result, args.json);
-    print!("{stdout}");
-    eprint!("{stderr}");
-    match result {
-        Ok(_) => ExitCode::SUCCESS,
-        Err(e) => ExitCode::from(e.exit_code()),
-    }
+    render::finish(call(args), args.json)
 }
 
 fn call(args: &SessionsArgs) -> Result<Answer, AdminError> {
     let base = super::login::gateway_base(args.gateway.as_deref(), args.config.as_deref())?;
-    let key = std::env::var("PORTCULLIS_KEY")
-        .ok()
-        .filter(|k| !k.is_empty())
-        .ok_or_else(|| AdminError::usage("set PORTCULLIS_KEY to an API key or access token"))?;
+    let key = super::login::key_from_env("an API key or access token")?;
     let path = crate::sessions::api::SESSIONS_PATH;
     let (method, url) = match &args.command {
         SessionsCommand::List => (http::Method::GET, format!("{base}{path}")),
@@ -118,46 +108,26 @@ fn call(args: &SessionsArgs) -> Result<Answer, AdminError> {
             format!("{base}{path}/{}", segment(id)?),
         ),
     };
-    let _ = rustls::crypto::ring::default_provider().install_default();
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .map_err(|e| AdminError::failure(format!("cannot start the runtime: {e}")))?;
-    rt.block_on(async move {
-        let client = reqwest::Client::builder()
-            .timeout(Duration::from_secs(60))
-            .build()
-            .map_err(|e| AdminError::failure(format!("cannot build the HTTP client: {e}")))?;
-        let resp = client
-            .request(method, &url)
-            .bearer_auth(key)
-            .send()
-            .await
-            .map_err(|e| AdminError::failure(format!("cannot reach the gateway: {e}")))?;
-        let status = resp.status().as_u16();
-        let bytes = resp
-            .bytes()
-            .await
-            .map_err(|e| AdminError::failure(format!("reading the answer: {e}")))?;
-        let v: Value = serde_json::from_slice(&bytes).unwrap_or(Value::Null);
-        let message = v["error"].as_str().unwrap_or("").to_string();
-        match status {
-            200 => Ok(Answer(v)),
-            401 => Err(AdminError::failure(
-                "the credential in PORTCULLIS_KEY was refused",
-            )),
-            403 => Err(AdminError::failure(
-                "the credential lacks the capability for this",
-            )),
-            404 => Err(AdminError {
-                message: "no such session".into(),
-                kind: ErrorKind::NotFound,
-            }),
-            s => Err(AdminError::failure(format!(
-                "the gateway answered {s}: {message}"
-            ))),
-        }
-    })
+    let (status, bytes) =
+        super::login::call_gateway(method, &url, Some(&key), None, Duration::from_secs(60))?;
+    let v: Value = serde_json::from_slice(&bytes).unwrap_or(Value::Null);
+    let message = v["error"].as_str().unwrap_or("").to_string();
+    match status {
+        200 => Ok(Answer(v)),
+        401 => Err(AdminError::failure(
+            "the credential in PORTCULLIS_KEY was refused",
+        )),
+        403 => Err(AdminError::failure(
+            "the credential lacks the capability for this",
+        )),
+        404 => Err(AdminError {
+            message: "no such session".into(),
+            kind: ErrorKind::NotFound,
+        }),
+        s => Err(AdminError::failure(format!(
+            "the gateway answered {s}: {message}"
+        ))),
+    }
 }
 
 /// A session id as one path segment: ids are `[a-z0-9.-]`.
