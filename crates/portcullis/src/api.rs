@@ -115,7 +115,8 @@ impl IamApi {
 
 /// The caller's own workspace id: what a check runs against when the thing named does not
 /// exist, so a caller who may not read there learns nothing from a 404.
-fn own_workspace(c: &Caller) -> String {
+/// The caller's own workspace id (empty for a caller without an identity).
+pub(crate) fn own_workspace(c: &Caller) -> String {
     c.identity
         .as_ref()
         .map_or_else(String::new, |i| i.workspace.id.to_string())
@@ -169,6 +170,9 @@ macro_rules! tri {
         }
     };
 }
+
+// The gateway's other JSON APIs (sessions) answer the same way.
+pub(crate) use {caller, tri};
 
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -753,17 +757,8 @@ async fn pairings_decide(
         "deny" => false,
         _ => return StatusCode::NOT_FOUND.into_response(),
     };
-    let empty = req
-        .headers()
-        .get(http::header::CONTENT_LENGTH)
-        .is_some_and(|v| v == "0")
-        || (!req.headers().contains_key(http::header::CONTENT_LENGTH)
-            && !req.headers().contains_key(http::header::TRANSFER_ENCODING));
-    let body: ApproveBody = if empty {
-        ApproveBody::default()
-    } else {
-        tri!(json_body(req).await)
-    };
+    // An empty body takes the defaults.
+    let body: ApproveBody = tri!(json_body_or_empty(req).await).unwrap_or_default();
     let actor = IamApi::actor(&c);
     done(
         StatusCode::OK,

@@ -33,6 +33,7 @@ use serde_json::json;
 use super::events::{Event, SubscribeError};
 use super::{InvokeError, OpenError, OpenRequest, Owner, Session, Sessions, SubscribeOutcome};
 use crate::access::{Access, Decision, Resource};
+use crate::api::{caller, own_workspace, tri};
 use crate::audit::{AuditSink, Refusal};
 use crate::auth::login::rescued;
 use crate::error::GatewayError;
@@ -167,31 +168,6 @@ impl SessionsApi {
             .await?;
         self.sessions.get(id, &owner).ok_or_else(not_found)
     }
-}
-
-/// The caller's own workspace id.
-pub fn own_workspace(c: &Caller) -> String {
-    c.identity
-        .as_ref()
-        .map_or_else(String::new, |i| i.workspace.id.to_string())
-}
-
-macro_rules! caller {
-    ($c:expr) => {
-        match $c {
-            Some(Extension(c)) => c,
-            None => return rescued(GatewayError::Unauthorized("missing")),
-        }
-    };
-}
-
-macro_rules! tri {
-    ($e:expr) => {
-        match $e {
-            Ok(v) => v,
-            Err(r) => return r,
-        }
-    };
 }
 
 /// Read a JSON object body of at most `max` bytes.

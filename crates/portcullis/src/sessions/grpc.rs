@@ -17,9 +17,10 @@ use std::time::Duration;
 use futures_util::Stream;
 use tonic::{Code, Status};
 
-use super::api::{own_workspace, Denied, SessionsApi};
+use super::api::{Denied, SessionsApi};
 use super::events::{Event, SubscribeError};
 use super::{CloseReason, InvokeError, OpenError, OpenRequest, Session, State, SubscribeOutcome};
+use crate::api::own_workspace;
 use crate::pipeline::Caller;
 
 /// The service's path prefix.
