@@ -95,14 +95,8 @@ impl RotatingTicketer {
 
     /// Demote the current key now (the previous one is erased); what the schedule does.
     pub fn rotate(&self) {
-        let Some(next) = Key::generate(&self.rng) else {
-            tracing::error!("no randomness for a new TLS ticket key: keeping the current one");
-            return;
-        };
         if let Ok(mut k) = self.keys.write() {
-            let old = std::mem::replace(&mut k.current, next);
-            k.previous = Some(old);
-            k.next_rotation_ms = self.clock.now_ms().saturating_add(self.rotation_ms);
+            self.replace_current(&mut k, true);
         }
     }
 
@@ -115,18 +109,25 @@ impl RotatingTicketer {
         if due {
             // Two callers may both see it due: only one rotates, the other finds it fresh.
             if let Ok(mut k) = self.keys.write() {
-                if self.clock.now_ms() >= k.next_rotation_ms {
-                    if let Some(next) = Key::generate(&self.rng) {
-                        let old = std::mem::replace(&mut k.current, next);
-                        // Rotations missed (a long idle spell) leave nothing older behind.
-                        let missed = self.clock.now_ms()
-                            >= k.next_rotation_ms.saturating_add(self.rotation_ms);
-                        k.previous = if missed { None } else { Some(old) };
-                        k.next_rotation_ms = self.clock.now_ms().saturating_add(self.rotation_ms);
-                    }
+                let now = self.clock.now_ms();
+                if now >= k.next_rotation_ms {
+                    // Rotations missed (a long idle spell) leave nothing older behind.
+                    let missed = now >= k.next_rotation_ms.saturating_add(self.rotation_ms);
+                    self.replace_current(&mut k, !missed);
                 }
             }
         }
+    }
+
+    /// A new current key; the old one becomes the previous (`keep_previous`) or is erased.
+    fn replace_current(&self, k: &mut Keys, keep_previous: bool) {
+        let Some(next) = Key::generate(&self.rng) else {
+            tracing::error!("no randomness for a new TLS ticket key: keeping the current one");
+            return;
+        };
+        let old = std::mem::replace(&mut k.current, next);
+        k.previous = keep_previous.then_some(old);
+        k.next_rotation_ms = self.clock.now_ms().saturating_add(self.rotation_ms);
     }
 }
 
