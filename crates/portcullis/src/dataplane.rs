@@ -14,10 +14,13 @@
 //! on the event loops hold the listeners), so dropping the gateway future without a shutdown still
 //! stops the threads and drops every connection and link on them.
 //!
-//! The listeners stay on the control runtime, which accepts and hands each socket to a event loop
-//! (client connections round-robin, links to the event loop with the fewest links). The control
-//! runtime also runs what is not per call: the store's connections, the authenticator's
-//! background tasks, the accept loops and the shutdown sequence.
+//! A TCP ingress listener accepts where its connections will live: one socket per event loop in
+//! a `SO_REUSEPORT` group (the kernel spreads new connections over them), each accepting on its
+//! own event loop, so a new connection never crosses threads or changes reactors
+//! ([`crate::ingress::Ingress::serve`]). Links (and a Unix-socket ingress) are accepted on the
+//! control runtime and handed to an event loop (client connections round-robin, links to the
+//! event loop with the fewest links). The control runtime also runs what is not per call: the
+//! store's connections, the authenticator's background tasks and the shutdown sequence.
 
 use std::cell::Cell;
 use std::future::Future;
@@ -168,6 +171,14 @@ impl DataPlane {
         let i = self.next.fetch_add(1, Ordering::Relaxed) % self.loops.len();
         tracker.spawn_on(fut, &self.loops[i].handle);
         Ok(())
+    }
+
+    /// Run `fut` on event loop `index` (modulo the count), e.g. one accept loop per event loop.
+    pub fn spawn_on<Fut>(&self, index: usize, fut: Fut) -> tokio::task::JoinHandle<()>
+    where
+        Fut: Future<Output = ()> + Send + 'static,
+    {
+        self.loops[index % self.loops.len()].handle.spawn(fut)
     }
 
     /// Serve a link (from its handshake on) with `serve` on the event loop that holds the fewest

@@ -31,11 +31,28 @@ pub enum Listener {
     /// A Unix-domain socket at `path` (local services and workers); the file is removed when
     /// the listener is dropped.
     Unix {
-        /// The socket.
+        /// The socket (dropped before its file is removed).
         listener: UnixListener,
         /// Its path.
-        path: PathBuf,
+        path: SocketFile,
     },
+}
+
+/// A Unix socket's path; the file is removed when this is dropped (with its listener).
+#[derive(Debug)]
+pub struct SocketFile(PathBuf);
+
+impl std::ops::Deref for SocketFile {
+    type Target = std::path::Path;
+    fn deref(&self) -> &std::path::Path {
+        &self.0
+    }
+}
+
+impl Drop for SocketFile {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.0);
+    }
 }
 
 impl From<TcpListener> for Listener {
@@ -44,18 +61,61 @@ impl From<TcpListener> for Listener {
     }
 }
 
-impl Drop for Listener {
-    fn drop(&mut self) {
-        if let Self::Unix { path, .. } = self {
-            let _ = std::fs::remove_file(path);
-        }
-    }
-}
-
 impl Listener {
-    /// Bind TCP on `addr`.
+    /// Bind TCP on `addr`, in a `SO_REUSEPORT` group of its own so that
+    /// [`Listener::reuseport_siblings`] can add one socket per data-plane thread.
+    ///
+    /// `SO_REUSEPORT` alone would let a second gateway started by mistake on the same port join
+    /// the group and silently take half the connections. So the port is first bound without it
+    /// (and released at once): that bind fails while anything, a reuseport group included,
+    /// listens there, and the mistake stays an "address in use" error at start.
     pub async fn tcp(addr: SocketAddr) -> std::io::Result<Self> {
-        Ok(Self::Tcp(TcpListener::bind(addr).await?))
+        let mut last = None;
+        // With port 0 another process can take the probed port before we bind it: try again.
+        for _ in 0..8 {
+            let probe = tcp_socket(addr)?;
+            probe.bind(addr)?;
+            let at = probe.local_addr()?;
+            drop(probe);
+            let socket = tcp_socket(at)?;
+            socket.set_reuseport(true)?;
+            match socket.bind(at) {
+                Ok(()) => return Ok(Self::Tcp(socket.listen(LISTEN_BACKLOG)?)),
+                Err(e) if addr.port() == 0 && e.kind() == std::io::ErrorKind::AddrInUse => {
+                    last = Some(e)
+                }
+                Err(e) => return Err(e),
+            }
+        }
+        Err(last.unwrap_or_else(|| std::io::ErrorKind::AddrInUse.into()))
+    }
+
+    /// `n` more listening sockets on this TCP listener's address, in its `SO_REUSEPORT` group
+    /// (the kernel spreads new connections over the group), detached from any runtime so each
+    /// can be moved to the thread that will accept on it. `Ok(None)` for a Unix socket or a
+    /// listener not bound by [`Listener::tcp`] (not in a group).
+    pub fn reuseport_siblings(
+        &self,
+        n: usize,
+    ) -> std::io::Result<Option<Vec<std::net::TcpListener>>> {
+        let Self::Tcp(l) = self else {
+            return Ok(None);
+        };
+        let at = l.local_addr()?;
+        let mut siblings = Vec::with_capacity(n);
+        for _ in 0..n {
+            let socket = tcp_socket(at)?;
+            socket.set_reuseport(true)?;
+            match socket.bind(at) {
+                Ok(()) => siblings.push(socket.listen(LISTEN_BACKLOG)?.into_std()?),
+                // The listener itself is not in a reuseport group.
+                Err(e) if siblings.is_empty() && e.kind() == std::io::ErrorKind::AddrInUse => {
+                    return Ok(None)
+                }
+                Err(e) => return Err(e),
+            }
+        }
+        Ok(Some(siblings))
     }
 
     /// Bind a Unix-domain socket at `path`, replacing a stale socket file left by a previous
@@ -73,7 +133,10 @@ impl Listener {
             std::fs::remove_file(&path)?;
         }
         let listener = UnixListener::bind(&path)?;
-        Ok(Self::Unix { listener, path })
+        Ok(Self::Unix {
+            listener,
+            path: SocketFile(path),
+        })
     }
 
     /// Where the listener listens, for logs: the TCP address or the socket's path.
@@ -109,6 +172,21 @@ impl Listener {
             }
         }
     }
+}
+
+/// The accept backlog of TCP listeners (tokio's `TcpListener::bind` uses the same).
+const LISTEN_BACKLOG: u32 = 1024;
+
+/// A TCP socket for `addr`'s family with `SO_REUSEADDR` (a restart binds over connections in
+/// TIME_WAIT, as `TcpListener::bind` does).
+fn tcp_socket(addr: SocketAddr) -> std::io::Result<tokio::net::TcpSocket> {
+    let socket = if addr.is_ipv4() {
+        tokio::net::TcpSocket::new_v4()?
+    } else {
+        tokio::net::TcpSocket::new_v6()?
+    };
+    socket.set_reuseaddr(true)?;
+    Ok(socket)
 }
 
 /// Who connected.
@@ -236,30 +314,53 @@ impl AsyncWrite for Stream {
     }
 }
 
+/// How an accept loop admits connections.
+#[derive(Debug, Clone)]
+pub enum Admission {
+    /// Everything; the caller decides per connection.
+    Open,
+    /// A connection is accepted only once a permit is free, and the permit travels with it:
+    /// past the limit the kernel's backlog holds the rest. For a listener alone under its limit.
+    BeforeAccept(Arc<Semaphore>),
+    /// Accept, then wait for a permit before accepting the next: for several listeners sharing
+    /// one limit (the per-thread ingress sockets). A loop waiting for a permit before accepting
+    /// would hold one while its own socket is empty, and a connection queued on a sibling
+    /// socket would wait for it forever; this way each loop holds at most one accepted
+    /// connection beyond the limit, and the backlog the rest.
+    AfterAccept(Arc<Semaphore>),
+}
+
+impl From<Option<Arc<Semaphore>>> for Admission {
+    fn from(limit: Option<Arc<Semaphore>>) -> Self {
+        limit.map_or(Self::Open, Self::BeforeAccept)
+    }
+}
+
 /// The one accept loop of every listener: accept until `stop` fires and hand each connection
-/// to `on_conn`, which returns `Break` to stop. With `admission`, a connection is accepted only
-/// once a permit is free (the kernel's backlog holds the rest) and the permit travels with it;
-/// without, `on_conn` decides admission itself. Accept errors (EMFILE and friends) back off
-/// instead of spinning; `what` names the listener in logs.
+/// to `on_conn`, which returns `Break` to stop, with its permit under a limited
+/// [`Admission`] (`Some(limit)` is [`Admission::BeforeAccept`], `None` is open). Accept errors
+/// (EMFILE and friends) back off instead of spinning; `what` names the listener in logs.
 pub async fn accept_loop<F>(
     listener: &Listener,
     what: &'static str,
     stop: &CancellationToken,
-    admission: Option<Arc<Semaphore>>,
+    admission: impl Into<Admission>,
     mut on_conn: F,
 ) where
     F: FnMut(Stream, Peer, Option<OwnedSemaphorePermit>) -> ControlFlow<()>,
 {
+    let admission = admission.into();
+    let permit_of = |limit: &Arc<Semaphore>| limit.clone().acquire_owned();
     loop {
-        let permit = match &admission {
-            Some(limit) => tokio::select! {
+        let mut permit = match &admission {
+            Admission::BeforeAccept(limit) => tokio::select! {
                 _ = stop.cancelled() => return,
-                p = limit.clone().acquire_owned() => match p {
+                p = permit_of(limit) => match p {
                     Ok(p) => Some(p),
                     Err(_) => return,
                 },
             },
-            None => None,
+            _ => None,
         };
         let (stream, peer) = tokio::select! {
             _ = stop.cancelled() => return,
@@ -272,6 +373,15 @@ pub async fn accept_loop<F>(
                 }
             },
         };
+        if let Admission::AfterAccept(limit) = &admission {
+            permit = tokio::select! {
+                _ = stop.cancelled() => return,
+                p = permit_of(limit) => match p {
+                    Ok(p) => Some(p),
+                    Err(_) => return,
+                },
+            };
+        }
         if on_conn(stream, peer, permit).is_break() {
             return;
         }
@@ -361,7 +471,7 @@ mod tests {
             let stop = CancellationToken::new();
             let tcp = listener.local_addr();
             let path = match &listener {
-                Listener::Unix { path, .. } => Some(path.clone()),
+                Listener::Unix { path, .. } => Some(path.to_path_buf()),
                 Listener::Tcp(_) => None,
             };
             let s = stop.clone();
@@ -401,6 +511,46 @@ mod tests {
             let peers = server.await.unwrap();
             assert_eq!(peers.len(), 1);
         }
+    }
+
+    #[tokio::test]
+    async fn a_second_gateway_on_the_same_port_is_refused_but_siblings_share_it() {
+        let first = Listener::tcp("127.0.0.1:0".parse().unwrap()).await.unwrap();
+        let at = first.local_addr().unwrap();
+        // Another process (or a second gateway by mistake) cannot join the reuseport group.
+        let again = Listener::tcp(at).await.unwrap_err();
+        assert_eq!(again.kind(), std::io::ErrorKind::AddrInUse);
+        assert!(std::net::TcpListener::bind(at).is_err());
+        // Siblings can, and the kernel spreads new connections over the group.
+        let siblings = first.reuseport_siblings(1).unwrap().unwrap();
+        let mut group = vec![first];
+        for s in siblings {
+            group.push(Listener::Tcp(TcpListener::from_std(s).unwrap()));
+        }
+        let mut clients = Vec::new();
+        for _ in 0..64 {
+            clients.push(TcpStream::connect(at).await.unwrap());
+        }
+        let mut per_socket = Vec::new();
+        for l in &group {
+            let mut n = 0;
+            while let Ok(Ok(_)) = tokio::time::timeout(Duration::from_millis(200), l.accept()).await
+            {
+                n += 1;
+            }
+            per_socket.push(n);
+        }
+        assert_eq!(per_socket.iter().sum::<usize>(), 64, "{per_socket:?}");
+        assert!(per_socket.iter().all(|&n| n > 0), "{per_socket:?}");
+    }
+
+    #[tokio::test]
+    async fn a_listener_outside_a_reuseport_group_has_no_siblings() {
+        let plain = Listener::from(TcpListener::bind("127.0.0.1:0").await.unwrap());
+        assert!(plain.reuseport_siblings(1).unwrap().is_none());
+        let dir = tempfile::tempdir().unwrap();
+        let unix = Listener::unix(dir.path().join("s.sock")).unwrap();
+        assert!(unix.reuseport_siblings(1).unwrap().is_none());
     }
 
     #[tokio::test]

@@ -168,6 +168,11 @@ impl Ingress {
 
     /// Accept connections until `stop_accepting` fires; each connection is told to finish when
     /// `drain` fires. Returns once accepting has stopped; use [`Ingress::wait`] for the rest.
+    ///
+    /// A TCP listener accepts on every event loop (one `SO_REUSEPORT` socket each, see
+    /// [`crate::transport::Listener::reuseport_siblings`]) and each connection is served on the
+    /// event loop that accepted it; otherwise (a Unix socket, one event loop) the control runtime
+    /// accepts and hands connections round-robin. Both share one connection limit.
     pub async fn serve(
         self: Arc<Self>,
         listener: crate::transport::Listener,
@@ -176,6 +181,56 @@ impl Ingress {
     ) {
         let limit = Arc::new(Semaphore::new(self.cfg.max_connections));
         let local = listener.local_addr();
+        let Some(dataplane) = self.dataplane.upgrade() else {
+            return; // the gateway is gone
+        };
+        let siblings = match dataplane.len() {
+            1 => None,
+            n => listener.reuseport_siblings(n - 1).unwrap_or_else(|e| {
+                tracing::warn!(error = %e, "cannot open one ingress socket per data-plane thread; accepting on one");
+                None
+            }),
+        };
+        let listener = match (listener, siblings) {
+            (crate::transport::Listener::Tcp(first), Some(siblings)) => {
+                let accepting: Vec<_> = std::iter::once(first.into_std())
+                    .chain(siblings.into_iter().map(Ok))
+                    .enumerate()
+                    .map(|(i, socket)| {
+                        let this = self.clone();
+                        let (stop, drain) = (stop_accepting.clone(), drain.clone());
+                        let limit = limit.clone();
+                        dataplane.spawn_on(i, async move {
+                            let listener = match socket.and_then(tokio::net::TcpListener::from_std)
+                            {
+                                Ok(l) => crate::transport::Listener::Tcp(l),
+                                Err(e) => {
+                                    tracing::warn!(error = %e, "cannot accept on a data-plane thread");
+                                    return;
+                                }
+                            };
+                            let admission = crate::transport::Admission::AfterAccept(limit);
+                            accept_loop(&listener, "ingress", &stop, admission, |stream, peer, permit| {
+                                // On this event loop's runtime: the connection stays where it
+                                // was accepted.
+                                let conn = this.clone().connection(stream, peer, local, drain.clone(), permit);
+                                this.connections.spawn(conn);
+                                ControlFlow::Continue(())
+                            })
+                            .await;
+                        })
+                    })
+                    .collect();
+                drop(dataplane);
+                for task in accepting {
+                    let _ = task.await;
+                }
+                self.connections.close();
+                return;
+            }
+            (listener, _) => listener,
+        };
+        drop(dataplane);
         accept_loop(
             &listener,
             "ingress",
@@ -187,26 +242,9 @@ impl Ingress {
                 };
                 let this = self.clone();
                 let drain = drain.clone();
-                // Every connection's task is sized by its largest state; the protocol stacks
-                // are boxed so a parked connection's task stays small (see `serve_tcp`).
-                let handed =
-                    dataplane.spawn_next(&self.connections, stream, move |stream| async move {
-                        let facts = ConnFacts {
-                            peer,
-                            local,
-                            tls: None,
-                        };
-                        match (&this.tls, stream) {
-                            (None, Stream::Tcp(tcp)) => this.serve_tcp(tcp, facts, drain).await,
-                            (None, unix) => Box::pin(this.serve_conn(unix, facts, drain)).await,
-                            // Boxed: the handshake state (1.3 KiB with its timeout) would
-                            // otherwise size every connection's task, plain TCP ones included.
-                            (Some(acc), stream) => {
-                                Box::pin(this.serve_tls(acc, stream, facts, drain)).await
-                            }
-                        }
-                        drop(permit);
-                    });
+                let handed = dataplane.spawn_next(&self.connections, stream, move |stream| {
+                    this.connection(stream, peer, local, drain, permit)
+                });
                 if let Err(e) = handed {
                     tracing::debug!(peer = %peer, error = %e, "cannot hand the connection to a data-plane thread");
                 }
@@ -215,6 +253,33 @@ impl Ingress {
         )
         .await;
         self.connections.close();
+    }
+
+    /// One client connection, from its first byte to its end; the admission permit is held
+    /// until then.
+    async fn connection(
+        self: Arc<Self>,
+        stream: Stream,
+        peer: crate::transport::Peer,
+        local: Option<std::net::SocketAddr>,
+        drain: CancellationToken,
+        permit: Option<tokio::sync::OwnedSemaphorePermit>,
+    ) {
+        let facts = ConnFacts {
+            peer,
+            local,
+            tls: None,
+        };
+        // Every connection's task is sized by its largest state; the protocol stacks are boxed
+        // so a parked connection's task stays small (see `serve_tcp`).
+        match (&self.tls, stream) {
+            (None, Stream::Tcp(tcp)) => self.serve_tcp(tcp, facts, drain).await,
+            (None, unix) => Box::pin(self.serve_conn(unix, facts, drain)).await,
+            // Boxed: the handshake state (1.3 KiB with its timeout) would otherwise size every
+            // connection's task, plain TCP ones included.
+            (Some(acc), stream) => Box::pin(self.serve_tls(acc, stream, facts, drain)).await,
+        }
+        drop(permit);
     }
 
     /// A TLS client connection: handshake within the header-read timeout, then HTTP/1.1 or

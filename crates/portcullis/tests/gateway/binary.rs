@@ -473,3 +473,42 @@ fn cli_json_shapes_and_text_of_each_admin_result() {
     assert_eq!(fields(&e), ["error"]);
     assert!(e["error"].as_str().unwrap().starts_with("--overlap"), "{e}");
 }
+
+/// The ingress binds one socket per data-plane thread in a `SO_REUSEPORT` group; a second
+/// gateway started by mistake on the same port must not join that group (and silently take
+/// half the connections): it fails to start, naming the setting, and the first keeps serving.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_second_gateway_on_a_busy_ingress_port_refuses_to_start() {
+    let gw = GatewayProcess::start("", "info");
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    std::fs::create_dir_all(&data).unwrap();
+    crate::common::process::init_and_create_key(&data);
+    let path = dir.path().join("portcullis.toml");
+    std::fs::write(
+        &path,
+        format!(
+            "[ingress]\nlisten = \"{}\"\n[link]\nlisten = \"127.0.0.1:0\"\n",
+            gw.ingress
+        ),
+    )
+    .unwrap();
+    let (code, _, err) = cli(&[
+        "serve",
+        "--config",
+        path.to_str().unwrap(),
+        "--data-dir",
+        data.to_str().unwrap(),
+    ]);
+    assert_eq!(code, 1, "{err}");
+    assert!(err.contains("ingress.listen"), "{err}");
+    assert!(err.to_lowercase().contains("in use"), "{err}");
+    for _ in 0..20 {
+        let (status, _, _) = gw.get("/health/live").await;
+        assert_eq!(
+            status,
+            StatusCode::OK,
+            "every connection still reaches the first"
+        );
+    }
+}
