@@ -166,6 +166,13 @@ def cmd_h2load(path, log, *extra):
     }))
 
 
+def cmd_merge(path, *extra):
+    """One JSON object from PATH with `key=value` fields added, as one result line."""
+    row = json.load(open(path))
+    row.update(extra_fields(extra))
+    print(json.dumps(row))
+
+
 def cmd_json_get(key):
     text = sys.stdin.read()
     for line in reversed(text.strip().splitlines()):
@@ -236,7 +243,8 @@ def summarise(rows, scenario):
         if r.get("scenario") != scenario:
             continue
         t = out.setdefault(r["target"], {"rps": [], "p50": [], "p99": [], "cpu": [],
-                                         "cpu_backend": [], "errors": 0, "note": None})
+                                         "cpu_backend": [], "errors": 0, "note": None,
+                                         "us_proxy": [], "us_backend": [], "resumed": []})
         if r.get("note"):
             t["note"] = r["note"]
             continue
@@ -246,6 +254,14 @@ def summarise(rows, scenario):
         t["cpu"].append(r.get("cpu_proxy"))
         t["cpu_backend"].append(r.get("cpu_backend"))
         t["errors"] += r.get("errors") or 0
+        n = r.get("requests") or 0
+        # CPU microseconds per request (per connection in the new-connection scenarios).
+        if n and r.get("proxy_cpu_s") is not None:
+            t["us_proxy"].append(r["proxy_cpu_s"] * 1e6 / n)
+        if n and r.get("backend_cpu_s") is not None:
+            t["us_backend"].append(r["backend_cpu_s"] * 1e6 / n)
+        if n and r.get("resumed") is not None:
+            t["resumed"].append(100.0 * r["resumed"] / n)
     return out
 
 
@@ -328,26 +344,36 @@ def cmd_report(results_path, meta_path, out_path):
                          "extractor), interleaved with the API-key row (`GET /echo/x`)", ident,
                          ["portcullis+key", "portcullis+identity"])
 
-    idle = {r["target"]: r for r in rows if r.get("scenario") == "idle"}
-    md += [f"### 4. {meta['idle_n']:,} idle keep-alive client connections "
-           f"(one request each, then held open)", "",
-           "| target | RSS before, MiB | RSS with the connections open, MiB | growth, MiB | "
-           "per connection, KiB | connections held |",
-           "|---|---:|---:|---:|---:|---:|"]
-    for t in ["nginx", "haproxy", "portcullis"]:
-        r = idle.get(t)
-        if r is None:
-            continue
-        if r.get("note"):
-            md.append(f"| {t} | {r['note']} | | | | |")
-            continue
-        grow = (r["rss_after_kib"] - r["rss_before_kib"])
-        per = grow / r["held"] if r["held"] else None
-        md.append(f"| {t} | {fmt(r['rss_before_kib'] / 1024, 1)} | "
-                  f"{fmt(r['rss_after_kib'] / 1024, 1)} | {fmt(grow / 1024, 1)} | "
-                  f"{fmt(per, 1)} | {r['held']:,} |")
-    md += ["", "RSS is `VmRSS` from `/proc/PID/status`: NGINX summed over its worker processes "
-           "(the master holds no connections), HAProxy and Portcullis one process each.", ""]
+    def idle_rows(scenario):
+        return {r["target"]: r for r in rows if r.get("scenario") == scenario}
+
+    def idle_table(title, idle, targets):
+        out = [f"### {title}", "",
+               "| target | RSS before, MiB | RSS with the connections open, MiB | growth, MiB | "
+               "per connection, KiB | connections held |",
+               "|---|---:|---:|---:|---:|---:|"]
+        for t in targets:
+            r = idle.get(t)
+            if r is None:
+                continue
+            if r.get("note"):
+                out.append(f"| {t} | {r['note']} | | | | |")
+                continue
+            grow = (r["rss_after_kib"] - r["rss_before_kib"])
+            per = grow / r["held"] if r["held"] else None
+            out.append(f"| {t} | {fmt(r['rss_before_kib'] / 1024, 1)} | "
+                       f"{fmt(r['rss_after_kib'] / 1024, 1)} | {fmt(grow / 1024, 1)} | "
+                       f"{fmt(per, 1)} | {r['held']:,} |")
+        out += ["", "RSS is `VmRSS` from `/proc/PID/status`: NGINX summed over its worker "
+                "processes (the master holds no connections), HAProxy and Portcullis one process "
+                "each.", ""]
+        return out
+
+    idle = idle_rows("idle")
+    if idle:
+        md += idle_table(f"4. {meta['idle_n']:,} idle keep-alive client connections "
+                         f"(one request each, then held open)", idle,
+                         ["nginx", "haproxy", "portcullis"])
 
     stream = {}
     for r in rows:
@@ -372,6 +398,63 @@ def cmd_report(results_path, meta_path, out_path):
         v = s.get(t)
         return med(v[k]) if v else None
 
+    tls_t = ["nginx-tls", "haproxy-tls", "portcullis-tls"]
+    tls_h1 = summarise(rows, "tls_h1")
+    tls_h2 = summarise(rows, "tls_h2")
+    if tls_h1:
+        md += load_table(f"6. HTTPS (TLS 1.3, ECDSA P-256), HTTP/1.1 keep-alive, "
+                         f"{meta.get('conns', 64)} connections (`{meta['cmd_wrk']} https://…`)",
+                         tls_h1, tls_t)
+    if tls_h2:
+        md += load_table(f"7. HTTPS (TLS 1.3), HTTP/2 by ALPN, {meta.get('conns', 64)} "
+                         f"connections × 1 stream (`{meta['cmd_h2load']} https://…`)",
+                         tls_h2, tls_t)
+    conn_plain = summarise(rows, "conn_plain")
+    conn_full = summarise(rows, "conn_tls_full")
+    conn_res = summarise(rows, "conn_tls_resumed")
+    if conn_plain or conn_full or conn_res:
+        md += ["### 8. New connections, one request each", "",
+               "Plain: `wrk -H 'Connection: close'` (every request a new connection, "
+               f"{meta.get('conns', 64)} at a time). TLS: `bench/tls_conns.py`, one client, "
+               "connection after connection, full handshakes or resuming the previous "
+               "connection's session (TLS 1.3 ticket). CPU per connection = the process's CPU "
+               "time over the run ÷ connections made.", "",
+               "| target | kind | connections/s (range) | p99 ms | proxy CPU per connection, µs "
+               "(range) | backend CPU per connection, µs | resumed | errors |",
+               "|---|---|---:|---:|---:|---:|---:|---:|"]
+        for kind, summ, targets in [("plain", conn_plain, ["nginx", "haproxy", "portcullis"]),
+                                    ("TLS full handshake", conn_full, tls_t),
+                                    ("TLS resumed", conn_res, tls_t)]:
+            for t in targets:
+                v = summ.get(t)
+                if not v or not v["rps"]:
+                    continue
+                res = f"{med(v['resumed']):.0f} %" if v["resumed"] else "–"
+                md.append(f"| {t} | {kind} | {fmt(med(v['rps']))}{fmt_range(v['rps'])} | "
+                          f"{fmt(med(v['p99']), 2)} | {fmt(med(v['us_proxy']), 1)}"
+                          f"{fmt_range(v['us_proxy'], 1)} | {fmt(med(v['us_backend']), 1)} | "
+                          f"{res} | {v['errors']} |")
+        md.append("")
+    idle_h1s, idle_h2s = idle_rows("idle_tls_h1"), idle_rows("idle_tls_h2")
+    if idle_h1s:
+        md += idle_table(f"9a. {meta['idle_n']:,} idle TLS connections, HTTP/1.1 (one request "
+                         f"each, then held open)", idle_h1s, tls_t)
+    if idle_h2s:
+        md += idle_table(f"9b. {meta['idle_n']:,} idle TLS connections, HTTP/2 (one stream "
+                         f"each, then held open with no stream)", idle_h2s, tls_t)
+    if h1 and any(v["us_backend"] for v in h1.values()):
+        md += ["### CPU per request, HTTP/1.1 keep-alive (scenario 1)", "",
+               "The backend column is the echo service: plain HTTP/1.1 behind NGINX and "
+               "HAProxy, linked (the SDK's side of the link) behind Portcullis.", "",
+               "| target | proxy CPU per request, µs | backend CPU per request, µs |",
+               "|---|---:|---:|"]
+        for t in TARGETS:
+            v = h1.get(t)
+            if v and v["us_backend"]:
+                proxy_us = "–" if t == "direct" else fmt(med(v["us_proxy"]), 1)
+                md.append(f"| {t} | {proxy_us} | {fmt(med(v['us_backend']), 1)} |")
+        md.append("")
+
     md += ["### Ratios", "",
            "Requests/s: higher is better for Portcullis; p99: lower is better.", "",
            "| measure | Portcullis/NGINX | Portcullis/HAProxy |", "|---|---:|---:|"]
@@ -393,6 +476,30 @@ def cmd_report(results_path, meta_path, out_path):
         md.append(f"| requests/s, identity verified by the service ÷ API key (3b) | "
                   f"{ratio(m(ident, 'portcullis+identity', 'rps'), m(ident, 'portcullis+key', 'rps'))}"
                   f" (Portcullis/Portcullis) | – |")
+    for label, s in [("HTTPS HTTP/1.1", tls_h1), ("HTTPS HTTP/2", tls_h2)]:
+        if s:
+            md.append(f"| requests/s, {label} | "
+                      f"{ratio(m(s, 'portcullis-tls', 'rps'), m(s, 'nginx-tls', 'rps'))} | "
+                      f"{ratio(m(s, 'portcullis-tls', 'rps'), m(s, 'haproxy-tls', 'rps'))} |")
+    tls_plain = {}
+    if tls_h1 and h1:
+        for t in ["nginx", "haproxy", "portcullis"]:
+            a, b = m(tls_h1, f"{t}-tls", "rps"), m(h1, t, "rps")
+            tls_plain[t] = a / b if a is not None and b else None
+        md.append("| HTTPS ÷ plain requests/s, HTTP/1.1 (each proxy against itself: "
+                  + ", ".join(f"{t} {'–' if v is None else f'{v:.2f}'}" for t, v in tls_plain.items())
+                  + ") | – | – |")
+    for label, s, pt, nt, ht in [("plain new connection", conn_plain, "portcullis", "nginx", "haproxy"),
+                                 ("TLS full handshake", conn_full, "portcullis-tls", "nginx-tls", "haproxy-tls"),
+                                 ("TLS resumed connection", conn_res, "portcullis-tls", "nginx-tls", "haproxy-tls")]:
+        if s:
+            md.append(f"| proxy CPU per {label} (lower is better) | "
+                      f"{ratio(m(s, pt, 'us_proxy'), m(s, nt, 'us_proxy'))} | "
+                      f"{ratio(m(s, pt, 'us_proxy'), m(s, ht, 'us_proxy'))} |")
+    if h1 and m(h1, "portcullis", "us_backend") is not None:
+        md.append(f"| backend CPU per request, HTTP/1.1: linked echo ÷ plain echo (lower is "
+                  f"better) | {ratio(m(h1, 'portcullis', 'us_backend'), m(h1, 'nginx', 'us_backend'))} | "
+                  f"{ratio(m(h1, 'portcullis', 'us_backend'), m(h1, 'haproxy', 'us_backend'))} |")
     pc = idle.get("portcullis", {})
     ng = idle.get("nginx", {})
     hp = idle.get("haproxy", {})
@@ -449,6 +556,34 @@ def cmd_report(results_path, meta_path, out_path):
                       f"{ratio(i_rps, k_rps)} | {verdict(cmp(i_rps, k_rps, lambda a, b: a >= 0.9 * b))} |")
         md.append("")
 
+    if tls_h1 or conn_plain or idle or (h1 and m(h1, "portcullis", "us_backend") is not None):
+        md += ["### Targets (issue 14)", "", "| target | this run | |", "|---|---:|---|"]
+        for label, s in [("HTTP/1.1", tls_h1), ("HTTP/2", tls_h2)]:
+            if not s:
+                continue
+            p = m(s, "portcullis-tls", "rps")
+            for other in ["nginx", "haproxy"]:
+                o = m(s, f"{other}-tls", "rps")
+                md.append(f"| HTTPS keep-alive {label} ≥ 1.0× {other} | {ratio(p, o)} | "
+                          f"{verdict(cmp(p, o, lambda a, b: a >= b))} |")
+        if tls_plain.get("portcullis") is not None:
+            v = tls_plain["portcullis"]
+            md.append(f"| TLS/plain throughput ≥ 0.85 | {v:.2f} | {verdict(v >= 0.85)} |")
+        if conn_plain:
+            p, n = m(conn_plain, "portcullis", "us_proxy"), m(conn_plain, "nginx", "us_proxy")
+            md.append(f"| plain new connection CPU ≤ 1.1× NGINX | {ratio(p, n)} | "
+                      f"{verdict(cmp(p, n, lambda a, b: a <= 1.1 * b))} |")
+        if h1 and m(h1, "portcullis", "us_backend") is not None:
+            p, n = m(h1, "portcullis", "us_backend"), m(h1, "nginx", "us_backend")
+            md.append(f"| linked service CPU per call ≤ 1.1× the plain backend's (behind NGINX) | "
+                      f"{ratio(p, n)} | {verdict(cmp(p, n, lambda a, b: a <= 1.1 * b))} |")
+        pcg = growth(pc)
+        if pcg is not None and pc.get("held"):
+            per = pcg / pc["held"]
+            md.append(f"| idle plain HTTP/1.1 ≤ 1 KiB per connection | {per:.1f} KiB | "
+                      f"{verdict(per <= 1.0)} |")
+        md.append("")
+
     md += ["### Commands", "", "```sh"] + meta["commands"] + ["```", ""]
     text = "\n".join(md)
     with open(out_path, "w") as f:
@@ -459,6 +594,7 @@ def cmd_report(results_path, meta_path, out_path):
 COMMANDS = {
     "ports": cmd_ports, "wait-port": cmd_wait_port, "ticks": cmd_ticks, "rss": cmd_rss,
     "wrk": cmd_wrk, "h2load": cmd_h2load, "json-get": cmd_json_get, "report": cmd_report,
+    "merge": cmd_merge,
 }
 
 if __name__ == "__main__":
