@@ -417,6 +417,76 @@ async fn metrics_after_traffic_have_counters_histograms_and_bounded_labels() {
     gw.shutdown().await;
 }
 
+/// The count of the `le` bucket of the histogram `name` with `labels`, cumulative.
+fn bucket(samples: &[Sample], name: &str, labels: &[(&str, &str)], le: &str) -> Option<f64> {
+    let mut with_le = labels.to_vec();
+    with_le.push(("le", le));
+    sample(samples, &format!("{name}_bucket"), &with_le)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn body_sizes_land_in_the_right_buckets_and_probes_stay_out() {
+    let gw = TestGateway::with_services(&["echo"]).await;
+    let (_svc, _) = linked_echo(&gw).await;
+    // 5000 bytes up; the answer is a short JSON document.
+    let (status, _, body) = gw.send("POST", "/upload", &[b'x'; 5000]).await;
+    assert_eq!(status, StatusCode::OK);
+    let upload_answer = body.len() as f64;
+    assert!(upload_answer < 256.0, "{upload_answer}");
+    // Nothing up; 300000 bytes down, streamed in chunks.
+    let (status, _, body) = gw.get("/stream?bytes=300000").await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(body.len(), 300_000);
+    for path in ["/health/live", "/health/ready", "/metrics"] {
+        probe(gw.ingress, path).await;
+    }
+
+    let (req, resp) = (
+        "portcullis_request_size_bytes",
+        "portcullis_response_size_bytes",
+    );
+    let upload = [("service", "echo"), ("route", "/upload")];
+    let stream = [("service", "echo"), ("route", "/stream")];
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(15);
+    let (text, samples) = loop {
+        let (text, samples) = scrape(&gw).await;
+        let done = |name: &str, labels: &[(&str, &str)]| {
+            sample(&samples, &format!("{name}_count"), labels) == Some(1.0)
+        };
+        if done(req, &upload) && done(resp, &upload) && done(req, &stream) && done(resp, &stream) {
+            break (text, samples);
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "sizes never showed the calls:\n{text}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    let sum = |name: &str, labels: &[(&str, &str)]| {
+        sample(&samples, &format!("{name}_sum"), labels).unwrap()
+    };
+    assert_eq!(sum(req, &upload), 5000.0, "{text}");
+    assert_eq!(bucket(&samples, req, &upload, "4096.0"), Some(0.0));
+    assert_eq!(bucket(&samples, req, &upload, "16384.0"), Some(1.0));
+    assert_eq!(sum(resp, &upload), upload_answer);
+    assert_eq!(bucket(&samples, resp, &upload, "256.0"), Some(1.0));
+    assert_eq!(sum(req, &stream), 0.0);
+    assert_eq!(bucket(&samples, req, &stream, "64.0"), Some(1.0));
+    assert_eq!(sum(resp, &stream), 300_000.0);
+    assert_eq!(bucket(&samples, resp, &stream, "262144.0"), Some(0.0));
+    assert_eq!(bucket(&samples, resp, &stream, "1048576.0"), Some(1.0));
+    assert_eq!(bucket(&samples, resp, &stream, "+Inf"), Some(1.0));
+    // Probes and scrapes answered, but are not calls: no size was recorded for them.
+    for name in [req, resp] {
+        assert_eq!(
+            sample(&samples, &format!("{name}_count"), &[("service", "-")]),
+            None,
+            "{text}"
+        );
+    }
+    gw.shutdown().await;
+}
+
 // ---------------------------------------------------------------------------------------------
 // Correlation ids and trace context
 
