@@ -58,6 +58,19 @@ pub enum Listener {
     ingress,
     /// Service-facing.
     link,
+    /// Health probes and metric scrapes (`monitoring.listen`).
+    monitoring,
+}
+
+impl Listener {
+    /// The label value, also the accept loop's name in logs.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::ingress => "ingress",
+            Self::link => "link",
+            Self::monitoring => "monitoring",
+        }
+    }
 }
 
 /// Labels of a connection gauge.
@@ -570,6 +583,30 @@ pub fn operation(
             Some(c) => crate::access::Requirement::Capability(c),
             None => crate::access::Requirement::Public,
         },
+        router,
+    }
+}
+
+/// `/metrics` on the ingress when the monitoring listener serves it: public, and always the
+/// fixed 404, so a scraper still pointed at the public port fails loudly instead of reading
+/// someone else's `/metrics`; the path stays reserved, so no service can declare it either.
+/// Named `metrics` like the real one, so such scrapes stay out of the call metrics too.
+pub fn served_elsewhere() -> crate::pipeline::Operation {
+    let router = axum::Router::new().route(
+        "/metrics",
+        axum::routing::any(|| async {
+            (
+                http::StatusCode::NOT_FOUND,
+                [(http::header::CONTENT_TYPE, "application/json")],
+                crate::error::GatewayError::NotFound.body(),
+            )
+        }),
+    );
+    crate::pipeline::Operation {
+        name: "metrics",
+        path: crate::pipeline::PathMatch::Exact("/metrics"),
+        auth: crate::pipeline::AuthPolicy::Public,
+        requires: crate::access::Requirement::Public,
         router,
     }
 }

@@ -487,6 +487,84 @@ async fn body_sizes_land_in_the_right_buckets_and_probes_stay_out() {
     gw.shutdown().await;
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_monitoring_listener_serves_health_and_metrics_and_takes_metrics_off_the_public_port() {
+    let mut gw = GatewayProcess::start("[monitoring]\nlisten = \"127.0.0.1:0\"\n", "info");
+    let mon = gw
+        .monitoring
+        .expect("the log line names the monitoring address");
+    assert_ne!(mon, gw.ingress);
+    for path in ["/health/live", "/health/ready", "/health/startup"] {
+        let (status, headers, body) = probe(mon, path).await;
+        assert_eq!(status, StatusCode::OK, "{path}");
+        assert_eq!(headers["content-type"], "application/json");
+        let v: serde_json::Value = serde_json::from_slice(&body).unwrap();
+        assert_eq!(v["status"], "ok", "{path}");
+    }
+    let (status, headers, body) = probe(mon, "/metrics").await;
+    assert_eq!(status, StatusCode::OK);
+    assert!(headers["content-type"]
+        .to_str()
+        .unwrap()
+        .starts_with("application/openmetrics-text"));
+    let samples = parse_metrics(std::str::from_utf8(&body).unwrap());
+    assert!(sample(
+        &samples,
+        "portcullis_active_connections",
+        &[("listener", "monitoring")]
+    )
+    .is_some_and(|v| v >= 1.0));
+    // Anything else there is what an unrouted path is everywhere: 401 without a credential.
+    let (status, _, _) = probe(mon, "/api/v1/iam/users").await;
+    assert_eq!(status, StatusCode::UNAUTHORIZED);
+
+    // The public port: health stays, /metrics is the fixed 404 with or without a key.
+    let (status, _, _) = probe(gw.ingress, "/health/ready").await;
+    assert_eq!(status, StatusCode::OK);
+    let (status, _, body) = probe(gw.ingress, "/metrics").await;
+    assert_eq!(status, StatusCode::NOT_FOUND);
+    assert_eq!(&body[..], br#"{"error":"not_found"}"#);
+    let (status, _, _) = gw.get("/metrics").await;
+    assert_eq!(status, StatusCode::NOT_FOUND);
+
+    let logs = gw.stop_and_read_logs().await;
+    assert!(logs.contains("gateway stopped"), "{logs}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_monitoring_listener_on_a_busy_port_stops_the_start_naming_key_and_address() {
+    let busy = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = busy.local_addr().unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    process::init_and_create_key(dir.path());
+    let file = dir.path().join("portcullis.toml");
+    std::fs::write(
+        &file,
+        format!(
+            "[ingress]\nlisten = \"127.0.0.1:0\"\n[link]\nlisten = \"127.0.0.1:0\"\n[monitoring]\nlisten = \"{addr}\"\n"
+        ),
+    )
+    .unwrap();
+    let out = process::run(
+        &[
+            "serve",
+            "--config",
+            file.to_str().unwrap(),
+            "--data-dir",
+            dir.path().to_str().unwrap(),
+        ],
+        &[],
+    );
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert!(
+        err.contains(&format!("monitoring.listen {addr}: cannot listen:"))
+            && err.to_lowercase().contains("in use"),
+        "{err}"
+    );
+    drop(busy);
+}
+
 // ---------------------------------------------------------------------------------------------
 // Correlation ids and trace context
 
