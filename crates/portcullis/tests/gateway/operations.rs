@@ -1000,6 +1000,118 @@ fn config_show_masks_secrets_and_shows_overrides() {
 }
 
 #[test]
+fn check_config_config_show_and_hash_token_print_their_documented_json() {
+    let dir = tempfile::tempdir().unwrap();
+    let good = dir.path().join("good.toml");
+    std::fs::write(
+        &good,
+        format!(
+            "[ingress]\nlisten = \"127.0.0.1:8080\"\n[monitoring]\nlisten = \"127.0.0.1:9090\"\n{}",
+            process::echo_service_toml()
+        ),
+    )
+    .unwrap();
+    let g = good.to_str().unwrap();
+    let json = |out: &std::process::Output| -> serde_json::Value {
+        let text = String::from_utf8_lossy(&out.stdout);
+        assert_eq!(text.lines().count(), 1, "one document: {text}");
+        serde_json::from_str(&text).unwrap_or_else(|e| panic!("{e}: {text}"))
+    };
+
+    // check-config: the verdict, the listeners; the text names the monitoring split.
+    let out = process::run(&["check-config", g, "--json"], &[]);
+    assert!(out.status.success(), "{out:?}");
+    let v = json(&out);
+    assert_eq!(v["file"], g);
+    assert_eq!(v["ok"], true);
+    assert_eq!(v["problems"], serde_json::json!([]));
+    assert_eq!(v["warnings"], serde_json::json!([]));
+    assert_eq!(v["listeners"]["ingress"], "127.0.0.1:8080");
+    assert_eq!(v["listeners"]["link"], "127.0.0.1:7070");
+    assert_eq!(v["listeners"]["monitoring"], "127.0.0.1:9090");
+    let (code, text, _) = process::cli(&["check-config", g]);
+    assert_eq!(code, 0);
+    assert!(text.starts_with(&format!("{g}: ok\n")), "{text}");
+    assert!(text.contains("monitoring.listen 127.0.0.1:9090"), "{text}");
+    let bad = dir.path().join("bad.toml");
+    std::fs::write(&bad, "[ingress]\nmax_connections = 0\nbogus = 1\n").unwrap();
+    let out = process::run(
+        &["check-config", "--json", "--config", bad.to_str().unwrap()],
+        &[("PORTCULLIS_MONITORING__MAX_CONNECTIONS", "0")],
+    );
+    assert_eq!(out.status.code(), Some(1));
+    let v = json(&out);
+    assert_eq!(v["ok"], false);
+    assert_eq!(v["listeners"], serde_json::Value::Null);
+    let keys: Vec<&str> = v["problems"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| p["key"].as_str().unwrap())
+        .collect();
+    assert!(keys.contains(&"ingress.bogus"), "{v}");
+    assert!(keys.contains(&"ingress.max_connections"), "{v}");
+    assert!(
+        v["problems"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|p| p["key"] == "monitoring.max_connections"
+                && p["message"]
+                    .as_str()
+                    .unwrap()
+                    .contains("PORTCULLIS_MONITORING__MAX_CONNECTIONS")),
+        "{v}"
+    );
+    let out = process::run(&["check-config", "--json", "/nonexistent/p.toml"], &[]);
+    assert_eq!(out.status.code(), Some(1));
+    let v = json(&out);
+    assert_eq!(v["problems"][0]["key"], serde_json::Value::Null);
+
+    // config show: the configuration's own keys, absent fields null, secrets masked.
+    let out = process::run(&["config", "show", "--json", "--config", g], &[]);
+    assert!(out.status.success(), "{out:?}");
+    let v = json(&out);
+    assert_eq!(v["ingress"]["listen"], "127.0.0.1:8080");
+    assert_eq!(v["monitoring"]["listen"], "127.0.0.1:9090");
+    assert_eq!(v["monitoring"]["max_connections"], 64);
+    assert_eq!(v["routing"]["region"], serde_json::Value::Null);
+    assert_eq!(v["services"]["echo"]["token_sha256"], "***");
+
+    // hash-token: the hash only; the token is in no output.
+    let token = "tok-en-with-secret-0123456789abcdef";
+    let hash = |args: &[&str]| {
+        let mut child = process::command()
+            .args(args)
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        use std::io::Write;
+        writeln!(child.stdin.take().unwrap(), "{token}").unwrap();
+        child.wait_with_output().unwrap()
+    };
+    let out = hash(&["hash-token", "--json"]);
+    assert!(out.status.success(), "{out:?}");
+    let v = json(&out);
+    let expected = hex::encode(portcullis::link::hash_token(token));
+    assert_eq!(v, serde_json::json!({ "token_sha256": expected }));
+    assert!(!String::from_utf8_lossy(&out.stdout).contains(token));
+    assert!(!String::from_utf8_lossy(&out.stderr).contains(token));
+    let out = hash(&["hash-token"]);
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout),
+        format!("{expected}\n")
+    );
+    let out = process::run(&["hash-token", "--json"], &[]);
+    assert_eq!(out.status.code(), Some(1));
+    let err: serde_json::Value =
+        serde_json::from_str(String::from_utf8_lossy(&out.stderr).trim()).unwrap();
+    assert_eq!(err["error"], "empty token on standard input");
+}
+
+#[test]
 fn help_of_the_binary_and_every_subcommand_reads_well() {
     let cases: [(&[&str], &[&str]); 7] = [
         (
