@@ -507,7 +507,12 @@ async fn the_monitoring_listener_serves_health_and_metrics_and_takes_metrics_off
         .to_str()
         .unwrap()
         .starts_with("application/openmetrics-text"));
-    let samples = parse_metrics(std::str::from_utf8(&body).unwrap());
+    let text = std::str::from_utf8(&body).unwrap();
+    // One style of HELP for every family, the collectors' included.
+    for help in text.lines().filter(|l| l.starts_with("# HELP ")) {
+        assert!(help.ends_with('.'), "{help}");
+    }
+    let samples = parse_metrics(text);
     assert!(sample(
         &samples,
         "portcullis_active_connections",
@@ -1077,6 +1082,19 @@ fn check_config_config_show_and_hash_token_print_their_documented_json() {
     assert_eq!(v["monitoring"]["max_connections"], 64);
     assert_eq!(v["routing"]["region"], serde_json::Value::Null);
     assert_eq!(v["services"]["echo"]["token_sha256"], "***");
+    // Credentials in the OTLP endpoint's URL are not shown either.
+    let out = process::run(
+        &["config", "show", "--json"],
+        &[(
+            "PORTCULLIS_TELEMETRY__OTLP_ENDPOINT",
+            "https://user:s3cret@otel.example/v1/traces?api-key=k3y",
+        )],
+    );
+    let v = json(&out);
+    assert_eq!(
+        v["telemetry"]["otlp_endpoint"],
+        "https://***@otel.example/v1/traces?***"
+    );
 
     // hash-token: the hash only; the token is in no output.
     let token = "tok-en-with-secret-0123456789abcdef";
