@@ -29,9 +29,14 @@ use crate::routing::InFlight;
 /// Boxed error of a relayed body.
 pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
 
-/// A value dropped together with the body.
-pub trait Guard: Send + Sync + 'static {}
-impl<T: Send + Sync + 'static> Guard for T {}
+/// A value dropped together with the body, told first how much of it was sent.
+pub trait Guard: Send + Sync + 'static {
+    /// The body ended or is being dropped, after `sent` bytes of data were handed to the
+    /// client connection. Called once, just before the guard is dropped.
+    fn ended(&mut self, sent: u64) {
+        let _ = sent;
+    }
+}
 
 enum Inner {
     Full(Option<Bytes>),
@@ -173,7 +178,17 @@ impl StallWatch {
 /// Response body of every ingress response.
 pub struct GatewayBody {
     inner: Inner,
+    /// Data bytes handed on so far, for the guard (`portcullis_response_size_bytes`).
+    sent: u64,
     _guard: Option<Box<dyn Guard>>,
+}
+
+impl Drop for GatewayBody {
+    fn drop(&mut self) {
+        if let Some(g) = &mut self._guard {
+            g.ended(self.sent);
+        }
+    }
 }
 
 impl std::fmt::Debug for GatewayBody {
@@ -188,6 +203,7 @@ impl GatewayBody {
         let b = b.into();
         Self {
             inner: Inner::Full((!b.is_empty()).then_some(b)),
+            sent: 0,
             _guard: None,
         }
     }
@@ -196,6 +212,7 @@ impl GatewayBody {
     pub fn boxed(b: http_body_util::combinators::UnsyncBoxBody<Bytes, BoxError>) -> Self {
         Self {
             inner: Inner::Boxed(b),
+            sent: 0,
             _guard: None,
         }
     }
@@ -222,14 +239,44 @@ impl GatewayBody {
                 data_done: false,
                 finished: false,
             },
+            sent: 0,
             _guard: None,
         }
     }
 
-    /// Keep `g` alive until this body is dropped.
+    /// Keep `g` alive until this body is dropped; it is told how many bytes were sent.
     pub fn with_guard(mut self, g: impl Guard) -> Self {
         self._guard = Some(Box::new(g));
         self
+    }
+
+    fn poll_inner(&mut self, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        match &mut self.inner {
+            Inner::Full(b) => Poll::Ready(b.take().map(|b| Ok(Frame::data(b)))),
+            Inner::Boxed(b) => Pin::new(b).poll_frame(cx),
+            Inner::Upstream {
+                shared,
+                data_done,
+                finished,
+            } => {
+                if *finished {
+                    return Poll::Ready(None);
+                }
+                let mut slot = shared.lock();
+                let Some((recv, _)) = slot.as_mut() else {
+                    return Poll::Ready(Some(Err(Box::new(Stalled))));
+                };
+                let r = ready!(poll_recv(recv, data_done, cx));
+                if r.is_none() {
+                    // Finished: the in-flight count drops now, not when hyper drops the body.
+                    *slot = None;
+                    *finished = true;
+                }
+                drop(slot);
+                shared.progress.fetch_add(1, Ordering::Relaxed);
+                Poll::Ready(r)
+            }
+        }
     }
 }
 
@@ -265,32 +312,14 @@ impl Body for GatewayBody {
         self: Pin<&mut Self>,
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
-        match &mut self.get_mut().inner {
-            Inner::Full(b) => Poll::Ready(b.take().map(|b| Ok(Frame::data(b)))),
-            Inner::Boxed(b) => Pin::new(b).poll_frame(cx),
-            Inner::Upstream {
-                shared,
-                data_done,
-                finished,
-            } => {
-                if *finished {
-                    return Poll::Ready(None);
-                }
-                let mut slot = shared.lock();
-                let Some((recv, _)) = slot.as_mut() else {
-                    return Poll::Ready(Some(Err(Box::new(Stalled))));
-                };
-                let r = ready!(poll_recv(recv, data_done, cx));
-                if r.is_none() {
-                    // Finished: the in-flight count drops now, not when hyper drops the body.
-                    *slot = None;
-                    *finished = true;
-                }
-                drop(slot);
-                shared.progress.fetch_add(1, Ordering::Relaxed);
-                Poll::Ready(r)
+        let this = self.get_mut();
+        let polled = this.poll_inner(cx);
+        if let Poll::Ready(Some(Ok(f))) = &polled {
+            if let Some(d) = f.data_ref() {
+                this.sent += d.len() as u64;
             }
         }
+        polled
     }
 
     fn is_end_stream(&self) -> bool {
@@ -315,5 +344,101 @@ impl Body for GatewayBody {
             Inner::Boxed(b) => b.size_hint(),
             Inner::Upstream { .. } => SizeHint::default(),
         }
+    }
+}
+
+/// A client's request body as the pipeline hands it on: every data byte read from it is
+/// counted, and the count goes into `portcullis_request_size_bytes` when the body is dropped
+/// — after its end, or abandoned (a refused call, a service that answered early) — so the
+/// size is what was read, measured without buffering anything.
+///
+/// `Unpin` bodies only (the ingress's `hyper::body::Incoming` is), so no pin projection and
+/// no allocation is needed.
+pub struct RequestBody<B> {
+    inner: B,
+    read: u64,
+    /// `None`: not measured (probes and scrapes, like the other call metrics).
+    size: Option<crate::telemetry::metrics::ByteHistogram>,
+}
+
+impl<B> RequestBody<B> {
+    /// Count `inner` into `size`.
+    pub fn new(inner: B, size: Option<crate::telemetry::metrics::ByteHistogram>) -> Self {
+        Self {
+            inner,
+            read: 0,
+            size,
+        }
+    }
+}
+
+impl<B> Drop for RequestBody<B> {
+    fn drop(&mut self) {
+        if let Some(h) = &self.size {
+            h.observe(self.read);
+        }
+    }
+}
+
+impl<B: Body<Data = Bytes> + Unpin> Body for RequestBody<B> {
+    type Data = Bytes;
+    type Error = B::Error;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, B::Error>>> {
+        let this = self.get_mut();
+        let polled = Pin::new(&mut this.inner).poll_frame(cx);
+        if let Poll::Ready(Some(Ok(f))) = &polled {
+            if let Some(d) = f.data_ref() {
+                this.read += d.len() as u64;
+            }
+        }
+        polled
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.inner.size_hint()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::telemetry::metrics::ByteHistogram;
+    use http_body_util::BodyExt;
+
+    #[tokio::test]
+    async fn bodies_report_the_bytes_that_crossed_them_when_dropped() {
+        let size = ByteHistogram::default();
+        let mut req = RequestBody::new(
+            http_body_util::Full::new(Bytes::from_static(b"hello")),
+            Some(size.clone()),
+        );
+        assert_eq!(
+            req.size_hint().exact(),
+            Some(5),
+            "the framing stays visible"
+        );
+        while req.frame().await.is_some() {}
+        drop(req);
+        assert_eq!(size.snapshot(), (1, 5));
+
+        struct Seen(Arc<AtomicU64>);
+        impl Guard for Seen {
+            fn ended(&mut self, sent: u64) {
+                self.0.store(sent, Ordering::Relaxed);
+            }
+        }
+        let seen = Arc::new(AtomicU64::new(u64::MAX));
+        let mut resp = GatewayBody::full(Bytes::from_static(b"abc")).with_guard(Seen(seen.clone()));
+        while resp.frame().await.is_some() {}
+        drop(resp);
+        assert_eq!(seen.load(Ordering::Relaxed), 3);
     }
 }

@@ -21,7 +21,7 @@ use std::time::Duration;
 pub use crate::access::AccessConfig;
 pub use crate::auth::AuthConfig;
 pub use crate::dataplane::RuntimeConfig;
-pub use crate::ingress::IngressConfig;
+pub use crate::ingress::{IngressConfig, MonitoringConfig};
 pub use crate::link::{LinkConfig, MAX_H2_WINDOW};
 pub use crate::routing::RoutingConfig;
 pub use crate::sessions::{BackendConfig, SessionsConfig};
@@ -77,6 +77,8 @@ pub struct Config {
     pub ingress: IngressConfig,
     /// Service-facing link listener.
     pub link: LinkConfig,
+    /// The optional listener of health probes and metric scrapes.
+    pub monitoring: MonitoringConfig,
     /// Routing and instance selection.
     pub routing: RoutingConfig,
     /// Services allowed to link, by name.
@@ -104,6 +106,7 @@ impl Default for Config {
         Self {
             ingress: IngressConfig::default(),
             link: LinkConfig::default(),
+            monitoring: MonitoringConfig::default(),
             routing: RoutingConfig::default(),
             services: BTreeMap::new(),
             shutdown: ShutdownConfig::default(),
@@ -496,6 +499,14 @@ impl Config {
         let mut errs = Vec::new();
         self.ingress.validate("ingress", &mut errs);
         self.link.validate("link", &mut errs);
+        self.monitoring.validate(
+            "monitoring",
+            &[
+                ("ingress.listen", self.ingress.listen),
+                ("link.listen", self.link.listen),
+            ],
+            &mut errs,
+        );
         self.auth.validate("auth", &mut errs);
         self.access.validate("access", &mut errs);
         self.routing.validate("routing", &mut errs);

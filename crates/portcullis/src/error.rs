@@ -144,7 +144,7 @@ impl GatewayError {
     }
 
     /// The fixed body of this class.
-    fn body(&self) -> &'static str {
+    pub fn body(&self) -> &'static str {
         match self {
             Self::BadRequest(_) => r#"{"error":"bad_request"}"#,
             Self::Unauthorized(_) => r#"{"error":"unauthorized"}"#,

@@ -33,25 +33,37 @@ use crate::store::{Store, StoreOptions};
 use crate::telemetry::{LinksCollector, Metrics};
 use crate::transport::Listener;
 
-/// The two listeners the gateway serves.
+/// The listeners the gateway serves.
 #[derive(Debug)]
 pub struct Listeners {
     /// Client-facing.
     pub ingress: Listener,
     /// Service-facing.
     pub link: Listener,
+    /// Health probes and metric scrapes, when `monitoring.listen` is set.
+    pub monitoring: Option<Listener>,
 }
 
 impl Listeners {
-    /// Bind the addresses in `config`.
+    /// Bind the addresses in `config`. An address that cannot be bound (in use, not local,
+    /// privileged) is an error naming its key and address.
     pub async fn bind(config: &Config) -> anyhow::Result<Self> {
-        let ingress = Listener::tcp(config.ingress.listen)
-            .await
-            .map_err(|e| anyhow::anyhow!("ingress.listen {}: {e}", config.ingress.listen))?;
-        let link = Listener::tcp(config.link.listen)
-            .await
-            .map_err(|e| anyhow::anyhow!("link.listen {}: {e}", config.link.listen))?;
-        Ok(Self { ingress, link })
+        let bind = |key: &'static str, addr: SocketAddr| async move {
+            Listener::tcp(addr)
+                .await
+                .map_err(|e| anyhow::anyhow!("{key} {addr}: cannot listen: {e}"))
+        };
+        let ingress = bind("ingress.listen", config.ingress.listen).await?;
+        let link = bind("link.listen", config.link.listen).await?;
+        let monitoring = match config.monitoring.listen {
+            Some(addr) => Some(bind("monitoring.listen", addr).await?),
+            None => None,
+        };
+        Ok(Self {
+            ingress,
+            link,
+            monitoring,
+        })
     }
 }
 
@@ -277,10 +289,19 @@ pub async fn run_with_parts(
     health.add_check("store", check);
     let mut operations = Operations::default();
     operations.register(crate::health::operation(health.clone()));
-    operations.register(crate::telemetry::metrics::operation(
+    // With a monitoring listener, `/metrics` is served there only (docs/ARCHITECTURE.md).
+    let metrics_op = crate::telemetry::metrics::operation(
         metrics.clone(),
         config.auth.metrics_scope.as_deref().map(Into::into),
-    ));
+    );
+    let mut monitoring_ops = Operations::default();
+    if listeners.monitoring.is_some() {
+        monitoring_ops.register(crate::health::operation(health.clone()));
+        monitoring_ops.register(metrics_op);
+        operations.register(crate::telemetry::metrics::served_elsewhere());
+    } else {
+        operations.register(metrics_op);
+    }
     let audit = AuditSink::new(metrics.clone(), auth.clone());
     let link_audit = audit.clone();
     let handles = build_auth(&config, &parts, &audit).await?;
@@ -323,9 +344,11 @@ pub async fn run_with_parts(
             },
         )));
     }
-    operations
-        .register_capabilities(&capabilities)
-        .map_err(|e| anyhow::anyhow!("gateway operations (auth.metrics_scope among them): {e}"))?;
+    for ops in [&operations, &monitoring_ops] {
+        ops.register_capabilities(&capabilities).map_err(|e| {
+            anyhow::anyhow!("gateway operations (auth.metrics_scope among them): {e}")
+        })?;
+    }
     // The IAM API decides per request what it acts on (the workspace in its path or body) and
     // authorises that itself; the capabilities it asks for are registered here, before roles
     // are checked against the registry.
@@ -410,11 +433,34 @@ pub async fn run_with_parts(
             router: sessions_api.clone(),
         });
     }
+    let authenticators = Authenticators::new(auth.clone()).with_tokens(handles.tokens.clone());
+    // The monitoring listener's pipeline: the same phases, authentication and access (so
+    // `auth.metrics_scope` holds there too), with only health and metrics and no routes.
+    // It sheds nothing: a probe must not fail because the public port is overloaded; its
+    // connection limit times `MonitoringConfig::MAX_STREAMS` bounds its calls instead.
+    let monitoring_pipeline = Pipeline::new(crate::pipeline::Parts {
+        registry: Arc::new(Registry::new(config.routing.default_timeout)),
+        tiers: tiers.clone(),
+        metrics: metrics.clone(),
+        authenticators: authenticators.clone(),
+        access: access.clone(),
+        audit: audit.clone(),
+        assertions: assertions.clone(),
+        policy: Policy {
+            limits: Limits {
+                max_in_flight: usize::MAX,
+                max_body_bytes: 64 * 1024,
+                body_stall_timeout: config.ingress.request_body_stall_timeout,
+            },
+            operations: monitoring_ops,
+        },
+        keys: handles.keys().clone(),
+    });
     let pipeline = Pipeline::new(crate::pipeline::Parts {
         registry: registry.clone(),
         tiers,
         metrics: metrics.clone(),
-        authenticators: Authenticators::new(auth.clone()).with_tokens(handles.tokens.clone()),
+        authenticators,
         access,
         audit,
         assertions: assertions.clone(),
@@ -438,6 +484,19 @@ pub async fn run_with_parts(
         &dataplane,
         auth.clock().clone(),
     )?);
+    let monitoring = match config.monitoring.ingress(&config.ingress) {
+        Some(cfg) => Some(Arc::new(
+            Ingress::new(
+                &cfg,
+                monitoring_pipeline,
+                metrics.clone(),
+                &dataplane,
+                auth.clock().clone(),
+            )?
+            .labelled(crate::telemetry::metrics::Listener::monitoring),
+        )),
+        None => None,
+    };
     // Ed25519 instance keys of the services that require them, enrolled by pairing.
     let webhook = match &config.link.pairing.webhook {
         Some(w) => Some(crate::link::webhook::Notifier::new(
@@ -482,9 +541,11 @@ pub async fn run_with_parts(
     let stop_accepting = CancellationToken::new();
     let drain = CancellationToken::new();
     let close_links = CancellationToken::new();
+    let monitoring_at = listeners.monitoring.as_ref().map(|l| l.describe());
     tracing::info!(
         ingress = %listeners.ingress.describe(),
         link = %listeners.link.describe(),
+        monitoring = monitoring_at.as_deref().unwrap_or("-"),
         threads = dataplane.len(),
         "gateway listening"
     );
@@ -498,6 +559,17 @@ pub async fn run_with_parts(
         drain.clone(),
     ));
     let link_task = tokio::spawn(link.clone().serve(listeners.link, close_links.clone()));
+    // The monitoring listener drains last, after the ingress: probes keep seeing `draining`
+    // (503) and a last scrape sees the drain, instead of both meeting a refused connection.
+    let stop_monitoring = CancellationToken::new();
+    let monitoring_task = match (&monitoring, listeners.monitoring) {
+        (Some(m), Some(l)) => Some(tokio::spawn(m.clone().serve(
+            l,
+            stop_monitoring.clone(),
+            stop_monitoring.clone(),
+        ))),
+        _ => None,
+    };
 
     shutdown.await;
     tracing::info!(grace = ?config.shutdown.grace_period, "shutting down: draining");
@@ -515,6 +587,19 @@ pub async fn run_with_parts(
             open = ingress.connection_count(),
             "grace period over: closing remaining connections"
         );
+    }
+    stop_monitoring.cancel();
+    if let (Some(m), Some(t)) = (&monitoring, monitoring_task) {
+        let _ = t.await;
+        if tokio::time::timeout(config.shutdown.grace_period, m.wait())
+            .await
+            .is_err()
+        {
+            tracing::warn!(
+                open = m.connection_count(),
+                "grace period over: closing remaining monitoring connections"
+            );
+        }
     }
     close_links.cancel();
     let _ = link_task.await;
@@ -544,6 +629,8 @@ pub struct Running {
     pub ingress_addr: SocketAddr,
     /// Bound link address.
     pub link_addr: SocketAddr,
+    /// Bound monitoring address, when `monitoring.listen` is set.
+    pub monitoring_addr: Option<SocketAddr>,
     /// The gateway's authenticator: keys changed through it take effect at once.
     pub auth: Arc<ApiKeyAuthenticator>,
     /// Tokens, login and the signing keys the gateway built.
@@ -590,6 +677,7 @@ impl Running {
             .link
             .local_addr()
             .ok_or_else(|| anyhow::anyhow!("the link listener has no TCP address"))?;
+        let monitoring_addr = listeners.monitoring.as_ref().and_then(|l| l.local_addr());
         let shutdown = CancellationToken::new();
         let s = shutdown.clone();
         let (tx, rx) = tokio::sync::oneshot::channel();
@@ -618,6 +706,7 @@ impl Running {
         Ok(Self {
             ingress_addr,
             link_addr,
+            monitoring_addr,
             auth,
             handles,
             shutdown,

@@ -122,13 +122,21 @@ pub enum Command {
         /// The same file, given as every other command takes it.
         #[arg(long, short, env = "PORTCULLIS_CONFIG", value_name = "FILE")]
         config: Option<PathBuf>,
+        /// Print one JSON document on stdout instead: `file`, `ok`, `problems` (`key`,
+        /// `message`), `warnings`, `listeners` (`ingress`, `link`, `monitoring`).
+        #[arg(long)]
+        json: bool,
     },
     /// Inspect the configuration.
     #[command(subcommand)]
     Config(ConfigCommand),
     /// Read a service link token from standard input and print the SHA-256 to put in
     /// `services.<name>.token_sha256`. The token never appears on a command line.
-    HashToken,
+    HashToken {
+        /// Print `{"token_sha256": …}` instead (never the token itself).
+        #[arg(long)]
+        json: bool,
+    },
 }
 
 /// Where the store is: a configuration file, a data directory, or both (the directory wins).
@@ -429,6 +437,10 @@ pub enum ConfigCommand {
         /// TOML configuration file; without it, the defaults plus PORTCULLIS_* overrides.
         #[arg(long, short, env = "PORTCULLIS_CONFIG")]
         config: Option<PathBuf>,
+        /// Print the same configuration as one JSON document (absent fields as `null`,
+        /// secrets as `"***"`).
+        #[arg(long)]
+        json: bool,
     },
 }
 
@@ -455,24 +467,20 @@ pub fn parse_duration(flag: &str, s: &str) -> Result<Duration, AdminError> {
 /// it from signals); other commands ignore it.
 pub fn run(cli: Cli, shutdown: impl Future<Output = ()> + Send + 'static) -> ExitCode {
     match cli.command {
-        Command::CheckConfig { file, config } => {
+        Command::CheckConfig { file, config, json } => {
             let Some(file) = file.or(config) else {
                 // clap requires one of the two.
                 return ExitCode::from(2);
             };
-            check_config(&file)
+            check_config(&file, json)
         }
-        Command::Config(ConfigCommand::Show { config }) => match load_config(config.as_deref()) {
-            Ok(c) => {
-                print!("{}", c.to_toml_masked());
-                ExitCode::SUCCESS
-            }
-            Err(e) => {
-                eprintln!("{e}");
-                ExitCode::FAILURE
-            }
-        },
-        Command::HashToken => hash_token(),
+        Command::Config(ConfigCommand::Show { config, json }) => {
+            let shown = load_config(config.as_deref())
+                .map(render::ConfigView)
+                .map_err(AdminError::failure);
+            render::finish(shown, json)
+        }
+        Command::HashToken { json } => render::finish(hash_token(), json),
         Command::Init(t) => admin_command(&t, |c| async move { admin::init(&c).await }),
         Command::Bootstrap(BootstrapArgs {
             target,
@@ -598,20 +606,30 @@ pub fn run(cli: Cli, shutdown: impl Future<Output = ()> + Send + 'static) -> Exi
     }
 }
 
-/// `check-config FILE`.
-fn check_config(file: &Path) -> ExitCode {
-    match load_config(Some(file)) {
-        Ok(c) => {
-            for w in c.warnings() {
-                eprintln!("{}: warning: {w}", file.display());
+/// `check-config FILE`: with `--json` the whole report on stdout; otherwise `FILE: ok` (and
+/// what the listeners serve, when that differs from the default) on stdout, warnings and
+/// problems on stderr. Exits 1 when there is a problem.
+fn check_config(file: &Path, json: bool) -> ExitCode {
+    let report = render::CheckReport::of(file, Config::load(Some(file)));
+    if json {
+        let (out, _) = render::outcome::<_>(&Ok(report.clone()), true);
+        print!("{out}");
+    } else {
+        for w in &report.warnings {
+            eprintln!("{}: warning: {w}", report.file);
+        }
+        for p in &report.problems {
+            match &p.key {
+                Some(k) => eprintln!("{}: {k}: {}", report.file, p.message),
+                None => eprintln!("{}", p.message),
             }
-            println!("{}: ok", file.display());
-            ExitCode::SUCCESS
         }
-        Err(e) => {
-            eprintln!("{e}");
-            ExitCode::FAILURE
-        }
+        print!("{}", report.text());
+    }
+    if report.ok {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::FAILURE
     }
 }
 
@@ -646,24 +664,21 @@ fn serve(
     })
 }
 
-/// `hash-token`: the token from standard input (bounded), never from a command line.
-fn hash_token() -> ExitCode {
-    let mut token = String::new();
-    if std::io::stdin()
+/// `hash-token`: the token from standard input (bounded), never from a command line; the
+/// result holds only its hash.
+fn hash_token() -> Result<render::TokenHash, AdminError> {
+    let mut token = zeroize::Zeroizing::new(String::new());
+    std::io::stdin()
         .take(4096)
         .read_to_string(&mut token)
-        .is_err()
-    {
-        eprintln!("could not read the token from standard input");
-        return ExitCode::FAILURE;
-    }
+        .map_err(|_| AdminError::failure("could not read the token from standard input"))?;
     let token = token.trim_end_matches(['\r', '\n']);
     if token.is_empty() {
-        eprintln!("empty token on standard input");
-        return ExitCode::FAILURE;
+        return Err(AdminError::failure("empty token on standard input"));
     }
-    println!("{}", hex::encode(crate::link::hash_token(token)));
-    ExitCode::SUCCESS
+    Ok(render::TokenHash {
+        token_sha256: hex::encode(crate::link::hash_token(token)),
+    })
 }
 
 /// The configuration (file or defaults, then environment overrides), or every problem, one

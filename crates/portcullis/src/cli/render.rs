@@ -214,6 +214,132 @@ impl Render for RotatedSigningKey {
     }
 }
 
+/// `config show`: the effective configuration, as TOML or as JSON with the same keys
+/// (absent fields `null`); secrets are `"***"` either way ([`crate::config::Secret`]).
+#[derive(Debug)]
+pub struct ConfigView(pub crate::config::Config);
+
+impl Serialize for ConfigView {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        self.0.serialize(s)
+    }
+}
+
+impl Render for ConfigView {
+    fn text(&self) -> String {
+        self.0.to_toml_masked()
+    }
+}
+
+/// `hash-token`: the SHA-256 of the token read from standard input, never the token.
+#[derive(Debug, Serialize)]
+pub struct TokenHash {
+    /// Lowercase hex, for `services.<name>.token_sha256`.
+    pub token_sha256: String,
+}
+
+impl Render for TokenHash {
+    fn text(&self) -> String {
+        format!("{}\n", self.token_sha256)
+    }
+}
+
+/// `check-config`: the verdict on one file.
+#[derive(Debug, Clone, Serialize)]
+pub struct CheckReport {
+    /// The file, as given.
+    pub file: String,
+    /// No problem found.
+    pub ok: bool,
+    /// Every problem, in the order found.
+    pub problems: Vec<Problem>,
+    /// What is allowed but unwise.
+    pub warnings: Vec<String>,
+    /// What each listener would bind; `null` when the file has problems.
+    pub listeners: Option<ListenersView>,
+}
+
+/// One problem of a configuration.
+#[derive(Debug, Clone, Serialize)]
+pub struct Problem {
+    /// Dotted key path; `null` when the file could not be read or parsed as a whole.
+    pub key: Option<String>,
+    /// What is wrong (ends with the environment variable when an override set it).
+    pub message: String,
+}
+
+/// The listeners of a valid configuration.
+#[derive(Debug, Clone, Serialize)]
+pub struct ListenersView {
+    /// `ingress.listen`: clients, `/health/*`, and `/metrics` unless `monitoring` is set.
+    pub ingress: std::net::SocketAddr,
+    /// `link.listen`: services.
+    pub link: std::net::SocketAddr,
+    /// `monitoring.listen`: `/health/*` and `/metrics`; `null` when not set.
+    pub monitoring: Option<std::net::SocketAddr>,
+}
+
+impl CheckReport {
+    /// The report on `file` from what loading it gave.
+    pub fn of(
+        file: &std::path::Path,
+        loaded: Result<crate::config::Config, crate::config::LoadError>,
+    ) -> Self {
+        let file = file.display().to_string();
+        match loaded {
+            Ok(c) => Self {
+                file,
+                ok: true,
+                problems: Vec::new(),
+                warnings: c.warnings(),
+                listeners: Some(ListenersView {
+                    ingress: c.ingress.listen,
+                    link: c.link.listen,
+                    monitoring: c.monitoring.listen,
+                }),
+            },
+            Err(e) => {
+                let problems = match e {
+                    crate::config::LoadError::Read(message) => vec![Problem { key: None, message }],
+                    crate::config::LoadError::Invalid(errs) => errs
+                        .into_iter()
+                        .map(|e| Problem {
+                            key: (!e.path.is_empty()).then_some(e.path),
+                            message: e.message,
+                        })
+                        .collect(),
+                };
+                Self {
+                    file,
+                    ok: false,
+                    problems,
+                    warnings: Vec::new(),
+                    listeners: None,
+                }
+            }
+        }
+    }
+}
+
+impl Render for CheckReport {
+    /// `FILE: ok`, and where health and metrics are served when a monitoring listener takes
+    /// them; nothing for a file with problems (those go to stderr).
+    fn text(&self) -> String {
+        let Some(l) = self.listeners.as_ref().filter(|_| self.ok) else {
+            return String::new();
+        };
+        let mut text = format!("{}: ok\n", self.file);
+        if let Some(m) = l.monitoring {
+            let _ = writeln!(
+                text,
+                "{}: /health/* and /metrics on monitoring.listen {m}; ingress.listen {} keeps /health/* (its /metrics answers 404)",
+                self.file, l.ingress
+            );
+        }
+        text
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

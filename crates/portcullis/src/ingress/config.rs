@@ -134,3 +134,102 @@ impl IngressConfig {
         }
     }
 }
+
+/// The optional monitoring listener: health probes and metric scrapes on a port of their own
+/// (`[monitoring]`), so they need not share the public one.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct MonitoringConfig {
+    /// Address serving `/health/*` and `/metrics` (plain HTTP/1.1 and h2c). When set,
+    /// `/metrics` leaves the ingress (it answers 404 there); `/health/*` stays on both.
+    /// Absent (the default): both are on the ingress only.
+    pub listen: Option<SocketAddr>,
+    /// Concurrent connections to it; further connections wait to be accepted. Between 1 and
+    /// 10000. Default 64.
+    pub max_connections: usize,
+}
+
+impl Default for MonitoringConfig {
+    fn default() -> Self {
+        Self {
+            listen: None,
+            max_connections: 64,
+        }
+    }
+}
+
+impl MonitoringConfig {
+    /// Most concurrent HTTP/2 streams per monitoring connection: a scraper or a probe needs
+    /// one or two, and connections × streams bounds the calls it can have in flight.
+    pub const MAX_STREAMS: u32 = 16;
+
+    /// Check the section at key path `at` (`monitoring`); `others` are the other listeners'
+    /// addresses, which it may not share.
+    pub fn validate(&self, at: &str, others: &[(&str, SocketAddr)], errs: &mut Vec<ConfigError>) {
+        if !(1..=10_000).contains(&self.max_connections) {
+            errs.push(ConfigError::new(
+                format!("{at}.max_connections"),
+                "must be between 1 and 10000",
+            ));
+        }
+        if let Some(listen) = self.listen {
+            for (key, addr) in others {
+                if listen.port() != 0 && *addr == listen {
+                    errs.push(ConfigError::new(
+                        format!("{at}.listen"),
+                        format!("is the address of {key} ({addr}); give it a port of its own"),
+                    ));
+                }
+            }
+        }
+    }
+
+    /// The listener settings of the monitoring port: the ingress's timeouts and head limits,
+    /// no TLS, its own connection limit, few streams, small bodies (probes and scrapes send
+    /// none).
+    pub fn ingress(&self, ingress: &IngressConfig) -> Option<IngressConfig> {
+        Some(IngressConfig {
+            listen: self.listen?,
+            tls: None,
+            max_connections: self.max_connections,
+            max_concurrent_streams: ingress.max_concurrent_streams.min(Self::MAX_STREAMS),
+            max_body_bytes: 64 * 1024,
+            ..ingress.clone()
+        })
+    }
+}
+
+#[cfg(test)]
+mod monitoring_tests {
+    use super::*;
+
+    #[test]
+    fn the_monitoring_listener_needs_a_port_of_its_own_and_a_bounded_connection_limit() {
+        let ingress: SocketAddr = "127.0.0.1:8080".parse().unwrap();
+        let cfg = MonitoringConfig {
+            listen: Some(ingress),
+            max_connections: 0,
+        };
+        let mut errs = Vec::new();
+        cfg.validate("monitoring", &[("ingress.listen", ingress)], &mut errs);
+        let paths: Vec<&str> = errs.iter().map(|e| e.path.as_str()).collect();
+        assert_eq!(paths, ["monitoring.max_connections", "monitoring.listen"]);
+        assert!(
+            errs[1].message.contains("ingress.listen"),
+            "{}",
+            errs[1].message
+        );
+        // Port 0 picks a free port for each listener: never a clash.
+        let any: SocketAddr = "127.0.0.1:0".parse().unwrap();
+        let mut errs = Vec::new();
+        MonitoringConfig {
+            listen: Some(any),
+            ..Default::default()
+        }
+        .validate("monitoring", &[("ingress.listen", any)], &mut errs);
+        assert!(errs.is_empty());
+        assert!(MonitoringConfig::default()
+            .ingress(&IngressConfig::default())
+            .is_none());
+    }
+}

@@ -8,7 +8,7 @@
 //! its in-flight calls up to the grace period.
 
 mod config;
-pub use config::IngressConfig;
+pub use config::{IngressConfig, MonitoringConfig};
 
 use bytes::Bytes;
 use hyper::service::service_fn;
@@ -117,6 +117,8 @@ pub struct Ingress {
     metrics: Arc<Metrics>,
     /// Weak: connection tasks hold the `Ingress`; only the gateway's `run` owns the data plane.
     dataplane: std::sync::Weak<crate::dataplane::DataPlane>,
+    /// Which listener this is, for the connection gauge and the accept loop's logs.
+    listener: Listener,
 }
 
 impl Ingress {
@@ -163,7 +165,15 @@ impl Ingress {
             connections: TaskTracker::new(),
             metrics,
             dataplane: Arc::downgrade(dataplane),
+            listener: Listener::ingress,
         })
+    }
+
+    /// Count this listener's connections as `listener` (the monitoring listener is an
+    /// `Ingress` serving its own pipeline).
+    pub fn labelled(mut self, listener: Listener) -> Self {
+        self.listener = listener;
+        self
     }
 
     /// Accept connections until `stop_accepting` fires; each connection is told to finish when
@@ -233,7 +243,7 @@ impl Ingress {
         drop(dataplane);
         accept_loop(
             &listener,
-            "ingress",
+            self.listener.as_str(),
             &stop_accepting,
             Some(limit),
             |stream, peer, permit| {
@@ -315,7 +325,7 @@ impl Ingress {
     where
         IO: AsyncRead + AsyncWrite + Unpin + Send + 'static,
     {
-        let _gauge = self.metrics.connection(Listener::ingress);
+        let _gauge = self.metrics.connection(self.listener);
         let peer = facts.peer;
         let activity = ConnActivity::new();
         let pipeline = self.pipeline.clone();
@@ -394,7 +404,7 @@ impl Ingress {
         if H2_PREFACE.starts_with(&first[..n]) {
             return Box::pin(self.serve_conn(stream, facts, drain)).await;
         }
-        let _gauge = self.metrics.connection(Listener::ingress);
+        let _gauge = self.metrics.connection(self.listener);
         let activity = ConnActivity::new();
         let conn = Conn {
             facts: Arc::new(facts),

@@ -1,10 +1,13 @@
 //! Finish phase: the call's context is read once, when the response head is ready, for the
-//! request counter and the span; the access log line and the duration are recorded when the
-//! response body ends (or is dropped), so both cover the whole response, together with the
-//! release of everything the call holds (its load-shedding slot, its count on the connection).
+//! request counter and the span; the access log line, the duration and the response size are
+//! recorded when the response body ends (or is dropped), so they cover the whole response,
+//! together with the release of everything the call holds (its load-shedding slot, its count
+//! on the connection). The request size is recorded by the request body itself
+//! (`body::RequestBody`) when it is dropped. The histograms' handles are resolved once per
+//! route (`Target::metrics`), so a call takes no metric family lock for them.
 //!
 //! Health probes and metric scrapes are the orchestrator's and the scraper's traffic, not
-//! calls: they stay out of `portcullis_requests_total` and the duration histogram, and their
+//! calls: they stay out of `portcullis_requests_total`, the duration and size histograms, and their
 //! log line is at debug level, so a probe every second neither floods the access log nor
 //! dilutes the call latency an operator alerts on.
 
@@ -16,7 +19,8 @@ use tokio::time::Instant;
 use super::call::Call;
 use super::resolve::Target;
 use crate::body::GatewayBody;
-use crate::telemetry::metrics::{method_label, CallLabels, Label, RouteLabels};
+use crate::telemetry::metrics::ByteHistogram;
+use crate::telemetry::metrics::{method_label, CallLabels, Label, RouteLabels, RouteMetrics};
 use crate::telemetry::Metrics;
 
 const CORRELATION_ID: HeaderName =
@@ -31,7 +35,10 @@ fn dash() -> Arc<str> {
 /// Records the call's duration and writes its access log line when the response body ends
 /// or is dropped.
 struct DurationRecord {
-    metrics: Arc<Metrics>,
+    /// The route's duration and response size histograms; `None` for a probe.
+    handles: Option<RouteMetrics>,
+    /// Response body bytes sent, set when the body ends.
+    sent: u64,
     labels: RouteLabels,
     started: Instant,
     /// Probe or scrape: not a call (see the module's doc).
@@ -54,11 +61,9 @@ impl Drop for DurationRecord {
     fn drop(&mut self) {
         let elapsed = self.started.elapsed();
         let _entered = self.span.enter();
-        if !self.probe {
-            self.metrics
-                .request_duration
-                .get_or_create(&self.labels)
-                .observe(elapsed.as_secs_f64());
+        if let Some(h) = &self.handles {
+            h.duration.observe(elapsed.as_secs_f64());
+            h.response_size.observe(self.sent);
         }
         let l = &self.log;
         let (correlation_id, route, service) = (
@@ -109,10 +114,15 @@ impl Finish {
             service: Label(service),
             route: Label(route),
         };
-        let probe = matches!(
-            &call.target,
-            Some(Target::Gateway(op)) if matches!(op.name, "health" | "metrics")
-        );
+        let probe = call.target.as_ref().is_some_and(Target::is_probe);
+        // Not resolved for probes: that would create `-` series they never record into.
+        let handles = (!probe).then(|| {
+            match &call.target {
+                Some(t) => t.metrics(&self.metrics),
+                None => self.metrics.unrouted(),
+            }
+            .clone()
+        });
         if !probe {
             self.metrics
                 .requests
@@ -130,7 +140,8 @@ impl Finish {
             span.record("instance", &**i);
         }
         let record = DurationRecord {
-            metrics: self.metrics.clone(),
+            handles,
+            sent: 0,
             labels,
             started: call.timings.started,
             probe,
@@ -145,6 +156,30 @@ impl Finish {
         };
         let holds = call.holds;
         let (parts, body) = resp.into_parts();
-        Response::from_parts(parts, body.with_guard((holds.active, holds.slot, record)))
+        let end = BodyEnd {
+            _active: holds.active,
+            _slot: holds.slot,
+            record,
+        };
+        Response::from_parts(parts, body.with_guard(end))
+    }
+
+    /// Where the request body's size goes: the target's histogram, or none for a probe.
+    pub fn request_size(&self, target: &Target) -> Option<ByteHistogram> {
+        (!target.is_probe()).then(|| target.metrics(&self.metrics).request_size.clone())
+    }
+}
+
+/// What the response body holds until it ends, dropped in this order: the connection's
+/// activity count, the in-flight slot, then the record (duration, size, access log line).
+struct BodyEnd<A, S> {
+    _active: A,
+    _slot: S,
+    record: DurationRecord,
+}
+
+impl<A: Send + Sync + 'static, S: Send + Sync + 'static> crate::body::Guard for BodyEnd<A, S> {
+    fn ended(&mut self, sent: u64) {
+        self.record.sent = sent;
     }
 }

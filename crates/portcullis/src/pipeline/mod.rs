@@ -46,7 +46,7 @@ use crate::access::Access;
 use crate::audit::AuditSink;
 use crate::auth::assertion::AssertionSigner;
 use crate::auth::Authenticators;
-use crate::body::{BoxError, GatewayBody};
+use crate::body::{BoxError, GatewayBody, RequestBody};
 use crate::error::{Chain, GatewayError};
 use crate::routing::{Registry, Tiers};
 use crate::telemetry::Metrics;
@@ -155,7 +155,7 @@ impl Pipeline {
     /// connection's [`Conn`] is read from the request's extensions when present.
     pub async fn handle<B>(&self, mut req: Request<B>) -> Response<GatewayBody>
     where
-        B: http_body::Body<Data = Bytes> + Send + 'static,
+        B: http_body::Body<Data = Bytes> + Send + Unpin + 'static,
         B::Error: Into<BoxError>,
     {
         let conn = req.extensions_mut().remove::<Conn>();
@@ -184,23 +184,26 @@ impl Pipeline {
     async fn phases<B>(
         &self,
         call: &mut Call,
-        mut req: Request<B>,
+        req: Request<B>,
     ) -> Result<Response<GatewayBody>, GatewayError>
     where
-        B: http_body::Body<Data = Bytes> + Send + 'static,
+        B: http_body::Body<Data = Bytes> + Send + Unpin + 'static,
         B::Error: Into<BoxError>,
     {
         let p = &self.0;
         // The policy guard is dropped before the first await: a reload never waits for calls.
-        let limits = {
+        let (limits, mut req) = {
+            let mut req = req;
             let policy = p.policy.load();
             p.early.run(call, &mut req, &policy.limits)?;
-            call.target = Some(p.resolve.run(
-                &policy.operations,
-                req.method(),
-                req.uri().path(),
-            )?);
-            policy.limits
+            let target = p
+                .resolve
+                .run(&policy.operations, req.method(), req.uri().path())?;
+            // From here the body's size is measured, whatever answers the call; it is
+            // recorded when the body is dropped.
+            let size = p.finish.request_size(&target);
+            call.target = Some(target);
+            (policy.limits, req.map(|b| RequestBody::new(b, size)))
         };
         p.authenticate.run(call, req.headers_mut()).await?;
         p.authorise.run(call).await?;
@@ -216,7 +219,7 @@ impl Pipeline {
 
 impl<B> tower::Service<Request<B>> for Pipeline
 where
-    B: http_body::Body<Data = Bytes> + Send + 'static,
+    B: http_body::Body<Data = Bytes> + Send + Unpin + 'static,
     B::Error: Into<BoxError>,
 {
     type Response = Response<GatewayBody>;

@@ -20,6 +20,8 @@ use crate::access::{CapabilityRegistry, RegistryError, Requirement, Resource};
 use crate::auth::CredentialKinds;
 use crate::error::GatewayError;
 use crate::routing::{Match, Registry, Route};
+use crate::telemetry::metrics::{Label, RouteLabels, RouteMetrics};
+use crate::telemetry::Metrics;
 
 /// Which credentials a target accepts.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -224,6 +226,26 @@ impl Target {
         match self {
             Self::Service(r) => Some((&r.service, &r.template)),
             _ => None,
+        }
+    }
+
+    /// A health probe or a metric scrape: the orchestrator's and the scraper's traffic, kept
+    /// out of the call metrics and the info-level access log (`finish`).
+    pub fn is_probe(&self) -> bool {
+        matches!(self, Self::Gateway(op) if matches!(op.name, "health" | "metrics"))
+    }
+
+    /// The per-call metric handles of the target: its route's, resolved once per route,
+    /// or those of `service="-",route="-"`.
+    pub fn metrics<'a>(&'a self, metrics: &'a Metrics) -> &'a RouteMetrics {
+        match self {
+            Self::Service(r) => r.metrics.get_or_init(|| {
+                metrics.route(&RouteLabels {
+                    service: Label(r.service.clone()),
+                    route: Label(r.template.clone()),
+                })
+            }),
+            _ => metrics.unrouted(),
         }
     }
 }

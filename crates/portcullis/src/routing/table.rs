@@ -35,6 +35,9 @@ pub struct Route {
     pub capability: Arc<str>,
     /// Instances that serve it, in registration order.
     pub instances: Vec<Arc<Instance>>,
+    /// Its per-call metric handles, resolved by the first call (`pipeline::finish`), so
+    /// later calls take no metric family lock.
+    pub metrics: std::sync::OnceLock<crate::telemetry::metrics::RouteMetrics>,
 }
 
 #[derive(Debug, Default)]
@@ -189,6 +192,7 @@ pub fn route_from(
         capability: crate::access::registry::endpoint_capability(service, d.capability.as_deref())
             .unwrap_or_else(|_| Arc::from("")),
         instances,
+        metrics: std::sync::OnceLock::new(),
     }
 }
 

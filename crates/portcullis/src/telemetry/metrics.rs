@@ -5,14 +5,17 @@
 //! and closed enums for states, frame types and failure reasons.
 
 use prometheus_client::encoding::{
-    EncodeLabelSet, EncodeLabelValue, LabelSetEncoder, LabelValueEncoder,
+    EncodeLabelSet, EncodeLabelValue, EncodeMetric, LabelSetEncoder, LabelValueEncoder,
+    MetricEncoder, NoLabelSet,
 };
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::Histogram;
+use prometheus_client::metrics::{MetricType, TypedMetric};
 use prometheus_client::registry::Registry;
-use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, OnceLock};
 
 /// A shared string label value (service names and route templates are shared with the
 /// route table, so labelling a call allocates nothing).
@@ -55,6 +58,19 @@ pub enum Listener {
     ingress,
     /// Service-facing.
     link,
+    /// Health probes and metric scrapes (`monitoring.listen`).
+    monitoring,
+}
+
+impl Listener {
+    /// The label value, also the accept loop's name in logs.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::ingress => "ingress",
+            Self::link => "link",
+            Self::monitoring => "monitoring",
+        }
+    }
 }
 
 /// Labels of a connection gauge.
@@ -119,6 +135,104 @@ fn new_histogram() -> Histogram {
     Histogram::new(latency_buckets())
 }
 
+/// Upper bounds of the body size buckets, bytes: 64 B to 64 MiB by factors of 4 (a
+/// health answer, a small JSON document, … a large upload), then `+Inf`.
+pub const SIZE_BUCKETS: [u64; 11] = [
+    64,
+    256,
+    1 << 10,
+    4 << 10,
+    16 << 10,
+    64 << 10,
+    256 << 10,
+    1 << 20,
+    4 << 20,
+    16 << 20,
+    64 << 20,
+];
+
+/// A histogram of byte counts without a lock: an observation is two relaxed atomic adds.
+/// prometheus-client's `Histogram` takes a write lock per observation, which every
+/// data-plane thread would contend on for the same route; sizes are integers, so a sum in
+/// an `AtomicU64` is exact. Clones share the counts.
+#[derive(Clone, Debug, Default)]
+pub struct ByteHistogram(Arc<ByteCounts>);
+
+#[derive(Debug, Default)]
+struct ByteCounts {
+    /// Per bucket (not cumulative); the last is above every bound.
+    buckets: [AtomicU64; SIZE_BUCKETS.len() + 1],
+    sum: AtomicU64,
+}
+
+impl ByteHistogram {
+    /// Count one body of `bytes`.
+    pub fn observe(&self, bytes: u64) {
+        let i = SIZE_BUCKETS.partition_point(|b| *b < bytes);
+        self.0.buckets[i].fetch_add(1, Ordering::Relaxed);
+        self.0.sum.fetch_add(bytes, Ordering::Relaxed);
+    }
+
+    /// Observations and their sum so far.
+    pub fn snapshot(&self) -> (u64, u64) {
+        let count = self
+            .0
+            .buckets
+            .iter()
+            .map(|b| b.load(Ordering::Relaxed))
+            .sum();
+        (count, self.0.sum.load(Ordering::Relaxed))
+    }
+}
+
+impl TypedMetric for ByteHistogram {
+    const TYPE: MetricType = MetricType::Histogram;
+}
+
+impl EncodeMetric for ByteHistogram {
+    fn encode(&self, mut encoder: MetricEncoder) -> Result<(), std::fmt::Error> {
+        let mut buckets = [(0.0, 0); SIZE_BUCKETS.len() + 1];
+        let mut count = 0;
+        for (i, slot) in buckets.iter_mut().enumerate() {
+            let n = self.0.buckets[i].load(Ordering::Relaxed);
+            count += n;
+            // The encoder writes `+Inf` for `f64::MAX`, as for its own histograms.
+            let bound = SIZE_BUCKETS.get(i).map_or(f64::MAX, |b| *b as f64);
+            *slot = (bound, n);
+        }
+        let sum = self.0.sum.load(Ordering::Relaxed) as f64;
+        encoder.encode_histogram::<NoLabelSet>(sum, count, &buckets, None)
+    }
+
+    fn metric_type(&self) -> MetricType {
+        Self::TYPE
+    }
+}
+
+/// The per-route metrics a call records at its end, resolved once per route (the first call
+/// of a route table entry, `routing::Route::metrics`) so a call takes no family lock and
+/// allocates nothing for them.
+#[derive(Debug, Clone)]
+pub struct RouteMetrics(Arc<RouteHandles>);
+
+/// What [`RouteMetrics`] holds.
+#[derive(Debug)]
+pub struct RouteHandles {
+    /// `portcullis_request_duration_seconds` of the route.
+    pub duration: Histogram,
+    /// `portcullis_request_size_bytes` of the route.
+    pub request_size: ByteHistogram,
+    /// `portcullis_response_size_bytes` of the route.
+    pub response_size: ByteHistogram,
+}
+
+impl std::ops::Deref for RouteMetrics {
+    type Target = RouteHandles;
+    fn deref(&self) -> &RouteHandles {
+        &self.0
+    }
+}
+
 /// The gateway's metrics.
 #[derive(Debug)]
 pub struct Metrics {
@@ -126,6 +240,12 @@ pub struct Metrics {
     pub requests: Family<CallLabels, Counter>,
     /// `portcullis_request_duration_seconds{service,route}`: head received to response end.
     pub request_duration: Family<RouteLabels, Histogram, fn() -> Histogram>,
+    /// `portcullis_request_size_bytes{service,route}`: bytes of request body read from the
+    /// client, recorded when the body ends or is dropped.
+    pub request_size: Family<RouteLabels, ByteHistogram>,
+    /// `portcullis_response_size_bytes{service,route}`: bytes of response body handed to the
+    /// client connection, recorded when the body ends or is dropped.
+    pub response_size: Family<RouteLabels, ByteHistogram>,
     /// `portcullis_upstream_duration_seconds{service,route}`: stream opened to response head.
     pub upstream_duration: Family<RouteLabels, Histogram, fn() -> Histogram>,
     /// `portcullis_active_connections{listener}`.
@@ -160,6 +280,9 @@ pub struct Metrics {
     /// ended), the figure `ingress.max_in_flight` sheds load at. The pipeline's admission
     /// counts on this gauge itself, so it cannot drift.
     pub in_flight: Gauge,
+    /// The [`RouteMetrics`] of calls that matched no route (gateway operations, unrouted
+    /// paths, refusals before resolve): `service="-",route="-"`.
+    unrouted: OnceLock<RouteMetrics>,
     registry: Registry,
 }
 
@@ -186,6 +309,8 @@ impl Metrics {
         let requests = Family::<CallLabels, Counter>::default();
         let request_duration = Family::new_with_constructor(new_histogram as fn() -> Histogram);
         let upstream_duration = Family::new_with_constructor(new_histogram as fn() -> Histogram);
+        let request_size = Family::<RouteLabels, ByteHistogram>::default();
+        let response_size = Family::<RouteLabels, ByteHistogram>::default();
         let active_connections = Family::<ListenerLabels, Gauge>::default();
         let link_frames = Family::<FrameLabels, Counter>::default();
         let auth_failures = Family::<ReasonLabels, Counter>::default();
@@ -211,6 +336,16 @@ impl Metrics {
             "portcullis_request_duration_seconds",
             "Time from request head to response end",
             request_duration.clone(),
+        );
+        registry.register(
+            "portcullis_request_size_bytes",
+            "Request body bytes read from the client, by route",
+            request_size.clone(),
+        );
+        registry.register(
+            "portcullis_response_size_bytes",
+            "Response body bytes sent to the client, by route",
+            response_size.clone(),
         );
         registry.register(
             "portcullis_upstream_duration_seconds",
@@ -277,6 +412,8 @@ impl Metrics {
             requests,
             request_duration,
             upstream_duration,
+            request_size,
+            response_size,
             active_connections,
             link_frames,
             auth_failures,
@@ -287,8 +424,30 @@ impl Metrics {
             pairings,
             link_keys,
             in_flight,
+            unrouted: OnceLock::new(),
             registry,
         }
+    }
+
+    /// The per-call handles of `labels`' route (one lookup in each family: resolve once per
+    /// route and keep them, as `routing::Route::metrics` does).
+    pub fn route(&self, labels: &RouteLabels) -> RouteMetrics {
+        RouteMetrics(Arc::new(RouteHandles {
+            duration: self.request_duration.get_or_create(labels).clone(),
+            request_size: self.request_size.get_or_create(labels).clone(),
+            response_size: self.response_size.get_or_create(labels).clone(),
+        }))
+    }
+
+    /// The handles of calls with no route (`-`), resolved on first use.
+    pub fn unrouted(&self) -> &RouteMetrics {
+        self.unrouted.get_or_init(|| {
+            let dash: Arc<str> = "-".into();
+            self.route(&RouteLabels {
+                service: Label(dash.clone()),
+                route: Label(dash),
+            })
+        })
     }
 
     /// Count a link frame.
@@ -424,6 +583,30 @@ pub fn operation(
             Some(c) => crate::access::Requirement::Capability(c),
             None => crate::access::Requirement::Public,
         },
+        router,
+    }
+}
+
+/// `/metrics` on the ingress when the monitoring listener serves it: public, and always the
+/// fixed 404, so a scraper still pointed at the public port fails loudly instead of reading
+/// someone else's `/metrics`; the path stays reserved, so no service can declare it either.
+/// Named `metrics` like the real one, so such scrapes stay out of the call metrics too.
+pub fn served_elsewhere() -> crate::pipeline::Operation {
+    let router = axum::Router::new().route(
+        "/metrics",
+        axum::routing::any(|| async {
+            (
+                http::StatusCode::NOT_FOUND,
+                [(http::header::CONTENT_TYPE, "application/json")],
+                crate::error::GatewayError::NotFound.body(),
+            )
+        }),
+    );
+    crate::pipeline::Operation {
+        name: "metrics",
+        path: crate::pipeline::PathMatch::Exact("/metrics"),
+        auth: crate::pipeline::AuthPolicy::Public,
+        requires: crate::access::Requirement::Public,
         router,
     }
 }
@@ -707,6 +890,30 @@ mod tests {
             to_prometheus_text(om),
             "# HELP portcullis_requests_total Calls answered.\n# TYPE portcullis_requests_total counter\nportcullis_requests_total{status=\"200\"} 3\n# TYPE portcullis_links gauge\nportcullis_links 1\n"
         );
+    }
+
+    #[test]
+    fn byte_histograms_count_each_size_in_the_first_bucket_that_holds_it() {
+        let mut r = Registry::default();
+        let h = ByteHistogram::default();
+        r.register("size_bytes", "Sizes", h.clone());
+        for n in [0, 64, 65, 1 << 20, u64::from(u32::MAX)] {
+            h.observe(n);
+        }
+        let mut text = String::new();
+        prometheus_client::encoding::text::encode(&mut text, &r).unwrap();
+        for line in [
+            "size_bytes_count 5",
+            "size_bytes_bucket{le=\"64.0\"} 2",
+            "size_bytes_bucket{le=\"256.0\"} 3",
+            "size_bytes_bucket{le=\"262144.0\"} 3",
+            "size_bytes_bucket{le=\"1048576.0\"} 4",
+            "size_bytes_bucket{le=\"67108864.0\"} 4",
+            "size_bytes_bucket{le=\"+Inf\"} 5",
+        ] {
+            assert!(text.lines().any(|l| l == line), "{line} in\n{text}");
+        }
+        assert_eq!(h.snapshot(), (5, 65 + 64 + (1 << 20) + u64::from(u32::MAX)));
     }
 
     #[test]

@@ -38,7 +38,7 @@ impl prometheus_client::collector::Collector for LinksCollector {
         }
         let mut metric = encoder.encode_descriptor(
             "portcullis_links",
-            "Linked instances, by service and liveness state",
+            "Linked instances, by service and liveness state.",
             None,
             prometheus_client::metrics::MetricType::Gauge,
         )?;
@@ -64,7 +64,7 @@ impl prometheus_client::collector::Collector for LinksCollector {
         rtts.sort_by(|a, b| (&a.0, &a.1).cmp(&(&b.0, &b.1)));
         let mut metric = encoder.encode_descriptor(
             "portcullis_link_rtt_seconds",
-            "Smoothed HTTP/2 PING round-trip time of each link, as instance selection uses it",
+            "Smoothed HTTP/2 PING round-trip time of each link, as instance selection uses it.",
             None,
             prometheus_client::metrics::MetricType::Gauge,
         )?;
@@ -89,7 +89,7 @@ impl prometheus_client::collector::Collector for StoreCollector {
         let idle = i64::try_from(idle).unwrap_or(i64::MAX);
         let mut metric = encoder.encode_descriptor(
             "portcullis_store_connections",
-            "Connections of the store's pool, by state",
+            "Connections of the store's pool, by state.",
             None,
             prometheus_client::metrics::MetricType::Gauge,
         )?;
@@ -98,7 +98,7 @@ impl prometheus_client::collector::Collector for StoreCollector {
         }
         let metric = encoder.encode_descriptor(
             "portcullis_key_verification_queries",
-            "API-key verifications that reached the store (misses of the verification cache)",
+            "API-key verifications that reached the store (misses of the verification cache).",
             None,
             prometheus_client::metrics::MetricType::Counter,
         )?;
@@ -115,7 +115,8 @@ pub struct TelemetryConfig {
     /// OTLP/HTTP (protobuf) traces endpoint, the full URL, e.g.
     /// `http://127.0.0.1:4318/v1/traces`, or `https://…` (rustls on the ring provider, the
     /// system's root certificates; `SSL_CERT_FILE` names another bundle). Absent: spans are
-    /// not exported.
+    /// not exported. Shown with its user information and query masked.
+    #[serde(serialize_with = "redact::serialize_url")]
     pub otlp_endpoint: Option<String>,
     /// `service.name` resource attribute of exported spans. Default `portcullis`.
     pub service_name: String,

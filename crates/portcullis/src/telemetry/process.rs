@@ -115,7 +115,7 @@ impl prometheus_client::collector::Collector for ProcessCollector {
         if let Some(v) = s.cpu_seconds {
             let m = encoder.encode_descriptor(
                 "process_cpu_seconds",
-                "Total user and system CPU time spent in seconds",
+                "Total user and system CPU time spent in seconds.",
                 None,
                 MetricType::Counter,
             )?;
@@ -124,27 +124,27 @@ impl prometheus_client::collector::Collector for ProcessCollector {
         let gauges: [(&str, &str, Option<f64>); 5] = [
             (
                 "process_resident_memory_bytes",
-                "Resident memory size in bytes",
+                "Resident memory size in bytes.",
                 s.resident_bytes.map(|v| v as f64),
             ),
             (
                 "process_virtual_memory_bytes",
-                "Virtual memory size in bytes",
+                "Virtual memory size in bytes.",
                 s.virtual_bytes.map(|v| v as f64),
             ),
             (
                 "process_open_fds",
-                "Number of open file descriptors",
+                "Number of open file descriptors.",
                 s.open_fds.map(|v| v as f64),
             ),
             (
                 "process_max_fds",
-                "Maximum number of open file descriptors",
+                "Maximum number of open file descriptors.",
                 s.max_fds.map(|v| v as f64),
             ),
             (
                 "process_start_time_seconds",
-                "Start time of the process since the Unix epoch in seconds",
+                "Start time of the process since the Unix epoch in seconds.",
                 s.start_time_seconds,
             ),
         ];

@@ -30,6 +30,35 @@ fn is_token_byte(b: u8) -> bool {
     b.is_ascii_alphanumeric() || matches!(b, b'_' | b'-' | b'.' | b'~' | b'+' | b'/' | b'=')
 }
 
+/// A URL as the configuration is shown (`config show`): scheme, host, port and path kept,
+/// the user information and the query masked, since that is where credentials ride
+/// (`https://user:token@collector/v1/traces?api-key=…`).
+pub fn url_for_display(url: &str) -> String {
+    let Some((scheme, rest)) = url.split_once("://") else {
+        return MASK.into();
+    };
+    let (authority, tail) = rest
+        .find(['/', '?', '#'])
+        .map_or((rest, ""), |i| rest.split_at(i));
+    let host = match authority.rsplit_once('@') {
+        Some((_, h)) => format!("***@{h}"),
+        None => authority.to_string(),
+    };
+    let tail = tail.split('#').next().unwrap_or("");
+    match tail.split_once('?') {
+        Some((path, _)) => format!("{scheme}://{host}{path}?***"),
+        None => format!("{scheme}://{host}{tail}"),
+    }
+}
+
+/// Serialise an optional URL as [`url_for_display`] shows it (serde `serialize_with`).
+pub fn serialize_url<S: serde::Serializer>(url: &Option<String>, s: S) -> Result<S::Ok, S::Error> {
+    match url {
+        Some(u) => s.serialize_some(&url_for_display(u)),
+        None => s.serialize_none(),
+    }
+}
+
 /// Mask credentials in one formatted log line.
 pub fn redact(line: &str) -> String {
     // Most lines hold nothing secret-shaped: one lowercase copy and a few searches decide that,
@@ -232,7 +261,28 @@ impl<'a, M: MakeWriter<'a>> MakeWriter<'a> for Redacting<M> {
 
 #[cfg(test)]
 mod tests {
-    use super::redact;
+    use super::{redact, url_for_display};
+
+    #[test]
+    fn shown_urls_keep_where_they_point_and_lose_credentials() {
+        for (url, shown) in [
+            (
+                "http://127.0.0.1:4318/v1/traces",
+                "http://127.0.0.1:4318/v1/traces",
+            ),
+            (
+                "https://user:s3cret@otel.example:443/v1/traces?api-key=abc#x",
+                "https://***@otel.example:443/v1/traces?***",
+            ),
+            (
+                "https://tok@otel.example?k=v",
+                "https://***@otel.example?***",
+            ),
+            ("not a url s3cret", "***"),
+        ] {
+            assert_eq!(url_for_display(url), shown);
+        }
+    }
 
     #[test]
     fn masks_credentials() {

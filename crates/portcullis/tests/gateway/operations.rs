@@ -417,6 +417,159 @@ async fn metrics_after_traffic_have_counters_histograms_and_bounded_labels() {
     gw.shutdown().await;
 }
 
+/// The count of the `le` bucket of the histogram `name` with `labels`, cumulative.
+fn bucket(samples: &[Sample], name: &str, labels: &[(&str, &str)], le: &str) -> Option<f64> {
+    let mut with_le = labels.to_vec();
+    with_le.push(("le", le));
+    sample(samples, &format!("{name}_bucket"), &with_le)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn body_sizes_land_in_the_right_buckets_and_probes_stay_out() {
+    let gw = TestGateway::with_services(&["echo"]).await;
+    let (_svc, _) = linked_echo(&gw).await;
+    // 5000 bytes up; the answer is a short JSON document.
+    let (status, _, body) = gw.send("POST", "/upload", &[b'x'; 5000]).await;
+    assert_eq!(status, StatusCode::OK);
+    let upload_answer = body.len() as f64;
+    assert!(upload_answer < 256.0, "{upload_answer}");
+    // Nothing up; 300000 bytes down, streamed in chunks.
+    let (status, _, body) = gw.get("/stream?bytes=300000").await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(body.len(), 300_000);
+    for path in ["/health/live", "/health/ready", "/metrics"] {
+        probe(gw.ingress, path).await;
+    }
+
+    let (req, resp) = (
+        "portcullis_request_size_bytes",
+        "portcullis_response_size_bytes",
+    );
+    let upload = [("service", "echo"), ("route", "/upload")];
+    let stream = [("service", "echo"), ("route", "/stream")];
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(15);
+    let (text, samples) = loop {
+        let (text, samples) = scrape(&gw).await;
+        let done = |name: &str, labels: &[(&str, &str)]| {
+            sample(&samples, &format!("{name}_count"), labels) == Some(1.0)
+        };
+        if done(req, &upload) && done(resp, &upload) && done(req, &stream) && done(resp, &stream) {
+            break (text, samples);
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "sizes never showed the calls:\n{text}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    let sum = |name: &str, labels: &[(&str, &str)]| {
+        sample(&samples, &format!("{name}_sum"), labels).unwrap()
+    };
+    assert_eq!(sum(req, &upload), 5000.0, "{text}");
+    assert_eq!(bucket(&samples, req, &upload, "4096.0"), Some(0.0));
+    assert_eq!(bucket(&samples, req, &upload, "16384.0"), Some(1.0));
+    assert_eq!(sum(resp, &upload), upload_answer);
+    assert_eq!(bucket(&samples, resp, &upload, "256.0"), Some(1.0));
+    assert_eq!(sum(req, &stream), 0.0);
+    assert_eq!(bucket(&samples, req, &stream, "64.0"), Some(1.0));
+    assert_eq!(sum(resp, &stream), 300_000.0);
+    assert_eq!(bucket(&samples, resp, &stream, "262144.0"), Some(0.0));
+    assert_eq!(bucket(&samples, resp, &stream, "1048576.0"), Some(1.0));
+    assert_eq!(bucket(&samples, resp, &stream, "+Inf"), Some(1.0));
+    // Probes and scrapes answered, but are not calls: no size was recorded for them.
+    for name in [req, resp] {
+        assert_eq!(
+            sample(&samples, &format!("{name}_count"), &[("service", "-")]),
+            None,
+            "{text}"
+        );
+    }
+    gw.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_monitoring_listener_serves_health_and_metrics_and_takes_metrics_off_the_public_port() {
+    let mut gw = GatewayProcess::start("[monitoring]\nlisten = \"127.0.0.1:0\"\n", "info");
+    let mon = gw
+        .monitoring
+        .expect("the log line names the monitoring address");
+    assert_ne!(mon, gw.ingress);
+    for path in ["/health/live", "/health/ready", "/health/startup"] {
+        let (status, headers, body) = probe(mon, path).await;
+        assert_eq!(status, StatusCode::OK, "{path}");
+        assert_eq!(headers["content-type"], "application/json");
+        let v: serde_json::Value = serde_json::from_slice(&body).unwrap();
+        assert_eq!(v["status"], "ok", "{path}");
+    }
+    let (status, headers, body) = probe(mon, "/metrics").await;
+    assert_eq!(status, StatusCode::OK);
+    assert!(headers["content-type"]
+        .to_str()
+        .unwrap()
+        .starts_with("application/openmetrics-text"));
+    let text = std::str::from_utf8(&body).unwrap();
+    // One style of HELP for every family, the collectors' included.
+    for help in text.lines().filter(|l| l.starts_with("# HELP ")) {
+        assert!(help.ends_with('.'), "{help}");
+    }
+    let samples = parse_metrics(text);
+    assert!(sample(
+        &samples,
+        "portcullis_active_connections",
+        &[("listener", "monitoring")]
+    )
+    .is_some_and(|v| v >= 1.0));
+    // Anything else there is what an unrouted path is everywhere: 401 without a credential.
+    let (status, _, _) = probe(mon, "/api/v1/iam/users").await;
+    assert_eq!(status, StatusCode::UNAUTHORIZED);
+
+    // The public port: health stays, /metrics is the fixed 404 with or without a key.
+    let (status, _, _) = probe(gw.ingress, "/health/ready").await;
+    assert_eq!(status, StatusCode::OK);
+    let (status, _, body) = probe(gw.ingress, "/metrics").await;
+    assert_eq!(status, StatusCode::NOT_FOUND);
+    assert_eq!(&body[..], br#"{"error":"not_found"}"#);
+    let (status, _, _) = gw.get("/metrics").await;
+    assert_eq!(status, StatusCode::NOT_FOUND);
+
+    let logs = gw.stop_and_read_logs().await;
+    assert!(logs.contains("gateway stopped"), "{logs}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_monitoring_listener_on_a_busy_port_stops_the_start_naming_key_and_address() {
+    let busy = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = busy.local_addr().unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    process::init_and_create_key(dir.path());
+    let file = dir.path().join("portcullis.toml");
+    std::fs::write(
+        &file,
+        format!(
+            "[ingress]\nlisten = \"127.0.0.1:0\"\n[link]\nlisten = \"127.0.0.1:0\"\n[monitoring]\nlisten = \"{addr}\"\n"
+        ),
+    )
+    .unwrap();
+    let out = process::run(
+        &[
+            "serve",
+            "--config",
+            file.to_str().unwrap(),
+            "--data-dir",
+            dir.path().to_str().unwrap(),
+        ],
+        &[],
+    );
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert!(
+        err.contains(&format!("monitoring.listen {addr}: cannot listen:"))
+            && err.to_lowercase().contains("in use"),
+        "{err}"
+    );
+    drop(busy);
+}
+
 // ---------------------------------------------------------------------------------------------
 // Correlation ids and trace context
 
@@ -849,6 +1002,131 @@ fn config_show_masks_secrets_and_shows_overrides() {
     let out = process::run(&["config", "show"], &[("PORTCULLIS_INGRESS__BOGUS", "1")]);
     assert_eq!(out.status.code(), Some(1));
     assert!(String::from_utf8_lossy(&out.stderr).contains("ingress.bogus"));
+}
+
+#[test]
+fn check_config_config_show_and_hash_token_print_their_documented_json() {
+    let dir = tempfile::tempdir().unwrap();
+    let good = dir.path().join("good.toml");
+    std::fs::write(
+        &good,
+        format!(
+            "[ingress]\nlisten = \"127.0.0.1:8080\"\n[monitoring]\nlisten = \"127.0.0.1:9090\"\n{}",
+            process::echo_service_toml()
+        ),
+    )
+    .unwrap();
+    let g = good.to_str().unwrap();
+    let json = |out: &std::process::Output| -> serde_json::Value {
+        let text = String::from_utf8_lossy(&out.stdout);
+        assert_eq!(text.lines().count(), 1, "one document: {text}");
+        serde_json::from_str(&text).unwrap_or_else(|e| panic!("{e}: {text}"))
+    };
+
+    // check-config: the verdict, the listeners; the text names the monitoring split.
+    let out = process::run(&["check-config", g, "--json"], &[]);
+    assert!(out.status.success(), "{out:?}");
+    let v = json(&out);
+    assert_eq!(v["file"], g);
+    assert_eq!(v["ok"], true);
+    assert_eq!(v["problems"], serde_json::json!([]));
+    assert_eq!(v["warnings"], serde_json::json!([]));
+    assert_eq!(v["listeners"]["ingress"], "127.0.0.1:8080");
+    assert_eq!(v["listeners"]["link"], "127.0.0.1:7070");
+    assert_eq!(v["listeners"]["monitoring"], "127.0.0.1:9090");
+    let (code, text, _) = process::cli(&["check-config", g]);
+    assert_eq!(code, 0);
+    assert!(text.starts_with(&format!("{g}: ok\n")), "{text}");
+    assert!(text.contains("monitoring.listen 127.0.0.1:9090"), "{text}");
+    let bad = dir.path().join("bad.toml");
+    std::fs::write(&bad, "[ingress]\nmax_connections = 0\nbogus = 1\n").unwrap();
+    let out = process::run(
+        &["check-config", "--json", "--config", bad.to_str().unwrap()],
+        &[("PORTCULLIS_MONITORING__MAX_CONNECTIONS", "0")],
+    );
+    assert_eq!(out.status.code(), Some(1));
+    let v = json(&out);
+    assert_eq!(v["ok"], false);
+    assert_eq!(v["listeners"], serde_json::Value::Null);
+    let keys: Vec<&str> = v["problems"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| p["key"].as_str().unwrap())
+        .collect();
+    assert!(keys.contains(&"ingress.bogus"), "{v}");
+    assert!(keys.contains(&"ingress.max_connections"), "{v}");
+    assert!(
+        v["problems"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|p| p["key"] == "monitoring.max_connections"
+                && p["message"]
+                    .as_str()
+                    .unwrap()
+                    .contains("PORTCULLIS_MONITORING__MAX_CONNECTIONS")),
+        "{v}"
+    );
+    let out = process::run(&["check-config", "--json", "/nonexistent/p.toml"], &[]);
+    assert_eq!(out.status.code(), Some(1));
+    let v = json(&out);
+    assert_eq!(v["problems"][0]["key"], serde_json::Value::Null);
+
+    // config show: the configuration's own keys, absent fields null, secrets masked.
+    let out = process::run(&["config", "show", "--json", "--config", g], &[]);
+    assert!(out.status.success(), "{out:?}");
+    let v = json(&out);
+    assert_eq!(v["ingress"]["listen"], "127.0.0.1:8080");
+    assert_eq!(v["monitoring"]["listen"], "127.0.0.1:9090");
+    assert_eq!(v["monitoring"]["max_connections"], 64);
+    assert_eq!(v["routing"]["region"], serde_json::Value::Null);
+    assert_eq!(v["services"]["echo"]["token_sha256"], "***");
+    // Credentials in the OTLP endpoint's URL are not shown either.
+    let out = process::run(
+        &["config", "show", "--json"],
+        &[(
+            "PORTCULLIS_TELEMETRY__OTLP_ENDPOINT",
+            "https://user:s3cret@otel.example/v1/traces?api-key=k3y",
+        )],
+    );
+    let v = json(&out);
+    assert_eq!(
+        v["telemetry"]["otlp_endpoint"],
+        "https://***@otel.example/v1/traces?***"
+    );
+
+    // hash-token: the hash only; the token is in no output.
+    let token = "tok-en-with-secret-0123456789abcdef";
+    let hash = |args: &[&str]| {
+        let mut child = process::command()
+            .args(args)
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        use std::io::Write;
+        writeln!(child.stdin.take().unwrap(), "{token}").unwrap();
+        child.wait_with_output().unwrap()
+    };
+    let out = hash(&["hash-token", "--json"]);
+    assert!(out.status.success(), "{out:?}");
+    let v = json(&out);
+    let expected = hex::encode(portcullis::link::hash_token(token));
+    assert_eq!(v, serde_json::json!({ "token_sha256": expected }));
+    assert!(!String::from_utf8_lossy(&out.stdout).contains(token));
+    assert!(!String::from_utf8_lossy(&out.stderr).contains(token));
+    let out = hash(&["hash-token"]);
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout),
+        format!("{expected}\n")
+    );
+    let out = process::run(&["hash-token", "--json"], &[]);
+    assert_eq!(out.status.code(), Some(1));
+    let err: serde_json::Value =
+        serde_json::from_str(String::from_utf8_lossy(&out.stderr).trim()).unwrap();
+    assert_eq!(err["error"], "empty token on standard input");
 }
 
 #[test]

@@ -93,6 +93,8 @@ pub struct GatewayProcess {
     pub child: Child,
     pub ingress: SocketAddr,
     pub link: SocketAddr,
+    /// The monitoring listener, when `[monitoring] listen` was set.
+    pub monitoring: Option<SocketAddr>,
     pub logs: Arc<Mutex<String>>,
     /// Sends the process's API key unless a request carries its own `authorization`.
     pub client: AuthClient,
@@ -157,6 +159,7 @@ impl GatewayProcess {
             child,
             ingress: v["ingress"].as_str().unwrap().parse().unwrap(),
             link: v["link"].as_str().unwrap().parse().unwrap(),
+            monitoring: v["monitoring"].as_str().and_then(|a| a.parse().ok()),
             logs,
             client: AuthClient {
                 inner: client(),
