@@ -64,7 +64,8 @@ pub struct ListenerLabels {
     pub listener: Listener,
 }
 
-/// Labels of link frames: `type` is challenge, hello, hello_ack, reject, ping or health.
+/// Labels of link frames: `type` is challenge, hello, hello_ack, reject, ping, health, keys
+/// or drain.
 #[derive(Clone, Debug, Hash, PartialEq, Eq)]
 pub struct FrameLabels {
     /// Frame type.
@@ -75,6 +76,14 @@ impl EncodeLabelSet for FrameLabels {
     fn encode(&self, encoder: LabelSetEncoder) -> Result<(), std::fmt::Error> {
         [("type", self.kind)].encode(encoder)
     }
+}
+
+/// Labels of a REJECT the gateway sent: `code` is a [`portcullis_link::RejectCode`] name, a
+/// closed set.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct RejectLabels {
+    /// `bad_credential`, `route_conflict`, `malformed_frame`, … (`RejectCode::as_str`).
+    pub code: &'static str,
 }
 
 /// Labels of an authentication failure.
@@ -132,6 +141,9 @@ pub struct Metrics {
     pub active_connections: Family<ListenerLabels, Gauge>,
     /// `portcullis_link_frames_total{type}`.
     pub link_frames: Family<FrameLabels, Counter>,
+    /// `portcullis_link_rejects_total{code}`: REJECTs the gateway sent at the link handshake,
+    /// by code (each is also a `portcullis_link_frames_total{type="reject"}`).
+    pub link_rejects: Family<RejectLabels, Counter>,
     /// `portcullis_auth_failures_total{reason}`: missing, malformed, unknown, revoked,
     /// expired, wrong, disabled, unavailable (401/503); throttled (logins); token_malformed,
     /// token_header, token_unknown_key, token_signature, token_validity, token_audience,
@@ -188,6 +200,7 @@ impl Metrics {
         let upstream_duration = Family::new_with_constructor(new_histogram as fn() -> Histogram);
         let active_connections = Family::<ListenerLabels, Gauge>::default();
         let link_frames = Family::<FrameLabels, Counter>::default();
+        let link_rejects = Family::<RejectLabels, Counter>::default();
         let auth_failures = Family::<ReasonLabels, Counter>::default();
         let audit_dropped = Counter::default();
         let assertions_signed = Counter::default();
@@ -226,6 +239,11 @@ impl Metrics {
             "portcullis_link_frames",
             "Link control frames and heartbeats exchanged, by type",
             link_frames.clone(),
+        );
+        registry.register(
+            "portcullis_link_rejects",
+            "REJECTs sent to services at the link handshake, by code",
+            link_rejects.clone(),
         );
         registry.register(
             "portcullis_auth_failures",
@@ -279,6 +297,7 @@ impl Metrics {
             upstream_duration,
             active_connections,
             link_frames,
+            link_rejects,
             auth_failures,
             audit_dropped,
             assertions_signed,
@@ -294,6 +313,16 @@ impl Metrics {
     /// Count a link frame.
     pub fn frame(&self, kind: &'static str) {
         self.link_frames.get_or_create(&FrameLabels { kind }).inc();
+    }
+
+    /// Count a REJECT sent at the link handshake: a frame of type `reject`, by its code.
+    pub fn reject(&self, code: portcullis_link::RejectCode) {
+        self.frame("reject");
+        self.link_rejects
+            .get_or_create(&RejectLabels {
+                code: code.as_str(),
+            })
+            .inc();
     }
 
     /// Count a pairing event (`requested`, `approved`, `denied`, `revoked`).
