@@ -458,26 +458,11 @@ impl Frame {
         }
         let frame = type_name(header.frame_type);
         let malformed = |reason: String| DecodeError::Malformed { frame, reason };
-        let json_err = |e: serde_json::Error| {
-            malformed(format!(
-                "{} at column {}",
-                match e.classify() {
-                    serde_json::error::Category::Syntax => "syntax error",
-                    serde_json::error::Category::Eof => "unexpected end",
-                    _ => "invalid field or value",
-                },
-                e.column()
-            ))
-        };
         let f = match header.frame_type {
-            FrameType::Challenge => {
-                Self::Challenge(serde_json::from_slice(body).map_err(json_err)?)
-            }
-            FrameType::Hello => {
-                Self::Hello(Box::new(serde_json::from_slice(body).map_err(json_err)?))
-            }
-            FrameType::HelloAck => Self::HelloAck(serde_json::from_slice(body).map_err(json_err)?),
-            FrameType::Reject => Self::Reject(serde_json::from_slice(body).map_err(json_err)?),
+            FrameType::Challenge => Self::Challenge(json_body(frame, body)?),
+            FrameType::Hello => Self::Hello(Box::new(json_body(frame, body)?)),
+            FrameType::HelloAck => Self::HelloAck(json_body(frame, body)?),
+            FrameType::Reject => Self::Reject(json_body(frame, body)?),
         };
         f.check_version(header.version).map_err(&malformed)?;
         f.check_bounds().map_err(malformed)?;
@@ -609,12 +594,141 @@ impl Frame {
 }
 
 fn type_name(t: FrameType) -> &'static str {
-    match t {
-        FrameType::Challenge => "CHALLENGE",
-        FrameType::Hello => "HELLO",
-        FrameType::HelloAck => "HELLO_ACK",
-        FrameType::Reject => "REJECT",
+    t.name()
+}
+
+impl FrameType {
+    /// The frame's name as the specification writes it: `CHALLENGE`, `HELLO`, `HELLO_ACK`,
+    /// `REJECT`.
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::Challenge => "CHALLENGE",
+            Self::Hello => "HELLO",
+            Self::HelloAck => "HELLO_ACK",
+            Self::Reject => "REJECT",
+        }
     }
+}
+
+/// Longest piece of a peer's frame a decode error quotes (a field name, a value), in
+/// characters; longer ones are cut and end in `…`.
+pub const MAX_QUOTED: usize = 64;
+
+/// Longest reason of a [`DecodeError::Malformed`], in characters: a REJECT's message and a
+/// log line stay short whatever the peer sent.
+const MAX_REASON: usize = 256;
+
+/// Decode one JSON body, saying on failure which field is wrong and how: `unknown field
+/// \`x\`` (with the fields expected there), `missing field \`version\``, `invalid type:
+/// string "…", expected u64 at \`endpoints[0].timeout_ms\``, or a syntax error with its
+/// column. Whatever of the peer's bytes the message quotes is cut to [`MAX_QUOTED`]
+/// characters and has its control characters escaped.
+fn json_body<T: serde::de::DeserializeOwned>(
+    frame: &'static str,
+    body: &[u8],
+) -> Result<T, DecodeError> {
+    let malformed = |reason| DecodeError::Malformed { frame, reason };
+    let mut de = serde_json::Deserializer::from_slice(body);
+    let value = serde_path_to_error::deserialize(&mut de)
+        .map_err(|e| malformed(json_reason(e.inner(), Some(e.path()))))?;
+    // Trailing bytes after the object.
+    de.end().map_err(|e| malformed(json_reason(&e, None)))?;
+    Ok(value)
+}
+
+/// The reason of a failed decode at `path`, bounded: see [`json_body`].
+fn json_reason(inner: &serde_json::Error, path: Option<&serde_path_to_error::Path>) -> String {
+    use serde_json::error::Category;
+    // serde_json appends " at line L column C"; the column is kept, the line is always 1 for
+    // a frame a conforming peer wrote, and both are the decoder's, not the peer's, bytes.
+    let text = inner.to_string();
+    let what = match text.rfind(" at line ") {
+        Some(i) => &text[..i],
+        None => text.as_str(),
+    };
+    let mut reason = match inner.classify() {
+        Category::Syntax | Category::Eof => {
+            // The column says where; a path is only a guess inside broken JSON.
+            return sanitize(
+                &format!("syntax error ({what}) at column {}", inner.column()),
+                MAX_REASON,
+            );
+        }
+        Category::Data | Category::Io => bounded_quotes(what),
+    };
+    let path = path.map(ToString::to_string).unwrap_or_default();
+    if !matches!(path.as_str(), "" | "." | "?") {
+        reason.push_str(" at `");
+        reason.push_str(&sanitize(&path, MAX_QUOTED));
+        reason.push('`');
+    }
+    sanitize(&reason, MAX_REASON)
+}
+
+/// `msg` with every quoted piece (between backticks, or between double quotes) cut to
+/// [`MAX_QUOTED`] characters: serde quotes the peer's field names and string values whole.
+fn bounded_quotes(msg: &str) -> String {
+    let mut out = String::with_capacity(msg.len().min(MAX_REASON * 2));
+    let mut quote: Option<char> = None;
+    let mut quoted = 0usize;
+    // Inside double quotes serde writes Rust's escapes (`\"`): they do not end the quote.
+    let mut escaped = false;
+    for c in msg.chars() {
+        match quote {
+            Some(q) if c == q && !escaped => {
+                quote = None;
+                out.push(c);
+            }
+            Some(q) => {
+                escaped = q == '"' && c == '\\' && !escaped;
+                quoted += 1;
+                if quoted <= MAX_QUOTED {
+                    out.push(c);
+                } else if quoted == MAX_QUOTED + 1 {
+                    out.push('…');
+                }
+            }
+            None => {
+                if c == '`' || c == '"' {
+                    quote = Some(c);
+                    quoted = 0;
+                }
+                out.push(c);
+            }
+        }
+    }
+    out
+}
+
+/// The service a HELLO body claims, for the log line of its refusal when the body does not
+/// decode: its `service` string if it has one, whatever else is wrong, sanitised and cut to
+/// 63 characters (the longest valid name). `None` when the body is not a JSON object with a
+/// string `service`.
+pub fn claimed_service(body: &[u8]) -> Option<String> {
+    #[derive(Deserialize)]
+    struct Claim {
+        service: Option<String>,
+    }
+    let claim: Claim = serde_json::from_slice(body).ok()?;
+    claim.service.map(|s| sanitize(&s, 63))
+}
+
+/// `s` with control characters escaped, cut to `max` characters (then `…`): safe to put in
+/// a REJECT message or a log line.
+pub fn sanitize(s: &str, max: usize) -> String {
+    let mut out = String::with_capacity(s.len().min(max + 4));
+    for (n, c) in s.chars().enumerate() {
+        if n == max {
+            out.push('…');
+            break;
+        }
+        if c.is_control() {
+            out.extend(c.escape_default());
+        } else {
+            out.push(c);
+        }
+    }
+    out
 }
 
 #[cfg(test)]
@@ -885,6 +999,77 @@ mod tests {
     fn credential_debug_is_masked() {
         let s = format!("{:?}", hello());
         assert!(!s.contains("secret"), "{s}");
+    }
+
+    /// A HELLO body as raw JSON behind a valid header, decoded; the error's text.
+    fn hello_error(json: &str) -> String {
+        let mut bytes = Vec::from(MAGIC);
+        bytes.extend([VERSION, FrameType::Hello as u8]);
+        bytes.extend(u32::try_from(json.len()).unwrap().to_be_bytes());
+        bytes.extend(json.as_bytes());
+        let e = Frame::decode(&bytes, MAX_FRAME_LEN).unwrap_err();
+        assert_eq!(e.reject_code(), RejectCode::MalformedFrame, "{e}");
+        e.to_string()
+    }
+
+    const CREDENTIAL: &str = r#""credential":{"type":"token","token":"t"}"#;
+
+    #[test]
+    fn an_unknown_field_is_named_with_the_fields_expected() {
+        let e = hello_error(&format!(
+            r#"{{"service":"a","instance_id":"a-1","version":"1","endpoints":[],{CREDENTIAL},"colour":"red"}}"#
+        ));
+        assert!(
+            e.starts_with(
+                "malformed HELLO frame: unknown field `colour`, expected one of `service`"
+            ),
+            "{e}"
+        );
+        assert!(!e.contains("column"), "{e}");
+    }
+
+    #[test]
+    fn a_missing_field_is_named() {
+        let e = hello_error(&format!(
+            r#"{{"service":"a","instance_id":"a-1","endpoints":[],{CREDENTIAL}}}"#
+        ));
+        assert_eq!(e, "malformed HELLO frame: missing field `version`");
+    }
+
+    #[test]
+    fn a_value_of_the_wrong_type_names_its_path_and_the_type_expected() {
+        let e = hello_error(&format!(
+            r#"{{"service":"a","instance_id":"a-1","version":"1","endpoints":[{{"method":"GET","path":"/x","timeout_ms":"soon"}}],{CREDENTIAL}}}"#
+        ));
+        assert_eq!(
+            e,
+            "malformed HELLO frame: invalid type: string \"soon\", expected u64 at `endpoints[0].timeout_ms`"
+        );
+    }
+
+    #[test]
+    fn a_syntax_error_gives_its_column() {
+        let e = hello_error(r#"{"service":"a" "instance_id""#);
+        assert_eq!(
+            e,
+            "malformed HELLO frame: syntax error (expected `,` or `}`) at column 16"
+        );
+    }
+
+    #[test]
+    fn what_a_decode_error_quotes_of_the_peer_is_bounded_and_escaped() {
+        let long = "x".repeat(10_000);
+        let e = hello_error(&format!(r#"{{"{long}\u0007\n":1}}"#));
+        assert!(
+            e.contains(&format!("unknown field `{}…`", "x".repeat(MAX_QUOTED))),
+            "{e}"
+        );
+        assert!(e.chars().count() < 400, "{} chars", e.chars().count());
+        let e = hello_error(&format!(r#"{{"service":"a\"{long}","instance_id":7}}"#));
+        assert!(e.chars().count() < 400, "{} chars", e.chars().count());
+        let e = hello_error(r#"{"bell\u0007\nnext":7}"#);
+        assert!(!e.contains('\u{7}') && !e.contains('\n'), "{e:?}");
+        assert!(e.contains("unknown field `bell"), "{e}");
     }
 
     #[test]

@@ -23,10 +23,10 @@ pub use descriptor::{
     MAX_ENDPOINTS, MAX_TIMEOUT_MS,
 };
 pub use frame::{
-    valid_pairing_code, AssertionKeys, Challenge, Credential, DecodeError, Frame, FrameHeader,
-    FrameType, Hello, HelloAck, LinkLimits, PairingPrompt, Reject, RejectCode, ED25519_VERSION,
-    HEADER_LEN, MAGIC, MAX_FRAME_LEN, MIN_VERSION, PAIRING_ALPHABET, PAIRING_CODE_LEN, VERSION,
-    VERSIONS,
+    claimed_service, sanitize, valid_pairing_code, AssertionKeys, Challenge, Credential,
+    DecodeError, Frame, FrameHeader, FrameType, Hello, HelloAck, LinkLimits, PairingPrompt, Reject,
+    RejectCode, ED25519_VERSION, HEADER_LEN, MAGIC, MAX_FRAME_LEN, MAX_QUOTED, MIN_VERSION,
+    PAIRING_ALPHABET, PAIRING_CODE_LEN, VERSION, VERSIONS,
 };
 pub use template::{PathTemplate, Segment, TemplateError};
 
@@ -41,6 +41,13 @@ pub const RESERVED_PREFIX: &str = "/.well-known/portcullis/";
 /// Path the gateway sends the public keys of its identity assertions to (`PUT`, a
 /// [`jws::Jwks`] body) whenever they change. The SDK answers it itself (204).
 pub const KEYS_PATH: &str = "/.well-known/portcullis/keys";
+
+/// Path the gateway sends `POST` (no body) to on every link when it shuts down, once its
+/// in-flight calls have finished: the link's graceful end, since an HTTP/2 client has no
+/// GOAWAY of its own to send. The SDK answers 204 itself, then drains the link (GOAWAY as the
+/// HTTP/2 server, open streams finish) and dials again with its backoff — a gateway restart,
+/// not a crash (docs/link-protocol.md §6.3).
+pub const DRAIN_PATH: &str = "/.well-known/portcullis/drain";
 
 /// Largest body of a `PUT` to [`KEYS_PATH`] a service accepts, bytes. A set of
 /// [`jws::MAX_JWKS_KEYS`] keys is under 3 KiB.

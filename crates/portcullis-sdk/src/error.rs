@@ -169,7 +169,8 @@ impl Error {
 /// - **Transient** — `unavailable`, `timeout`: the gateway's load or shutdown.
 ///   `route_conflict`: another service holds a route *now*; during a deploy that moves a
 ///   route from one service to another the new owner is refused until the old one unlinks,
-///   and giving up would turn that ordering race into an outage. `duplicate_instance`: the
+///   and giving up at once would turn that ordering race into an outage (the supervisor gives
+///   up on one only once it has lasted the service's `conflict_patience`). `duplicate_instance`: the
 ///   live link it names goes away. `pairing_required`: an admin approves the pairing.
 ///   `stale_timestamp`: the instance's clock may be corrected. These keep the backoff (and
 ///   `retry_after_ms`). `pairing_denied` is permanent: the key is refused for good.

@@ -7,7 +7,8 @@
 //! assertion of every call before the service's handler runs, answers the gateway's health
 //! exchange and key updates itself, counts calls in flight, reconnects with jittered backoff
 //! when a link drops, and drains gracefully (GOAWAY, then wait for in-flight calls) on
-//! shutdown.
+//! shutdown. A gateway that shuts down says so on the link; the SDK drains that link and dials
+//! again ([`Running::gateway_drains`] counts these), where a link that just closes is a crash.
 //!
 //! Any `tower::Service` over `http::Request<hyper::body::Incoming>` serves calls; an
 //! `axum::Router` works directly. The wire protocol is specified in `docs/link-protocol.md`
@@ -31,7 +32,7 @@
 //!     .endpoint(Endpoint::get("/hello").timeout(Duration::from_secs(5)))
 //!     .serve(router)?;
 //! // Fails, instead of waiting forever, if every gateway refuses the service for good.
-//! running.try_linked().await?;
+//! running.linked().await?;
 //! // ... until a shutdown signal:
 //! running.shutdown().await;
 //! # Ok(())
@@ -63,15 +64,20 @@
 //!
 //! A gateway's REJECT is then either transient — the link slot reconnects with backoff — or
 //! permanent ([`Error::is_permanent`]): the same HELLO would get the same answer, so the slot
-//! stops dialling that gateway and keeps the reason in [`Running::failures`];
-//! [`Running::try_linked`] fails once no gateway is left. Links to other gateways carry on.
+//! stops dialling that gateway, keeps the reason in [`Running::failures`] and calls
+//! [`ServiceBuilder::on_rejected`]; [`Running::linked`] fails with the REJECT's code and
+//! message once no gateway is left. Links to other gateways carry on.
+//!
+//! The SDK also logs every refusal and reconnect through `tracing`; install a subscriber
+//! (`tracing_subscriber::fmt()` with an `EnvFilter`, then `RUST_LOG=portcullis_sdk=debug`)
+//! to see them.
 //!
 //! | code | | why |
 //! |------|-|-----|
 //! | `invalid_descriptor`, `malformed_frame`, `too_large` | permanent | the HELLO is fixed when the service is built |
 //! | `unsupported_version` | permanent | neither side's versions change while it runs |
 //! | `bad_credential` | permanent | the gateway reads its token hashes at start and the service's token is fixed: retrying only adds authentication failures to the gateway's alerts; restart the service once the configuration is fixed |
-//! | `route_conflict` | transient | another service holds the route now; during a deploy that moves a route the old owner unlinks soon, and giving up would make that race an outage |
+//! | `route_conflict` | transient, then permanent | another service holds the route now; during a deploy that moves a route the old owner unlinks soon, and giving up at once would make that race an outage; a conflict that lasts [`ServiceBuilder::conflict_patience`] (2 minutes) is a mistake and ends the slot |
 //! | `duplicate_instance`, `unavailable`, `timeout` | transient | the gateway's state, not the HELLO |
 //!
 //! Connection, TLS and I/O failures are always retried.
@@ -108,7 +114,7 @@ pub use instance_key::{InstanceKey, Pairing};
 pub use portcullis_link::headers::IDENTITY as IDENTITY_HEADER;
 pub use portcullis_link::{EndpointDescriptor, HealthReport, Protocol, RejectCode};
 pub use service::{
-    Running, Service, ServiceBuilder, DEFAULT_CONCURRENCY, DEFAULT_DRAIN_GRACE,
-    DEFAULT_MAX_HEADER_LIST_SIZE, MAX_LINKS_PER_GATEWAY, MAX_MAX_HEADER_LIST_SIZE,
-    MIN_MAX_HEADER_LIST_SIZE,
+    Running, Service, ServiceBuilder, DEFAULT_CONCURRENCY, DEFAULT_CONFLICT_PATIENCE,
+    DEFAULT_DRAIN_GRACE, DEFAULT_MAX_HEADER_LIST_SIZE, MAX_LINKS_PER_GATEWAY,
+    MAX_MAX_HEADER_LIST_SIZE, MIN_MAX_HEADER_LIST_SIZE,
 };

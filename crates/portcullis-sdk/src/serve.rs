@@ -1,8 +1,10 @@
 //! Serving calls over an established link: the service is the HTTP/2 *server* on the
 //! connection it dialled.
 //!
-//! The SDK answers two paths itself: `GET` [`HEALTH_PATH`] with a [`HealthReport`], and
-//! `PUT` [`KEYS_PATH`], the gateway's new assertion keys, with 204. Every other request must
+//! The SDK answers three paths itself: `GET` [`HEALTH_PATH`] with a [`HealthReport`],
+//! `PUT` [`KEYS_PATH`], the gateway's new assertion keys, with 204, and `POST` [`DRAIN_PATH`],
+//! the gateway shutting down, with 204 — then it drains the link (GOAWAY, open streams
+//! finish) and the supervisor dials again: a graceful end, not a failure. Every other request must
 //! carry a valid identity assertion (`x-portcullis-identity`, checked by the link's
 //! [`Verifier`]); one that does not is answered with a fixed 401 (a gRPC status for gRPC
 //! calls) and never reaches the user's service. A verified call gets its [`Identity`] in its
@@ -13,7 +15,7 @@
 
 use std::future::Future;
 use std::pin::Pin;
-use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU32, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU32, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -24,7 +26,7 @@ use http_body_util::{BodyExt, Full, Limited};
 use hyper::body::Incoming;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use portcullis_link::jws::{Jwks, MAX_JWKS_KEYS};
-use portcullis_link::{HealthReport, HelloAck, HEALTH_PATH, KEYS_PATH, MAX_KEYS_BODY};
+use portcullis_link::{HealthReport, HelloAck, DRAIN_PATH, HEALTH_PATH, KEYS_PATH, MAX_KEYS_BODY};
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::sync::{watch, Notify};
 use tower::ServiceExt;
@@ -51,6 +53,8 @@ pub(crate) struct Shared {
     pub(crate) dialling: watch::Sender<usize>,
     /// The refusals that made slots give up, in order. At most one per slot.
     failures: Mutex<Vec<Error>>,
+    /// Links a gateway ended gracefully (`POST` [`DRAIN_PATH`]: it was shutting down).
+    pub(crate) gateway_drains: AtomicU64,
 }
 
 impl Shared {
@@ -63,6 +67,7 @@ impl Shared {
             links: watch::Sender::new(0),
             dialling: watch::Sender::new(slots),
             failures: Mutex::new(Vec::new()),
+            gateway_drains: AtomicU64::new(0),
         })
     }
 
@@ -131,10 +136,15 @@ impl Drop for InFlight {
 /// A completed handshake is not enough: the gateway registers the instance after HELLO_ACK,
 /// so a caller racing it could still be told 404. The gateway sends a health request as soon
 /// as the instance is routable (link protocol §5), which is what flips this on.
+///
+/// It also carries the gateway's notice that it is shutting down (`POST` [`DRAIN_PATH`]),
+/// from the request that brings it to the link's serving loop.
 #[derive(Debug)]
 pub(crate) struct LinkUp {
     shared: Arc<Shared>,
     counted: AtomicBool,
+    /// Notified (one stored permit) when the gateway says it is shutting down.
+    gateway_drain: Notify,
 }
 
 impl LinkUp {
@@ -142,6 +152,7 @@ impl LinkUp {
         Arc::new(Self {
             shared: Arc::clone(shared),
             counted: AtomicBool::new(false),
+            gateway_drain: Notify::new(),
         })
     }
 
@@ -240,6 +251,17 @@ where
                 return Box::pin(std::future::ready(Ok(resp)));
             }
             KEYS_PATH => return Box::pin(take_keys(req, Arc::clone(&self.trust))),
+            DRAIN_PATH => {
+                // Only the gateway opens streams on a link: the link authenticates this, as
+                // it does the health exchange.
+                let resp = if req.method() == Method::POST {
+                    self.up.gateway_drain.notify_one();
+                    status(StatusCode::NO_CONTENT)
+                } else {
+                    status(StatusCode::METHOD_NOT_ALLOWED)
+                };
+                return Box::pin(std::future::ready(Ok(resp)));
+            }
             _ => {}
         }
         // Before anything of the user's runs: no valid assertion, no call.
@@ -404,8 +426,20 @@ const CONNECTION_WINDOW: u32 = 16 << 20;
 /// streams), and the stream error alone answers each bad call. So: no limit.
 const LOCAL_ERROR_RESETS: Option<usize> = None;
 
+/// How a link that did not fail ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum LinkEnd {
+    /// The gateway closed the connection without notice (a crash, or an older gateway).
+    Closed,
+    /// The gateway said it was shutting down (`POST` [`DRAIN_PATH`]); the link was drained.
+    GatewayDrained,
+    /// The service is shutting down; the link was drained.
+    Drained,
+}
+
 /// Serve HTTP/2 on `io` (already past HELLO_ACK) until the gateway closes it, keep-alive
-/// fails, or `shutdown` turns true — then GOAWAY and wait for in-flight streams to finish.
+/// fails, `shutdown` turns true, or the gateway says it is shutting down — in the last two
+/// cases GOAWAY and wait for in-flight streams to finish.
 ///
 /// No setting here lets one stream's behaviour become a connection error: request heads up to
 /// the header list size are taken, larger ones are one stream's 431; bursts of resets are
@@ -419,7 +453,7 @@ pub(crate) async fn serve_link<IO, S, B>(
     settings: &LinkSettings,
     service: LinkService<S>,
     mut shutdown: watch::Receiver<bool>,
-) -> Result<(), Error>
+) -> Result<LinkEnd, Error>
 where
     IO: AsyncRead + AsyncWrite + Unpin + Send + 'static,
     S: tower::Service<Request<Incoming>, Response = Response<B>> + Clone + Send + 'static,
@@ -445,14 +479,16 @@ where
         .unwrap_or(usize::MAX)
         .max(MIN_PENDING_ACCEPT_RESETS);
     builder.max_pending_accept_reset_streams(resets);
+    let up = Arc::clone(&service.up);
     let conn = builder.serve_connection(TokioIo::new(io), service);
     tokio::pin!(conn);
     let link_err =
         |e: hyper::Error| Error::new(ErrorKind::Link, "HTTP/2 link failed").with_source(e);
-    tokio::select! {
-        r = conn.as_mut() => return r.map_err(link_err),
-        _ = shutdown.wait_for(|stop| *stop) => {}
-    }
+    let end = tokio::select! {
+        r = conn.as_mut() => return r.map(|()| LinkEnd::Closed).map_err(link_err),
+        _ = shutdown.wait_for(|stop| *stop) => LinkEnd::Drained,
+        _ = up.gateway_drain.notified() => LinkEnd::GatewayDrained,
+    };
     // Sends GOAWAY; the connection future completes once every open stream has.
     conn.as_mut().graceful_shutdown();
     if let Err(e) = conn.await {
@@ -460,5 +496,5 @@ where
         // an I/O error now ends a drain that has nothing left to wait for.
         tracing::debug!(error = %e, "link closed while draining");
     }
-    Ok(())
+    Ok(end)
 }

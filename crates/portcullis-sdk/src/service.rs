@@ -22,10 +22,14 @@ use crate::error::{BoxError, Error};
 use crate::gateway::{tls_config, GatewayAddr};
 use crate::instance_key::{InstanceKey, Pairing, PairingCallback};
 use crate::serve::{LinkSettings, Shared};
-use crate::supervisor::{supervise, LinkSlot};
+use crate::supervisor::{supervise, LinkSlot, RejectedCallback};
 
 /// Default grace period of [`Running::shutdown`].
 pub const DEFAULT_DRAIN_GRACE: Duration = Duration::from_secs(30);
+/// Default of [`ServiceBuilder::conflict_patience`]: a route conflict lasting this long stops
+/// the slot. Longer than a gateway's default drain grace (30 s) plus the heartbeat timeout of
+/// a crashed owner, so a deploy that moves a route between services never trips it.
+pub const DEFAULT_CONFLICT_PATIENCE: Duration = Duration::from_secs(120);
 /// Default concurrency hint: the in-flight count at which the service reports full load.
 pub const DEFAULT_CONCURRENCY: u32 = 100;
 /// Most links one instance may keep to one gateway.
@@ -62,6 +66,8 @@ impl Service {
             instance_key: None,
             tls_client_cert: None,
             on_pairing: OnPairing(None),
+            on_rejected: OnRejected(None),
+            conflict_patience: DEFAULT_CONFLICT_PATIENCE,
             instance_id: None,
             version: "unknown".into(),
             region: None,
@@ -97,6 +103,16 @@ impl fmt::Debug for OnPairing {
     }
 }
 
+/// The refusal callback, shown in `Debug` only as present or not.
+#[derive(Clone)]
+struct OnRejected(Option<RejectedCallback>);
+
+impl fmt::Debug for OnRejected {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(if self.0.is_some() { "Some(..)" } else { "None" })
+    }
+}
+
 /// Describes a service before it links to its gateways. See the crate docs for an example.
 #[derive(Debug, Clone)]
 #[must_use]
@@ -107,6 +123,8 @@ pub struct ServiceBuilder {
     instance_key: Option<InstanceKey>,
     tls_client_cert: Option<(Vec<u8>, Secret)>,
     on_pairing: OnPairing,
+    on_rejected: OnRejected,
+    conflict_patience: Duration,
     instance_id: Option<String>,
     version: String,
     region: Option<String>,
@@ -182,6 +200,28 @@ impl ServiceBuilder {
     /// link's task: keep it short.
     pub fn on_pairing(mut self, f: impl Fn(&Pairing) + Send + Sync + 'static) -> Self {
         self.on_pairing = OnPairing(Some(Arc::new(f)));
+        self
+    }
+
+    /// Called once for every link slot that stops dialling because its gateway refused the
+    /// service for a reason retrying cannot fix (a wrong token, an invalid descriptor, a route
+    /// conflict that outlasted [`ServiceBuilder::conflict_patience`]; see
+    /// [`Error::is_permanent`]). The error names the gateway, the REJECT code
+    /// ([`Error::reject_code`]) and the gateway's message; [`Running::linked`] fails with the
+    /// same error once no slot is left. Runs on the link's task: keep it short.
+    pub fn on_rejected(mut self, f: impl Fn(&Error) + Send + Sync + 'static) -> Self {
+        self.on_rejected = OnRejected(Some(Arc::new(f)));
+        self
+    }
+
+    /// How long a gateway may keep answering `route_conflict` (another service serves one of
+    /// this one's routes) before the slot stops dialling it and reports the refusal. Default
+    /// [`DEFAULT_CONFLICT_PATIENCE`] (2 minutes): a deploy that moves a route from one service
+    /// to another refuses the new owner until the old one has drained, and that race must not
+    /// become an outage; a conflict that lasts longer is a configuration mistake. Zero gives
+    /// up on the first conflict.
+    pub fn conflict_patience(mut self, patience: Duration) -> Self {
+        self.conflict_patience = patience;
         self
     }
 
@@ -406,6 +446,8 @@ impl ServiceBuilder {
                     issuer: self.issuer.clone(),
                     key: self.instance_key.clone(),
                     on_pairing: self.on_pairing.0.clone(),
+                    on_rejected: self.on_rejected.0.clone(),
+                    conflict_patience: self.conflict_patience,
                 });
             }
         }
@@ -501,26 +543,17 @@ impl Running {
         *self.shared.links.borrow()
     }
 
-    /// Resolve once at least one link is up (at once if one already is).
-    pub async fn linked(&self) {
-        self.wait_for_links(1).await;
-    }
-
-    /// Resolve once at least `n` links are up. Never resolves if fewer than `n` link slots are
-    /// left dialling (see [`Running::try_wait_for_links`], which then fails).
-    pub async fn wait_for_links(&self, n: usize) {
-        let mut rx = self.shared.links.subscribe();
-        // The sender lives in `shared`, which outlives this borrow: no error is possible.
-        let _ = rx.wait_for(|up| *up >= n).await;
-    }
-
-    /// Like [`Running::linked`], but fails when no link can come up any more: every gateway
-    /// refused the service for a reason retrying cannot fix (see [`Error::is_permanent`]).
+    /// Resolve once at least one link is up (at once if one already is), or fail once no
+    /// link can come up any more: every gateway refused the service for a reason retrying
+    /// cannot fix (see [`Error::is_permanent`]) — a wrong token, an invalid descriptor, a route
+    /// conflict that outlasted [`ServiceBuilder::conflict_patience`].
     ///
     /// # Errors
-    /// The last such refusal, naming the gateway and the gateway's reason.
-    pub async fn try_linked(&self) -> Result<(), Error> {
-        self.try_wait_for_links(1).await
+    /// The last such refusal ([`ErrorKind::Rejected`](crate::ErrorKind)), naming the gateway
+    /// ([`Error::gateway`]), the REJECT code ([`Error::reject_code`]) and the gateway's
+    /// message.
+    pub async fn linked(&self) -> Result<(), Error> {
+        self.wait_for_links(1).await
     }
 
     /// Resolve once at least `n` links are up, or fail as soon as fewer than `n` link slots are
@@ -530,7 +563,7 @@ impl Running {
     /// # Errors
     /// The last refusal that stopped a slot ([`ErrorKind::Rejected`](crate::ErrorKind)), or
     /// [`ErrorKind::Config`](crate::ErrorKind::Config) when `n` exceeds the service's slots.
-    pub async fn try_wait_for_links(&self, n: usize) -> Result<(), Error> {
+    pub async fn wait_for_links(&self, n: usize) -> Result<(), Error> {
         let mut links = self.shared.links.subscribe();
         let mut dialling = self.shared.dialling.subscribe();
         loop {
@@ -549,6 +582,32 @@ impl Running {
                 _ = dialling.changed() => {}
             }
         }
+    }
+
+    /// The same as [`Running::linked`] (from when `linked` could not fail).
+    ///
+    /// # Errors
+    /// As [`Running::linked`].
+    pub async fn try_linked(&self) -> Result<(), Error> {
+        self.linked().await
+    }
+
+    /// The same as [`Running::wait_for_links`] (from when it could not fail).
+    ///
+    /// # Errors
+    /// As [`Running::wait_for_links`].
+    pub async fn try_wait_for_links(&self, n: usize) -> Result<(), Error> {
+        self.wait_for_links(n).await
+    }
+
+    /// Links a gateway ended gracefully since the service started: it was shutting down and
+    /// said so on the link (docs/link-protocol.md §6.3), the link drained, and its slot is
+    /// dialling again. A link that ends without that notice is a gateway crash, logged as a
+    /// warning.
+    pub fn gateway_drains(&self) -> u64 {
+        self.shared
+            .gateway_drains
+            .load(std::sync::atomic::Ordering::Relaxed)
     }
 
     /// The refusals that made link slots stop dialling, oldest first: one per slot that gave

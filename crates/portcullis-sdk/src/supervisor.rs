@@ -6,10 +6,17 @@
 //! REJECT's `retry_after_ms` is honoured as the minimum wait.
 //!
 //! A REJECT that retrying cannot fix ([`Error::is_permanent`](crate::Error::is_permanent):
-//! the same HELLO would get the same answer) ends the slot instead: it records the refusal,
-//! naming the gateway, where [`Running`](crate::Running) reports it, and stops dialling that
-//! gateway. The slots of other gateways are separate tasks and carry on.
+//! the same HELLO would get the same answer), or a `route_conflict` that outlasts the
+//! conflict patience, ends the slot instead: it records the refusal, naming the gateway, where
+//! [`Running`](crate::Running) reports it (and fails its waits), calls the `on_rejected`
+//! callback, and stops dialling that gateway. The slots of other gateways are separate tasks
+//! and carry on.
+//!
+//! A gateway that shuts down says so on the link (`POST /.well-known/portcullis/drain`): the
+//! link drains and the slot dials again with its backoff, logging at info — a restart, not a
+//! failure.
 
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -17,7 +24,7 @@ use bytes::Bytes;
 use http::{Request, Response};
 use hyper::body::Incoming;
 use portcullis_link::jws::Jwks;
-use portcullis_link::{Hello, HelloAck};
+use portcullis_link::{Hello, HelloAck, RejectCode};
 use rand::Rng;
 use tokio::sync::watch;
 use tokio::time::Instant;
@@ -27,7 +34,7 @@ use crate::gateway::{dial, GatewayAddr};
 use crate::handshake::{handshake, Proving};
 use crate::identity::Verifier;
 use crate::instance_key::{InstanceKey, Pairing, PairingCallback};
-use crate::serve::{serve_link, LinkService, LinkSettings, LinkTrust, LinkUp, Shared};
+use crate::serve::{serve_link, LinkEnd, LinkService, LinkSettings, LinkTrust, LinkUp, Shared};
 
 const BACKOFF_BASE: Duration = Duration::from_millis(100);
 const BACKOFF_CAP: Duration = Duration::from_secs(30);
@@ -74,7 +81,14 @@ pub(crate) struct LinkSlot {
     pub(crate) key: Option<InstanceKey>,
     /// Told of every pending pairing.
     pub(crate) on_pairing: Option<PairingCallback>,
+    /// Told once if the slot gives up on a refusal.
+    pub(crate) on_rejected: Option<RejectedCallback>,
+    /// How long a `route_conflict` may last before the slot gives up.
+    pub(crate) conflict_patience: Duration,
 }
+
+/// The callback of [`ServiceBuilder::on_rejected`](crate::ServiceBuilder::on_rejected).
+pub(crate) type RejectedCallback = Arc<dyn Fn(&crate::Error) + Send + Sync>;
 
 /// The verifier of a link's calls, from what its gateway announced in HELLO_ACK. A gateway
 /// that announced no keys, or another issuer than the configured one, gets a verifier that
@@ -118,6 +132,8 @@ pub(crate) async fn supervise<S, B>(
     let gateway = slot.addr.to_string();
     let instance = slot.hello.instance_id.as_str();
     let mut backoff = Backoff::new();
+    // When the route conflicts in a row began.
+    let mut conflict_since: Option<Instant> = None;
     loop {
         if *shutdown.borrow() {
             return;
@@ -135,6 +151,9 @@ pub(crate) async fn supervise<S, B>(
             r = attempt => r,
             _ = shutdown.wait_for(|stop| *stop) => return,
         };
+        if !matches!(&result, Err(e) if e.reject_code() == Some(RejectCode::RouteConflict)) {
+            conflict_since = None;
+        }
         let min_wait = match result {
             Ok((io, ack)) => {
                 tracing::info!(
@@ -152,8 +171,15 @@ pub(crate) async fn supervise<S, B>(
                     return;
                 }
                 match r {
-                    Ok(()) => {
-                        tracing::warn!(%gateway, instance, link_id = %ack.link_id, "link closed by gateway")
+                    Ok(LinkEnd::GatewayDrained) => {
+                        shared.gateway_drains.fetch_add(1, Ordering::Relaxed);
+                        tracing::info!(
+                            %gateway, instance, link_id = %ack.link_id,
+                            "gateway shutting down: link drained, dialling again"
+                        )
+                    }
+                    Ok(_) => {
+                        tracing::warn!(%gateway, instance, link_id = %ack.link_id, "link closed by gateway without notice")
                     }
                     Err(e) => {
                         tracing::warn!(%gateway, instance, link_id = %ack.link_id, error = %Chain(&e), "link lost")
@@ -164,7 +190,7 @@ pub(crate) async fn supervise<S, B>(
                 }
                 None
             }
-            Err(e) if e.reject_code() == Some(portcullis_link::RejectCode::PairingRequired) => {
+            Err(e) if e.reject_code() == Some(RejectCode::PairingRequired) => {
                 if let Some(p) = e.pairing() {
                     let pairing = Pairing::new(&gateway, p);
                     tracing::warn!(
@@ -179,10 +205,7 @@ pub(crate) async fn supervise<S, B>(
                 }
                 e.retry_after()
             }
-            Err(e)
-                if slot.key.is_some()
-                    && e.reject_code() == Some(portcullis_link::RejectCode::BadCredential) =>
-            {
+            Err(e) if slot.key.is_some() && e.reject_code() == Some(RejectCode::BadCredential) => {
                 // An instance key the gateway revoked (a replay, a flood of failures) pairs
                 // again on the next attempt: keep dialling, at the backoff's pace.
                 tracing::error!(
@@ -191,20 +214,28 @@ pub(crate) async fn supervise<S, B>(
                 );
                 None
             }
-            Err(e) if e.reject_code() == Some(portcullis_link::RejectCode::StaleTimestamp) => {
+            Err(e) if e.reject_code() == Some(RejectCode::StaleTimestamp) => {
                 tracing::error!(
                     %gateway, instance, error = %e,
                     "gateway refused the signed timestamp: this machine's clock is off"
                 );
                 e.retry_after()
             }
-            Err(e) if e.is_permanent() => {
+            Err(e)
+                if e.is_permanent()
+                    || (e.reject_code() == Some(RejectCode::RouteConflict)
+                        && conflict_since.get_or_insert_with(Instant::now).elapsed()
+                            >= slot.conflict_patience) =>
+            {
                 let e = e.given_up(&gateway);
                 tracing::error!(
                     %gateway, instance,
                     code = %e.reject_code().map(|c| c.as_str()).unwrap_or("?"),
                     error = %e, "gateway refused the link for good; no longer dialling it"
                 );
+                if let Some(f) = &slot.on_rejected {
+                    f(&e);
+                }
                 shared.give_up(e);
                 return;
             }

@@ -246,6 +246,7 @@ fn spawn_service_side_with(
             stop,
         )
         .await
+        .map(|_| ())
     })
 }
 #[tokio::test]
@@ -286,6 +287,73 @@ async fn handshake_then_http2_on_the_same_stream() {
 
     stop.send_replace(true);
     service_side.await.unwrap().unwrap();
+}
+
+/// The gateway's drain notice: only `POST` takes it (anything else is 405 and changes
+/// nothing); then the link drains — the call in flight finishes, no new one is taken — and
+/// ends as drained by the gateway, not as a crash.
+#[tokio::test]
+async fn the_gateways_drain_notice_drains_the_link() {
+    let (svc_io, mut gw_io) = tokio::io::duplex(64 * 1024);
+    let (r, entered, release, _) = router();
+    let shared = Shared::new(100, 1);
+    let (_stop, stop_rx) = watch::channel(false);
+    let up = LinkUp::new(&shared);
+    let service_side = tokio::spawn(async move {
+        let mut io = svc_io;
+        let ack = handshake(&mut io, &hello(), Proving::default()).await?;
+        let slot = slot_for("127.0.0.1:9".parse().unwrap());
+        let trust = LinkTrust::new(crate::supervisor::link_verifier(&slot, &ack, "test"));
+        let settings = default_settings();
+        serve_link(io, &ack, &settings, LinkService::new(r, up, trust), stop_rx).await
+    });
+    gateway_hello(&mut gw_io).await;
+    write_frame(&mut gw_io, Frame::HelloAck(ack())).await;
+    let mut send = h2_client(gw_io).await;
+    let drain = |method: &str| {
+        Request::builder()
+            .method(method)
+            .uri(format!("http://service{}", portcullis_link::DRAIN_PATH))
+            .body(Empty::<Bytes>::new())
+            .unwrap()
+    };
+    for method in ["GET", "PUT", "DELETE"] {
+        let resp = send.send_request(drain(method)).await.unwrap();
+        assert_eq!(resp.status(), StatusCode::METHOD_NOT_ALLOWED, "{method}");
+    }
+    assert_eq!(get_body(&mut send, "/hello").await.0, StatusCode::OK);
+
+    let mut slow_send = send.clone();
+    let slow = tokio::spawn(async move { get_body(&mut slow_send, "/slow").await });
+    entered.notified().await;
+    let resp = send.send_request(drain("POST")).await.unwrap();
+    assert_eq!(resp.status(), StatusCode::NO_CONTENT);
+    // GOAWAY: the link takes no new call...
+    tokio::time::timeout(Duration::from_secs(10), async {
+        while send.ready().await.is_ok() {
+            let req = signed_get("http://service/hello".to_string())
+                .body(Empty::new())
+                .unwrap();
+            if send.send_request(req).await.is_err() {
+                break;
+            }
+            tokio::task::yield_now().await;
+        }
+    })
+    .await
+    .expect("the link refuses new calls after the notice");
+    // ... and the one in flight finishes.
+    release.notify_one();
+    assert_eq!(
+        slow.await.unwrap(),
+        (StatusCode::OK, Bytes::from_static(b"done"))
+    );
+    let end = tokio::time::timeout(Duration::from_secs(10), service_side)
+        .await
+        .expect("the link ends once drained")
+        .unwrap()
+        .unwrap();
+    assert_eq!(end, crate::serve::LinkEnd::GatewayDrained);
 }
 
 #[tokio::test]
@@ -477,7 +545,7 @@ async fn supervisor_retries_reconnects_and_aborts() {
         .serve(r)
         .unwrap();
     assert!(!format!("{running:?}").contains(TOKEN));
-    running.linked().await;
+    running.linked().await.unwrap();
     assert_eq!(running.links_up(), 1);
     assert_eq!(hellos.recv().await.unwrap().instance_id, "echo-7");
     assert_eq!(hellos.recv().await.unwrap().instance_id, "echo-7");
@@ -497,7 +565,7 @@ async fn supervisor_retries_reconnects_and_aborts() {
         .unwrap();
     assert_eq!(h.instance_id, "echo-7");
     let (mut send, closed, _killer) = links.recv().await.unwrap();
-    running.wait_for_links(1).await;
+    running.wait_for_links(1).await.unwrap();
 
     // A crash: abort drops the link and the in-flight handler, no drain.
     let req = signed_get("http://service/slow")
@@ -552,7 +620,7 @@ async fn shutdown_drains_and_reports_draining() {
         .drain_grace(Duration::from_secs(5))
         .serve(r)
         .unwrap();
-    running.wait_for_links(2).await;
+    running.wait_for_links(2).await.unwrap();
     let (_s1, c1) = links.recv().await.unwrap();
     let (_s2, c2) = links.recv().await.unwrap();
     running.shutdown().await;
@@ -1023,6 +1091,8 @@ fn slot_for(addr: std::net::SocketAddr) -> crate::supervisor::LinkSlot {
         issuer: None,
         key: None,
         on_pairing: None,
+        on_rejected: None,
+        conflict_patience: crate::DEFAULT_CONFLICT_PATIENCE,
     }
 }
 

@@ -142,7 +142,7 @@ pub async fn run(args: DemoArgs, shutdown: impl Future<Output = ()>) -> anyhow::
         builder = builder.endpoint(e);
     }
     let service = builder.serve(echo_service::router(echo_service::Stats::default()))?;
-    service.linked().await;
+    service.linked().await?;
 
     if args.json {
         let line = serde_json::json!({

@@ -606,8 +606,13 @@ pub async fn run_with_parts(
     for inst in registry.instances() {
         inst.close.cancel();
     }
-    // Established links end at once; one still handshaking is dropped with its worker.
-    let _ = tokio::time::timeout(std::time::Duration::from_secs(1), link.wait()).await;
+    // Established links take the drain notice and end (bounded by its timeout); one still
+    // handshaking is dropped with its worker.
+    let _ = tokio::time::timeout(
+        crate::link::DRAIN_NOTICE_TIMEOUT + std::time::Duration::from_secs(1),
+        link.wait(),
+    )
+    .await;
     dataplane.shutdown().await;
     // Last: write what the authenticator still holds (audit rows, last-used times).
     background.cancel();

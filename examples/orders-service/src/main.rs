@@ -38,7 +38,12 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         .endpoint(Endpoint::post("/orders").capability("orders.write"))
         .serve(app)?; // refuses what the gateway would refuse, naming the endpoint
 
-    running.try_linked().await?; // fails if every gateway refuses the service for good
+    // Fails, naming the gateway's REJECT code and reason, if every gateway refuses the
+    // service for good (a wrong token, an invalid endpoint, a route another service keeps).
+    running
+        .linked()
+        .await
+        .map_err(|e| format!("orders: not linked: {e}"))?;
     println!("orders: linked, serving until Ctrl-C");
 
     tokio::signal::ctrl_c().await?;

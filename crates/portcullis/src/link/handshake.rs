@@ -15,8 +15,13 @@ pub enum HandshakeError {
     #[error("{0}")]
     Decode(#[from] DecodeError),
     /// A valid frame, but not the one expected at this point.
-    #[error("unexpected frame type")]
-    Unexpected,
+    #[error("expected {expected}, got {got}")]
+    Unexpected {
+        /// The frame the handshake waited for (`HELLO`).
+        expected: &'static str,
+        /// The frame that came (`HELLO_ACK`, ...).
+        got: &'static str,
+    },
     /// The credential was refused (or a pairing is pending).
     #[error("{0}")]
     Refused(super::LinkAuthFailure),
@@ -50,6 +55,16 @@ pub async fn read_frame_versioned<R: AsyncRead + Unpin>(
     r: &mut R,
     limit: u32,
 ) -> Result<(u8, Frame), HandshakeError> {
+    let (header, body) = read_raw(r, limit).await?;
+    Ok((header.version, Frame::decode_body(&header, &body)?))
+}
+
+/// One frame's header and body, not decoded: for a reader that wants the body of a frame
+/// that does not decode (what HELLO it was, for the log line of the refusal).
+pub(crate) async fn read_raw<R: AsyncRead + Unpin>(
+    r: &mut R,
+    limit: u32,
+) -> Result<(FrameHeader, Vec<u8>), HandshakeError> {
     let mut head = [0u8; HEADER_LEN];
     r.read_exact(&mut head).await?;
     let header = FrameHeader::parse(&head, limit)?;
@@ -60,7 +75,7 @@ pub async fn read_frame_versioned<R: AsyncRead + Unpin>(
     if n != header.len as usize {
         return Err(HandshakeError::Io(std::io::ErrorKind::UnexpectedEof.into()));
     }
-    Ok((header.version, Frame::decode_body(&header, &body)?))
+    Ok((header, body))
 }
 
 /// Write one frame as [`Frame::encode`] does (CHALLENGE as the oldest version, the rest as the

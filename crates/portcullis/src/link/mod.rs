@@ -24,8 +24,8 @@ use bytes::Bytes;
 use http::Request;
 use portcullis_link::jws::Jwks;
 use portcullis_link::{
-    AssertionKeys, Challenge, Frame, Hello, HelloAck, LinkLimits, Reject, RejectCode, HEALTH_PATH,
-    KEYS_PATH,
+    AssertionKeys, Challenge, Frame, Hello, HelloAck, LinkLimits, Reject, RejectCode, DRAIN_PATH,
+    HEALTH_PATH, KEYS_PATH,
 };
 use rand::RngCore;
 use std::ops::ControlFlow;
@@ -187,7 +187,10 @@ impl LinkServer {
                 let hello_by =
                     Instant::now() + this.cfg.hello_timeout.min(this.cfg.handshake_timeout);
                 let res = match &this.tls {
-                    None => this.handle(stream, shutdown, Some(slot)).await,
+                    None => {
+                        this.handle_until(stream, shutdown, Some(slot), hello_by, None, Some(peer))
+                            .await
+                    }
                     Some(acc) => {
                         // The TLS handshake comes out of the time to HELLO, and an evicted
                         // slot ends it too.
@@ -217,6 +220,7 @@ impl LinkServer {
                                             Some(slot),
                                             hello_by,
                                             Some((exporter, cert)),
+                                            Some(peer),
                                         )
                                         .await
                                     }
@@ -228,8 +232,11 @@ impl LinkServer {
                         }
                     }
                 };
-                if let Err(e) = res {
-                    tracing::info!(peer = %peer, error = %e, "link refused");
+                // A refusal is logged where its REJECT is sent, naming the service.
+                if let Err(e) = &res {
+                    if e.reject_code().is_none() {
+                        tracing::info!(peer = %peer, error = %e, "link failed during the handshake");
+                    }
                 }
             });
             if let Err(e) = handed {
@@ -260,7 +267,8 @@ impl LinkServer {
         IO: AsyncRead + AsyncWrite + Unpin + Send + 'static,
     {
         let hello_by = Instant::now() + self.cfg.hello_timeout.min(self.cfg.handshake_timeout);
-        self.handle_until(io, shutdown, slot, hello_by, None).await
+        self.handle_until(io, shutdown, slot, hello_by, None, None)
+            .await
     }
 
     /// [`LinkServer::handle`] with the HELLO due by `hello_by`, on a connection whose TLS
@@ -272,6 +280,7 @@ impl LinkServer {
         mut slot: Option<Slot>,
         hello_by: Instant,
         tls_facts: Option<([u8; 32], crate::tls::ClientCert)>,
+        peer: Option<crate::transport::Peer>,
     ) -> Result<(), HandshakeError>
     where
         IO: AsyncRead + AsyncWrite + Unpin + Send + 'static,
@@ -286,12 +295,13 @@ impl LinkServer {
         // The version every frame after CHALLENGE carries: the HELLO's, once it has arrived.
         // Until then the oldest, so any service can read a REJECT.
         let mut version = portcullis_link::MIN_VERSION;
+        let mut claimed = None;
         // A gateway shutting down does not wait for a handshake in progress: the service
         // will dial again (another gateway, or this one once it is back).
         let attempt = tokio::select! {
             r = tokio::time::timeout(
                 self.cfg.handshake_timeout,
-                self.handshake(&mut io, slot.as_ref(), hello_by, &mut version, tls_facts),
+                self.handshake(&mut io, slot.as_ref(), hello_by, &mut version, &mut claimed, tls_facts),
             ) => r,
             _ = evicted => return Err(HandshakeError::Evicted),
             _ = shutdown.cancelled() => {
@@ -302,7 +312,12 @@ impl LinkServer {
             Ok(Ok(h)) => h,
             Ok(Err(e)) => {
                 if let Some(code) = e.reject_code() {
-                    self.metrics.frame("reject");
+                    tracing::info!(
+                        peer = %peer.map_or_else(|| "-".to_string(), |p| p.to_string()),
+                        service = claimed.as_deref().unwrap_or("-"),
+                        code = code.as_str(), error = %e, "link refused"
+                    );
+                    self.metrics.reject(code);
                     let mut r = reject(code, &e.to_string(), None);
                     if let (Frame::Reject(r), HandshakeError::Refused(failure)) = (&mut r, &e) {
                         r.retry_after_ms = self.retry_after(failure);
@@ -315,7 +330,12 @@ impl LinkServer {
                 return Err(e);
             }
             Err(_) => {
-                self.metrics.frame("reject");
+                tracing::info!(
+                    peer = %peer.map_or_else(|| "-".to_string(), |p| p.to_string()),
+                    service = claimed.as_deref().unwrap_or("-"),
+                    code = RejectCode::Timeout.as_str(), "link refused: handshake timed out"
+                );
+                self.metrics.reject(RejectCode::Timeout);
                 let _ = write_frame_as(
                     &mut io,
                     &reject(RejectCode::Timeout, "handshake timed out", None),
@@ -438,6 +458,11 @@ impl LinkServer {
             r = revoked => r,
             _ = shutdown.cancelled() => "gateway shutdown",
         };
+        // The shutdown sequence also cancels every instance's `close` token: whichever this
+        // select saw first, a gateway that is shutting down says goodbye.
+        if shutdown.is_cancelled() && matches!(reason, "gateway shutdown" | "closed by gateway") {
+            reason = self.goodbye(&instance, &mut conn).await;
+        }
         if reason == "replaced" {
             // The newer link is registered and takes every new call; the calls still on
             // this one finish first (bounded by the drain grace).
@@ -463,6 +488,41 @@ impl LinkServer {
             reason, "link down"
         );
         Ok(())
+    }
+
+    /// The gateway is shutting down, its calls finished (or their grace is over): tell the
+    /// service (`POST` [`DRAIN_PATH`]) so it can tell a restart from a crash, and let it end the
+    /// link its way — its GOAWAY, open streams finish, it closes — within
+    /// [`DRAIN_NOTICE_TIMEOUT`]. An HTTP/2 client has no GOAWAY of its own to send (h2's
+    /// client sends none, and a client's would only refuse server pushes), hence the request.
+    /// A service that does not answer 204 (an SDK older than the notice) is closed at once.
+    async fn goodbye<C>(&self, inst: &Instance, conn: &mut C) -> &'static str
+    where
+        C: std::future::Future<Output = Result<(), h2::Error>> + Unpin,
+    {
+        inst.set_state(LinkState::Draining);
+        self.metrics.frame("drain");
+        let deadline = Instant::now() + DRAIN_NOTICE_TIMEOUT;
+        let notice = tokio::time::timeout_at(deadline, drain_notice(inst));
+        tokio::pin!(notice);
+        tokio::select! {
+            r = &mut notice => match r {
+                Ok(Ok(())) => match tokio::time::timeout_at(deadline, conn).await {
+                    Ok(_) => "gateway shutdown; link drained by the service",
+                    Err(_) => "gateway shutdown; the service did not close the link in time",
+                },
+                Ok(Err(e)) => {
+                    tracing::debug!(service = %inst.service, instance = %inst.instance_id, error = %e, "drain notice not taken");
+                    "gateway shutdown; drain notice not taken"
+                }
+                Err(_) => "gateway shutdown; drain notice timed out",
+            },
+            // The service may answer and close at once: the answer, if it came, is ready too.
+            _ = &mut *conn => match notice.await {
+                Ok(Ok(())) => "gateway shutdown; link drained by the service",
+                _ => "gateway shutdown; closed by service",
+            },
+        }
     }
 
     /// Resolves when the store no longer admits `key` for `inst` (checked on every store
@@ -567,13 +627,15 @@ impl LinkServer {
     }
 
     /// CHALLENGE, HELLO, credential, descriptors. `version` becomes the HELLO's as soon as
-    /// it has been read, for the REJECT or HELLO_ACK that answers it.
+    /// it has been read, for the REJECT or HELLO_ACK that answers it; `claimed`, the service
+    /// the HELLO names (even one that does not decode), for the log line of a refusal.
     async fn handshake<IO>(
         &self,
         io: &mut IO,
         slot: Option<&Slot>,
         hello_by: Instant,
         version: &mut u8,
+        claimed: &mut Option<String>,
         tls_facts: Option<([u8; 32], crate::tls::ClientCert)>,
     ) -> Result<Accepted, HandshakeError>
     where
@@ -588,17 +650,27 @@ impl LinkServer {
         let server_time_ms = challenge.server_time_ms;
         write_frame(io, &Frame::Challenge(challenge)).await?;
         self.metrics.frame("challenge");
-        let (v, frame) =
-            tokio::time::timeout_at(hello_by, read_frame_versioned(io, self.cfg.max_frame_bytes))
+        let (header, body) =
+            tokio::time::timeout_at(hello_by, handshake::read_raw(io, self.cfg.max_frame_bytes))
                 .await
                 .map_err(|_| HandshakeError::Timeout)??;
-        *version = v;
+        if header.frame_type == portcullis_link::FrameType::Hello {
+            *claimed = portcullis_link::claimed_service(&body);
+        }
+        let frame = Frame::decode_body(&header, &body)?;
+        drop(body);
+        *version = header.version;
         let hello = match frame {
             Frame::Hello(h) => {
                 self.metrics.frame("hello");
                 *h
             }
-            _ => return Err(HandshakeError::Unexpected),
+            other => {
+                return Err(HandshakeError::Unexpected {
+                    expected: "HELLO",
+                    got: other.frame_type().name(),
+                })
+            }
         };
         if let Some(s) = slot {
             s.hello_received();
@@ -663,7 +735,7 @@ impl HandshakeError {
     fn reject_code(&self) -> Option<RejectCode> {
         Some(match self {
             Self::Decode(e) => e.reject_code(),
-            Self::Unexpected => RejectCode::MalformedFrame,
+            Self::Unexpected { .. } => RejectCode::MalformedFrame,
             Self::Refused(f) => f.reject_code(),
             Self::Register(RegisterError::Conflict { .. }) => RejectCode::RouteConflict,
             Self::Register(RegisterError::InvalidDescriptor { .. }) => {
@@ -750,6 +822,30 @@ async fn put_keys(inst: &Instance, keys: &Jwks) -> Result<(), String> {
     let (resp, mut send) = sender.send_request(req, false).map_err(|e| e.to_string())?;
     // A few KiB against a 64 KiB initial window: buffered by h2 and sent at once.
     send.send_data(body, true).map_err(|e| e.to_string())?;
+    let resp = resp.await.map_err(|e| e.to_string())?;
+    match resp.status() {
+        http::StatusCode::NO_CONTENT => Ok(()),
+        s => Err(format!("service answered {s}")),
+    }
+}
+
+/// How long a link may take, once the gateway is shutting down, to take the drain notice and
+/// close (the calls on it have had the shutdown grace already).
+pub const DRAIN_NOTICE_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// `POST` [`DRAIN_PATH`]: the gateway is shutting down. The service answers 204, then drains.
+async fn drain_notice(inst: &Instance) -> Result<(), String> {
+    let req = Request::post(format!("http://{}{DRAIN_PATH}", inst.service))
+        .header(http::header::CONTENT_LENGTH, 0)
+        .body(())
+        .map_err(|e| e.to_string())?;
+    let mut sender = inst
+        .sender
+        .clone()
+        .ready()
+        .await
+        .map_err(|e| e.to_string())?;
+    let (resp, _) = sender.send_request(req, true).map_err(|e| e.to_string())?;
     let resp = resp.await.map_err(|e| e.to_string())?;
     match resp.status() {
         http::StatusCode::NO_CONTENT => Ok(()),

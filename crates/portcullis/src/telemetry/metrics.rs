@@ -80,7 +80,8 @@ pub struct ListenerLabels {
     pub listener: Listener,
 }
 
-/// Labels of link frames: `type` is challenge, hello, hello_ack, reject, ping or health.
+/// Labels of link frames: `type` is challenge, hello, hello_ack, reject, ping, health, keys
+/// or drain.
 #[derive(Clone, Debug, Hash, PartialEq, Eq)]
 pub struct FrameLabels {
     /// Frame type.
@@ -91,6 +92,14 @@ impl EncodeLabelSet for FrameLabels {
     fn encode(&self, encoder: LabelSetEncoder) -> Result<(), std::fmt::Error> {
         [("type", self.kind)].encode(encoder)
     }
+}
+
+/// Labels of a REJECT the gateway sent: `code` is a [`portcullis_link::RejectCode`] name, a
+/// closed set.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct RejectLabels {
+    /// `bad_credential`, `route_conflict`, `malformed_frame`, … (`RejectCode::as_str`).
+    pub code: &'static str,
 }
 
 /// Labels of an authentication failure.
@@ -252,6 +261,9 @@ pub struct Metrics {
     pub active_connections: Family<ListenerLabels, Gauge>,
     /// `portcullis_link_frames_total{type}`.
     pub link_frames: Family<FrameLabels, Counter>,
+    /// `portcullis_link_rejects_total{code}`: REJECTs the gateway sent at the link handshake,
+    /// by code (each is also a `portcullis_link_frames_total{type="reject"}`).
+    pub link_rejects: Family<RejectLabels, Counter>,
     /// `portcullis_auth_failures_total{reason}`: missing, malformed, unknown, revoked,
     /// expired, wrong, disabled, unavailable (401/503); throttled (logins); token_malformed,
     /// token_header, token_unknown_key, token_signature, token_validity, token_audience,
@@ -313,6 +325,7 @@ impl Metrics {
         let response_size = Family::<RouteLabels, ByteHistogram>::default();
         let active_connections = Family::<ListenerLabels, Gauge>::default();
         let link_frames = Family::<FrameLabels, Counter>::default();
+        let link_rejects = Family::<RejectLabels, Counter>::default();
         let auth_failures = Family::<ReasonLabels, Counter>::default();
         let audit_dropped = Counter::default();
         let assertions_signed = Counter::default();
@@ -361,6 +374,11 @@ impl Metrics {
             "portcullis_link_frames",
             "Link control frames and heartbeats exchanged, by type",
             link_frames.clone(),
+        );
+        registry.register(
+            "portcullis_link_rejects",
+            "REJECTs sent to services at the link handshake, by code",
+            link_rejects.clone(),
         );
         registry.register(
             "portcullis_auth_failures",
@@ -416,6 +434,7 @@ impl Metrics {
             response_size,
             active_connections,
             link_frames,
+            link_rejects,
             auth_failures,
             audit_dropped,
             assertions_signed,
@@ -453,6 +472,16 @@ impl Metrics {
     /// Count a link frame.
     pub fn frame(&self, kind: &'static str) {
         self.link_frames.get_or_create(&FrameLabels { kind }).inc();
+    }
+
+    /// Count a REJECT sent at the link handshake: a frame of type `reject`, by its code.
+    pub fn reject(&self, code: portcullis_link::RejectCode) {
+        self.frame("reject");
+        self.link_rejects
+            .get_or_create(&RejectLabels {
+                code: code.as_str(),
+            })
+            .inc();
     }
 
     /// Count a pairing event (`requested`, `approved`, `denied`, `revoked`).

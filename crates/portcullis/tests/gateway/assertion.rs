@@ -45,7 +45,8 @@ async fn probe(gw: &TestGateway) -> portcullis_sdk::Running {
         .expect("service builds");
     tokio::time::timeout(Duration::from_secs(10), running.linked())
         .await
-        .expect("probe links");
+        .expect("probe links")
+        .unwrap();
     running
 }
 

@@ -71,7 +71,8 @@ async fn endpoint_timeout_is_504_and_cancels_the_call_at_the_service() {
         .unwrap();
     tokio::time::timeout(Duration::from_secs(10), svc.linked())
         .await
-        .expect("service links within 10 s");
+        .expect("service links within 10 s")
+        .unwrap();
     let (status, _, body) = gw.get("/sleep?ms=30000").await;
     assert_eq!(status, StatusCode::GATEWAY_TIMEOUT);
     assert_eq!(&body[..], br#"{"error":"upstream_timeout"}"#);
@@ -309,7 +310,7 @@ async fn http2_prior_knowledge_and_trailers_pass_through() {
             },
         ))
         .unwrap();
-    svc.linked().await;
+    svc.linked().await.unwrap();
 
     let h2 = hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
         .http2_only(true)

@@ -187,7 +187,8 @@ async fn three_hundred_idle_connections_to_the_link_port_do_not_lock_a_service_o
         .expect("service builds");
     tokio::time::timeout(Duration::from_secs(10), svc.linked())
         .await
-        .expect("the service links although 300 idle connections came first");
+        .expect("the service links although 300 idle connections came first")
+        .unwrap();
     let (status, _, _) = gw.get("/echo/in").await;
     assert_eq!(status, http::StatusCode::OK);
     drop(idle);

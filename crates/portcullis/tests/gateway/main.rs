@@ -20,6 +20,7 @@ mod hostile_link;
 mod iam;
 mod limits;
 mod link_handshake;
+mod link_refusals;
 mod messages;
 mod mtls;
 mod operations;

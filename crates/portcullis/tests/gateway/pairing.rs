@@ -267,7 +267,8 @@ async fn first_contact_pends_until_the_cli_approves_then_the_instance_links_and_
 
     tokio::time::timeout(Duration::from_secs(15), svc.linked())
         .await
-        .expect("the approved instance links");
+        .expect("the approved instance links")
+        .unwrap();
     let (status, _, body) = gw.get("/echo/hi").await;
     assert_eq!(status, 200, "{body:?}");
     svc.shutdown().await;
@@ -475,7 +476,8 @@ async fn approve_and_link(
     store.close().await;
     tokio::time::timeout(Duration::from_secs(15), svc.linked())
         .await
-        .expect("links after approval");
+        .expect("links after approval")
+        .unwrap();
 }
 
 #[tokio::test]
@@ -540,7 +542,8 @@ async fn a_correct_hello_for_a_live_instance_replaces_it_and_its_calls_in_flight
     let (new, new_stats, _codes) = keyed_echo(&gw, "echo-1", key);
     tokio::time::timeout(Duration::from_secs(15), new.linked())
         .await
-        .expect("the new link authenticates and replaces the old");
+        .expect("the new link authenticates and replaces the old")
+        .unwrap();
     let (status, _, body) = slow.await.unwrap();
     assert_eq!(status, 200, "the call in flight finished: {body:?}");
     assert_eq!(json(&body)["slept_ms"], 1500);
@@ -723,7 +726,8 @@ async fn the_admin_api_lists_approves_and_revokes_pairings_and_needs_its_capabil
     assert_eq!(json(&body)["pairing"]["bound_instance"], "echo-1");
     tokio::time::timeout(Duration::from_secs(15), svc.linked())
         .await
-        .expect("links");
+        .expect("links")
+        .unwrap();
     let (status, _, body) = gw
         .send(
             "POST",

@@ -177,3 +177,54 @@ async fn the_readme_service_links_serves_and_drains() {
     .await;
     gw.shutdown().await;
 }
+
+/// With a wrong token the README's service does not wait in silence: it exits with the
+/// gateway's refusal, code and reason, without any log subscriber being asked for more.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_readme_service_exits_naming_the_refusal_of_a_wrong_token() {
+    let gw = TestGateway::with_services(&["orders"]).await;
+    let dir = tempfile::tempdir().unwrap();
+    let token_file = dir.path().join("orders.token");
+    std::fs::write(&token_file, "not-the-orders-token-0123456789abcdef\n").unwrap();
+    let mut child = Command::new(std::env::current_exe().unwrap())
+        .args(["readme::readme_service_process", "--exact", "--nocapture"])
+        .args(["--test-threads", "1"])
+        .env(CHILD, "1")
+        .env("ORDERS_GATEWAY", gw.link_url())
+        .env("ORDERS_TOKEN_FILE", &token_file)
+        .env("RUST_LOG", "off")
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("the test binary runs");
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    let status = loop {
+        if let Some(s) = child.try_wait().unwrap() {
+            break s;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the README's service kept waiting with a wrong token"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    let mut out = String::new();
+    for mut pipe in [
+        Box::new(child.stdout.take().unwrap()) as Box<dyn std::io::Read>,
+        Box::new(child.stderr.take().unwrap()),
+    ] {
+        std::io::Read::read_to_string(&mut pipe, &mut out).unwrap();
+    }
+    assert!(!status.success(), "{out}");
+    assert!(
+        out.contains("orders: not linked: rejected by gateway: gateway tcp://")
+            && out.contains("bad_credential"),
+        "{out}"
+    );
+    assert!(
+        !out.contains("not-the-orders-token"),
+        "the token leaked: {out}"
+    );
+    gw.shutdown().await;
+}

@@ -268,7 +268,8 @@ pub async fn serve_echo(
         .expect("service builds");
     tokio::time::timeout(Duration::from_secs(10), running.linked())
         .await
-        .expect("service links within 10 s");
+        .expect("service links within 10 s")
+        .unwrap();
     (running, stats)
 }
 
