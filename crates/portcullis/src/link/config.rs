@@ -26,7 +26,6 @@ pub struct LinkConfig {
     /// certificate they list is refused (`link_mtls_revoked`). When any is given, every CA of
     /// a chain needs its CRL. Read at start; a file that cannot be read or parsed stops it.
     /// Needs `client_ca`. Default: none.
-    #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub client_crls: Vec<std::path::PathBuf>,
     /// Interval of PINGs and health exchanges; a link silent for three intervals is dropped.
     /// Default 5 s.

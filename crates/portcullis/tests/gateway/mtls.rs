@@ -355,6 +355,25 @@ async fn with_crls_a_certificate_of_a_ca_without_one_is_refused() {
     s.gw.shutdown().await;
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_crl_under_the_ca_name_that_does_not_verify_revokes_nothing_and_refuses_everything() {
+    // Someone else's key under the client CA's name: its CRL cannot clear or revoke anything.
+    let forger = Ca::new("Portcullis test client CA");
+    let s = setup_with(vec![LinkAuthKind::Mtls], |cfg, dir, _| {
+        std::fs::write(dir.join("forged.pem"), forger.crl(&[]).pem().unwrap()).unwrap();
+        cfg.link.client_crls = vec![dir.join("forged.pem")];
+    })
+    .await;
+    let e = refusal(builder(&s, Some(s.client_ca.leaf("echo", false)))).await;
+    assert_eq!(e.reject_code(), Some(RejectCode::BadCredential), "{e}");
+    assert!(
+        e.to_string().contains("link_mtls_revocation_unknown"),
+        "{e}"
+    );
+    audited(&s.gw, &["link_mtls_revocation_unknown"]).await;
+    s.gw.shutdown().await;
+}
+
 #[tokio::test]
 async fn a_garbage_missing_or_certificate_only_crl_file_stops_the_start_naming_the_key() {
     let dir = tempfile::tempdir().unwrap();
