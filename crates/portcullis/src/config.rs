@@ -213,7 +213,8 @@ pub enum LinkAuthKind {
     Token,
     /// An Ed25519 instance key enrolled by pairing.
     Ed25519,
-    /// A TLS client certificate from `link.client_ca` naming the service (SAN dNSName).
+    /// A TLS client certificate from `link.client_ca`, not revoked by `link.client_crls`,
+    /// naming the service (SAN dNSName; the CN only without any DNS or URI SAN).
     Mtls,
 }
 

@@ -2,6 +2,7 @@
 //! with session resumption that scales: stateless tickets under a rotating key
 //! ([`tickets::RotatingTicketer`]) and a bounded cache for TLS 1.2 session ids.
 
+pub mod cert_names;
 pub mod tickets;
 
 use rustls::pki_types::pem::PemObject;
@@ -64,7 +65,8 @@ fn resumption(
 
 /// The link listener's TLS: like [`acceptor`], and with `client_ca` it asks every service for
 /// a client certificate (optional at the TLS level) and returns the verifier that checks one
-/// against that CA bundle, for [`check_client_cert`].
+/// against that CA bundle and the revocation lists `client_crls`, for [`check_client_cert`].
+/// A CA or CRL file that cannot be read or parsed fails, naming its configuration key.
 ///
 /// Why the chain is not checked during the TLS handshake: a service with a wrong CA or an
 /// expired certificate would then only see a TLS alert, and the gateway would have nothing to
@@ -74,6 +76,7 @@ fn resumption(
 pub fn link_acceptor(
     cfg: &TlsConfig,
     client_ca: Option<&std::path::Path>,
+    client_crls: &[std::path::PathBuf],
     clock: crate::clock::Clock,
 ) -> anyhow::Result<(
     tokio_rustls::TlsAcceptor,
@@ -82,25 +85,40 @@ pub fn link_acceptor(
     let Some(ca) = client_ca else {
         return Ok((acceptor(cfg, &[], clock)?, None));
     };
+    let bad_ca =
+        |e: &dyn std::fmt::Display| anyhow::anyhow!("link.client_ca: {}: {e}", ca.display());
     let mut roots = rustls::RootCertStore::empty();
-    for cert in
-        CertificateDer::pem_file_iter(ca).map_err(|e| anyhow::anyhow!("{}: {e}", ca.display()))?
-    {
-        let cert = cert.map_err(|e| anyhow::anyhow!("{}: {e}", ca.display()))?;
+    for cert in CertificateDer::pem_file_iter(ca).map_err(|e| bad_ca(&e))? {
         roots
-            .add(cert)
-            .map_err(|e| anyhow::anyhow!("{}: {e}", ca.display()))?;
+            .add(cert.map_err(|e| bad_ca(&e))?)
+            .map_err(|e| bad_ca(&e))?;
     }
     if roots.is_empty() {
-        anyhow::bail!("{}: no CA certificate found", ca.display());
+        return Err(bad_ca(&"no CA certificate found"));
     }
+    let roots = Arc::new(roots);
     let provider = Arc::new(rustls::crypto::ring::default_provider());
-    let strict = rustls::server::WebPkiClientVerifier::builder_with_provider(
-        Arc::new(roots),
-        provider.clone(),
-    )
-    .build()
-    .map_err(|e| anyhow::anyhow!("{}: {e}", ca.display()))?;
+    let verifier = || {
+        rustls::server::WebPkiClientVerifier::builder_with_provider(roots.clone(), provider.clone())
+    };
+    let mut crls = Vec::new();
+    for path in client_crls {
+        let bad = |e: &dyn std::fmt::Display| {
+            anyhow::anyhow!("link.client_crls: {}: {e}", path.display())
+        };
+        let these = read_crls(path).map_err(|e| bad(&e))?;
+        // Parsed here, one file at a time, so a bad one is named.
+        verifier()
+            .with_crls(these.iter().cloned())
+            .build()
+            .map_err(|e| bad(&e))?;
+        crls.extend(these);
+    }
+    // With CRLs, every certificate of a chain (the trust anchor aside) must be covered by
+    // one: a CA without its CRL refuses its certificates (`link_mtls_revocation_unknown`),
+    // as OpenSSL's CRL_CHECK_ALL does. The CRLs' nextUpdate is not enforced: they are read at
+    // start, and a gateway must not refuse every service at an instant nobody chose.
+    let strict = verifier().with_crls(crls).build().map_err(|e| bad_ca(&e))?;
     let (certs, key) = cert_and_key(cfg)?;
     let mut sc = rustls::ServerConfig::builder_with_provider(provider)
         .with_protocol_versions(&[&rustls::version::TLS13])?
@@ -108,6 +126,25 @@ pub fn link_acceptor(
         .with_single_cert(certs, key)?;
     resumption(&mut sc, cfg, clock)?;
     Ok((tokio_rustls::TlsAcceptor::from(Arc::new(sc)), Some(strict)))
+}
+
+/// The CRLs in the file at `path`: PEM (`X509 CRL` blocks, at least one) or one DER CRL.
+fn read_crls(
+    path: &std::path::Path,
+) -> anyhow::Result<Vec<rustls::pki_types::CertificateRevocationListDer<'static>>> {
+    use rustls::pki_types::CertificateRevocationListDer;
+    let bytes = std::fs::read(path)?;
+    if bytes.trim_ascii_start().starts_with(b"-----BEGIN") {
+        let crls = CertificateRevocationListDer::pem_slice_iter(&bytes)
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(|e| anyhow::anyhow!("{e}"))?;
+        if crls.is_empty() {
+            anyhow::bail!("no X509 CRL found in the PEM file");
+        }
+        Ok(crls)
+    } else {
+        Ok(vec![CertificateRevocationListDer::from(bytes)])
+    }
 }
 
 /// Asks for a client certificate, verifies the handshake signature made with it, and defers
@@ -173,18 +210,25 @@ pub enum ClientCert {
 }
 
 impl ClientCert {
-    /// Does the verified certificate name `service` (a SAN dNSName)?
+    /// Does the verified certificate name `service`? By a SAN dNSName when the certificate
+    /// has any DNS or URI SAN; only when it has none, by its subject CN (one, exactly the
+    /// name): RFC 6125 §6.4.4, see [`cert_names`].
     pub fn names(&self, service: &str) -> bool {
         let Self::Verified(cert) = self else {
             return false;
         };
-        let (Ok(parsed), Ok(name)) = (
-            rustls::server::ParsedCertificate::try_from(cert),
-            rustls::pki_types::ServerName::try_from(service),
-        ) else {
+        let Some(names) = cert_names::CertNames::parse(cert) else {
             return false;
         };
-        rustls::client::verify_server_name(&parsed, &name).is_ok()
+        names.names(service, || {
+            let (Ok(parsed), Ok(name)) = (
+                rustls::server::ParsedCertificate::try_from(cert),
+                rustls::pki_types::ServerName::try_from(service),
+            ) else {
+                return false;
+            };
+            rustls::client::verify_server_name(&parsed, &name).is_ok()
+        })
     }
 }
 
@@ -203,9 +247,14 @@ pub fn check_client_cert(
                 "link_mtls_expired"
             }
             rustls::CertificateError::Revoked => "link_mtls_revoked",
+            rustls::CertificateError::UnknownRevocationStatus => "link_mtls_revocation_unknown",
             rustls::CertificateError::UnknownIssuer => "link_mtls_unknown_ca",
             _ => "link_mtls_invalid",
         }),
+        // A configured CRL that does not verify (its signature, or its issuer's key usage).
+        Err(rustls::Error::InvalidCertRevocationList(_)) => {
+            ClientCert::Refused("link_mtls_revocation_unknown")
+        }
         Err(_) => ClientCert::Refused("link_mtls_invalid"),
     }
 }

@@ -113,8 +113,8 @@ pub enum LinkAuthFailure {
     #[error("the gateway cannot check credentials now")]
     Unavailable,
     /// The service requires a client certificate and this one (or its absence) fails: the
-    /// audit reason (`link_mtls_missing`, `_unknown_ca`, `_expired`, `_revoked`, `_invalid`,
-    /// `_name`).
+    /// audit reason (`link_mtls_missing`, `_unknown_ca`, `_expired`, `_revoked`,
+    /// `_revocation_unknown`, `_invalid`, `_name`; docs/link-protocol.md §10.6).
     #[error("client certificate refused ({0})")]
     Mtls(&'static str),
 }

@@ -22,6 +22,11 @@ pub struct LinkConfig {
     /// CA bundle (PEM) of the client certificates services present for `auth = ["mtls"]`.
     /// Needs `tls`. Absent: no client certificate is asked for.
     pub client_ca: Option<std::path::PathBuf>,
+    /// Certificate revocation lists (PEM or DER files) of the CAs in `client_ca`: a client
+    /// certificate they list is refused (`link_mtls_revoked`). When any is given, every CA of
+    /// a chain needs its CRL. Read at start; a file that cannot be read or parsed stops it.
+    /// Needs `client_ca`. Default: none.
+    pub client_crls: Vec<std::path::PathBuf>,
     /// Interval of PINGs and health exchanges; a link silent for three intervals is dropped.
     /// Default 5 s.
     #[serde(with = "humantime_serde")]
@@ -133,6 +138,7 @@ impl Default for LinkConfig {
             listen: SocketAddr::from(([127, 0, 0, 1], 7070)),
             tls: None,
             client_ca: None,
+            client_crls: Vec::new(),
             heartbeat_interval: Duration::from_secs(5),
             handshake_timeout: Duration::from_secs(10),
             max_frame_bytes: portcullis_link::MAX_FRAME_LEN,
@@ -196,6 +202,12 @@ impl LinkConfig {
             errs.push(ConfigError::new(
                 format!("{at}.client_ca"),
                 "needs link.tls: client certificates are a TLS feature",
+            ));
+        }
+        if !self.client_crls.is_empty() && self.client_ca.is_none() {
+            errs.push(ConfigError::new(
+                format!("{at}.client_crls"),
+                "needs link.client_ca: revocation lists belong to the client CA",
             ));
         }
         if !portcullis_link::valid_token(&self.assertion_issuer) {

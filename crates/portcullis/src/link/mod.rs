@@ -132,6 +132,7 @@ impl LinkServer {
                 let (acc, v) = crate::tls::link_acceptor(
                     t,
                     config.link.client_ca.as_deref(),
+                    &config.link.client_crls,
                     assertions.clock().clone(),
                 )?;
                 (Some(acc), v)
