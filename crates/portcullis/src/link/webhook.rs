@@ -30,7 +30,9 @@ pub const SIGNATURE_HEADER: &str = "x-portcullis-signature";
 #[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct WebhookConfig {
-    /// Where pending pairings are POSTed: an `http://` or `https://` URL.
+    /// Where pending pairings are POSTed: an `http://` or `https://` URL. Shown with only its
+    /// scheme and host (webhook services carry their credential in the path).
+    #[serde(serialize_with = "crate::telemetry::redact::serialize_webhook_url")]
     pub url: String,
     /// The HMAC-SHA256 key of the signature header. Masked when shown.
     pub secret: Secret,

@@ -51,6 +51,27 @@ pub fn url_for_display(url: &str) -> String {
     }
 }
 
+/// A webhook URL as the configuration shows it: only scheme and host, since webhook
+/// services put their credential in the path itself (`https://hooks.example/services/T0/B0/XXXX`)
+/// as well as in the user information or query.
+pub fn webhook_url_for_display(url: &str) -> String {
+    let shown = url_for_display(url);
+    let Some((scheme, rest)) = shown.split_once("://") else {
+        return shown;
+    };
+    let host = rest.find(['/', '?']).map_or(rest, |i| &rest[..i]);
+    if host.len() == rest.len() {
+        shown
+    } else {
+        format!("{scheme}://{host}/{MASK}")
+    }
+}
+
+/// Serialise a webhook URL as [`webhook_url_for_display`] shows it (serde `serialize_with`).
+pub fn serialize_webhook_url<S: serde::Serializer>(url: &str, s: S) -> Result<S::Ok, S::Error> {
+    s.serialize_str(&webhook_url_for_display(url))
+}
+
 /// Serialise an optional URL as [`url_for_display`] shows it (serde `serialize_with`).
 pub fn serialize_url<S: serde::Serializer>(url: &Option<String>, s: S) -> Result<S::Ok, S::Error> {
     match url {
@@ -261,7 +282,26 @@ impl<'a, M: MakeWriter<'a>> MakeWriter<'a> for Redacting<M> {
 
 #[cfg(test)]
 mod tests {
-    use super::{redact, url_for_display};
+    use super::{redact, url_for_display, webhook_url_for_display};
+
+    #[test]
+    fn shown_webhook_urls_keep_only_scheme_and_host() {
+        for (url, shown) in [
+            (
+                "https://hooks.example/services/T0/B0/XXXXSECRET",
+                "https://hooks.example/***",
+            ),
+            (
+                "https://u:p@hooks.example/x?k=SECRET",
+                "https://***@hooks.example/***",
+            ),
+            ("http://127.0.0.1:9/", "http://127.0.0.1:9/***"),
+            ("http://127.0.0.1:9", "http://127.0.0.1:9"),
+            ("not a url SECRET", "***"),
+        ] {
+            assert_eq!(webhook_url_for_display(url), shown, "{url}");
+        }
+    }
 
     #[test]
     fn shown_urls_keep_where_they_point_and_lose_credentials() {
