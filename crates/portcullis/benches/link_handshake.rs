@@ -301,7 +301,8 @@ async fn gateway(
         .unwrap();
     tokio::time::timeout(Duration::from_secs(30), echo.linked())
         .await
-        .expect("the steady service links");
+        .expect("the steady service links in time")
+        .expect("the steady service is not refused");
     (gw, key, echo)
 }
 

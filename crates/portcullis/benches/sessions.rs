@@ -1,7 +1,9 @@
 //! Sessions with real worker processes (the `progress-worker` example, as
 //! `portcullis demo-worker`) through the real gateway on loopback: events per second from one
-//! worker to one SSE client, open-to-Ready latency (p50/p99 printed besides criterion's
-//! estimate), and the gateway's resident memory with many sessions open.
+//! worker to one SSE client and to one gRPC client (`StreamEvents` over HTTP/2), open-to-Ready
+//! latency (p50/p99 printed besides criterion's estimate), the gateway's resident memory with
+//! many sessions open, and its memory while a subscriber stalls (reads nothing) and the worker
+//! keeps sending, until the session faults on the full hop.
 //!
 //! `cargo bench -p portcullis --bench sessions` (`SESSIONS_BENCH_N` sets how many sessions the
 //! memory figure opens; default 1000).
@@ -25,6 +27,8 @@ struct Bench {
     base: String,
     key: String,
     client: C,
+    /// HTTP/2 with prior knowledge, for gRPC.
+    h2: C,
 }
 
 async fn start(max: usize) -> Bench {
@@ -68,6 +72,9 @@ async fn start(max: usize) -> Bench {
         _store: store,
         key,
         client: Client::builder(TokioExecutor::new()).build_http(),
+        h2: Client::builder(TokioExecutor::new())
+            .http2_only(true)
+            .build_http(),
     }
 }
 
@@ -99,6 +106,49 @@ impl Bench {
             .as_str()
             .unwrap_or_else(|| panic!("{v}"))
             .to_string()
+    }
+
+    async fn last_sequence(&self, id: &str) -> u64 {
+        self.json("GET", &format!("/api/v1/sessions/{id}"), None)
+            .await["last_event_sequence"]
+            .as_u64()
+            .unwrap_or(0)
+    }
+
+    async fn state(&self, id: &str) -> String {
+        self.json("GET", &format!("/api/v1/sessions/{id}"), None)
+            .await["state"]
+            .as_str()
+            .unwrap_or_default()
+            .to_string()
+    }
+
+    /// `StreamEvents(after)` over gRPC: the response body, one length-prefixed message per
+    /// event.
+    async fn grpc_events(&self, id: &str, after: u64) -> hyper::body::Incoming {
+        use prost::Message;
+        let msg = portcullis::sessions::grpc::pb::StreamEventsRequest {
+            session_id: id.into(),
+            after_sequence: after,
+        }
+        .encode_to_vec();
+        let mut framed = Vec::with_capacity(5 + msg.len());
+        framed.push(0);
+        framed.extend_from_slice(&(msg.len() as u32).to_be_bytes());
+        framed.extend_from_slice(&msg);
+        let req = http::Request::post(format!(
+            "{}{}StreamEvents",
+            self.base,
+            portcullis::sessions::grpc::PREFIX
+        ))
+        .header("authorization", format!("Bearer {}", self.key))
+        .header("content-type", "application/grpc")
+        .header("te", "trailers")
+        .body(Full::new(Bytes::from(framed)))
+        .unwrap();
+        let resp = self.h2.request(req).await.unwrap();
+        assert_eq!(resp.status(), 200);
+        resp.into_body()
     }
 
     async fn close(&self, id: &str) {
@@ -207,8 +257,90 @@ fn bench(c: &mut Criterion) {
             })
         })
     });
+
+    // The same over gRPC: `StreamEvents(after_sequence)`, one message per event.
+    g.bench_function("events from one worker to one gRPC client", |bn| {
+        bn.iter_custom(|iters| {
+            rt.block_on(async {
+                let mut total = Duration::ZERO;
+                for _ in 0..iters {
+                    let last = b.last_sequence(&id).await;
+                    let mut body = b.grpc_events(&id, last).await;
+                    let t = Instant::now();
+                    let path = format!("/api/v1/sessions/{id}/invoke");
+                    let inv = b.json(
+                        "POST",
+                        &path,
+                        Some(json!({"kind": "primes", "payload": {"below": EVENTS, "steps": EVENTS}})),
+                    );
+                    let read = async {
+                        // Walk the gRPC messages (1-byte flag, 4-byte length, message) across
+                        // DATA frames.
+                        let mut n = 0u64;
+                        let mut buf: Vec<u8> = Vec::new();
+                        while n < EVENTS {
+                            let f = body.frame().await.unwrap().unwrap();
+                            if let Ok(d) = f.into_data() {
+                                buf.extend_from_slice(&d);
+                                while buf.len() >= 5 {
+                                    let len = u32::from_be_bytes([buf[1], buf[2], buf[3], buf[4]])
+                                        as usize;
+                                    if buf.len() < 5 + len {
+                                        break;
+                                    }
+                                    buf.drain(..5 + len);
+                                    n += 1;
+                                }
+                            }
+                        }
+                    };
+                    let (_, ()) = tokio::join!(inv, read);
+                    total += t.elapsed();
+                    drop(body);
+                    tokio::time::sleep(Duration::from_millis(20)).await;
+                }
+                total
+            })
+        })
+    });
     g.finish();
     rt.block_on(b.close(&id));
+
+    // A subscriber that stalls: it opens the SSE stream and reads nothing while the worker
+    // keeps sending. Every hop is bounded, so the gateway's memory stays flat until the
+    // subscriber's queue is full and the session faults naming the hop.
+    rt.block_on(async {
+        let id = b.open().await;
+        let req = b.req("GET", &format!("/api/v1/sessions/{id}/events"), None);
+        let stalled = b.client.request(req).await.unwrap().into_body();
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        let before = rss_kib();
+        let (mut peak, mut commands) = (before, 0u32);
+        let t = Instant::now();
+        let mut state = b.state(&id).await;
+        while state != "faulted" && state != "closed" && t.elapsed() < Duration::from_secs(60) {
+            let path = format!("/api/v1/sessions/{id}/invoke");
+            b.json(
+                "POST",
+                &path,
+                Some(json!({"kind": "primes", "payload": {"below": 1000, "steps": 1000}})),
+            )
+            .await;
+            commands += 1;
+            peak = peak.max(rss_kib());
+            state = b.state(&id).await;
+        }
+        let fault = b.json("GET", &format!("/api/v1/sessions/{id}"), None).await;
+        println!(
+            "stalled subscriber: {} events sent in {commands} commands over {:?}; gateway RSS {before} KiB -> peak {peak} KiB (+{} KiB); session {state}: {}",
+            commands as u64 * 1000,
+            t.elapsed(),
+            peak.saturating_sub(before),
+            fault.get("fault").map(|f| f.to_string()).unwrap_or_default()
+        );
+        drop(stalled);
+        b.close(&id).await;
+    });
 
     let n: usize = std::env::var("SESSIONS_BENCH_N")
         .ok()
