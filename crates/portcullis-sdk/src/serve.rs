@@ -1,8 +1,10 @@
 //! Serving calls over an established link: the service is the HTTP/2 *server* on the
 //! connection it dialled.
 //!
-//! The SDK answers two paths itself: `GET` [`HEALTH_PATH`] with a [`HealthReport`], and
-//! `PUT` [`KEYS_PATH`], the gateway's new assertion keys, with 204. Every other request must
+//! The SDK answers three paths itself: `GET` [`HEALTH_PATH`] with a [`HealthReport`],
+//! `PUT` [`KEYS_PATH`], the gateway's new assertion keys, with 204, and `POST`
+//! [`SESSIONS_PATH`], a pinned session's stream, served by the service's
+//! [`Worker`](crate::worker::Worker) (see [`crate::worker::serve_session`]). Every other request must
 //! carry a valid identity assertion (`x-portcullis-identity`, checked by the link's
 //! [`Verifier`]); one that does not is answered with a fixed 401 (a gRPC status for gRPC
 //! calls) and never reaches the user's service. A verified call gets its [`Identity`] in its
@@ -24,7 +26,9 @@ use http_body_util::{BodyExt, Full, Limited};
 use hyper::body::Incoming;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use portcullis_link::jws::{Jwks, MAX_JWKS_KEYS};
-use portcullis_link::{HealthReport, HelloAck, HEALTH_PATH, KEYS_PATH, MAX_KEYS_BODY};
+use portcullis_link::{
+    HealthReport, HelloAck, HEALTH_PATH, KEYS_PATH, MAX_KEYS_BODY, SESSIONS_PATH,
+};
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::sync::{watch, Notify};
 use tower::ServiceExt;
@@ -51,6 +55,8 @@ pub(crate) struct Shared {
     pub(crate) dialling: watch::Sender<usize>,
     /// The refusals that made slots give up, in order. At most one per slot.
     failures: Mutex<Vec<Error>>,
+    /// The pinned sessions' worker, when the service serves sessions.
+    pub(crate) sessions: std::sync::OnceLock<Arc<crate::worker::SessionHost>>,
 }
 
 impl Shared {
@@ -63,7 +69,15 @@ impl Shared {
             links: watch::Sender::new(0),
             dialling: watch::Sender::new(slots),
             failures: Mutex::new(Vec::new()),
+            sessions: std::sync::OnceLock::new(),
         })
+    }
+
+    /// Serve pinned sessions with `worker`, at most `max` at once on each link.
+    pub(crate) fn serve_sessions(&self, worker: crate::worker::Worker, max: u32) {
+        let _ = self
+            .sessions
+            .set(crate::worker::SessionHost::new(worker, max));
     }
 
     /// A slot stopped dialling for good because of `error`.
@@ -240,6 +254,12 @@ where
                 return Box::pin(std::future::ready(Ok(resp)));
             }
             KEYS_PATH => return Box::pin(take_keys(req, Arc::clone(&self.trust))),
+            SESSIONS_PATH => {
+                let host = self.up.shared.sessions.get().cloned();
+                return Box::pin(std::future::ready(Ok(crate::worker::serve_session(
+                    req, host,
+                ))));
+            }
             _ => {}
         }
         // Before anything of the user's runs: no valid assertion, no call.
@@ -315,7 +335,7 @@ fn empty() -> LinkBody {
         .boxed_unsync()
 }
 
-fn status(status: StatusCode) -> Response<LinkBody> {
+pub(crate) fn status(status: StatusCode) -> Response<LinkBody> {
     let mut resp = Response::new(empty());
     *resp.status_mut() = status;
     resp

@@ -133,6 +133,7 @@ fn hello() -> Hello {
         region: Some("eu-west".into()),
         endpoints: vec![EndpointDescriptor::from(Endpoint::get("/hello"))],
         openapi: None,
+        sessions: None,
         credential: Credential::Token {
             token: TOKEN.into(),
         },

@@ -27,6 +27,7 @@ fn hello(instance: &str, credential: Credential) -> Hello {
             workspace_scoped: false,
         }],
         openapi: None,
+        sessions: None,
         credential,
     }
 }

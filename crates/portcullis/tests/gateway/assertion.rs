@@ -317,6 +317,7 @@ async fn a_version_1_service_links_without_keys_and_a_version_2_one_gets_them() 
             region: None,
             endpoints: vec![descriptor("GET", &format!("/raw/v{version}"))],
             openapi: None,
+            sessions: None,
             credential: Credential::Token {
                 token: token_for("raw"),
             },

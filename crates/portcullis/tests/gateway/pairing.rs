@@ -152,6 +152,7 @@ impl RawKey {
             region: None,
             endpoints: vec![descriptor("GET", "/raw/{*rest}")],
             openapi: None,
+            sessions: None,
             credential: Credential::Ed25519 {
                 public_key: self.public_hex(),
                 nonce: encode_hex(&nonce),

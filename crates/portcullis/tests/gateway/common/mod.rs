@@ -335,6 +335,28 @@ pub async fn raw_h2_service(
     max_header_list_size: u32,
     router: axum::Router,
 ) -> tokio::task::JoinHandle<()> {
+    raw_h2_service_as(
+        link,
+        service,
+        instance,
+        endpoints,
+        (portcullis_link::VERSION, None),
+        max_header_list_size,
+        router,
+    )
+    .await
+}
+
+/// [`raw_h2_service`] with the HELLO sent as `version`, declaring `sessions`.
+pub async fn raw_h2_service_as(
+    link: SocketAddr,
+    service: &str,
+    instance: &str,
+    endpoints: Vec<portcullis_link::EndpointDescriptor>,
+    (version, sessions): (u8, Option<portcullis_link::SessionsDecl>),
+    max_header_list_size: u32,
+    router: axum::Router,
+) -> tokio::task::JoinHandle<()> {
     use portcullis_link::{Credential, Frame, Hello, MAX_FRAME_LEN};
     let mut s = tokio::net::TcpStream::connect(link)
         .await
@@ -350,11 +372,12 @@ pub async fn raw_h2_service(
         region: None,
         endpoints,
         openapi: None,
+        sessions,
         credential: Credential::Token {
             token: token_for(service),
         },
     };
-    portcullis::link::write_frame(&mut s, &Frame::Hello(Box::new(hello)))
+    portcullis::link::write_frame_as(&mut s, &Frame::Hello(Box::new(hello)), version)
         .await
         .expect("hello sent");
     let ack = portcullis::link::read_frame(&mut s, MAX_FRAME_LEN)
