@@ -345,6 +345,42 @@ async fn unsupported_versions_are_refused() {
     }
 }
 
+/// Sessions are a version 4 field: offered 4, the SDK sends it; offered only older versions,
+/// it refuses to link an instance whose sessions no backend could reach. Without sessions it
+/// still links to a version 3 gateway, with the same HELLO as before.
+#[tokio::test]
+async fn a_hello_declaring_sessions_needs_version_4() {
+    let declaring = || Hello {
+        sessions: Some(portcullis_link::SessionsDecl { max_sessions: 2 }),
+        ..hello()
+    };
+    let (mut svc_io, mut gw_io) = tokio::io::duplex(64 * 1024);
+    let h = declaring();
+    tokio::spawn(async move { handshake(&mut svc_io, &h, Proving::default()).await });
+    write_frame(&mut gw_io, challenge(VERSIONS.to_vec())).await;
+    match read_frame(&mut gw_io).await {
+        Frame::Hello(h) => assert_eq!(h.sessions.unwrap().max_sessions, 2),
+        other => panic!("expected HELLO, got {other:?}"),
+    }
+
+    let (mut svc_io, mut gw_io) = tokio::io::duplex(64 * 1024);
+    let service_side =
+        tokio::spawn(async move { handshake(&mut svc_io, &declaring(), Proving::default()).await });
+    write_frame(&mut gw_io, challenge(vec![1, 2, 3])).await;
+    let err = service_side.await.unwrap().unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::Protocol);
+    assert!(err.to_string().contains("pinned sessions"), "{err}");
+    match read_frame(&mut gw_io).await {
+        Frame::Reject(r) => assert_eq!(r.code, RejectCode::UnsupportedVersion),
+        other => panic!("expected REJECT, got {other:?}"),
+    }
+
+    let (mut svc_io, mut gw_io) = tokio::io::duplex(64 * 1024);
+    tokio::spawn(async move { handshake(&mut svc_io, &hello(), Proving::default()).await });
+    write_frame(&mut gw_io, challenge(vec![1, 2, 3])).await;
+    assert!(matches!(read_frame(&mut gw_io).await, Frame::Hello(h) if h.sessions.is_none()));
+}
+
 #[tokio::test]
 async fn unexpected_frame_is_a_protocol_error() {
     let (mut svc_io, mut gw_io) = tokio::io::duplex(64 * 1024);

@@ -384,4 +384,37 @@ mod tests {
             ]
         );
     }
+
+    #[test]
+    fn a_pinned_backend_names_a_service_and_takes_no_process_fields() {
+        let mut errs = Vec::new();
+        BackendConfig::pinned("orders").validate("backends.live", "live", &mut errs);
+        assert!(errs.is_empty(), "{errs:?}");
+        let mut both = BackendConfig::pinned("Orders!");
+        both.command = vec!["/bin/true".into()];
+        both.env = vec!["PATH".into()];
+        both.validate("backends.live", "live", &mut errs);
+        let paths: Vec<&str> = errs.iter().map(|e| e.path.as_str()).collect();
+        assert_eq!(
+            paths,
+            [
+                "backends.live.service",
+                "backends.live.service",
+                "backends.live.env"
+            ]
+        );
+    }
+
+    #[test]
+    fn check_config_refuses_a_backend_naming_a_service_that_cannot_link() {
+        let mut cfg = crate::config::Config::default();
+        cfg.backends
+            .insert("live".into(), BackendConfig::pinned("orders"));
+        let errs = cfg.validate().unwrap_err();
+        assert!(
+            errs.iter().any(|e| e.path == "backends.live.service"
+                && e.message.contains("no service \"orders\"")),
+            "{errs:?}"
+        );
+    }
 }
