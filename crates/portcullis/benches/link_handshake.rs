@@ -114,7 +114,7 @@ fn bench(c: &mut Criterion) {
                 let ts = portcullis::store::now_ms() as u64;
                 let service_nonce: [u8; 32] = rand::random();
                 let msg = Proof {
-                    version: 3,
+                    version: portcullis_link::VERSION,
                     gateway_nonce: decode_hex::<32>(nonce).unwrap(),
                     service_nonce,
                     timestamp_ms: ts,

@@ -220,12 +220,12 @@ pub struct BackendConfig {
     /// The executable (an absolute path) and the operator's own arguments; the gateway adds
     /// `--session-id ID --socket PATH --protocol-version N` after them. Never run through a
     /// shell.
-    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[serde(default)]
     pub command: Vec<String>,
     /// A linked service whose instances declare they serve sessions (link protocol §6.6):
     /// each session is pinned to one instance, chosen like a call's, and faults
     /// (`instance-gone`) when that instance's link goes away. Instead of `command`.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(default)]
     pub service: Option<String>,
     /// Names of the gateway's environment variables the worker receives; every other
     /// variable is cleared (the worker also gets `PORTCULLIS_WORKER_NONCE`). Default: none.
