@@ -5,7 +5,7 @@
 //! pinned; a service that sends garbage on a session stream faults that session alone.
 
 use crate::common::*;
-use crate::sessions::{call, invoke, open, subscribe};
+use crate::sessions::{call, call_as, invoke, open, subscribe};
 use bytes::Bytes;
 use http::StatusCode;
 use portcullis::config::{BackendConfig, Config};
@@ -304,5 +304,148 @@ async fn garbage_on_a_session_stream_faults_that_session_only() {
     assert_eq!(s["state"], "ready", "{s}");
     let third = open(&gw, "pinned").await;
     assert_eq!(third["instance"], "raw-1");
+    gw.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_operator_lists_every_workspaces_sessions_with_filters_and_others_only_their_own() {
+    let gw = TestGateway::start(config("svc")).await;
+    let _svc = serve_sessions(&gw, "svc-1").await;
+    // The operator: the bootstrap admin, bound to `admin` on every workspace (`*`). The
+    // harness's own `*` key is a key of the default workspace only.
+    gw.auth.revoke(gw.key_id(), "test").await.unwrap();
+    let dir = gw.store.as_ref().unwrap().data_dir();
+    let (code, _, err) = crate::iam::cli_with_stdin(
+        &[
+            "bootstrap",
+            "--admin-user",
+            "root",
+            "--data-dir",
+            dir.to_str().unwrap(),
+        ],
+        &format!("{}\n", crate::iam::ROOT_PASSWORD),
+    );
+    assert_eq!(code, 0, "{err}");
+    let root = crate::iam::login(&gw, "default", "root", crate::iam::ROOT_PASSWORD).await;
+    let op = Some(root.as_str());
+    let (status, v) = call_as(
+        &gw,
+        "POST",
+        "/api/v1/iam/workspaces",
+        Some(json!({ "name": "team-b" })),
+        op,
+    )
+    .await;
+    assert_eq!(status, StatusCode::CREATED, "{v}");
+    let scopes = ["sessions.open", "sessions.read", "sessions.close"];
+    let (_, a) = gw.create_key("a", &scopes).await;
+    let (_, b) = gw.create_key_in("team-b", "b", &scopes).await;
+    let body = || Some(json!({ "backend": "pinned" }));
+    let (status, sa) = call_as(&gw, "POST", "/api/v1/sessions", body(), Some(&a)).await;
+    assert_eq!(status, StatusCode::CREATED, "{sa}");
+    let (status, sb) = call_as(&gw, "POST", "/api/v1/sessions", body(), Some(&b)).await;
+    assert_eq!(status, StatusCode::CREATED, "{sb}");
+    let team_b = sb["workspace"].as_str().unwrap().to_string();
+    assert_ne!(sa["workspace"], sb["workspace"]);
+    let ids = |v: &Value| -> Vec<String> {
+        v["sessions"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|s| s["id"].as_str().unwrap().to_string())
+            .collect()
+    };
+
+    // Without all: one's own, whatever one holds.
+    let (_, mine) = call_as(&gw, "GET", "/api/v1/sessions", None, Some(&a)).await;
+    assert_eq!(ids(&mine), [sa["id"].as_str().unwrap()]);
+    // sessions.read in one's own workspace is not sessions.read on `*`.
+    let (status, v) = call_as(&gw, "GET", "/api/v1/sessions?all=true", None, Some(&a)).await;
+    assert_eq!(
+        (status, v),
+        (StatusCode::FORBIDDEN, json!({ "error": "forbidden" }))
+    );
+
+    let (status, every) = call_as(&gw, "GET", "/api/v1/sessions?all=true", None, op).await;
+    assert_eq!(status, StatusCode::OK, "{every}");
+    let mut all = ids(&every);
+    all.sort();
+    let mut want = vec![
+        sa["id"].as_str().unwrap().to_string(),
+        sb["id"].as_str().unwrap().to_string(),
+    ];
+    want.sort();
+    assert_eq!(all, want);
+    let (_, in_b) = call_as(
+        &gw,
+        "GET",
+        &format!("/api/v1/sessions?all=true&workspace={team_b}&backend=pinned&state=ready"),
+        None,
+        op,
+    )
+    .await;
+    assert_eq!(ids(&in_b), [sb["id"].as_str().unwrap()]);
+    let (_, closed) = call_as(
+        &gw,
+        "GET",
+        "/api/v1/sessions?all=true&state=closed",
+        None,
+        op,
+    )
+    .await;
+    assert_eq!(closed["sessions"], json!([]));
+
+    // Hostile filters: named, never ignored.
+    for q in [
+        "workspace=x",
+        "all=true&state=nope",
+        "all=true&bogus=1",
+        "all=maybe",
+    ] {
+        let (status, v) = call_as(&gw, "GET", &format!("/api/v1/sessions?{q}"), None, op).await;
+        assert_eq!(status, StatusCode::BAD_REQUEST, "{q}: {v}");
+        assert!(v["error"].is_string(), "{q}: {v}");
+    }
+
+    // The CLI: --all with filters, and --workspace alone is a usage error.
+    let url = format!("http://{}", gw.ingress);
+    let key = root.clone();
+    let run = move |args: Vec<String>| {
+        let (url, key) = (url.clone(), key.clone());
+        async move {
+            tokio::task::spawn_blocking(move || {
+                let mut a: Vec<&str> = vec!["sessions", "list"];
+                a.extend(args.iter().map(String::as_str));
+                a.extend(["--gateway", url.as_str()]);
+                let out = crate::common::process::run(&a, &[("PORTCULLIS_KEY", key.as_str())]);
+                (
+                    out.status.code().unwrap_or(-1),
+                    String::from_utf8_lossy(&out.stdout).into_owned(),
+                )
+            })
+            .await
+            .unwrap()
+        }
+    };
+    let (code, out) = run(vec![
+        "--all".into(),
+        "--workspace".into(),
+        team_b.clone(),
+        "--json".into(),
+    ])
+    .await;
+    assert_eq!(code, 0, "{out}");
+    let v: Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(ids(&v), [sb["id"].as_str().unwrap()]);
+    let (code, out) = run(vec!["--all".into()]).await;
+    assert_eq!(code, 0);
+    assert!(
+        out.contains(&team_b) && out.contains(sa["id"].as_str().unwrap()),
+        "{out}"
+    );
+    let (code, _) = run(vec!["--workspace".into(), team_b.clone()]).await;
+    assert_eq!(code, 2);
+    let (code, _) = run(vec!["--all".into(), "--state".into(), "not a state".into()]).await;
+    assert_eq!(code, 2);
     gw.shutdown().await;
 }

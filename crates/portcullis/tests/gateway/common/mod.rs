@@ -149,11 +149,21 @@ impl TestGateway {
     /// Create a key with `scopes` in the default workspace through the gateway's
     /// authenticator; returns (key id, raw key).
     pub async fn create_key(&self, name: &str, scopes: &[&str]) -> (String, String) {
+        self.create_key_in("default", name, scopes).await
+    }
+
+    /// [`TestGateway::create_key`] in `workspace` (by name).
+    pub async fn create_key_in(
+        &self,
+        workspace: &str,
+        name: &str,
+        scopes: &[&str],
+    ) -> (String, String) {
         let issued = self
             .auth
             .create_key(
                 &CreateKey {
-                    workspace: "default".into(),
+                    workspace: workspace.into(),
                     name: name.into(),
                     scopes: scopes.iter().map(|s| s.to_string()).collect(),
                     expires_in: None,
