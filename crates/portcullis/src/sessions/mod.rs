@@ -122,7 +122,8 @@ impl CloseReason {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct Fault {
     /// `spawn-failed`, `startup-timeout`, `handshake-timeout`, `protocol`, `worker-exited`,
-    /// `worker-fault`, `heartbeat-expired`, `queue-overflow`, `write-failed`.
+    /// `worker-fault`, `heartbeat-expired`, `queue-overflow`, `write-failed`; for a pinned
+    /// session also `no-instance` (none could be pinned) and `instance-gone` (its link went).
     pub kind: &'static str,
     /// What happened (never a secret).
     pub message: String,

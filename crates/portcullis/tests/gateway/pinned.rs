@@ -449,3 +449,29 @@ async fn an_operator_lists_every_workspaces_sessions_with_filters_and_others_onl
     assert_eq!(code, 2);
     gw.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_instance_takes_at_most_its_session_slots_and_gets_them_back_on_close() {
+    let mut cfg = config("svc");
+    cfg.sessions.max_pinned_per_instance = 1;
+    let gw = TestGateway::start(cfg).await;
+    let _svc = serve_sessions(&gw, "svc-1").await;
+    let first = open(&gw, "pinned").await;
+    let body = || Some(json!({ "backend": "pinned" }));
+    let (status, v) = call(&gw, "POST", "/api/v1/sessions", body()).await;
+    assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE, "{v}");
+    assert_eq!(v["fault"]["kind"], "no-instance");
+    assert!(
+        v["error"]
+            .as_str()
+            .unwrap()
+            .contains("as many sessions as it may"),
+        "{v}"
+    );
+    let id = first["id"].as_str().unwrap();
+    let (status, _) = call(&gw, "DELETE", &format!("/api/v1/sessions/{id}"), None).await;
+    assert_eq!(status, StatusCode::OK);
+    let again = open(&gw, "pinned").await;
+    assert_eq!(again["instance"], "svc-1");
+    gw.shutdown().await;
+}
