@@ -1535,3 +1535,76 @@ async fn the_extractor_refuses_a_call_the_sdk_did_not_verify() {
     assert_eq!(body, r#"{"error":"unauthorized"}"#);
     assert_eq!(runs.load(std::sync::atomic::Ordering::SeqCst), 0);
 }
+
+/// `POST /.well-known/portcullis/sessions` is the SDK's own: a service that serves no
+/// sessions answers 404, and one that does refuses, before any worker runs, another method,
+/// a stream without its session id, nonce or known protocol version, an over-long id, and a
+/// session past its bound.
+#[tokio::test]
+async fn the_sessions_path_refuses_what_is_not_a_session_stream() {
+    use portcullis_link::headers::{SESSION_ID, WORKER_NONCE, WORKER_PROTOCOL};
+    use portcullis_link::SESSIONS_PATH;
+    let post = |id: &str, nonce: Option<&str>, version: &str| {
+        let mut r = Request::post(format!("http://service{SESSIONS_PATH}"))
+            .header(SESSION_ID, id)
+            .header(WORKER_PROTOCOL, version);
+        if let Some(n) = nonce {
+            r = r.header(WORKER_NONCE, n);
+        }
+        r.body(Empty::<Bytes>::new()).unwrap()
+    };
+    for serving in [false, true] {
+        let (svc_io, mut gw_io) = tokio::io::duplex(64 * 1024);
+        let (r, ..) = router();
+        let shared = Shared::new(100, 1);
+        if serving {
+            let worker = crate::worker::Worker::new().command(
+                "k",
+                "svc.run",
+                |_c: crate::worker::Command| async {
+                    crate::worker::Reply::ok(serde_json::json!(0))
+                },
+            );
+            shared.serve_sessions(worker, 1);
+        }
+        let (stop, stop_rx) = watch::channel(false);
+        let service_side = spawn_service_side(svc_io, r, &shared, stop_rx);
+        gateway_hello(&mut gw_io).await;
+        write_frame(&mut gw_io, Frame::HelloAck(ack())).await;
+        let mut send = h2_client(gw_io).await;
+        let mut status = |req| {
+            let fut = send.send_request(req);
+            async move { fut.await.unwrap().status() }
+        };
+        if !serving {
+            let s = status(post("node.1", Some("n"), "1")).await;
+            assert_eq!(s, StatusCode::NOT_FOUND);
+        } else {
+            let get = Request::get(format!("http://service{SESSIONS_PATH}"))
+                .body(Empty::new())
+                .unwrap();
+            assert_eq!(status(get).await, StatusCode::METHOD_NOT_ALLOWED);
+            assert_eq!(
+                status(post("node.1", None, "1")).await,
+                StatusCode::BAD_REQUEST
+            );
+            assert_eq!(
+                status(post("node.1", Some("n"), "2")).await,
+                StatusCode::BAD_REQUEST
+            );
+            assert_eq!(
+                status(post(&"x".repeat(200), Some("n"), "1")).await,
+                StatusCode::BAD_REQUEST
+            );
+            assert_eq!(status(post("node.1", Some("n"), "1")).await, StatusCode::OK);
+            assert_eq!(
+                status(post("node.2", Some("n"), "1")).await,
+                StatusCode::SERVICE_UNAVAILABLE,
+                "one session at a time"
+            );
+        }
+        stop.send_replace(true);
+        drop(send);
+        let _ = tokio::time::timeout(Duration::from_secs(5), service_side).await;
+    }
+}

@@ -1128,11 +1128,10 @@ async fn start(s: &Arc<Session>) -> Result<(), Fault> {
     s.set_state(State::StartingWorker);
     let nonce = hex::encode(rand::random::<[u8; 32]>());
     let deadline = Instant::now() + backend.startup_timeout;
-    let (reader, hs, origin) = match &backend.service {
+    let ((reader, writer), hs, origin) = match &backend.service {
         Some(service) => start_pinned(s, service, &nonce, deadline).await?,
         None => start_process(s, &nonce, deadline, spawn_started).await?,
     };
-    let (reader, writer) = reader;
     let live = Arc::new(Live {
         writer: tokio::sync::Mutex::new(writer),
         pending: Mutex::new(HashMap::new()),
