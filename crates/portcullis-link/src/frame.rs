@@ -13,7 +13,8 @@
 //! directions, carries it. Version 3 adds the Ed25519 credential ([`Credential::Ed25519`],
 //! signing [`crate::proof`]'s bytes), the pairing answer ([`Reject::pairing`]) and the REJECT
 //! codes `pairing_required`, `pairing_denied` and `stale_timestamp`; none of them may appear in
-//! an older version's frame.
+//! an older version's frame. Version 4 adds [`Hello::sessions`]: the instance serves pinned
+//! sessions over [`crate::SESSIONS_PATH`] streams.
 
 use serde::{Deserialize, Serialize};
 use std::fmt;
@@ -24,14 +25,18 @@ use crate::descriptor::{EndpointDescriptor, MAX_ENDPOINTS};
 pub const MAGIC: [u8; 2] = *b"PC";
 /// The newest protocol version this crate speaks; what a service sends when the gateway
 /// accepts it.
-pub const VERSION: u8 = 3;
+pub const VERSION: u8 = 4;
 /// The oldest protocol version this crate still decodes (a gateway accepts services of every
 /// version from this one to [`VERSION`]).
 pub const MIN_VERSION: u8 = 1;
 /// Every version this crate speaks, oldest first, as a gateway lists them in CHALLENGE.
-pub const VERSIONS: [u8; 3] = [MIN_VERSION, 2, VERSION];
+pub const VERSIONS: [u8; 4] = [MIN_VERSION, 2, ED25519_VERSION, VERSION];
 /// The first version with the Ed25519 credential and pairing.
 pub const ED25519_VERSION: u8 = 3;
+/// The first version with [`Hello::sessions`].
+pub const SESSIONS_VERSION: u8 = 4;
+/// Most sessions an instance may declare it serves at once ([`SessionsDecl::max_sessions`]).
+pub const MAX_DECLARED_SESSIONS: u32 = 65_536;
 /// Length of the fixed frame header.
 pub const HEADER_LEN: usize = 8;
 /// Hard upper bound of a frame body. Receivers may enforce a lower one.
@@ -225,6 +230,22 @@ pub struct Hello {
     pub openapi: Option<serde_json::Value>,
     /// Proof of identity.
     pub credential: Credential,
+    /// Version 4: the instance serves pinned sessions (`docs/link-protocol.md` §6.6). Absent
+    /// (the default, and the only choice before version 4): it serves none and is never
+    /// pinned.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sessions: Option<SessionsDecl>,
+}
+
+/// What an instance declares about the pinned sessions it serves. The command kinds and the
+/// capabilities they need come in each session's own hello (`docs/worker-protocol.md` §4),
+/// as from a process worker.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SessionsDecl {
+    /// Sessions the instance takes at once on this link, 1..=[`MAX_DECLARED_SESSIONS`]. The
+    /// gateway pins at most this many (and at most its own per-instance limit).
+    pub max_sessions: u32,
 }
 
 /// Limits the gateway imposes on the link, sent in HELLO_ACK.
@@ -481,6 +502,9 @@ impl Frame {
             {
                 Err(format!("unknown credential type in version {version}"))
             }
+            Self::Hello(h) if version < SESSIONS_VERSION && h.sessions.is_some() => {
+                Err(format!("unknown field `sessions` in version {version}"))
+            }
             Self::Reject(r) if version < r.code.since_version() => Err(format!(
                 "unknown code `{}` in version {version}",
                 r.code.as_str()
@@ -527,6 +551,13 @@ impl Frame {
                 }
                 if h.region.as_ref().is_some_and(|r| !crate::valid_token(r)) {
                     return Err("region must be 1-128 of [A-Za-z0-9._-]".into());
+                }
+                if let Some(d) = &h.sessions {
+                    if !(1..=MAX_DECLARED_SESSIONS).contains(&d.max_sessions) {
+                        return Err(format!(
+                            "sessions.max_sessions must be 1-{MAX_DECLARED_SESSIONS}"
+                        ));
+                    }
                 }
                 if h.endpoints.len() > MAX_ENDPOINTS {
                     return Err(format!("more than {MAX_ENDPOINTS} endpoints"));
@@ -753,6 +784,7 @@ mod tests {
                 workspace_scoped: false,
             }],
             openapi: None,
+            sessions: None,
             credential: Credential::Token {
                 token: "secret".into(),
             },
@@ -852,6 +884,40 @@ mod tests {
         });
         for v in VERSIONS {
             assert!(old.encode_as(v).is_ok());
+        }
+    }
+
+    #[test]
+    fn sessions_are_a_version_4_field_and_an_old_hello_without_them_is_unchanged() {
+        // A HELLO without the field encodes byte for byte as before: no `sessions` member.
+        let old = hello().encode_as(3).unwrap();
+        assert!(!String::from_utf8_lossy(&old).contains("sessions"));
+        assert_eq!(Frame::decode(&old, MAX_FRAME_LEN).unwrap(), hello());
+        let Frame::Hello(mut h) = hello() else {
+            unreachable!()
+        };
+        h.sessions = Some(SessionsDecl { max_sessions: 8 });
+        let f = Frame::Hello(h.clone());
+        let v4 = f.encode_as(SESSIONS_VERSION).unwrap();
+        assert_eq!(Frame::decode(&v4, MAX_FRAME_LEN).unwrap(), f);
+        for v in [1, 2, 3] {
+            assert!(f.encode_as(v).is_err(), "version {v} has no sessions field");
+            // A version 3 frame carrying the member is refused like any unknown field.
+            let mut forged = v4.clone();
+            forged[2] = v;
+            assert!(matches!(
+                Frame::decode(&forged, MAX_FRAME_LEN),
+                Err(DecodeError::Malformed { .. })
+            ));
+        }
+        for bad in [0, MAX_DECLARED_SESSIONS + 1] {
+            h.sessions = Some(SessionsDecl { max_sessions: bad });
+            let bytes = Frame::Hello(h.clone()).encode_as(SESSIONS_VERSION);
+            let refused = match bytes {
+                Ok(b) => Frame::decode(&b, MAX_FRAME_LEN).is_err(),
+                Err(_) => true,
+            };
+            assert!(refused, "max_sessions {bad}");
         }
     }
 

@@ -26,8 +26,9 @@ pub use frame::{
     claimed_service, sanitize, valid_pairing_code, AssertionKeys, Challenge, Credential,
     DecodeError, Frame, FrameHeader, FrameType, Hello, HelloAck, LinkLimits, PairingPrompt, Reject,
     RejectCode, ED25519_VERSION, HEADER_LEN, MAGIC, MAX_FRAME_LEN, MAX_QUOTED, MIN_VERSION,
-    PAIRING_ALPHABET, PAIRING_CODE_LEN, VERSION, VERSIONS,
+    PAIRING_ALPHABET, PAIRING_CODE_LEN, SESSIONS_VERSION, VERSION, VERSIONS,
 };
+pub use frame::{SessionsDecl, MAX_DECLARED_SESSIONS};
 pub use template::{PathTemplate, Segment, TemplateError};
 
 /// Path the gateway requests over an established link for the periodic health exchange.
@@ -48,6 +49,12 @@ pub const KEYS_PATH: &str = "/.well-known/portcullis/keys";
 /// HTTP/2 server, open streams finish) and dials again with its backoff — a gateway restart,
 /// not a crash (docs/link-protocol.md §6.3).
 pub const DRAIN_PATH: &str = "/.well-known/portcullis/drain";
+
+/// Path of a pinned session's stream (version 4): the gateway opens one `POST` here per
+/// session it pins to an instance that declared [`Hello::sessions`], and the stream then
+/// carries the worker protocol ([`worker`]) in both directions for the life of the session.
+/// The SDK answers it itself; it never reaches the service's own router.
+pub const SESSIONS_PATH: &str = "/.well-known/portcullis/sessions";
 
 /// Largest body of a `PUT` to [`KEYS_PATH`] a service accepts, bytes. A set of
 /// [`jws::MAX_JWKS_KEYS`] keys is under 3 KiB.
@@ -80,6 +87,14 @@ pub mod headers {
     /// The gateway's signed identity assertion of the caller (a compact JWS, see
     /// [`crate::jws::AssertionClaims`]).
     pub const IDENTITY: &str = "x-portcullis-identity";
+    /// On a [`crate::SESSIONS_PATH`] stream: the session's id (what a process worker gets as
+    /// `--session-id`).
+    pub const SESSION_ID: &str = "x-portcullis-session-id";
+    /// On a [`crate::SESSIONS_PATH`] stream: the one-time nonce the worker's hello repeats
+    /// (what a process worker gets in `PORTCULLIS_WORKER_NONCE`). Never logged.
+    pub const WORKER_NONCE: &str = "x-portcullis-worker-nonce";
+    /// On a [`crate::SESSIONS_PATH`] stream: the worker protocol version (`--protocol-version`).
+    pub const WORKER_PROTOCOL: &str = "x-portcullis-worker-protocol";
 }
 
 /// Is `s` a valid service name: 1–63 of `[a-z0-9-]`, not starting or ending with `-`.

@@ -9,14 +9,14 @@ use std::time::Duration;
 
 use portcullis_link::{
     Credential, DecodeError, Frame, FrameHeader, Hello, HelloAck, Reject, RejectCode,
-    ED25519_VERSION, HEADER_LEN, MIN_VERSION, VERSION,
+    ED25519_VERSION, HEADER_LEN, MIN_VERSION, SESSIONS_VERSION, VERSION,
 };
 
 use crate::instance_key::InstanceKey;
 
-/// The versions the SDK speaks, newest first: 3 (Ed25519 keys) and 2 (assertion keys; a
-/// version 1 gateway sends none, so the SDK could verify no call).
-const SPOKEN: [u8; 2] = [VERSION, 2];
+/// The versions the SDK speaks, newest first: 4 (pinned sessions), 3 (Ed25519 keys) and 2
+/// (assertion keys; a version 1 gateway sends none, so the SDK could verify no call).
+const SPOKEN: [u8; 3] = [VERSION, ED25519_VERSION, 2];
 
 /// What the HELLO is proved with on this connection: the instance key, if any, and the
 /// connection's TLS exporter value.
@@ -87,16 +87,19 @@ where
             return Err(protocol_violation(io, "CHALLENGE", &other).await);
         }
     };
-    // The newest version both speak; an instance key needs version 3.
+    // The newest version both speak; an instance key needs version 3, sessions version 4.
     let version = SPOKEN
         .into_iter()
         .filter(|v| matches!(hello.credential, Credential::Token { .. }) || *v >= ED25519_VERSION)
+        .filter(|v| hello.sessions.is_none() || *v >= SESSIONS_VERSION)
         .find(|v| challenge.versions.contains(v));
     let Some(version) = version else {
-        let wanted = if !matches!(hello.credential, Credential::Token { .. }) {
-            format!("{ED25519_VERSION} (instance keys, client certificates)")
+        let wanted = if hello.sessions.is_some() {
+            format!("{SESSIONS_VERSION} (pinned sessions)")
+        } else if !matches!(hello.credential, Credential::Token { .. }) {
+            format!("{ED25519_VERSION} or later (instance keys, client certificates)")
         } else {
-            "2 or 3".to_string()
+            "2 to 4".to_string()
         };
         let reject = Reject {
             code: RejectCode::UnsupportedVersion,

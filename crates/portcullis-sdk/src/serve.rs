@@ -2,9 +2,11 @@
 //! connection it dialled.
 //!
 //! The SDK answers three paths itself: `GET` [`HEALTH_PATH`] with a [`HealthReport`],
-//! `PUT` [`KEYS_PATH`], the gateway's new assertion keys, with 204, and `POST` [`DRAIN_PATH`],
+//! `PUT` [`KEYS_PATH`], the gateway's new assertion keys, with 204; `POST` [`DRAIN_PATH`],
 //! the gateway shutting down, with 204 — then it drains the link (GOAWAY, open streams
-//! finish) and the supervisor dials again: a graceful end, not a failure. Every other request must
+//! finish) and the supervisor dials again: a graceful end, not a failure; and `POST`
+//! [`SESSIONS_PATH`], a pinned session's stream, served by the service's
+//! [`Worker`](crate::worker::Worker) (see [`crate::worker::serve_session`]). Every other request must
 //! carry a valid identity assertion (`x-portcullis-identity`, checked by the link's
 //! [`Verifier`]); one that does not is answered with a fixed 401 (a gRPC status for gRPC
 //! calls) and never reaches the user's service. A verified call gets its [`Identity`] in its
@@ -26,7 +28,9 @@ use http_body_util::{BodyExt, Full, Limited};
 use hyper::body::Incoming;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use portcullis_link::jws::{Jwks, MAX_JWKS_KEYS};
-use portcullis_link::{HealthReport, HelloAck, DRAIN_PATH, HEALTH_PATH, KEYS_PATH, MAX_KEYS_BODY};
+use portcullis_link::{
+    HealthReport, HelloAck, DRAIN_PATH, HEALTH_PATH, KEYS_PATH, MAX_KEYS_BODY, SESSIONS_PATH,
+};
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::sync::{watch, Notify};
 use tower::ServiceExt;
@@ -55,6 +59,8 @@ pub(crate) struct Shared {
     failures: Mutex<Vec<Error>>,
     /// Links a gateway ended gracefully (`POST` [`DRAIN_PATH`]: it was shutting down).
     pub(crate) gateway_drains: AtomicU64,
+    /// The pinned sessions' worker, when the service serves sessions.
+    pub(crate) sessions: std::sync::OnceLock<Arc<crate::worker::SessionHost>>,
 }
 
 impl Shared {
@@ -68,7 +74,15 @@ impl Shared {
             dialling: watch::Sender::new(slots),
             failures: Mutex::new(Vec::new()),
             gateway_drains: AtomicU64::new(0),
+            sessions: std::sync::OnceLock::new(),
         })
+    }
+
+    /// Serve pinned sessions with `worker`, at most `max` at once on each link.
+    pub(crate) fn serve_sessions(&self, worker: crate::worker::Worker, max: u32) {
+        let _ = self
+            .sessions
+            .set(crate::worker::SessionHost::new(worker, max));
     }
 
     /// A slot stopped dialling for good because of `error`.
@@ -262,6 +276,12 @@ where
                 };
                 return Box::pin(std::future::ready(Ok(resp)));
             }
+            SESSIONS_PATH => {
+                let host = self.up.shared.sessions.get().cloned();
+                return Box::pin(std::future::ready(Ok(crate::worker::serve_session(
+                    req, host,
+                ))));
+            }
             _ => {}
         }
         // Before anything of the user's runs: no valid assertion, no call.
@@ -337,7 +357,7 @@ fn empty() -> LinkBody {
         .boxed_unsync()
 }
 
-fn status(status: StatusCode) -> Response<LinkBody> {
+pub(crate) fn status(status: StatusCode) -> Response<LinkBody> {
     let mut resp = Response::new(empty());
     *resp.status_mut() = status;
     resp

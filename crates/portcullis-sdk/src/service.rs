@@ -51,6 +51,8 @@ pub const DEFAULT_MAX_HEADER_LIST_SIZE: u32 = 4 << 20;
 pub const MIN_MAX_HEADER_LIST_SIZE: u32 = 8 << 10;
 /// Largest [`ServiceBuilder::max_header_list_size`].
 pub const MAX_MAX_HEADER_LIST_SIZE: u32 = 16 << 20;
+/// Default of [`ServiceBuilder::max_sessions`]: pinned sessions one link takes at once.
+pub const DEFAULT_MAX_SESSIONS: u32 = 64;
 
 /// Entry point: `Service::builder("name")`.
 #[derive(Debug)]
@@ -79,6 +81,8 @@ impl Service {
             concurrency: DEFAULT_CONCURRENCY,
             max_header_list_size: DEFAULT_MAX_HEADER_LIST_SIZE,
             issuer: None,
+            sessions: None,
+            max_sessions: DEFAULT_MAX_SESSIONS,
         }
     }
 }
@@ -136,6 +140,8 @@ pub struct ServiceBuilder {
     concurrency: u32,
     max_header_list_size: u32,
     issuer: Option<String>,
+    sessions: Option<crate::worker::Worker>,
+    max_sessions: u32,
 }
 
 impl ServiceBuilder {
@@ -310,6 +316,26 @@ impl ServiceBuilder {
         self
     }
 
+    /// Serve pinned sessions with `worker`'s command handlers — the same
+    /// [`Worker`](crate::worker::Worker) a process worker runs. The HELLO declares that the
+    /// instance serves sessions (link protocol version 4), so a gateway backend naming this
+    /// service (`[backends.NAME] service = "…"`) may pin sessions to it; each pinned session
+    /// is one stream on the link speaking the worker protocol. A session never moves: if
+    /// this instance's link goes, its sessions fault at the gateway (`instance-gone`).
+    pub fn sessions(mut self, worker: crate::worker::Worker) -> Self {
+        self.sessions = Some(worker);
+        self
+    }
+
+    /// Pinned sessions one link takes at once (declared in the HELLO; the gateway pins no
+    /// more, and the SDK refuses a stream past it with 503). 1 to
+    /// [`MAX_DECLARED_SESSIONS`](portcullis_link::MAX_DECLARED_SESSIONS); default
+    /// [`DEFAULT_MAX_SESSIONS`].
+    pub fn max_sessions(mut self, n: u32) -> Self {
+        self.max_sessions = n;
+        self
+    }
+
     /// The issuer (`iss`) the gateways' identity assertions must name
     /// (`[A-Za-z0-9._-]{1,128}`, the gateway's `link.assertion_issuer`). Default: the one each
     /// gateway announces when the link is established. Set it to refuse calls from a gateway
@@ -389,6 +415,23 @@ impl ServiceBuilder {
             }
         }
         validate_all(&self.endpoints)?;
+        let sessions = match &self.sessions {
+            None => None,
+            Some(w) if w.is_empty() => {
+                return Err(Error::config("sessions: the worker declares no command"))
+            }
+            Some(_) => {
+                if !(1..=portcullis_link::MAX_DECLARED_SESSIONS).contains(&self.max_sessions) {
+                    return Err(Error::config(format!(
+                        "max_sessions must be 1-{}",
+                        portcullis_link::MAX_DECLARED_SESSIONS
+                    )));
+                }
+                Some(portcullis_link::SessionsDecl {
+                    max_sessions: self.max_sessions,
+                })
+            }
+        };
         let settings = LinkSettings {
             max_header_list_size: self.max_header_list_size,
         };
@@ -437,6 +480,7 @@ impl ServiceBuilder {
                     endpoints: self.endpoints.iter().cloned().map(Into::into).collect(),
                     openapi: self.openapi.clone(),
                     credential: credential.clone(),
+                    sessions,
                 };
                 slots.push(LinkSlot {
                     addr: addr.clone(),
@@ -488,6 +532,11 @@ impl ServiceBuilder {
             .map(|s| s.hello.instance_id.clone())
             .unwrap_or_default();
         let shared = Shared::new(self.concurrency, slots.len());
+        if let Some(w) = self.sessions {
+            // The HELLO's figure is per link; the SDK bounds the sum over its links.
+            let links = u32::try_from(slots.len().max(1)).unwrap_or(u32::MAX);
+            shared.serve_sessions(w, self.max_sessions.saturating_mul(links));
+        }
         let (stop, stop_rx) = watch::channel(false);
         let mut tasks = JoinSet::new();
         let mut aborts = Vec::new();

@@ -133,6 +133,7 @@ fn hello() -> Hello {
         region: Some("eu-west".into()),
         endpoints: vec![EndpointDescriptor::from(Endpoint::get("/hello"))],
         openapi: None,
+        sessions: None,
         credential: Credential::Token {
             token: TOKEN.into(),
         },
@@ -410,6 +411,42 @@ async fn unsupported_versions_are_refused() {
             other => panic!("expected REJECT, got {other:?}"),
         }
     }
+}
+
+/// Sessions are a version 4 field: offered 4, the SDK sends it; offered only older versions,
+/// it refuses to link an instance whose sessions no backend could reach. Without sessions it
+/// still links to a version 3 gateway, with the same HELLO as before.
+#[tokio::test]
+async fn a_hello_declaring_sessions_needs_version_4() {
+    let declaring = || Hello {
+        sessions: Some(portcullis_link::SessionsDecl { max_sessions: 2 }),
+        ..hello()
+    };
+    let (mut svc_io, mut gw_io) = tokio::io::duplex(64 * 1024);
+    let h = declaring();
+    tokio::spawn(async move { handshake(&mut svc_io, &h, Proving::default()).await });
+    write_frame(&mut gw_io, challenge(VERSIONS.to_vec())).await;
+    match read_frame(&mut gw_io).await {
+        Frame::Hello(h) => assert_eq!(h.sessions.unwrap().max_sessions, 2),
+        other => panic!("expected HELLO, got {other:?}"),
+    }
+
+    let (mut svc_io, mut gw_io) = tokio::io::duplex(64 * 1024);
+    let service_side =
+        tokio::spawn(async move { handshake(&mut svc_io, &declaring(), Proving::default()).await });
+    write_frame(&mut gw_io, challenge(vec![1, 2, 3])).await;
+    let err = service_side.await.unwrap().unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::Protocol);
+    assert!(err.to_string().contains("pinned sessions"), "{err}");
+    match read_frame(&mut gw_io).await {
+        Frame::Reject(r) => assert_eq!(r.code, RejectCode::UnsupportedVersion),
+        other => panic!("expected REJECT, got {other:?}"),
+    }
+
+    let (mut svc_io, mut gw_io) = tokio::io::duplex(64 * 1024);
+    tokio::spawn(async move { handshake(&mut svc_io, &hello(), Proving::default()).await });
+    write_frame(&mut gw_io, challenge(vec![1, 2, 3])).await;
+    assert!(matches!(read_frame(&mut gw_io).await, Frame::Hello(h) if h.sessions.is_none()));
 }
 
 #[tokio::test]
@@ -1567,4 +1604,77 @@ async fn the_extractor_refuses_a_call_the_sdk_did_not_verify() {
     let body = resp.into_body().collect().await.unwrap().to_bytes();
     assert_eq!(body, r#"{"error":"unauthorized"}"#);
     assert_eq!(runs.load(std::sync::atomic::Ordering::SeqCst), 0);
+}
+
+/// `POST /.well-known/portcullis/sessions` is the SDK's own: a service that serves no
+/// sessions answers 404, and one that does refuses, before any worker runs, another method,
+/// a stream without its session id, nonce or known protocol version, an over-long id, and a
+/// session past its bound.
+#[tokio::test]
+async fn the_sessions_path_refuses_what_is_not_a_session_stream() {
+    use portcullis_link::headers::{SESSION_ID, WORKER_NONCE, WORKER_PROTOCOL};
+    use portcullis_link::SESSIONS_PATH;
+    let post = |id: &str, nonce: Option<&str>, version: &str| {
+        let mut r = Request::post(format!("http://service{SESSIONS_PATH}"))
+            .header(SESSION_ID, id)
+            .header(WORKER_PROTOCOL, version);
+        if let Some(n) = nonce {
+            r = r.header(WORKER_NONCE, n);
+        }
+        r.body(Empty::<Bytes>::new()).unwrap()
+    };
+    for serving in [false, true] {
+        let (svc_io, mut gw_io) = tokio::io::duplex(64 * 1024);
+        let (r, ..) = router();
+        let shared = Shared::new(100, 1);
+        if serving {
+            let worker = crate::worker::Worker::new().command(
+                "k",
+                "svc.run",
+                |_c: crate::worker::Command| async {
+                    crate::worker::Reply::ok(serde_json::json!(0))
+                },
+            );
+            shared.serve_sessions(worker, 1);
+        }
+        let (stop, stop_rx) = watch::channel(false);
+        let service_side = spawn_service_side(svc_io, r, &shared, stop_rx);
+        gateway_hello(&mut gw_io).await;
+        write_frame(&mut gw_io, Frame::HelloAck(ack())).await;
+        let mut send = h2_client(gw_io).await;
+        let mut status = |req| {
+            let fut = send.send_request(req);
+            async move { fut.await.unwrap().status() }
+        };
+        if !serving {
+            let s = status(post("node.1", Some("n"), "1")).await;
+            assert_eq!(s, StatusCode::NOT_FOUND);
+        } else {
+            let get = Request::get(format!("http://service{SESSIONS_PATH}"))
+                .body(Empty::new())
+                .unwrap();
+            assert_eq!(status(get).await, StatusCode::METHOD_NOT_ALLOWED);
+            assert_eq!(
+                status(post("node.1", None, "1")).await,
+                StatusCode::BAD_REQUEST
+            );
+            assert_eq!(
+                status(post("node.1", Some("n"), "2")).await,
+                StatusCode::BAD_REQUEST
+            );
+            assert_eq!(
+                status(post(&"x".repeat(200), Some("n"), "1")).await,
+                StatusCode::BAD_REQUEST
+            );
+            assert_eq!(status(post("node.1", Some("n"), "1")).await, StatusCode::OK);
+            assert_eq!(
+                status(post("node.2", Some("n"), "1")).await,
+                StatusCode::SERVICE_UNAVAILABLE,
+                "one session at a time"
+            );
+        }
+        stop.send_replace(true);
+        drop(send);
+        let _ = tokio::time::timeout(Duration::from_secs(5), service_side).await;
+    }
 }

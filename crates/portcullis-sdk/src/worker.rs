@@ -20,6 +20,12 @@
 //! handler its command was cancelled, acknowledges shutdown and exits 0. Events go through a
 //! bounded queue ([`EVENT_QUEUE`]): `send` waits when it is full, so a fast producer is paced
 //! by the socket instead of overflowing the gateway.
+//!
+//! The same handlers serve **pinned sessions** of a linked service: give the worker to
+//! [`ServiceBuilder::sessions`](crate::ServiceBuilder::sessions) and each session the
+//! gateway pins to the instance arrives as one stream on the link (`POST`
+//! [`SESSIONS_PATH`](portcullis_link::SESSIONS_PATH)) that carries exactly these frames
+//! (docs/link-protocol.md §6.6). Nothing in a handler tells the two apart.
 
 use std::collections::HashMap;
 use std::future::Future;
@@ -32,7 +38,7 @@ use portcullis_link::worker::{
     self as wire, CommandDecl, Envelope, FromWorker, ToWorker, LEN_PREFIX, MAX_WORKER_FRAME_LEN,
     PROTOCOL_VERSION,
 };
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::UnixStream;
 use tokio::sync::{mpsc, watch, Semaphore};
 
@@ -183,8 +189,10 @@ struct Out {
     body: FromWorker,
 }
 
-/// A worker being described: its command kinds, then [`Worker::main`] or [`Worker::run`].
-#[derive(Default)]
+/// A worker being described: its command kinds, then [`Worker::main`] or [`Worker::run`]
+/// (a process worker), or [`ServiceBuilder::sessions`](crate::ServiceBuilder::sessions) (a
+/// linked service's pinned sessions).
+#[derive(Default, Clone)]
 pub struct Worker {
     handlers: HashMap<String, (String, Handler)>,
     order: Vec<String>,
@@ -269,8 +277,30 @@ impl Worker {
     /// fails.
     pub async fn run(self, args: Args, nonce: String) -> Result<(), WorkerError> {
         let stream = UnixStream::connect(&args.socket).await?;
-        let (mut r, mut w) = stream.into_split();
-        let sid = args.session_id.clone();
+        let (r, w) = stream.into_split();
+        self.serve(&args.session_id, nonce, r, w).await
+    }
+
+    /// The command kinds and capabilities this worker declares.
+    pub(crate) fn is_empty(&self) -> bool {
+        self.order.is_empty()
+    }
+
+    /// Serve session `session_id` over any byte stream: a process worker's socket, or a
+    /// pinned session's stream on a link. Returns when the gateway shuts the session down
+    /// (`Ok`), goes away (`Ok`), or breaks the protocol.
+    pub(crate) async fn serve<R, W>(
+        &self,
+        session_id: &str,
+        nonce: String,
+        mut r: R,
+        mut w: W,
+    ) -> Result<(), WorkerError>
+    where
+        R: AsyncRead + Unpin,
+        W: AsyncWrite + Unpin + Send + 'static,
+    {
+        let sid = session_id.to_string();
         let mut seq = 0u64;
         let mut write = move |body: FromWorker, correlation_id: Option<String>| {
             seq += 1;
@@ -305,6 +335,7 @@ impl Worker {
             None,
         )?)
         .await?;
+        w.flush().await?;
         let hello = read(&mut r).await?;
         let interval = match hello.body {
             ToWorker::Hello {
@@ -319,6 +350,7 @@ impl Worker {
         };
         w.write_all(&write(FromWorker::Ready { pid }, None)?)
             .await?;
+        w.flush().await?;
 
         // One writer owns the socket and the sequence numbers.
         let (tx, mut rx) = mpsc::channel::<Out>(EVENT_QUEUE);
@@ -334,6 +366,7 @@ impl Worker {
                 };
                 let ack = matches!(body, FromWorker::ShutdownAck {});
                 w.write_all(&write(body, corr)?).await?;
+                w.flush().await?;
                 if ack {
                     return Ok(());
                 }
@@ -342,13 +375,56 @@ impl Worker {
         let events = Events { tx: tx.clone() };
         let slots = Arc::new(Semaphore::new(MAX_CONCURRENT));
         let cancels: Arc<Mutex<HashMap<String, watch::Sender<bool>>>> = Default::default();
-        let handlers = Arc::new(self.handlers);
+        let handlers = Arc::new(self.handlers.clone());
+        let served = self::serve_frames(&mut r, &handlers, &events, &tx, &slots, &cancels).await;
+        match served {
+            Served::Shutdown => {
+                drop(events);
+                drop(tx);
+                let _ = tokio::time::timeout(Duration::from_secs(1), writer).await;
+                Ok(())
+            }
+            Served::Gone => {
+                // Nobody reads any more: the writer's heartbeats would go nowhere.
+                writer.abort();
+                Ok(())
+            }
+            Served::Failed(e) => {
+                writer.abort();
+                Err(e)
+            }
+        }
+    }
+}
+
+/// How a session's frame loop ended.
+enum Served {
+    /// The gateway shut the session down; the ack is queued.
+    Shutdown,
+    /// The gateway went away.
+    Gone,
+    /// The gateway broke the protocol.
+    Failed(WorkerError),
+}
+
+type Cancels = Arc<Mutex<HashMap<String, watch::Sender<bool>>>>;
+
+/// Read the gateway's frames after the handshake and run its commands.
+async fn serve_frames<R: AsyncRead + Unpin>(
+    r: &mut R,
+    handlers: &Arc<HashMap<String, (String, Handler)>>,
+    events: &Events,
+    tx: &mpsc::Sender<Out>,
+    slots: &Arc<Semaphore>,
+    cancels: &Cancels,
+) -> Served {
+    {
         loop {
-            let frame = match read(&mut r).await {
+            let frame = match read(r).await {
                 Ok(f) => f,
                 // The gateway went away: nothing is left to serve.
-                Err(WorkerError::Io(_)) => return Ok(()),
-                Err(e) => return Err(e),
+                Err(WorkerError::Io(_)) => return Served::Gone,
+                Err(e) => return Served::Failed(e),
             };
             let corr = frame.correlation_id;
             match frame.body {
@@ -358,7 +434,7 @@ impl Worker {
                     deadline_ms,
                 } => {
                     let Some(corr) = corr else {
-                        return Err(WorkerError::Protocol(
+                        return Served::Failed(WorkerError::Protocol(
                             "a command without a correlation id".into(),
                         ));
                     };
@@ -425,19 +501,119 @@ impl Worker {
                             body: FromWorker::ShutdownAck {},
                         })
                         .await;
-                    drop(tx);
-                    let _ = tokio::time::timeout(Duration::from_secs(1), writer).await;
-                    return Ok(());
+                    return Served::Shutdown;
                 }
                 ToWorker::Hello { .. } => {
-                    return Err(WorkerError::Protocol("a second hello".into()));
+                    return Served::Failed(WorkerError::Protocol("a second hello".into()));
                 }
             }
         }
     }
 }
 
-async fn read(r: &mut tokio::net::unix::OwnedReadHalf) -> Result<Envelope<ToWorker>, WorkerError> {
+/// Bytes the pipe between a pinned session's stream and its worker holds each way.
+const PIPE_BYTES: usize = 64 * 1024;
+
+/// The pinned sessions a service serves: its worker and the bound on sessions at once.
+#[derive(Debug)]
+pub(crate) struct SessionHost {
+    worker: Worker,
+    slots: Arc<Semaphore>,
+}
+
+impl SessionHost {
+    pub(crate) fn new(worker: Worker, max: u32) -> Arc<Self> {
+        Arc::new(Self {
+            worker,
+            slots: Arc::new(Semaphore::new(max.max(1) as usize)),
+        })
+    }
+}
+
+/// `POST` [`SESSIONS_PATH`](portcullis_link::SESSIONS_PATH): one pinned session. The
+/// request body carries the gateway's frames, the response body the worker's, for as long as
+/// the session lives; the worker is the one a process worker runs, over an in-memory pipe
+/// instead of a socket. 404 when the service serves no sessions, 405 for another method,
+/// 400 without a session id, nonce or known protocol version, 503 past the session bound.
+pub(crate) fn serve_session(
+    req: http::Request<hyper::body::Incoming>,
+    host: Option<Arc<SessionHost>>,
+) -> http::Response<crate::serve::LinkBody> {
+    use http::StatusCode;
+    use http_body_util::BodyExt;
+    use portcullis_link::headers::{SESSION_ID, WORKER_NONCE, WORKER_PROTOCOL};
+    let Some(host) = host else {
+        return crate::serve::status(StatusCode::NOT_FOUND);
+    };
+    if req.method() != http::Method::POST {
+        return crate::serve::status(StatusCode::METHOD_NOT_ALLOWED);
+    }
+    let header = |name: &str| {
+        req.headers()
+            .get(name)
+            .and_then(|v| v.to_str().ok())
+            .filter(|v| !v.is_empty() && v.len() <= wire::MAX_ID_LEN)
+            .map(str::to_string)
+    };
+    let (Some(session_id), Some(nonce), Some(version)) = (
+        header(SESSION_ID),
+        header(WORKER_NONCE),
+        header(WORKER_PROTOCOL),
+    ) else {
+        return crate::serve::status(StatusCode::BAD_REQUEST);
+    };
+    if version != PROTOCOL_VERSION.to_string() {
+        return crate::serve::status(StatusCode::BAD_REQUEST);
+    }
+    let Ok(slot) = host.slots.clone().try_acquire_owned() else {
+        return crate::serve::status(StatusCode::SERVICE_UNAVAILABLE);
+    };
+    let (ours, theirs) = tokio::io::duplex(PIPE_BYTES);
+    let (from_worker, mut to_worker) = tokio::io::split(theirs);
+    // Gateway → worker: the request body into the pipe (h2 releases the window as it goes).
+    let mut body = req.into_body();
+    tokio::spawn(async move {
+        while let Some(Ok(frame)) = body.frame().await {
+            if let Ok(data) = frame.into_data() {
+                if to_worker.write_all(&data).await.is_err() {
+                    return;
+                }
+            }
+        }
+    });
+    let worker = host.worker.clone();
+    tokio::spawn(async move {
+        let _slot = slot;
+        let (r, w) = tokio::io::split(ours);
+        if let Err(e) = worker.serve(&session_id, nonce, r, w).await {
+            tracing::warn!(session = %session_id, error = %e, "pinned session ended");
+        }
+    });
+    // Worker → gateway: what the worker writes, as the response body.
+    let stream = futures_util::stream::unfold(from_worker, |mut r| async move {
+        let mut buf = vec![0u8; 16 * 1024];
+        match r.read(&mut buf).await {
+            Ok(0) | Err(_) => None,
+            Ok(n) => {
+                buf.truncate(n);
+                Some((
+                    Ok::<_, crate::error::BoxError>(http_body::Frame::data(bytes::Bytes::from(
+                        buf,
+                    ))),
+                    r,
+                ))
+            }
+        }
+    });
+    let mut resp = http::Response::new(http_body_util::StreamBody::new(stream).boxed_unsync());
+    resp.headers_mut().insert(
+        http::header::CONTENT_TYPE,
+        http::HeaderValue::from_static("application/octet-stream"),
+    );
+    resp
+}
+
+async fn read<R: AsyncRead + Unpin>(r: &mut R) -> Result<Envelope<ToWorker>, WorkerError> {
     let mut prefix = [0u8; LEN_PREFIX];
     r.read_exact(&mut prefix).await?;
     let len = wire::frame_len(prefix, MAX_WORKER_FRAME_LEN)

@@ -46,6 +46,7 @@ fn hello(service: &str, instance: &str, credential: Credential) -> Hello {
             workspace_scoped: false,
         }],
         openapi: None,
+        sessions: None,
         credential,
     }
 }

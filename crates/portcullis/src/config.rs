@@ -97,7 +97,8 @@ pub struct Config {
     pub access: AccessConfig,
     /// Sessions: limits, leases, queues and the worker protocol's timings.
     pub sessions: SessionsConfig,
-    /// Process-worker backends sessions can target, by name.
+    /// Session backends, by name: process workers and linked services serving pinned
+    /// sessions.
     pub backends: BTreeMap<String, BackendConfig>,
 }
 
@@ -528,6 +529,14 @@ impl Config {
             .validate("sessions", &self.backends, &mut errs);
         for (name, b) in &self.backends {
             b.validate(&format!("backends.{name}"), name, &mut errs);
+            if let Some(svc) = &b.service {
+                if !self.services.contains_key(svc) {
+                    errs.push(ConfigError::new(
+                        format!("backends.{name}.service"),
+                        format!("no service {svc:?} is configured in [services]"),
+                    ));
+                }
+            }
         }
         if errs.is_empty() {
             Ok(())

@@ -423,6 +423,22 @@ struct PumpLimits {
     stall: std::time::Duration,
 }
 
+/// Send `data` on `send` as the stream's flow control allows, waiting for capacity; `Err`
+/// when the stream is gone (reset, or the link closed).
+pub(crate) async fn send_all(send: &mut h2::SendStream<Bytes>, mut data: Bytes) -> Result<(), ()> {
+    while !data.is_empty() {
+        send.reserve_capacity(data.len());
+        let cap = match std::future::poll_fn(|cx| send.poll_capacity(cx)).await {
+            Some(Ok(c)) if c > 0 => c,
+            Some(Ok(_)) => continue,
+            _ => return Err(()),
+        };
+        let chunk = data.split_to(cap.min(data.len()));
+        send.send_data(chunk, false).map_err(drop)?;
+    }
+    Ok(())
+}
+
 /// Copy the client's body to the service under HTTP/2 flow control.
 async fn pump<B>(
     body: B,
@@ -469,24 +485,14 @@ async fn pump<B>(
             }
             Some(Ok(frame)) => {
                 let frame = match frame.into_data() {
-                    Ok(mut data) => {
+                    Ok(data) => {
                         sent += data.len() as u64;
                         if sent > limits.max_body {
                             stop(&mut send, end, PumpEnd::TooLarge);
                             return;
                         }
-                        while !data.is_empty() {
-                            send.reserve_capacity(data.len());
-                            let cap = match std::future::poll_fn(|cx| send.poll_capacity(cx)).await
-                            {
-                                Some(Ok(c)) if c > 0 => c,
-                                Some(Ok(_)) => continue,
-                                _ => return,
-                            };
-                            let chunk = data.split_to(cap.min(data.len()));
-                            if send.send_data(chunk, false).is_err() {
-                                return;
-                            }
+                        if send_all(&mut send, data).await.is_err() {
+                            return;
                         }
                         continue;
                     }

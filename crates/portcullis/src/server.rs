@@ -404,6 +404,10 @@ pub async fn run_with_parts(
     let sessions = crate::sessions::Sessions::new(
         config.sessions.clone(),
         &config.backends,
+        Some(crate::sessions::pinned::Links {
+            registry: registry.clone(),
+            tiers: tiers.clone(),
+        }),
         metrics.sessions.clone(),
     );
     let sessions_parts = Arc::new(crate::sessions::api::SessionsApi {

@@ -75,7 +75,7 @@ const EXAMPLES: &[(&str, &str)] = &[
     ),
     (
         "sessions list",
-        "portcullis sessions list --gateway http://127.0.0.1:8080",
+        "portcullis sessions list --gateway http://127.0.0.1:8080 --all --state faulted",
     ),
     (
         "sessions get",

@@ -34,8 +34,22 @@ pub struct SessionsArgs {
 /// The subcommands.
 #[derive(Debug, clap::Subcommand)]
 pub enum SessionsCommand {
-    /// The caller's sessions, newest first.
-    List,
+    /// The caller's sessions, newest first; with `--all`, every identity's in every
+    /// workspace (needs `sessions.read` on `*`).
+    List {
+        /// Every session on the gateway, not only the caller's.
+        #[arg(long)]
+        all: bool,
+        /// Only sessions of this workspace (its id); needs `--all`.
+        #[arg(long, requires = "all")]
+        workspace: Option<String>,
+        /// Only sessions of this backend.
+        #[arg(long)]
+        backend: Option<String>,
+        /// Only sessions in this state (`ready`, `faulted`, `closed`, …).
+        #[arg(long)]
+        state: Option<String>,
+    },
     /// One session.
     Get {
         /// The session id.
@@ -48,12 +62,20 @@ pub enum SessionsCommand {
     },
 }
 
-/// What the gateway answered.
-#[derive(serde::Serialize)]
-#[serde(transparent)]
-struct Answer(Value);
+/// What the gateway answered (its JSON, printed as it is with `--json`).
+struct Answer {
+    v: Value,
+    /// Listing every identity's sessions: each line names its owner.
+    all: bool,
+}
 
-fn line(s: &Value) -> String {
+impl serde::Serialize for Answer {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        self.v.serialize(s)
+    }
+}
+
+fn line(s: &Value, all: bool) -> String {
     let text = |k: &str| s[k].as_str().unwrap_or("-").to_string();
     let reason = match (&s["fault"], &s["close_reason"]) {
         (Value::Object(f), _) => format!(
@@ -64,8 +86,13 @@ fn line(s: &Value) -> String {
         (_, Value::String(r)) => r.clone(),
         _ => String::new(),
     };
+    let whose = if all {
+        format!("{}  {}  ", text("workspace"), text("subject"))
+    } else {
+        String::new()
+    };
     format!(
-        "{}  {:<9}  {:<12}  pid {:<7}  {}\n",
+        "{whose}{}  {:<9}  {:<12}  pid {:<7}  {}\n",
         text("id"),
         text("state"),
         text("backend"),
@@ -76,16 +103,16 @@ fn line(s: &Value) -> String {
 
 impl Render for Answer {
     fn text(&self) -> String {
-        if let Some(all) = self.0["sessions"].as_array() {
-            if all.is_empty() {
+        if let Some(list) = self.v["sessions"].as_array() {
+            if list.is_empty() {
                 return "no sessions\n".into();
             }
-            return all.iter().map(line).collect();
+            return list.iter().map(|s| line(s, self.all)).collect();
         }
-        if let Some(result) = self.0["result"].as_str() {
-            return format!("{result}\n{}", line(&self.0["session"]));
+        if let Some(result) = self.v["result"].as_str() {
+            return format!("{result}\n{}", line(&self.v["session"], false));
         }
-        line(&self.0)
+        line(&self.v, false)
     }
 }
 
@@ -99,7 +126,32 @@ fn call(args: &SessionsArgs) -> Result<Answer, AdminError> {
     let key = super::login::key_from_env("an API key or access token")?;
     let path = crate::sessions::api::SESSIONS_PATH;
     let (method, url) = match &args.command {
-        SessionsCommand::List => (http::Method::GET, format!("{base}{path}")),
+        SessionsCommand::List {
+            all,
+            workspace,
+            backend,
+            state,
+        } => {
+            let mut query = Vec::new();
+            if *all {
+                query.push("all=true".to_string());
+            }
+            for (k, v) in [
+                ("workspace", workspace),
+                ("backend", backend),
+                ("state", state),
+            ] {
+                if let Some(v) = v {
+                    query.push(format!("{k}={}", filter_value(k, v)?));
+                }
+            }
+            let q = if query.is_empty() {
+                String::new()
+            } else {
+                format!("?{}", query.join("&"))
+            };
+            (http::Method::GET, format!("{base}{path}{q}"))
+        }
         SessionsCommand::Get { id } => {
             (http::Method::GET, format!("{base}{path}/{}", segment(id)?))
         }
@@ -113,7 +165,10 @@ fn call(args: &SessionsArgs) -> Result<Answer, AdminError> {
     let v: Value = serde_json::from_slice(&bytes).unwrap_or(Value::Null);
     let message = v["error"].as_str().unwrap_or("").to_string();
     match status {
-        200 => Ok(Answer(v)),
+        200 => Ok(Answer {
+            v,
+            all: matches!(args.command, SessionsCommand::List { all: true, .. }),
+        }),
         401 => Err(AdminError::failure(
             "the credential in PORTCULLIS_KEY was refused",
         )),
@@ -128,6 +183,17 @@ fn call(args: &SessionsArgs) -> Result<Answer, AdminError> {
             "the gateway answered {s}: {message}"
         ))),
     }
+}
+
+/// A filter's value as it goes in the query: workspace ids, backend and state names are
+/// 1-128 of `[A-Za-z0-9._-]`, which need no escaping.
+fn filter_value<'a>(flag: &str, v: &'a str) -> Result<&'a str, AdminError> {
+    if !portcullis_link::valid_token(v) {
+        return Err(AdminError::usage(format!(
+            "--{flag} {v:?}: must be 1-128 of [A-Za-z0-9._-]"
+        )));
+    }
+    Ok(v)
 }
 
 /// A session id as one path segment: ids are `[a-z0-9.-]`.

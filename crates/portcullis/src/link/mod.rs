@@ -413,6 +413,7 @@ impl LinkServer {
             )
             .with_max_header_list_size(peer_settings.max_header_list_size())
             .with_response_stall_timeout(self.response_stall_timeout)
+            .with_sessions(hello.sessions.map(|d| d.max_sessions))
             .with_credential(
                 identity.via.as_str(),
                 identity.key.as_ref().map(|k| k.fingerprint.clone()),
@@ -483,6 +484,8 @@ impl LinkServer {
             };
         }
         instance.set_state(LinkState::Offline);
+        // Sessions pinned to the link fault now, not when their streams notice.
+        instance.down.cancel();
         self.registry.unregister(&instance);
         tracing::info!(
             service = %instance.service, instance = %instance.instance_id, link = %link_id,
@@ -987,6 +990,7 @@ mod tests {
                 workspace_scoped: false,
             }],
             openapi: None,
+            sessions: None,
             credential: portcullis_link::Credential::Token {
                 token: "svc-token".into(),
             },

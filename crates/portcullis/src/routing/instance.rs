@@ -85,6 +85,13 @@ pub struct Instance {
     pub response_stall_timeout: std::time::Duration,
     /// The relayed bodies of this link, for the stall check (`crate::body`).
     pub stall_watch: crate::body::StallWatch,
+    /// Pinned sessions the instance declared it takes at once (link protocol version 4);
+    /// `None`: it serves no sessions and is never pinned.
+    pub max_sessions: Option<u32>,
+    /// Sessions pinned to this link now (see [`Instance::pin`]).
+    pinned: AtomicU32,
+    /// Cancelled when the link is gone, whatever the reason: the sessions pinned to it fault.
+    pub down: CancellationToken,
 }
 
 /// The instance id without a trailing `.<digits>`: the SDK names link `k ≥ 1` of an instance
@@ -133,7 +140,34 @@ impl Instance {
             max_header_list_size: u32::MAX,
             response_stall_timeout: std::time::Duration::ZERO,
             stall_watch: crate::body::StallWatch::default(),
+            max_sessions: None,
+            pinned: AtomicU32::new(0),
+            down: CancellationToken::new(),
         }
+    }
+
+    /// Record that the instance serves at most `max` pinned sessions (`None`: none).
+    pub fn with_sessions(mut self, max: Option<u32>) -> Self {
+        self.max_sessions = max;
+        self
+    }
+
+    /// Sessions pinned to this link now.
+    pub fn pinned(&self) -> u32 {
+        self.pinned.load(Ordering::Relaxed)
+    }
+
+    /// Take one of the instance's session slots, at most `min(declared, limit)` at once;
+    /// `None` when it serves no sessions or has none left. The slot is given back when the
+    /// guard drops.
+    pub fn pin(self: &Arc<Self>, limit: u32) -> Option<Pinned> {
+        let max = self.max_sessions?.min(limit);
+        self.pinned
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| {
+                (n < max).then_some(n + 1)
+            })
+            .ok()?;
+        Some(Pinned(self.clone()))
     }
 
     /// Set how long a response body may stall before it is cut.
@@ -196,6 +230,23 @@ impl Instance {
     pub fn begin_call(self: &Arc<Self>) -> InFlight {
         self.in_flight.fetch_add(1, Ordering::Relaxed);
         InFlight(self.clone())
+    }
+}
+
+/// One session's slot on an instance ([`Instance::pin`]); gives it back when dropped.
+#[derive(Debug)]
+pub struct Pinned(Arc<Instance>);
+
+impl Pinned {
+    /// The instance the session is pinned to.
+    pub fn instance(&self) -> &Arc<Instance> {
+        &self.0
+    }
+}
+
+impl Drop for Pinned {
+    fn drop(&mut self) {
+        self.0.pinned.fetch_sub(1, Ordering::AcqRel);
     }
 }
 

@@ -15,7 +15,7 @@ mod instance;
 mod select;
 mod table;
 
-pub use instance::{InFlight, Instance, LinkState};
+pub use instance::{InFlight, Instance, LinkState, Pinned};
 pub use select::{select, Tiers};
 pub use table::{Match, Route, RouteTable};
 
@@ -201,6 +201,15 @@ impl Registry {
             }
             self.publish(&st);
         }
+    }
+
+    /// The registered instances of `service`.
+    pub fn instances_of(&self, service: &str) -> Vec<Arc<Instance>> {
+        self.lock()
+            .services
+            .get(service)
+            .map(|m| m.values().map(|r| r.instance.clone()).collect())
+            .unwrap_or_default()
     }
 
     /// Every registered instance.

@@ -4,6 +4,7 @@
 //! |---|---|
 //! | `POST /api/v1/sessions` | `sessions.open` |
 //! | `GET /api/v1/sessions`, `GET /api/v1/sessions/{id}` | `sessions.read` |
+//! | `GET /api/v1/sessions?all=true` (every identity's, every workspace's) | `sessions.read` on `*` |
 //! | `POST /api/v1/sessions/{id}/invoke` | the capability the worker declared for the kind; [`UNKNOWN_KIND_CAPABILITY`] for a kind it did not declare |
 //! | `DELETE /api/v1/sessions/{id}` | `sessions.close` |
 //! | `GET /api/v1/sessions/{id}/events` | `sessions.events.read` (server-sent events, `Last-Event-ID` or `?after=N` resume) |
@@ -257,22 +258,81 @@ async fn open(
     }
 }
 
+/// Filters of a listing. Without `all`: the caller's own sessions. With `all=true`: every
+/// session on this gateway, whoever opened it, for a caller holding `sessions.read` on every
+/// workspace (`*`) — an operator's view — optionally narrowed to one workspace (its id).
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ListQuery {
+    #[serde(default)]
+    all: bool,
+    workspace: Option<String>,
+    backend: Option<String>,
+    state: Option<String>,
+}
+
+/// The state names a listing may filter by.
+const STATES: [super::State; 7] = [
+    super::State::Creating,
+    super::State::StartingWorker,
+    super::State::Handshaking,
+    super::State::Ready,
+    super::State::Closing,
+    super::State::Closed,
+    super::State::Faulted,
+];
+
 async fn list(
     axum::extract::State(api): axum::extract::State<Api>,
     c: Option<Extension<Caller>>,
+    q: Result<Query<ListQuery>, axum::extract::rejection::QueryRejection>,
 ) -> Response {
     let caller = caller!(c);
-    let owner = tri!(
-        api.check(&caller, SESSIONS_READ, &own_workspace(&caller))
-            .await
-    );
-    let mine: Vec<_> = api
+    let q = match q {
+        Ok(Query(q)) => q,
+        Err(e) => return err(StatusCode::BAD_REQUEST, e.body_text()),
+    };
+    if let Some(st) = &q.state {
+        if !STATES.iter().any(|s| s.as_str() == st) {
+            let names: Vec<&str> = STATES.iter().map(|s| s.as_str()).collect();
+            return err(
+                StatusCode::BAD_REQUEST,
+                format!("unknown state {st:?}: one of {}", names.join(", ")),
+            );
+        }
+    }
+    let owner = if q.all {
+        tri!(
+            api.check(&caller, SESSIONS_READ, crate::store::ALL_WORKSPACES)
+                .await
+        );
+        None
+    } else {
+        if q.workspace.is_some() {
+            return err(
+                StatusCode::BAD_REQUEST,
+                "workspace filters a listing of all sessions: add all=true",
+            );
+        }
+        Some(tri!(
+            api.check(&caller, SESSIONS_READ, &own_workspace(&caller))
+                .await
+        ))
+    };
+    let shown: Vec<_> = api
         .sessions
         .list()
         .into_iter()
-        .filter(|s| s.subject == owner.subject && s.workspace == owner.workspace_id)
+        .filter(|s| {
+            owner
+                .as_ref()
+                .is_none_or(|o| s.subject == o.subject && s.workspace == o.workspace_id)
+        })
+        .filter(|s| q.workspace.as_deref().is_none_or(|w| &*s.workspace == w))
+        .filter(|s| q.backend.as_deref().is_none_or(|b| &*s.backend == b))
+        .filter(|s| q.state.as_deref().is_none_or(|st| s.state.as_str() == st))
         .collect();
-    axum::Json(json!({ "sessions": mine })).into_response()
+    axum::Json(json!({ "sessions": shown })).into_response()
 }
 
 async fn read(

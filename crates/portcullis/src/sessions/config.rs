@@ -1,5 +1,6 @@
 //! The `[sessions]` section (limits, leases, queues, the worker protocol's timings) and the
-//! `[backends.NAME]` tables (process workers).
+//! `[backends.NAME]` tables: process workers (`command`) and pinned instances of a linked
+//! service (`service`).
 
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
@@ -71,6 +72,10 @@ pub struct SessionsConfig {
     /// Lines per second of a worker's stdout and stderr copied into the log; the rest are
     /// counted and reported as suppressed. Default 50.
     pub log_lines_per_second: u32,
+    /// Sessions pinned to one linked instance at once, whatever the instance declared it
+    /// takes (`max_sessions` in its HELLO); past it, the next open picks another instance or
+    /// fails. Default 64.
+    pub max_pinned_per_instance: u32,
 }
 
 impl Default for SessionsConfig {
@@ -97,6 +102,7 @@ impl Default for SessionsConfig {
             max_frame_bytes: portcullis_link::worker::MAX_WORKER_FRAME_LEN,
             socket_dir: None,
             log_lines_per_second: 50,
+            max_pinned_per_instance: 64,
         }
     }
 }
@@ -165,6 +171,12 @@ impl SessionsConfig {
         positive(
             errs,
             at,
+            "max_pinned_per_instance",
+            self.max_pinned_per_instance > 0,
+        );
+        positive(
+            errs,
+            at,
             "log_lines_per_second",
             self.log_lines_per_second > 0,
         );
@@ -199,14 +211,22 @@ impl SessionsConfig {
     }
 }
 
-/// A process-worker backend: the gateway starts one process per session.
+/// A session backend: a process worker (`command`: the gateway starts one process per
+/// session) or a linked service (`service`: each session is pinned to one of its instances).
+/// Exactly one of the two is set.
 #[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct BackendConfig {
     /// The executable (an absolute path) and the operator's own arguments; the gateway adds
     /// `--session-id ID --socket PATH --protocol-version N` after them. Never run through a
     /// shell.
+    #[serde(default)]
     pub command: Vec<String>,
+    /// A linked service whose instances declare they serve sessions (link protocol §6.6):
+    /// each session is pinned to one instance, chosen like a call's, and faults
+    /// (`instance-gone`) when that instance's link goes away. Instead of `command`.
+    #[serde(default)]
+    pub service: Option<String>,
     /// Names of the gateway's environment variables the worker receives; every other
     /// variable is cleared (the worker also gets `PORTCULLIS_WORKER_NONCE`). Default: none.
     #[serde(default)]
@@ -214,12 +234,13 @@ pub struct BackendConfig {
     /// Working directory of the worker. Default: the gateway's.
     #[serde(default)]
     pub working_dir: Option<PathBuf>,
-    /// From spawn to the worker's ready frame; past it, the process group is killed.
+    /// From spawn (or, for `service`, from choosing the instance) to the worker's ready
+    /// frame; past it, the process group is killed (or the session stream reset).
     /// Default 10 s.
     #[serde(default = "default_startup", with = "humantime_serde")]
     pub startup_timeout: Duration,
-    /// From the shutdown frame to the worker's exit; past it, the process group is killed.
-    /// Default 5 s.
+    /// From the shutdown frame to the worker's exit (or, for `service`, its acknowledgement);
+    /// past it, the process group is killed (the session stream reset). Default 5 s.
     #[serde(default = "default_shutdown", with = "humantime_serde")]
     pub shutdown_timeout: Duration,
 }
@@ -237,10 +258,19 @@ impl BackendConfig {
     pub fn new(command: Vec<String>) -> Self {
         Self {
             command,
+            service: None,
             env: Vec::new(),
             working_dir: None,
             startup_timeout: default_startup(),
             shutdown_timeout: default_shutdown(),
+        }
+    }
+
+    /// A backend whose sessions are pinned to instances of the linked `service`.
+    pub fn pinned(service: impl Into<String>) -> Self {
+        Self {
+            service: Some(service.into()),
+            ..Self::new(Vec::new())
         }
     }
 
@@ -249,10 +279,43 @@ impl BackendConfig {
         if !portcullis_link::valid_service_name(name) {
             errs.push(ConfigError::new(at, "backend names are 1-63 of [a-z0-9-]"));
         }
+        if let Some(svc) = &self.service {
+            if !self.command.is_empty() {
+                errs.push(ConfigError::new(
+                    format!("{at}.service"),
+                    "set either command (a process worker) or service (a linked service), not both",
+                ));
+            }
+            if !portcullis_link::valid_service_name(svc) {
+                errs.push(ConfigError::new(
+                    format!("{at}.service"),
+                    "service names are 1-63 of [a-z0-9-]",
+                ));
+            }
+            for (field, set) in [
+                ("env", !self.env.is_empty()),
+                ("working_dir", self.working_dir.is_some()),
+            ] {
+                if set {
+                    errs.push(ConfigError::new(
+                        format!("{at}.{field}"),
+                        "applies to process workers only (this backend names a service)",
+                    ));
+                }
+            }
+            positive(errs, at, "startup_timeout", !self.startup_timeout.is_zero());
+            positive(
+                errs,
+                at,
+                "shutdown_timeout",
+                !self.shutdown_timeout.is_zero(),
+            );
+            return;
+        }
         match self.command.first() {
             None => errs.push(ConfigError::new(
                 format!("{at}.command"),
-                "must name an executable",
+                "must name an executable (or set service to pin sessions to a linked service)",
             )),
             Some(p) if !std::path::Path::new(p).is_absolute() => errs.push(ConfigError::new(
                 format!("{at}.command"),
@@ -319,6 +382,39 @@ mod tests {
                 "sessions.max",
                 "sessions.default_backend"
             ]
+        );
+    }
+
+    #[test]
+    fn a_pinned_backend_names_a_service_and_takes_no_process_fields() {
+        let mut errs = Vec::new();
+        BackendConfig::pinned("orders").validate("backends.live", "live", &mut errs);
+        assert!(errs.is_empty(), "{errs:?}");
+        let mut both = BackendConfig::pinned("Orders!");
+        both.command = vec!["/bin/true".into()];
+        both.env = vec!["PATH".into()];
+        both.validate("backends.live", "live", &mut errs);
+        let paths: Vec<&str> = errs.iter().map(|e| e.path.as_str()).collect();
+        assert_eq!(
+            paths,
+            [
+                "backends.live.service",
+                "backends.live.service",
+                "backends.live.env"
+            ]
+        );
+    }
+
+    #[test]
+    fn check_config_refuses_a_backend_naming_a_service_that_cannot_link() {
+        let mut cfg = crate::config::Config::default();
+        cfg.backends
+            .insert("live".into(), BackendConfig::pinned("orders"));
+        let errs = cfg.validate().unwrap_err();
+        assert!(
+            errs.iter().any(|e| e.path == "backends.live.service"
+                && e.message.contains("no service \"orders\"")),
+            "{errs:?}"
         );
     }
 }

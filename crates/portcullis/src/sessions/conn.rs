@@ -1,5 +1,6 @@
 //! The gateway's end of one worker connection: reading and writing frames with their bounds,
-//! sequence numbers and the session id, and the handshake.
+//! sequence numbers and the session id, and the handshake. The transport is any byte stream:
+//! a process worker's Unix socket, or a pinned session's stream on a link ([`super::pinned`]).
 
 use std::collections::HashMap;
 use std::time::Duration;
@@ -8,8 +9,12 @@ use portcullis_link::worker::{
     self, CommandDecl, Envelope, FrameError, FromWorker, ToWorker, LEN_PREFIX, PROTOCOL_VERSION,
 };
 use subtle::ConstantTimeEq;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::unix::{OwnedReadHalf, OwnedWriteHalf};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+
+/// The reading half of a worker's transport.
+pub type ReadHalf = Box<dyn AsyncRead + Send + Unpin>;
+/// The writing half of a worker's transport.
+pub type WriteHalf = Box<dyn AsyncWrite + Send + Unpin>;
 
 /// How long one frame write may take before the session faults with "write failed".
 pub const WRITE_TIMEOUT: Duration = Duration::from_secs(5);
@@ -33,9 +38,8 @@ pub enum ConnError {
 
 /// Reads frames from the worker and checks what every frame must satisfy: the version, the
 /// session id and the next sequence number.
-#[derive(Debug)]
 pub struct Reader {
-    half: OwnedReadHalf,
+    half: ReadHalf,
     session_id: String,
     expected: u64,
     max: usize,
@@ -43,7 +47,7 @@ pub struct Reader {
 
 impl Reader {
     /// A reader for `session_id`'s worker, frames at most `max` bytes.
-    pub fn new(half: OwnedReadHalf, session_id: &str, max: usize) -> Self {
+    pub fn new(half: ReadHalf, session_id: &str, max: usize) -> Self {
         Self {
             half,
             session_id: session_id.into(),
@@ -97,9 +101,8 @@ fn protocol(e: FrameError) -> ConnError {
 }
 
 /// Writes frames to the worker with the gateway's own sequence numbers.
-#[derive(Debug)]
 pub struct Writer {
-    half: OwnedWriteHalf,
+    half: WriteHalf,
     session_id: String,
     next: u64,
     max: usize,
@@ -107,7 +110,7 @@ pub struct Writer {
 
 impl Writer {
     /// A writer for `session_id`'s worker.
-    pub fn new(half: OwnedWriteHalf, session_id: &str, max: usize) -> Self {
+    pub fn new(half: WriteHalf, session_id: &str, max: usize) -> Self {
         Self {
             half,
             session_id: session_id.into(),
@@ -131,7 +134,12 @@ impl Writer {
         };
         let bytes = worker::encode(&env, self.max).map_err(protocol)?;
         self.next += 1;
-        match tokio::time::timeout(WRITE_TIMEOUT, self.half.write_all(&bytes)).await {
+        let write = async {
+            self.half.write_all(&bytes).await?;
+            // A link stream's pump forwards what it is given; a socket's flush is a no-op.
+            self.half.flush().await
+        };
+        match tokio::time::timeout(WRITE_TIMEOUT, write).await {
             Ok(Ok(())) => Ok(()),
             Ok(Err(e)) => Err(ConnError::Write(e.kind().to_string())),
             Err(_) => Err(ConnError::Write("timed out".into())),

@@ -1,5 +1,7 @@
-//! Sessions (DESIGN §6): a client's own stateful backend — here, one worker process launched
-//! for the session alone — with commands under timeouts and an ordered, bounded event stream.
+//! Sessions (DESIGN §6): a client's own stateful backend — one worker process launched for
+//! the session alone, or one instance of a linked service the session is pinned to
+//! ([`pinned`]) — with commands under timeouts and an ordered, bounded event stream. Both
+//! speak the same worker protocol; only the transport and the launch differ.
 //!
 //! This module owns the session model and the registry: states, ids, limits, idempotent close
 //! with its reasons, the lease and idle monitor, bounded retention of closed sessions and the
@@ -18,6 +20,7 @@ pub mod config;
 pub mod conn;
 pub mod events;
 pub mod grpc;
+pub mod pinned;
 pub mod process;
 
 pub use config::{BackendConfig, SessionsConfig};
@@ -36,6 +39,7 @@ use tokio_util::sync::CancellationToken;
 use crate::telemetry::metrics::SessionMetrics;
 use conn::{ConnError, Reader, Writer};
 use events::{Event, Events, Hop, SubscribeError, Subscription};
+use pinned::Links;
 use process::{Exit, SocketDir, Worker};
 
 /// How often the monitor looks at leases, idle time and retention.
@@ -118,7 +122,8 @@ impl CloseReason {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct Fault {
     /// `spawn-failed`, `startup-timeout`, `handshake-timeout`, `protocol`, `worker-exited`,
-    /// `worker-fault`, `heartbeat-expired`, `queue-overflow`, `write-failed`.
+    /// `worker-fault`, `heartbeat-expired`, `queue-overflow`, `write-failed`; for a pinned
+    /// session also `no-instance` (none could be pinned) and `instance-gone` (its link went).
     pub kind: &'static str,
     /// What happened (never a secret).
     pub message: String,
@@ -278,6 +283,9 @@ pub struct Snapshot {
     pub last_event_sequence: u64,
     /// Is a subscriber attached?
     pub subscribed: bool,
+    /// For a backend naming a linked service: the instance the session is pinned to.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub instance: Option<Arc<str>>,
 }
 
 /// The parts of a Ready session's connection.
@@ -301,6 +309,10 @@ struct Inner {
     socket: Option<SocketDir>,
     sequencer: Option<tokio::task::JoinHandle<()>>,
     queue: Option<mpsc::WeakSender<RawEvent>>,
+    /// A pinned session's slot on its instance, held until the session ends.
+    pin: Option<crate::routing::Pinned>,
+    /// The instance a pinned session was pinned to (kept after it ends, for the API).
+    instance: Option<Arc<str>>,
 }
 
 /// One session.
@@ -318,6 +330,7 @@ pub struct Session {
     opened_at_ms: u64,
     cfg: Arc<SessionsConfig>,
     backend_cfg: Arc<BackendConfig>,
+    links: Option<Links>,
     inner: Mutex<Inner>,
     events: Mutex<Events>,
     close_lock: tokio::sync::Mutex<()>,
@@ -405,6 +418,7 @@ impl Session {
             events_held: held,
             last_event_sequence: last,
             subscribed,
+            instance: i.instance.clone(),
         }
     }
 
@@ -428,6 +442,7 @@ impl Session {
                 i.killed = Some("fault");
             }
             i.socket = None;
+            i.pin = None;
             i.worker.clone()
         };
         self.stop.cancel();
@@ -475,6 +490,7 @@ impl Session {
             i.close_reason = Some(reason);
             i.closed_at = Some(Instant::now());
             i.socket = None;
+            i.pin = None;
             i.worker.clone()
         };
         self.stop.cancel();
@@ -519,6 +535,17 @@ impl Session {
                 tracing::debug!(session = %self.id, "shutdown frame not delivered");
             }
         }
+        if self.backend_cfg.service.is_some() {
+            // A pinned instance has no process to wait for: its acknowledgement (or the
+            // stream's end) is the end; the stream is reset after it either way.
+            if tokio::time::timeout(grace, self.shutdown_ack.notified())
+                .await
+                .is_err()
+            {
+                tracing::warn!(session = %self.id, "pinned instance did not acknowledge shutdown");
+                self.metrics.killed("shutdown-timeout");
+            }
+        }
         if let Some(w) = &worker {
             if w.wait(grace).await.is_none() {
                 tracing::warn!(session = %self.id, pid = w.pid, "worker ignored shutdown: killing its process group");
@@ -545,6 +572,7 @@ impl Session {
             i.killed = Some("gateway-shutdown");
             i.closed_at = Some(Instant::now());
             i.socket = None;
+            i.pin = None;
             i.worker.clone()
         };
         self.stop.cancel();
@@ -716,6 +744,7 @@ struct RawEvent {
 
 struct Shared {
     cfg: Arc<SessionsConfig>,
+    links: Option<Links>,
     backends: BTreeMap<String, Arc<BackendConfig>>,
     map: Mutex<HashMap<Arc<str>, Arc<Session>>>,
     shutting_down: AtomicBool,
@@ -741,14 +770,17 @@ fn unix_ms() -> u64 {
 }
 
 impl Sessions {
-    /// A registry for `cfg` and the process-worker `backends`.
+    /// A registry for `cfg` and `backends`; a backend naming a linked service pins its
+    /// sessions to instances found through `links`.
     pub fn new(
         cfg: SessionsConfig,
         backends: &BTreeMap<String, BackendConfig>,
+        links: Option<Links>,
         metrics: Arc<SessionMetrics>,
     ) -> Self {
         Self(Arc::new(Shared {
             cfg: Arc::new(cfg),
+            links,
             backends: backends
                 .iter()
                 .map(|(k, v)| (k.clone(), Arc::new(v.clone())))
@@ -820,6 +852,7 @@ impl Sessions {
             command_timeout,
             opened_at_ms: unix_ms(),
             cfg: cfg.clone(),
+            links: self.0.links.clone(),
             backend_cfg,
             inner: Mutex::new(Inner {
                 state: State::Creating,
@@ -833,6 +866,8 @@ impl Sessions {
                 socket: None,
                 sequencer: None,
                 queue: None,
+                pin: None,
+                instance: None,
             }),
             events: Mutex::new(Events::new(
                 cfg.event_buffer,
@@ -1083,92 +1118,19 @@ impl Sessions {
     }
 }
 
-/// Launch the worker and run the handshake, under the startup and handshake timeouts.
+/// Start the session's worker — launch a process, or pin an instance and open its session
+/// stream — and run the handshake, under the startup and handshake timeouts.
 async fn start(s: &Arc<Session>) -> Result<(), Fault> {
     let _serial = s.close_lock.lock().await;
     let backend = s.backend_cfg.clone();
     let cfg = s.cfg.clone();
     let spawn_started = Instant::now();
     s.set_state(State::StartingWorker);
-    let base = cfg.socket_dir.clone().unwrap_or_else(std::env::temp_dir);
-    let (dir, listener) =
-        SocketDir::bind(&base).map_err(|e| Fault::new("spawn-failed", e.to_string()))?;
     let nonce = hex::encode(rand::random::<[u8; 32]>());
-    let worker = process::spawn(
-        &backend,
-        &process::Launch {
-            session_id: &s.id,
-            socket: dir.path(),
-            nonce: &nonce,
-            lines_per_second: cfg.log_lines_per_second,
-        },
-    )
-    .map_err(|e| Fault::new("spawn-failed", e.to_string()))?;
-    tracing::info!(
-        session = %s.id,
-        backend = %s.backend,
-        pid = worker.pid,
-        argv = ?process::argv(&backend, &s.id, dir.path()),
-        "worker started"
-    );
-    {
-        let mut i = lock(&s.inner);
-        i.worker = Some(worker.clone());
-        i.socket = Some(dir);
-        i.state = State::Handshaking;
-    }
     let deadline = Instant::now() + backend.startup_timeout;
-    let stream = tokio::select! {
-        r = tokio::time::timeout_at(deadline, listener.accept()) => match r {
-            Ok(Ok((stream, _))) => stream,
-            Ok(Err(e)) => return Err(Fault::new("spawn-failed", format!("accept: {e}"))),
-            Err(_) => return Err(Fault::new("startup-timeout", format!(
-                "the worker did not connect within {} ms", backend.startup_timeout.as_millis()))),
-        },
-        e = worker.exited() => return Err(startup_exit(&e)),
-    };
-    // One connection per session: nobody else gets to connect after the worker.
-    drop(listener);
-    let (r, w) = stream.into_split();
-    let mut reader = Reader::new(r, &s.id, cfg.max_frame_bytes);
-    let mut writer = Writer::new(w, &s.id, cfg.max_frame_bytes);
-    let hs_deadline = deadline.min(Instant::now() + cfg.handshake_timeout);
-    let hs = tokio::select! {
-        r = tokio::time::timeout_at(hs_deadline, conn::handshake(
-            &mut reader, &mut writer, &nonce, cfg.heartbeat_interval, &s.backend)) => r,
-        e = worker.exited() => return Err(startup_exit(&e)),
-    };
-    let hs = match hs {
-        Ok(Ok(h)) => h,
-        Ok(Err(e)) => {
-            // A worker that exits with a documented code says more than the closed socket.
-            if let Some(exit) = worker.wait(Duration::from_millis(500)).await {
-                if exit != Exit::Code(0) {
-                    return Err(startup_exit(&exit));
-                }
-            }
-            return Err(Fault::new(
-                match e {
-                    ConnError::Protocol(_) => "protocol",
-                    ConnError::Write(_) => "write-failed",
-                    _ => "worker-exited",
-                },
-                e.to_string(),
-            ));
-        }
-        Err(_) => {
-            return Err(Fault::new(
-                if hs_deadline < deadline {
-                    "handshake-timeout"
-                } else {
-                    "startup-timeout"
-                },
-                format!(
-                    "no hello and ready within {} ms",
-                    (hs_deadline - spawn_started.min(hs_deadline)).as_millis()
-                ),
-            ))
-        }
+    let ((reader, writer), hs, origin) = match &backend.service {
+        Some(service) => start_pinned(s, service, &nonce, deadline).await?,
+        None => start_process(s, &nonce, deadline, spawn_started).await?,
     };
     let live = Arc::new(Live {
         writer: tokio::sync::Mutex::new(writer),
@@ -1188,9 +1150,188 @@ async fn start(s: &Arc<Session>) -> Result<(), Fault> {
     }
     s.metrics.spawn_time(spawn_started.elapsed());
     s.running.store(true, Ordering::Release);
-    tokio::spawn(read_loop(s.clone(), reader, live, tx, worker));
+    tokio::spawn(read_loop(s.clone(), reader, live, tx, origin));
     tracing::info!(session = %s.id, pid = hs.pid, "session ready");
     Ok(())
+}
+
+/// Who serves a Ready session: what its read loop watches besides the frames.
+enum Origin {
+    /// A process the gateway launched.
+    Process(Worker),
+    /// An instance of a linked service; cancelled when its link goes away.
+    Pinned {
+        instance: Arc<str>,
+        service: Arc<str>,
+        down: CancellationToken,
+    },
+}
+
+type Started = ((Reader, Writer), conn::Handshake, Origin);
+
+/// The fault a failed handshake is reported as.
+fn handshake_fault(e: ConnError) -> Fault {
+    Fault::new(
+        match e {
+            ConnError::Protocol(_) => "protocol",
+            ConnError::Write(_) => "write-failed",
+            _ => "worker-exited",
+        },
+        e.to_string(),
+    )
+}
+
+/// The fault of a handshake that ran out of time: its own timeout, or the startup's.
+fn handshake_timeout(hs_deadline: Instant, deadline: Instant, since: Instant) -> Fault {
+    Fault::new(
+        if hs_deadline < deadline {
+            "handshake-timeout"
+        } else {
+            "startup-timeout"
+        },
+        format!(
+            "no hello and ready within {} ms",
+            (hs_deadline - since.min(hs_deadline)).as_millis()
+        ),
+    )
+}
+
+/// Pin an instance of `service`, open the session stream on its link, run the handshake.
+async fn start_pinned(
+    s: &Arc<Session>,
+    service: &str,
+    nonce: &str,
+    deadline: Instant,
+) -> Result<Started, Fault> {
+    let cfg = &s.cfg;
+    let links = s
+        .links
+        .as_ref()
+        .ok_or_else(|| Fault::new("no-instance", "this gateway links no services"))?;
+    let pin = links.choose(service, cfg.max_pinned_per_instance)?;
+    let inst = pin.instance().clone();
+    tracing::info!(
+        session = %s.id, service = %inst.service, instance = %inst.instance_id,
+        link = %inst.link_id, "session pinned"
+    );
+    {
+        let mut i = lock(&s.inner);
+        i.instance = Some(inst.instance_id.clone());
+        i.pin = Some(pin);
+    }
+    let opened = tokio::time::timeout_at(deadline, pinned::open(&inst, &s.id, nonce, &s.stop));
+    let (r, w) = tokio::select! {
+        r = opened => match r {
+            Ok(r) => r?,
+            Err(_) => return Err(Fault::new("startup-timeout", format!(
+                "instance {} of service {} did not answer the session stream within {} ms",
+                inst.instance_id, inst.service, s.backend_cfg.startup_timeout.as_millis()))),
+        },
+        _ = inst.down.cancelled() => return Err(instance_gone(&inst.service, &inst.instance_id)),
+    };
+    lock(&s.inner).state = State::Handshaking;
+    let mut reader = Reader::new(r, &s.id, cfg.max_frame_bytes);
+    let mut writer = Writer::new(w, &s.id, cfg.max_frame_bytes);
+    let since = Instant::now();
+    let hs_deadline = deadline.min(since + cfg.handshake_timeout);
+    let hs = tokio::select! {
+        r = tokio::time::timeout_at(hs_deadline, conn::handshake(
+            &mut reader, &mut writer, nonce, cfg.heartbeat_interval, &s.backend)) => r,
+        _ = inst.down.cancelled() => return Err(instance_gone(&inst.service, &inst.instance_id)),
+    };
+    let hs = match hs {
+        Ok(Ok(h)) => h,
+        Ok(Err(e)) => return Err(handshake_fault(e)),
+        Err(_) => return Err(handshake_timeout(hs_deadline, deadline, since)),
+    };
+    Ok((
+        (reader, writer),
+        hs,
+        Origin::Pinned {
+            instance: inst.instance_id.clone(),
+            service: inst.service.clone(),
+            down: inst.down.clone(),
+        },
+    ))
+}
+
+/// The fault of a session whose instance's link went away.
+fn instance_gone(service: &str, instance: &str) -> Fault {
+    Fault::new(
+        "instance-gone",
+        format!("instance {instance} of service {service} went away (its link closed)"),
+    )
+}
+
+/// Bind the socket, launch the worker, accept its connection, run the handshake.
+async fn start_process(
+    s: &Arc<Session>,
+    nonce: &str,
+    deadline: Instant,
+    spawn_started: Instant,
+) -> Result<Started, Fault> {
+    let backend = s.backend_cfg.clone();
+    let cfg = s.cfg.clone();
+    let base = cfg.socket_dir.clone().unwrap_or_else(std::env::temp_dir);
+    let (dir, listener) =
+        SocketDir::bind(&base).map_err(|e| Fault::new("spawn-failed", e.to_string()))?;
+    let worker = process::spawn(
+        &backend,
+        &process::Launch {
+            session_id: &s.id,
+            socket: dir.path(),
+            nonce,
+            lines_per_second: cfg.log_lines_per_second,
+        },
+    )
+    .map_err(|e| Fault::new("spawn-failed", e.to_string()))?;
+    tracing::info!(
+        session = %s.id,
+        backend = %s.backend,
+        pid = worker.pid,
+        argv = ?process::argv(&backend, &s.id, dir.path()),
+        "worker started"
+    );
+    {
+        let mut i = lock(&s.inner);
+        i.worker = Some(worker.clone());
+        i.socket = Some(dir);
+        i.state = State::Handshaking;
+    }
+    let stream = tokio::select! {
+        r = tokio::time::timeout_at(deadline, listener.accept()) => match r {
+            Ok(Ok((stream, _))) => stream,
+            Ok(Err(e)) => return Err(Fault::new("spawn-failed", format!("accept: {e}"))),
+            Err(_) => return Err(Fault::new("startup-timeout", format!(
+                "the worker did not connect within {} ms", backend.startup_timeout.as_millis()))),
+        },
+        e = worker.exited() => return Err(startup_exit(&e)),
+    };
+    // One connection per session: nobody else gets to connect after the worker.
+    drop(listener);
+    let (r, w) = stream.into_split();
+    let mut reader = Reader::new(Box::new(r), &s.id, cfg.max_frame_bytes);
+    let mut writer = Writer::new(Box::new(w), &s.id, cfg.max_frame_bytes);
+    let hs_deadline = deadline.min(Instant::now() + cfg.handshake_timeout);
+    let hs = tokio::select! {
+        r = tokio::time::timeout_at(hs_deadline, conn::handshake(
+            &mut reader, &mut writer, nonce, cfg.heartbeat_interval, &s.backend)) => r,
+        e = worker.exited() => return Err(startup_exit(&e)),
+    };
+    let hs = match hs {
+        Ok(Ok(h)) => h,
+        Ok(Err(e)) => {
+            // A worker that exits with a documented code says more than the closed socket.
+            if let Some(exit) = worker.wait(Duration::from_millis(500)).await {
+                if exit != Exit::Code(0) {
+                    return Err(startup_exit(&exit));
+                }
+            }
+            return Err(handshake_fault(e));
+        }
+        Err(_) => return Err(handshake_timeout(hs_deadline, deadline, spawn_started)),
+    };
+    Ok(((reader, writer), hs, Origin::Process(worker)))
 }
 
 fn startup_exit(e: &Exit) -> Fault {
@@ -1229,12 +1370,23 @@ async fn read_loop(
     mut reader: Reader,
     live: Arc<Live>,
     events: mpsc::Sender<RawEvent>,
-    worker: Worker,
+    origin: Origin,
 ) {
     let grace = s.cfg.heartbeat_grace;
+    let down = match &origin {
+        Origin::Pinned { down, .. } => down.clone(),
+        // A process worker's end shows as the end of its socket.
+        Origin::Process(_) => CancellationToken::new(),
+    };
     loop {
         let r = tokio::select! {
             _ = s.stop.cancelled() => return,
+            _ = down.cancelled() => {
+                if let Origin::Pinned { service, instance, .. } = &origin {
+                    s.fault(instance_gone(service, instance));
+                }
+                return;
+            }
             r = tokio::time::timeout(grace, reader.next()) => r,
         };
         let env = match r {
@@ -1254,20 +1406,41 @@ async fn read_loop(
                 if s.state() != State::Ready {
                     return;
                 }
-                match worker.wait(Duration::from_secs(1)).await {
-                    Some(Exit::Code(0)) => {
-                        s.close_requested.store(true, Ordering::Release);
-                        tokio::spawn(async move {
-                            s.close(CloseReason::WorkerExited).await;
+                match &origin {
+                    Origin::Process(worker) => match worker.wait(Duration::from_secs(1)).await {
+                        Some(Exit::Code(0)) => {
+                            s.close_requested.store(true, Ordering::Release);
+                            tokio::spawn(async move {
+                                s.close(CloseReason::WorkerExited).await;
+                            });
+                        }
+                        Some(exit) => {
+                            s.fault(Fault::new(
+                                "worker-exited",
+                                format!("the worker exited: {}", exit.describe()),
+                            ));
+                        }
+                        None => s.fault(Fault::new("worker-exited", e.to_string())),
+                    },
+                    Origin::Pinned {
+                        service, instance, ..
+                    } => {
+                        // A stream cut by its link ending: the link task says so in a moment.
+                        let gone = tokio::time::timeout(Duration::from_secs(1), down.cancelled())
+                            .await
+                            .is_ok();
+                        s.fault(if gone {
+                            instance_gone(service, instance)
+                        } else {
+                            Fault::new(
+                                "worker-exited",
+                                format!(
+                                    "instance {instance} of service {service} ended the session \
+                                     stream ({e})"
+                                ),
+                            )
                         });
                     }
-                    Some(exit) => {
-                        s.fault(Fault::new(
-                            "worker-exited",
-                            format!("the worker exited: {}", exit.describe()),
-                        ));
-                    }
-                    None => s.fault(Fault::new("worker-exited", e.to_string())),
                 }
                 return;
             }
@@ -1344,7 +1517,7 @@ mod tests {
             "b".to_string(),
             BackendConfig::new(vec!["/nonexistent/worker".into()]),
         )]);
-        Sessions::new(cfg, &backends, SessionMetrics::detached())
+        Sessions::new(cfg, &backends, None, SessionMetrics::detached())
     }
 
     /// A session registered as Ready with no worker: what the monitor sees of a real one.

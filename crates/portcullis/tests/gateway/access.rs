@@ -255,6 +255,7 @@ async fn a_service_cannot_declare_a_capability_of_the_gateway() {
             region: None,
             endpoints: vec![d],
             openapi: None,
+            sessions: None,
             credential: Credential::Token {
                 token: token_for("raw"),
             },

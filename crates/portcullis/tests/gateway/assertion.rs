@@ -310,7 +310,7 @@ async fn a_version_1_service_links_without_keys_and_a_version_2_one_gets_them() 
         let Frame::Challenge(c) = challenge else {
             panic!("expected CHALLENGE, got {challenge:?}")
         };
-        assert_eq!(c.versions, vec![1, 2, 3]);
+        assert_eq!(c.versions, vec![1, 2, 3, 4]);
         let hello = Hello {
             service: "raw".into(),
             instance_id: format!("raw-v{version}"),
@@ -318,6 +318,7 @@ async fn a_version_1_service_links_without_keys_and_a_version_2_one_gets_them() 
             region: None,
             endpoints: vec![descriptor("GET", &format!("/raw/v{version}"))],
             openapi: None,
+            sessions: None,
             credential: Credential::Token {
                 token: token_for("raw"),
             },

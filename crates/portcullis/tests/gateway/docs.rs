@@ -38,6 +38,17 @@ fn the_configuration_example_is_complete_and_valid() {
     let table: toml::Table = example.parse().unwrap();
     let mut set = Vec::new();
     paths("", &table, &mut set);
+    // A backend is a process worker or a pinned service, never both: the example's backend
+    // tables together cover `backends.<name>`.
+    let set: Vec<String> = set
+        .into_iter()
+        .map(
+            |p| match p.strip_prefix("backends.").and_then(|r| r.split_once('.')) {
+                Some((_, key)) => format!("backends.orders.{key}"),
+                None => p,
+            },
+        )
+        .collect();
     let documented: Vec<String> = doc
         .lines()
         .filter_map(|l| l.strip_prefix("| `")?.split('`').next())

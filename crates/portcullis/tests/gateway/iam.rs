@@ -9,13 +9,13 @@ use http_body_util::BodyExt;
 use std::io::Write;
 use std::process::Stdio;
 
-const ROOT_PASSWORD: &str = "correct horse battery staple";
+pub(crate) const ROOT_PASSWORD: &str = "correct horse battery staple";
 const BOB_PASSWORD: &str = "bob's own long password";
 
 type Reply = (StatusCode, http::HeaderMap, bytes::Bytes);
 
 /// `portcullis ARGS` with `stdin` on standard input.
-fn cli_with_stdin(args: &[&str], stdin: &str) -> (i32, String, String) {
+pub(crate) fn cli_with_stdin(args: &[&str], stdin: &str) -> (i32, String, String) {
     let mut cmd = process::command();
     cmd.args(args)
         .stdin(Stdio::piped())
@@ -74,7 +74,12 @@ async fn send(
     collect(resp).await
 }
 
-async fn login(gw: &TestGateway, workspace: &str, username: &str, password: &str) -> String {
+pub(crate) async fn login(
+    gw: &TestGateway,
+    workspace: &str,
+    username: &str,
+    password: &str,
+) -> String {
     let (status, _, body) = send(
         gw,
         "POST",

@@ -45,6 +45,7 @@ fn hello(service: &str, token: &str, path: &str) -> Hello {
             workspace_scoped: false,
         }],
         openapi: None,
+        sessions: None,
         credential: Credential::Token {
             token: token.into(),
         },

@@ -26,6 +26,7 @@ mod mtls;
 mod operations;
 mod operator;
 mod pairing;
+mod pinned;
 mod pipeline;
 mod readme;
 mod sdk_limits;

@@ -131,7 +131,7 @@ impl RawKey {
         tamper: bool,
     ) -> Hello {
         let message = Proof {
-            version: 3,
+            version: portcullis_link::VERSION,
             gateway_nonce: portcullis_link::proof::decode_hex::<32>(challenge_nonce).unwrap(),
             service_nonce: nonce,
             timestamp_ms,
@@ -152,6 +152,7 @@ impl RawKey {
             region: None,
             endpoints: vec![descriptor("GET", "/raw/{*rest}")],
             openapi: None,
+            sessions: None,
             credential: Credential::Ed25519 {
                 public_key: self.public_hex(),
                 nonce: encode_hex(&nonce),

@@ -47,7 +47,7 @@ fn python_available() -> bool {
     std::path::Path::new(PYTHON).exists()
 }
 
-async fn call(
+pub(crate) async fn call(
     gw: &TestGateway,
     method: &str,
     path: &str,
@@ -56,7 +56,7 @@ async fn call(
     call_as(gw, method, path, body, None).await
 }
 
-async fn call_as(
+pub(crate) async fn call_as(
     gw: &TestGateway,
     method: &str,
     path: &str,
@@ -83,7 +83,7 @@ async fn call_as(
     (status, v)
 }
 
-async fn open(gw: &TestGateway, backend: &str) -> Value {
+pub(crate) async fn open(gw: &TestGateway, backend: &str) -> Value {
     let (status, v) = call(
         gw,
         "POST",
@@ -95,7 +95,12 @@ async fn open(gw: &TestGateway, backend: &str) -> Value {
     v
 }
 
-async fn invoke(gw: &TestGateway, id: &str, kind: &str, payload: Value) -> (StatusCode, Value) {
+pub(crate) async fn invoke(
+    gw: &TestGateway,
+    id: &str,
+    kind: &str,
+    payload: Value,
+) -> (StatusCode, Value) {
     call(
         gw,
         "POST",
@@ -126,20 +131,20 @@ async fn gone(pid: u64) {
 
 /// One server-sent event.
 #[derive(Debug)]
-struct Sse {
-    id: Option<u64>,
-    event: String,
-    data: Value,
+pub(crate) struct Sse {
+    pub id: Option<u64>,
+    pub event: String,
+    pub data: Value,
 }
 
-struct SseStream {
-    status: StatusCode,
+pub(crate) struct SseStream {
+    pub status: StatusCode,
     body: hyper::body::Incoming,
     buf: Vec<u8>,
 }
 
 impl SseStream {
-    async fn next(&mut self) -> Option<Sse> {
+    pub async fn next(&mut self) -> Option<Sse> {
         loop {
             if let Some(end) = self.buf.windows(2).position(|w| w == b"\n\n") {
                 let block: Vec<u8> = self.buf.drain(..end + 2).collect();
@@ -170,7 +175,7 @@ impl SseStream {
     }
 }
 
-async fn subscribe(gw: &TestGateway, id: &str, last_event_id: Option<u64>) -> SseStream {
+pub(crate) async fn subscribe(gw: &TestGateway, id: &str, last_event_id: Option<u64>) -> SseStream {
     let mut req = http::Request::get(gw.url(&format!("/api/v1/sessions/{id}/events")));
     if let Some(l) = last_event_id {
         req = req.header("last-event-id", l.to_string());

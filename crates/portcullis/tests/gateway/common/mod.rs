@@ -149,11 +149,21 @@ impl TestGateway {
     /// Create a key with `scopes` in the default workspace through the gateway's
     /// authenticator; returns (key id, raw key).
     pub async fn create_key(&self, name: &str, scopes: &[&str]) -> (String, String) {
+        self.create_key_in("default", name, scopes).await
+    }
+
+    /// [`TestGateway::create_key`] in `workspace` (by name).
+    pub async fn create_key_in(
+        &self,
+        workspace: &str,
+        name: &str,
+        scopes: &[&str],
+    ) -> (String, String) {
         let issued = self
             .auth
             .create_key(
                 &CreateKey {
-                    workspace: "default".into(),
+                    workspace: workspace.into(),
                     name: name.into(),
                     scopes: scopes.iter().map(|s| s.to_string()).collect(),
                     expires_in: None,
@@ -336,6 +346,28 @@ pub async fn raw_h2_service(
     max_header_list_size: u32,
     router: axum::Router,
 ) -> tokio::task::JoinHandle<()> {
+    raw_h2_service_as(
+        link,
+        service,
+        instance,
+        endpoints,
+        (portcullis_link::VERSION, None),
+        max_header_list_size,
+        router,
+    )
+    .await
+}
+
+/// [`raw_h2_service`] with the HELLO sent as `version`, declaring `sessions`.
+pub async fn raw_h2_service_as(
+    link: SocketAddr,
+    service: &str,
+    instance: &str,
+    endpoints: Vec<portcullis_link::EndpointDescriptor>,
+    (version, sessions): (u8, Option<portcullis_link::SessionsDecl>),
+    max_header_list_size: u32,
+    router: axum::Router,
+) -> tokio::task::JoinHandle<()> {
     use portcullis_link::{Credential, Frame, Hello, MAX_FRAME_LEN};
     let mut s = tokio::net::TcpStream::connect(link)
         .await
@@ -351,11 +383,12 @@ pub async fn raw_h2_service(
         region: None,
         endpoints,
         openapi: None,
+        sessions,
         credential: Credential::Token {
             token: token_for(service),
         },
     };
-    portcullis::link::write_frame(&mut s, &Frame::Hello(Box::new(hello)))
+    portcullis::link::write_frame_as(&mut s, &Frame::Hello(Box::new(hello)), version)
         .await
         .expect("hello sent");
     let ack = portcullis::link::read_frame(&mut s, MAX_FRAME_LEN)
