@@ -301,6 +301,7 @@ async fn gateway(
         .unwrap();
     tokio::time::timeout(Duration::from_secs(30), echo.linked())
         .await
+        .expect("the steady service links in time")
         .expect("the steady service links");
     (gw, key, echo)
 }
