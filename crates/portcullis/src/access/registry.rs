@@ -139,7 +139,8 @@ pub struct RegisteredCapability {
 }
 
 /// The capabilities services declare, per capability and service: how many linked instances
-/// declare it. Built by the route registry from its state each time it changes.
+/// declare it. Kept by the route registry as instances come and go (one instance's
+/// capabilities added or removed per change), and handed here whole after each change.
 #[derive(Debug, Default, Clone, PartialEq, Eq)]
 pub struct ServiceCapabilities(BTreeMap<Capability, BTreeMap<Arc<str>, usize>>);
 
@@ -158,6 +159,31 @@ impl ServiceCapabilities {
                 .or_default()
                 .entry(service.clone())
                 .or_default() += 1;
+        }
+    }
+
+    /// Uncount one linked instance of `service` that declared `capabilities` (what
+    /// [`ServiceCapabilities::add_instance`] counted); a capability no instance declares any
+    /// more leaves.
+    pub fn remove_instance<'a>(
+        &mut self,
+        service: &str,
+        capabilities: impl IntoIterator<Item = &'a Capability>,
+    ) {
+        let distinct: BTreeSet<&Capability> = capabilities.into_iter().collect();
+        for c in distinct {
+            let Some(services) = self.0.get_mut(c) else {
+                continue;
+            };
+            if let Some(n) = services.get_mut(service) {
+                *n = n.saturating_sub(1);
+                if *n == 0 {
+                    services.remove(service);
+                }
+            }
+            if services.is_empty() {
+                self.0.remove(c);
+            }
         }
     }
 }

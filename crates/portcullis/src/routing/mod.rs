@@ -5,6 +5,13 @@
 //! snapshot; reads on the request path are one atomic load. Instance liveness and load live in
 //! atomics on each [`Instance`], so heartbeats never rebuild the table.
 //!
+//! A write costs what it changes, not what is linked: the registry keeps each route's
+//! instances as links come and go, rebuilds only the routes the changed instance declares
+//! (or declared), and shares every other route's `Arc` with the previous table. The trie is
+//! rebuilt from the routes, whose number does not grow with the instances. Registrations run
+//! on the data-plane event loops that also serve calls (a link is handshaken and registered on
+//! its loop), so a rolling restart of a large fleet must not cost O(fleet) per link there.
+//!
 //! Each publication also tells the capability registry (`access::registry`) which
 //! capabilities the linked instances declare, so an endpoint's capability is registered while
 //! an instance declaring it is linked and leaves with the last one. A descriptor whose
@@ -68,10 +75,46 @@ struct Registered {
     endpoints: Vec<(EndpointDescriptor, PathTemplate)>,
 }
 
+/// A route's key: the method as declared and the template's shape
+/// ([`PathTemplate::shape`]); one service owns each.
+type RouteKey = (String, String);
+
+fn route_key(d: &EndpointDescriptor, t: &PathTemplate) -> RouteKey {
+    (d.method.clone(), t.shape())
+}
+
+#[derive(Debug)]
+struct RouteEntry {
+    /// The service that declares it.
+    service: Arc<str>,
+    /// The instances that declare it, by instance id: the order of [`Route::instances`]. The
+    /// first one's descriptor makes the route.
+    members: BTreeMap<Arc<str>, Arc<Instance>>,
+    /// The route as published, with the template it is filed under.
+    built: Option<(PathTemplate, Arc<Route>)>,
+}
+
 #[derive(Debug, Default)]
 struct State {
     /// service → instance id → registration.
     services: BTreeMap<Arc<str>, BTreeMap<Arc<str>, Registered>>,
+    /// Every route, kept up to date with `services` one instance at a time.
+    routes: HashMap<RouteKey, RouteEntry>,
+    /// The capabilities the linked instances declare, kept the same way.
+    capabilities: ServiceCapabilities,
+    /// Routes built since the registry was made: what a change cost (tests count it).
+    routes_built: u64,
+}
+
+/// The capabilities an instance of `service` declaring `endpoints` adds to the registry.
+fn declared(
+    service: &str,
+    endpoints: &[(EndpointDescriptor, PathTemplate)],
+) -> Vec<crate::access::Capability> {
+    endpoints
+        .iter()
+        .filter_map(|(d, _)| endpoint_capability(service, d.capability.as_deref()).ok())
+        .collect()
 }
 
 /// The live registry of services, instances and routes.
@@ -127,8 +170,9 @@ impl Registry {
     }
 
     fn lock(&self) -> MutexGuard<'_, State> {
-        // A panic while holding this lock would be a bug in this module; the state is still
-        // consistent (every mutation is a single insert/remove), so keep serving.
+        // A panic while holding this lock would be a bug in this module (nothing here
+        // unwraps or indexes); the published table is still a consistent snapshot, so keep
+        // serving.
         self.state.lock().unwrap_or_else(|p| p.into_inner())
     }
 
@@ -163,24 +207,41 @@ impl Registry {
         let mut st = self.lock();
         check_conflicts(&st, &instance.service, &endpoints)?;
         check_capacity(&st, &instance.service, &instance.instance_id)?;
-        let old = st
-            .services
-            .entry(instance.service.clone())
-            .or_default()
-            .insert(
-                instance.instance_id.clone(),
-                Registered {
-                    instance,
-                    endpoints,
-                },
-            );
+        let service = instance.service.clone();
+        let id = instance.instance_id.clone();
+        let st = &mut *st;
+        let mut touched = Vec::with_capacity(endpoints.len());
+        for (d, t) in &endpoints {
+            let key = route_key(d, t);
+            st.routes
+                .entry(key.clone())
+                .or_insert_with(|| RouteEntry {
+                    service: service.clone(),
+                    members: BTreeMap::new(),
+                    built: None,
+                })
+                .members
+                .insert(id.clone(), instance.clone());
+            touched.push(key);
+        }
+        st.capabilities
+            .add_instance(&service, &declared(&service, &endpoints));
+        let old = st.services.entry(service.clone()).or_default().insert(
+            id.clone(),
+            Registered {
+                instance,
+                endpoints,
+            },
+        );
         if let Some(old) = old {
             // Out of the table below, so no new call chooses it; its link drains the calls
             // in flight and closes (`link::LinkServer`), instead of failing them.
             old.instance.set_state(LinkState::Draining);
             old.instance.replaced.cancel();
+            self.forget(st, &old, &mut touched);
         }
-        self.publish(&st);
+        self.rebuild(st, touched);
+        self.publish(st);
         Ok(())
     }
 
@@ -195,11 +256,17 @@ impl Registry {
             .get(&instance.instance_id)
             .is_some_and(|r| r.instance.link_id == instance.link_id);
         if current {
-            insts.remove(&instance.instance_id);
+            let Some(old) = insts.remove(&instance.instance_id) else {
+                return;
+            };
             if insts.is_empty() {
                 st.services.remove(&instance.service);
             }
-            self.publish(&st);
+            let st = &mut *st;
+            let mut touched = Vec::with_capacity(old.endpoints.len());
+            self.forget(st, &old, &mut touched);
+            self.rebuild(st, touched);
+            self.publish(st);
         }
     }
 
@@ -212,6 +279,62 @@ impl Registry {
             .unwrap_or_default()
     }
 
+    /// Take `old` (no longer in `st.services`, or replaced there by a registration of the
+    /// same instance id) out of its routes' members (unless a successor with the same id is
+    /// already there) and out of the capability counts; its routes' keys go to `touched`.
+    fn forget(&self, st: &mut State, old: &Registered, touched: &mut Vec<RouteKey>) {
+        let service = &old.instance.service;
+        let id = &old.instance.instance_id;
+        for (d, t) in &old.endpoints {
+            let key = route_key(d, t);
+            if let Some(entry) = st.routes.get_mut(&key) {
+                let ours = entry
+                    .members
+                    .get(id)
+                    .is_some_and(|i| Arc::ptr_eq(i, &old.instance));
+                if ours {
+                    entry.members.remove(id);
+                }
+            }
+            touched.push(key);
+        }
+        st.capabilities
+            .remove_instance(service, &declared(service, &old.endpoints));
+    }
+
+    /// Build again the routes under `touched` from their members (a route with none left
+    /// leaves). Every other route keeps its `Arc`.
+    fn rebuild(&self, st: &mut State, mut touched: Vec<RouteKey>) {
+        touched.sort_unstable();
+        touched.dedup();
+        for key in touched {
+            let Some(entry) = st.routes.get_mut(&key) else {
+                continue;
+            };
+            // The first member's descriptor makes the route, as when the table was built
+            // from every instance in id order.
+            let first = entry.members.keys().next().and_then(|id| {
+                st.services
+                    .get(&entry.service)
+                    .and_then(|insts| insts.get(id))
+                    .and_then(|r| r.endpoints.iter().find(|(d, t)| route_key(d, t) == key))
+            });
+            let Some((d, t)) = first else {
+                st.routes.remove(&key);
+                continue;
+            };
+            let instances = entry.members.values().cloned().collect();
+            let route = table::route_from(&entry.service, d, self.default_timeout, instances);
+            entry.built = Some((t.clone(), Arc::new(route)));
+            st.routes_built += 1;
+        }
+    }
+
+    /// Routes built since the registry was made: one per route a registration changes.
+    pub fn routes_built(&self) -> u64 {
+        self.lock().routes_built
+    }
+
     /// Every registered instance.
     pub fn instances(&self) -> Vec<Arc<Instance>> {
         self.lock()
@@ -221,40 +344,11 @@ impl Registry {
             .collect()
     }
 
+    /// Publish the routes as they are now, and the capabilities.
     fn publish(&self, st: &State) {
-        // (method, shape) → route under construction.
-        let mut routes: HashMap<(String, String), (PathTemplate, table::Route)> = HashMap::new();
-        let mut capabilities = ServiceCapabilities::default();
-        for (service, insts) in &st.services {
-            for reg in insts.values() {
-                let declared: Vec<_> = reg
-                    .endpoints
-                    .iter()
-                    .filter_map(|(d, _)| endpoint_capability(service, d.capability.as_deref()).ok())
-                    .collect();
-                capabilities.add_instance(service, &declared);
-                for (d, t) in &reg.endpoints {
-                    let key = (d.method.clone(), t.shape());
-                    routes
-                        .entry(key)
-                        .or_insert_with(|| {
-                            (
-                                t.clone(),
-                                table::route_from(service, d, self.default_timeout, Vec::new()),
-                            )
-                        })
-                        .1
-                        .instances
-                        .push(reg.instance.clone());
-                }
-            }
-        }
-        let routes = routes
-            .into_values()
-            .map(|(t, r)| (t, Arc::new(r)))
-            .collect();
+        let routes = st.routes.values().filter_map(|e| e.built.clone()).collect();
         self.table.store(Arc::new(RouteTable::build(routes)));
-        self.capabilities.set_services(capabilities);
+        self.capabilities.set_services(st.capabilities.clone());
     }
 }
 
@@ -301,25 +395,162 @@ fn check_conflicts(
             reason: "declared twice".into(),
         });
     }
-    for (other, insts) in &st.services {
-        if &**other == service {
-            continue;
-        }
-        for reg in insts.values() {
-            for (od, ot) in &reg.endpoints {
-                for (d, t) in endpoints {
-                    if portcullis_link::methods_overlap(&od.method, &d.method)
-                        && ot.shape() == t.shape()
-                    {
-                        return Err(RegisterError::Conflict {
-                            method: d.method.clone(),
-                            path: d.path.clone(),
-                            owner: other.to_string(),
-                        });
-                    }
-                }
+    // Against the routes, which are every (method, shape) a linked instance declares, rather
+    // than against every instance's descriptors: the cost does not grow with the fleet.
+    for (d, t) in endpoints {
+        let shape = t.shape();
+        for ((method, other_shape), entry) in &st.routes {
+            if &*entry.service != service
+                && *other_shape == shape
+                && portcullis_link::methods_overlap(method, &d.method)
+            {
+                return Err(RegisterError::Conflict {
+                    method: d.method.clone(),
+                    path: d.path.clone(),
+                    owner: entry.service.to_string(),
+                });
             }
         }
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use portcullis_link::Protocol;
+
+    fn endpoint(method: &str, path: &str) -> (EndpointDescriptor, PathTemplate) {
+        let d = EndpointDescriptor {
+            method: method.into(),
+            path: path.into(),
+            timeout_ms: None,
+            streaming: false,
+            capability: None,
+            protocol: Protocol::Http,
+            workspace_scoped: false,
+        };
+        let t = d.validate().expect("a valid descriptor");
+        (d, t)
+    }
+
+    async fn instance(service: &str, id: &str, link: &str) -> Arc<Instance> {
+        let (io, _peer) = tokio::io::duplex(1024);
+        let (sender, _conn) = h2::client::handshake(io).await.expect("h2 handshake");
+        Arc::new(Instance::new(
+            service.into(),
+            id.into(),
+            link.into(),
+            None,
+            "1".into(),
+            sender,
+        ))
+    }
+
+    fn found(r: &Registry, method: &str, path: &str) -> Arc<Route> {
+        match r.table().lookup(method, path) {
+            Match::Found(route) => route,
+            other => panic!("{method} {path}: {other:?}"),
+        }
+    }
+
+    /// A rolling restart of a large fleet: each re-link (register the new link, then the old
+    /// one's unregister) builds only the fleet's own route, whatever the fleet's size, and
+    /// leaves every other service's route as it was (same `Arc`, its metric handles kept).
+    #[tokio::test]
+    async fn a_relink_rebuilds_only_its_own_routes_whatever_the_fleet_size() {
+        const FLEET: usize = 300;
+        let r = Registry::new(Duration::from_secs(5));
+        r.register(
+            instance("steady", "steady-1", "l-s").await,
+            vec![endpoint("GET", "/steady/{*rest}")],
+        )
+        .expect("steady registers");
+        let mut old = Vec::new();
+        for i in 0..FLEET {
+            let inst = instance("fleet", &format!("fleet-{i}"), &format!("l-{i}")).await;
+            r.register(inst.clone(), vec![endpoint("GET", "/fleet/{*rest}")])
+                .expect("fleet registers");
+            old.push(inst);
+        }
+        assert_eq!(found(&r, "GET", "/fleet/x").instances.len(), FLEET);
+        let steady = found(&r, "GET", "/steady/x");
+        let before = r.routes_built();
+        for (i, o) in old.iter().enumerate() {
+            let new = instance("fleet", &format!("fleet-{i}"), &format!("l-{i}-b")).await;
+            r.register(new, vec![endpoint("GET", "/fleet/{*rest}")])
+                .expect("the new link registers");
+            assert_eq!(o.state(), LinkState::Draining, "the old link drains");
+            r.unregister(o);
+        }
+        // One route per registration (its one endpoint); the replaced link's unregister
+        // changes nothing, its successor being registered.
+        assert_eq!(r.routes_built() - before, FLEET as u64);
+        assert!(
+            Arc::ptr_eq(&steady, &found(&r, "GET", "/steady/x")),
+            "another service's route is shared, not rebuilt"
+        );
+        let fleet = found(&r, "GET", "/fleet/x");
+        assert_eq!(fleet.instances.len(), FLEET);
+        assert!(
+            fleet.instances.iter().all(|i| i.link_id.ends_with("-b")),
+            "every instance is its new link"
+        );
+        // Instances in id order, as a table built from every instance had them.
+        let ids: Vec<_> = fleet
+            .instances
+            .iter()
+            .map(|i| i.instance_id.clone())
+            .collect();
+        let mut sorted = ids.clone();
+        sorted.sort();
+        assert_eq!(ids, sorted);
+    }
+
+    /// The incremental state publishes what a table built from every instance would: routes
+    /// leave with their last instance, capabilities are counted per instance, conflicts are
+    /// found against the routes of other services.
+    #[tokio::test]
+    async fn routes_and_capabilities_follow_instances_one_at_a_time() {
+        let caps = Arc::new(CapabilityRegistry::new());
+        let r = Registry::with_capabilities(Duration::from_secs(5), caps.clone());
+        let a1 = instance("a", "a-1", "l-a1").await;
+        let a2 = instance("a", "a-2", "l-a2").await;
+        let mut only = endpoint("POST", "/a/only");
+        only.0.capability = Some("a.write".into());
+        r.register(a1.clone(), vec![endpoint("GET", "/a/{id}"), only])
+            .expect("a-1");
+        r.register(a2.clone(), vec![endpoint("GET", "/a/{name}")])
+            .expect("a-2");
+        assert_eq!(found(&r, "GET", "/a/7").instances.len(), 2);
+        assert!(caps.contains("a.write") && caps.contains("a.call"));
+        // Another service may not claim the same shape and method, before or after.
+        let b = instance("b", "b-1", "l-b").await;
+        assert!(matches!(
+            r.register(b.clone(), vec![endpoint("*", "/a/{x}")]),
+            Err(RegisterError::Conflict { owner, .. }) if owner == "a"
+        ));
+        r.unregister(&a1);
+        // Only the parameter route is left under /a: POST /a/only is no longer routable.
+        assert!(matches!(
+            r.table().lookup("POST", "/a/only"),
+            Match::MethodNotAllowed(_)
+        ));
+        assert!(
+            !caps.contains("a.write"),
+            "the last instance declaring it left"
+        );
+        assert!(caps.contains("a.call"));
+        let route = found(&r, "GET", "/a/7");
+        assert_eq!(route.instances.len(), 1);
+        assert_eq!(
+            &*route.template, "/a/{name}",
+            "the remaining instance's descriptor"
+        );
+        r.unregister(&a2);
+        assert!(r.table().is_empty());
+        assert!(!caps.contains("a.call"));
+        r.register(b, vec![endpoint("*", "/a/{x}")])
+            .expect("the shape is free again");
+    }
 }
