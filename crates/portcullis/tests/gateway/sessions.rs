@@ -43,8 +43,17 @@ async fn start(cfg: Config) -> TestGateway {
     TestGateway::start(cfg).await
 }
 
+/// Debian's Python runs the test workers; without it the test is skipped loudly (a failure
+/// under `PORTCULLIS_TEST_STRICT`, as in CI).
 fn python_available() -> bool {
-    std::path::Path::new(PYTHON).exists()
+    let there = std::path::Path::new(PYTHON).exists();
+    if !there {
+        portcullis::store::testing::skipped(
+            "the whole test",
+            "it needs /usr/bin/python3 (Debian package python3)",
+        );
+    }
+    there
 }
 
 pub(crate) async fn call(
@@ -762,8 +771,14 @@ async fn the_grpc_service_serves_python_grpcio_with_the_mapped_status_codes() {
             .output()
             .is_ok_and(|o| o.status.success())
     };
-    if !python_available() || !have("grpc") || !have("google.protobuf") {
-        eprintln!("skipped: python3 grpcio/protobuf not installed");
+    if !python_available() {
+        return;
+    }
+    if !have("grpc") || !have("google.protobuf") {
+        portcullis::store::testing::skipped(
+            "the whole test",
+            "it needs Python grpcio and protobuf (Debian packages python3-grpcio python3-protobuf)",
+        );
         return;
     }
     if std::process::Command::new("protoc")
@@ -771,7 +786,10 @@ async fn the_grpc_service_serves_python_grpcio_with_the_mapped_status_codes() {
         .output()
         .is_err()
     {
-        eprintln!("skipped: protoc not installed");
+        portcullis::store::testing::skipped(
+            "the whole test",
+            "it needs protoc (Debian package protobuf-compiler)",
+        );
         return;
     }
     let gw = start(config(&["normal"])).await;
