@@ -940,3 +940,136 @@ async fn a_subscriber_that_stops_reading_faults_the_session_at_its_queue() {
     drop(stalled);
     gw.shutdown().await;
 }
+
+/// The REST + SSE surface driven by curl, as the README shows it: open, subscribe with
+/// `curl -N`, invoke, read the events in order with their ids, close, and the stream's end.
+#[tokio::test]
+async fn curl_opens_invokes_streams_and_closes_a_session() {
+    if !python_available() {
+        return;
+    }
+    if std::process::Command::new("curl")
+        .arg("--version")
+        .output()
+        .is_err()
+    {
+        portcullis::store::testing::skipped(
+            "the whole test",
+            "it needs curl (Debian package curl)",
+        );
+        return;
+    }
+    use tokio::io::AsyncBufReadExt;
+    let gw = start(config(&["normal"])).await;
+    let base = format!("http://{}/api/v1/sessions", gw.ingress);
+    let auth = format!("Authorization: Bearer {}", gw.api_key());
+    let curl = |args: Vec<String>| {
+        let auth = auth.clone();
+        async move {
+            let out = tokio::time::timeout(
+                Duration::from_secs(30),
+                tokio::process::Command::new("curl")
+                    .args(["-sS", "--max-time", "20", "-H", &auth])
+                    .args(["-H", "Content-Type: application/json"])
+                    .args(&args)
+                    .output(),
+            )
+            .await
+            .expect("curl finished")
+            .unwrap();
+            assert!(out.status.success(), "curl {args:?}: {out:?}");
+            serde_json::from_slice::<Value>(&out.stdout)
+                .unwrap_or_else(|e| panic!("curl {args:?}: not JSON ({e}): {out:?}"))
+        }
+    };
+
+    let opened = curl(vec![
+        "-X".into(),
+        "POST".into(),
+        "-d".into(),
+        json!({ "backend": "normal" }).to_string(),
+        base.clone(),
+    ])
+    .await;
+    assert_eq!(opened["state"], "ready", "{opened}");
+    let id = opened["id"].as_str().unwrap().to_string();
+
+    let mut sse = tokio::process::Command::new("curl")
+        .args(["-sSN", "--max-time", "30", "-H", &auth])
+        .arg(format!("{base}/{id}/events"))
+        .stdout(std::process::Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    let mut lines = tokio::io::BufReader::new(sse.stdout.take().unwrap()).lines();
+
+    let reply = curl(vec![
+        "-X".into(),
+        "POST".into(),
+        "-d".into(),
+        json!({ "kind": "count", "payload": { "n": 5 } }).to_string(),
+        format!("{base}/{id}/invoke"),
+    ])
+    .await;
+    assert_eq!(reply, json!({ "status": 0, "payload": { "done": 5 } }));
+
+    let mut last = 0;
+    for i in 1..=5 {
+        let (seq, event, data) = sse_record(&mut lines).await.expect("an event record");
+        assert_eq!(event, "event", "{data}");
+        let data: Value = serde_json::from_str(&data).unwrap();
+        assert_eq!(data["kind"], "progress");
+        assert_eq!(data["payload"]["i"], i);
+        let seq = seq.expect("every event carries its sequence as the SSE id");
+        assert!(seq > last, "in order: {seq} after {last}");
+        assert_eq!(data["sequence"], seq);
+        last = seq;
+    }
+
+    let closed = curl(vec!["-X".into(), "DELETE".into(), format!("{base}/{id}")]).await;
+    assert_eq!(closed["result"], "closed");
+    let again = curl(vec!["-X".into(), "DELETE".into(), format!("{base}/{id}")]).await;
+    assert_eq!(again["result"], "was already closed");
+    let (_, event, data) = sse_record(&mut lines).await.expect("the end record");
+    assert_eq!(event, "end", "{data}");
+    assert!(
+        sse_record(&mut lines).await.is_none(),
+        "the stream ends after `end`"
+    );
+    let status = tokio::time::timeout(Duration::from_secs(20), sse.wait())
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(
+        status.success(),
+        "curl -N ends cleanly when the stream ends: {status}"
+    );
+    gw.shutdown().await;
+}
+
+type CurlLines = tokio::io::Lines<tokio::io::BufReader<tokio::process::ChildStdout>>;
+
+/// The next SSE record from `curl -N`'s output (`id:`, `event:` and `data:` lines up to a
+/// blank line), or `None` at the end of the stream.
+async fn sse_record(lines: &mut CurlLines) -> Option<(Option<u64>, String, String)> {
+    let (mut id, mut event, mut data) = (None, String::new(), String::new());
+    loop {
+        let line = tokio::time::timeout(Duration::from_secs(20), lines.next_line())
+            .await
+            .expect("an SSE line within the deadline")
+            .unwrap()?;
+        if line.is_empty() {
+            if !event.is_empty() || !data.is_empty() {
+                return Some((id, event, data));
+            }
+            continue;
+        }
+        if let Some(v) = line.strip_prefix("id:") {
+            id = Some(v.trim().parse::<u64>().unwrap());
+        } else if let Some(v) = line.strip_prefix("event:") {
+            event = v.trim().to_string();
+        } else if let Some(v) = line.strip_prefix("data:") {
+            data.push_str(v.trim_start());
+        }
+    }
+}
