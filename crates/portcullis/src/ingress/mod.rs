@@ -392,17 +392,26 @@ impl Ingress {
         drain: CancellationToken,
     ) {
         // The first bytes decide: the HTTP/2 preface, or anything that might still become it,
-        // goes to the auto builder (which reads and rewinds the preface itself).
-        let mut first = [0u8; H2_PREFACE.len()];
+        // goes to the auto builder; the rest is HTTP/1.1. They are read, not peeked, and handed
+        // to hyper in front of the socket, so a request that arrived whole costs one `recvfrom`
+        // rather than a peek and a read (the new-connection profile in BENCHMARKS.md).
+        let mut stream = stream;
+        let mut first = bytes::BytesMut::with_capacity(FIRST_READ);
         let n = tokio::select! {
-            r = tokio::time::timeout(self.cfg.header_read_timeout, stream.peek(&mut first)) => match r {
+            r = tokio::time::timeout(
+                self.cfg.header_read_timeout,
+                tokio::io::AsyncReadExt::read_buf(&mut stream, &mut first),
+            ) => match r {
                 Ok(Ok(n)) if n > 0 => n,
                 _ => return,
             },
             _ = drain.cancelled() => return,
         };
-        if H2_PREFACE.starts_with(&first[..n]) {
-            return Box::pin(self.serve_conn(stream, facts, drain)).await;
+        let first = first.freeze();
+        let h2 = first.starts_with(H2_PREFACE) || H2_PREFACE.starts_with(&first[..n]);
+        let io = PrefixedTcp::new(first, stream);
+        if h2 {
+            return Box::pin(self.serve_conn(io, facts, drain)).await;
         }
         let _gauge = self.metrics.connection(self.listener);
         let activity = ConnActivity::new();
@@ -410,7 +419,7 @@ impl Ingress {
             facts: Arc::new(facts),
             activity: activity.clone(),
         };
-        let mut io = PrefixedTcp::new(Bytes::new(), stream);
+        let mut io = io;
         loop {
             io = match Box::pin(self.serve_h1(io, &conn, &drain)).await {
                 H1End::Done => return,
@@ -510,6 +519,11 @@ impl Ingress {
 /// The HTTP/2 connection preface a prior-knowledge client opens with.
 const H2_PREFACE: &[u8; 24] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
 
+/// How much a plain connection's first read takes: a whole request head of the usual size
+/// (an API key or a token included), so hyper parses it without reading again. Freed once
+/// hyper has consumed it.
+const FIRST_READ: usize = 2048;
+
 /// Resolves once no call has run for `after` and the current service period is at least
 /// `after` old (a connection just unparked is not parked again before it reads).
 async fn park_due(activity: &ConnActivity, after: Duration, since: Instant) {
@@ -590,6 +604,11 @@ impl AsyncRead for PrefixedTcp {
             let n = self.prefix.len().min(buf.remaining());
             let chunk = self.prefix.split_to(n);
             buf.put_slice(&chunk);
+            if self.prefix.is_empty() {
+                // An empty remainder still shares (and would keep) the whole first read's
+                // allocation: a parked connection must hold nothing but the socket.
+                self.prefix = Bytes::new();
+            }
             self.state.read_bytes.fetch_add(n as u64, Ordering::Relaxed);
             return Poll::Ready(Ok(()));
         }

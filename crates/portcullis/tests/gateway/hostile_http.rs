@@ -148,3 +148,65 @@ async fn grpc_callers_get_unimplemented_for_unrouted_paths_only_once_authenticat
     }
     gw.shutdown().await;
 }
+
+/// The protocol is decided by a connection's first read, which is then handed to hyper in
+/// front of the socket: an HTTP/2 preface that trickles in a few bytes at a time is still
+/// HTTP/2, and an HTTP/1.1 head far longer than that first read, sent in pieces with pauses,
+/// is still one request, answered once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_first_read_decides_the_protocol_however_the_bytes_are_split() {
+    let gw = TestGateway::with_services(&["echo"]).await;
+    let (_svc, stats) = gw.echo("echo-1").await;
+    let key = gw.api_key().to_string();
+
+    // HTTP/2 prior knowledge, the preface in 5-byte pieces, then an empty SETTINGS frame:
+    // the gateway answers with its own SETTINGS frame (type 4) first.
+    let mut s = tokio::net::TcpStream::connect(gw.ingress).await.unwrap();
+    s.set_nodelay(true).unwrap();
+    for piece in b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n".chunks(5) {
+        s.write_all(piece).await.unwrap();
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    s.write_all(&[0, 0, 0, 4, 0, 0, 0, 0, 0]).await.unwrap();
+    let mut frame = [0u8; 9];
+    tokio::time::timeout(Duration::from_secs(10), s.read_exact(&mut frame))
+        .await
+        .expect("a frame within 10 s")
+        .unwrap();
+    assert_eq!(
+        frame[3], 4,
+        "the server's first frame is SETTINGS: {frame:?}"
+    );
+    drop(s);
+
+    // HTTP/1.1 with a 6 KiB header (three times the first read), in pieces with pauses.
+    let before = stats.requests();
+    let head = format!(
+        "GET /echo/x HTTP/1.1\r\nHost: gw.example\r\nAuthorization: Bearer {key}\r\nX-Padding: {}\r\nConnection: close\r\n\r\n",
+        "p".repeat(6 * 1024)
+    );
+    let mut s = tokio::net::TcpStream::connect(gw.ingress).await.unwrap();
+    s.set_nodelay(true).unwrap();
+    for piece in head.as_bytes().chunks(1500) {
+        s.write_all(piece).await.unwrap();
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let mut answer = Vec::new();
+    tokio::time::timeout(Duration::from_secs(10), s.read_to_end(&mut answer))
+        .await
+        .expect("the answer within 10 s")
+        .unwrap();
+    let answer = String::from_utf8_lossy(&answer);
+    assert!(answer.starts_with("HTTP/1.1 200 "), "{answer}");
+    assert_eq!(
+        answer.matches("HTTP/1.1 ").count(),
+        1,
+        "one answer: {answer}"
+    );
+    assert_eq!(
+        stats.requests(),
+        before + 1,
+        "the service saw the one request"
+    );
+    gw.shutdown().await;
+}
