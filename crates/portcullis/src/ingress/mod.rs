@@ -387,7 +387,7 @@ impl Ingress {
     /// then costs the socket and this task, not 20 KiB of buffers.
     async fn serve_tcp(
         self: &Arc<Self>,
-        stream: tokio::net::TcpStream,
+        mut stream: tokio::net::TcpStream,
         facts: ConnFacts,
         drain: CancellationToken,
     ) {
@@ -395,21 +395,20 @@ impl Ingress {
         // goes to the auto builder; the rest is HTTP/1.1. They are read, not peeked, and handed
         // to hyper in front of the socket, so a request that arrived whole costs one `recvfrom`
         // rather than a peek and a read (the new-connection profile in BENCHMARKS.md).
-        let mut stream = stream;
         let mut first = bytes::BytesMut::with_capacity(FIRST_READ);
-        let n = tokio::select! {
+        tokio::select! {
             r = tokio::time::timeout(
                 self.cfg.header_read_timeout,
                 tokio::io::AsyncReadExt::read_buf(&mut stream, &mut first),
             ) => match r {
-                Ok(Ok(n)) if n > 0 => n,
+                Ok(Ok(n)) if n > 0 => {}
                 _ => return,
             },
             _ = drain.cancelled() => return,
-        };
+        }
         let first = first.freeze();
-        let h2 = first.starts_with(H2_PREFACE) || H2_PREFACE.starts_with(&first[..n]);
-        let io = PrefixedTcp::new(first, stream);
+        let h2 = first.starts_with(H2_PREFACE) || H2_PREFACE.starts_with(&first);
+        let mut io = PrefixedTcp::new(first, stream);
         if h2 {
             return Box::pin(self.serve_conn(io, facts, drain)).await;
         }
@@ -419,7 +418,6 @@ impl Ingress {
             facts: Arc::new(facts),
             activity: activity.clone(),
         };
-        let mut io = io;
         loop {
             io = match Box::pin(self.serve_h1(io, &conn, &drain)).await {
                 H1End::Done => return,

@@ -119,6 +119,22 @@ pub(crate) async fn invoke(
     .await
 }
 
+/// Whether `command` runs here; if not, the test is skipped loudly (a failure under
+/// `PORTCULLIS_TEST_STRICT`), naming the Debian package that brings it.
+fn have_command(command: &str, package: &str) -> bool {
+    let there = std::process::Command::new(command)
+        .arg("--version")
+        .output()
+        .is_ok();
+    if !there {
+        portcullis::store::testing::skipped(
+            "the whole test",
+            &format!("it needs {command} (Debian package {package})"),
+        );
+    }
+    there
+}
+
 fn pid_alive(pid: u64) -> bool {
     // A zombie still has a /proc entry; its state is Z.
     match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
@@ -148,8 +164,32 @@ pub(crate) struct Sse {
 
 pub(crate) struct SseStream {
     pub status: StatusCode,
-    body: hyper::body::Incoming,
+    source: SseSource,
     buf: Vec<u8>,
+}
+
+/// Where an event stream's bytes come from: the in-process client's body, or the output of
+/// `curl -N`.
+enum SseSource {
+    Body(hyper::body::Incoming),
+    Curl(tokio::process::ChildStdout),
+}
+
+impl SseSource {
+    /// More bytes, or `None` at the end of the stream.
+    async fn more(&mut self) -> Option<Vec<u8>> {
+        match self {
+            SseSource::Body(body) => {
+                let frame = body.frame().await?.ok()?;
+                Some(frame.into_data().map(|d| d.to_vec()).unwrap_or_default())
+            }
+            SseSource::Curl(out) => {
+                let mut chunk = vec![0u8; 4096];
+                let n = tokio::io::AsyncReadExt::read(out, &mut chunk).await.ok()?;
+                (n > 0).then(|| chunk[..n].to_vec())
+            }
+        }
+    }
 }
 
 impl SseStream {
@@ -173,13 +213,10 @@ impl SseStream {
                     None => continue, // a keepalive comment
                 }
             }
-            let frame = tokio::time::timeout(Duration::from_secs(20), self.body.frame())
+            let more = tokio::time::timeout(Duration::from_secs(20), self.source.more())
                 .await
-                .expect("an event within 20 s")?
-                .ok()?;
-            if let Ok(d) = frame.into_data() {
-                self.buf.extend_from_slice(&d);
-            }
+                .expect("an event within 20 s")?;
+            self.buf.extend_from_slice(&more);
         }
     }
 }
@@ -193,7 +230,7 @@ pub(crate) async fn subscribe(gw: &TestGateway, id: &str, last_event_id: Option<
     let status = resp.status();
     SseStream {
         status,
-        body: resp.into_body(),
+        source: SseSource::Body(resp.into_body()),
         buf: Vec::new(),
     }
 }
@@ -327,14 +364,7 @@ async fn resume_after_reconnect_delivers_every_event_exactly_once_in_order() {
     drop(third);
     let mut gone_resp = resubscribe(&gw, &id, 1).await;
     assert_eq!(gone_resp.status, StatusCode::GONE);
-    let body = gone_resp
-        .body
-        .frame()
-        .await
-        .unwrap()
-        .unwrap()
-        .into_data()
-        .unwrap();
+    let body = gone_resp.source.more().await.unwrap();
     let v: Value = serde_json::from_slice(&body).unwrap();
     assert!(
         v["error"].as_str().unwrap().contains("no longer held"),
@@ -781,15 +811,7 @@ async fn the_grpc_service_serves_python_grpcio_with_the_mapped_status_codes() {
         );
         return;
     }
-    if std::process::Command::new("protoc")
-        .arg("--version")
-        .output()
-        .is_err()
-    {
-        portcullis::store::testing::skipped(
-            "the whole test",
-            "it needs protoc (Debian package protobuf-compiler)",
-        );
+    if !have_command("protoc", "protobuf-compiler") {
         return;
     }
     let gw = start(config(&["normal"])).await;
@@ -802,9 +824,10 @@ async fn the_grpc_service_serves_python_grpcio_with_the_mapped_status_codes() {
                 env!("CARGO_MANIFEST_DIR"),
                 "/tests/gateway/workers/grpc_client.py"
             ))
+            // The key through the environment, never on the command line.
+            .env("PORTCULLIS_KEY", key.as_str())
             .args([
                 target.as_str(),
-                key.as_str(),
                 concat!(env!("CARGO_MANIFEST_DIR"), "/proto"),
                 out_dir.path().to_str().unwrap(),
                 "normal",
@@ -948,21 +971,25 @@ async fn curl_opens_invokes_streams_and_closes_a_session() {
     if !python_available() {
         return;
     }
-    if std::process::Command::new("curl")
-        .arg("--version")
-        .output()
-        .is_err()
-    {
-        portcullis::store::testing::skipped(
-            "the whole test",
-            "it needs curl (Debian package curl)",
-        );
+    if !have_command("curl", "curl") {
         return;
     }
-    use tokio::io::AsyncBufReadExt;
     let gw = start(config(&["normal"])).await;
     let base = format!("http://{}/api/v1/sessions", gw.ingress);
-    let auth = format!("Authorization: Bearer {}", gw.api_key());
+    // The key goes to curl in a header file (`-H @file`), never on its command line.
+    let dir = tempfile::tempdir().unwrap();
+    let header_file = dir.path().join("auth.header");
+    std::fs::write(
+        &header_file,
+        format!("Authorization: Bearer {}\n", gw.api_key()),
+    )
+    .unwrap();
+    std::fs::set_permissions(
+        &header_file,
+        std::os::unix::fs::PermissionsExt::from_mode(0o600),
+    )
+    .unwrap();
+    let auth = format!("@{}", header_file.display());
     let curl = |args: Vec<String>| {
         let auth = auth.clone();
         async move {
@@ -1001,7 +1028,11 @@ async fn curl_opens_invokes_streams_and_closes_a_session() {
         .kill_on_drop(true)
         .spawn()
         .unwrap();
-    let mut lines = tokio::io::BufReader::new(sse.stdout.take().unwrap()).lines();
+    let mut events = SseStream {
+        status: StatusCode::OK,
+        source: SseSource::Curl(sse.stdout.take().unwrap()),
+        buf: Vec::new(),
+    };
 
     let reply = curl(vec![
         "-X".into(),
@@ -1015,14 +1046,14 @@ async fn curl_opens_invokes_streams_and_closes_a_session() {
 
     let mut last = 0;
     for i in 1..=5 {
-        let (seq, event, data) = sse_record(&mut lines).await.expect("an event record");
-        assert_eq!(event, "event", "{data}");
-        let data: Value = serde_json::from_str(&data).unwrap();
-        assert_eq!(data["kind"], "progress");
-        assert_eq!(data["payload"]["i"], i);
-        let seq = seq.expect("every event carries its sequence as the SSE id");
+        let e = events.next().await.expect("an event record");
+        assert_eq!(e.event, "event", "{}", e.data);
+        assert_eq!(e.data["kind"], "progress");
+        assert_eq!(e.data["payload"]["i"], i);
+        let seq =
+            e.id.expect("every event carries its sequence as the SSE id");
         assert!(seq > last, "in order: {seq} after {last}");
-        assert_eq!(data["sequence"], seq);
+        assert_eq!(e.data["sequence"], seq);
         last = seq;
     }
 
@@ -1030,12 +1061,9 @@ async fn curl_opens_invokes_streams_and_closes_a_session() {
     assert_eq!(closed["result"], "closed");
     let again = curl(vec!["-X".into(), "DELETE".into(), format!("{base}/{id}")]).await;
     assert_eq!(again["result"], "was already closed");
-    let (_, event, data) = sse_record(&mut lines).await.expect("the end record");
-    assert_eq!(event, "end", "{data}");
-    assert!(
-        sse_record(&mut lines).await.is_none(),
-        "the stream ends after `end`"
-    );
+    let end = events.next().await.expect("the end record");
+    assert_eq!(end.event, "end", "{}", end.data);
+    assert!(events.next().await.is_none(), "the stream ends after `end`");
     let status = tokio::time::timeout(Duration::from_secs(20), sse.wait())
         .await
         .unwrap()
@@ -1045,31 +1073,4 @@ async fn curl_opens_invokes_streams_and_closes_a_session() {
         "curl -N ends cleanly when the stream ends: {status}"
     );
     gw.shutdown().await;
-}
-
-type CurlLines = tokio::io::Lines<tokio::io::BufReader<tokio::process::ChildStdout>>;
-
-/// The next SSE record from `curl -N`'s output (`id:`, `event:` and `data:` lines up to a
-/// blank line), or `None` at the end of the stream.
-async fn sse_record(lines: &mut CurlLines) -> Option<(Option<u64>, String, String)> {
-    let (mut id, mut event, mut data) = (None, String::new(), String::new());
-    loop {
-        let line = tokio::time::timeout(Duration::from_secs(20), lines.next_line())
-            .await
-            .expect("an SSE line within the deadline")
-            .unwrap()?;
-        if line.is_empty() {
-            if !event.is_empty() || !data.is_empty() {
-                return Some((id, event, data));
-            }
-            continue;
-        }
-        if let Some(v) = line.strip_prefix("id:") {
-            id = Some(v.trim().parse::<u64>().unwrap());
-        } else if let Some(v) = line.strip_prefix("event:") {
-            event = v.trim().to_string();
-        } else if let Some(v) = line.strip_prefix("data:") {
-            data.push_str(v.trim_start());
-        }
-    }
 }

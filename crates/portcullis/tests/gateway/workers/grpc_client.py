@@ -2,13 +2,16 @@
 """The sessions gRPC service from Python grpcio, with messages generated from the repo's
 .proto by protoc at test time. Prints one JSON object of what it saw.
 
-usage: grpc_client.py HOST:PORT API_KEY PROTO_DIR OUT_DIR BACKEND
+usage: PORTCULLIS_KEY=API_KEY grpc_client.py HOST:PORT PROTO_DIR OUT_DIR BACKEND
+(the key from the environment: never on a command line)
 """
 import json
+import os
 import subprocess
 import sys
 
-target, key, proto_dir, out_dir, backend = sys.argv[1:6]
+target, proto_dir, out_dir, backend = sys.argv[1:5]
+key = os.environ["PORTCULLIS_KEY"]
 subprocess.run(
     ["protoc", "-I", proto_dir, "--python_out", out_dir,
      "portcullis/sessions/v1/sessions.proto"],
