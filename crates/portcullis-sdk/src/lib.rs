@@ -54,6 +54,19 @@
 //! Verified assertions are cached by value until they expire, so a hot caller costs one
 //! signature check about every 45 s.
 //!
+//! # Where handlers run
+//!
+//! A call's handler is first polled on its link's own task, right after the link read the
+//! request: a handler that answers without waiting costs no task of its own, and its response
+//! is written together with the others of the same batch. A handler still waiting after that
+//! first poll (for its body, a database, a timer) continues on a task of its own on the
+//! runtime, in parallel with the link. So, as everywhere on tokio, do not block: CPU-heavy or
+//! blocking work belongs in `tokio::task::spawn_blocking`. A handler that keeps the link's task
+//! busy anyway (8 of 32 first polls over 200 µs) makes the link spawn every call for a second
+//! before it tries again; a panic resets that call's stream only. With more than one core,
+//! keep [`ServiceBuilder::links_per_gateway`] at the gateway's worker count, so calls that
+//! answer at once are spread over that many tasks.
+//!
 //! # Refusals
 //!
 //! Everything the gateway would refuse about a service's declaration is refused first by
@@ -96,6 +109,7 @@ mod error;
 mod gateway;
 mod handshake;
 mod identity;
+mod inline;
 mod instance_key;
 mod serve;
 mod service;

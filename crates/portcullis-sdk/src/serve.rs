@@ -26,7 +26,7 @@ use http::{Method, Request, Response, StatusCode};
 use http_body_util::combinators::UnsyncBoxBody;
 use http_body_util::{BodyExt, Full, Limited};
 use hyper::body::Incoming;
-use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use hyper_util::rt::{TokioIo, TokioTimer};
 use portcullis_link::jws::{Jwks, MAX_JWKS_KEYS};
 use portcullis_link::{
     HealthReport, HelloAck, DRAIN_PATH, HEALTH_PATH, KEYS_PATH, MAX_KEYS_BODY, SESSIONS_PATH,
@@ -37,6 +37,7 @@ use tower::ServiceExt;
 
 use crate::error::{BoxError, Error, ErrorKind};
 use crate::identity::{now_s, Identity, Verifier, UNAUTHORIZED_BODY};
+use crate::inline::LinkExecutor;
 
 /// Response body type the link serves: the user's body, boxed.
 pub(crate) type LinkBody = UnsyncBoxBody<Bytes, BoxError>;
@@ -483,7 +484,9 @@ where
     B::Error: Into<BoxError>,
 {
     let heartbeat = Duration::from_millis(ack.heartbeat_interval_ms.max(1));
-    let mut builder = hyper::server::conn::http2::Builder::new(TokioExecutor::new());
+    // Calls run on the link's task first (see [`LinkExecutor`]).
+    let exec = LinkExecutor::new();
+    let mut builder = hyper::server::conn::http2::Builder::new(exec.clone());
     builder
         .timer(TokioTimer::new())
         .keep_alive_interval(heartbeat)
@@ -505,13 +508,13 @@ where
     let link_err =
         |e: hyper::Error| Error::new(ErrorKind::Link, "HTTP/2 link failed").with_source(e);
     let end = tokio::select! {
-        r = conn.as_mut() => return r.map(|()| LinkEnd::Closed).map_err(link_err),
+        r = exec.drive(conn.as_mut()) => return r.map(|()| LinkEnd::Closed).map_err(link_err),
         _ = shutdown.wait_for(|stop| *stop) => LinkEnd::Drained,
         _ = up.gateway_drain.notified() => LinkEnd::GatewayDrained,
     };
     // Sends GOAWAY; the connection future completes once every open stream has.
     conn.as_mut().graceful_shutdown();
-    if let Err(e) = conn.await {
+    if let Err(e) = exec.drive(conn.as_mut()).await {
         // A gateway may close its side as soon as it has seen GOAWAY and has no stream left:
         // an I/O error now ends a drain that has nothing left to wait for.
         tracing::debug!(error = %e, "link closed while draining");

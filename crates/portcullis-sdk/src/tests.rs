@@ -874,6 +874,75 @@ async fn a_panicking_handler_resets_its_stream_only() {
     service_side.await.unwrap().unwrap();
 }
 
+/// A router whose handlers report the task they ran on, and one that busy-waits `busy` first.
+fn task_router(busy: Duration) -> axum::Router {
+    axum::Router::new()
+        .route(
+            "/task",
+            get(|| async { format!("{:?}", tokio::task::try_id()) }),
+        )
+        .route(
+            "/busy",
+            get(move || async move {
+                let t = std::time::Instant::now();
+                while t.elapsed() < busy {
+                    std::hint::spin_loop();
+                }
+                format!("{:?}", tokio::task::try_id())
+            }),
+        )
+}
+
+/// A handler with nothing to wait for answers on the link's own task (one task, no
+/// cross-thread wake, its response written with the rest of the batch), call after call.
+#[tokio::test]
+async fn calls_that_answer_at_once_run_on_the_links_task() {
+    let (gw_io, service_side, stop) =
+        linked_duplex(task_router(Duration::ZERO), default_settings()).await;
+    let mut send = h2_client(gw_io).await;
+    let mut tasks = std::collections::HashSet::new();
+    for _ in 0..20 {
+        let (status, body) = get_body(&mut send, "/task").await;
+        assert_eq!(status, StatusCode::OK);
+        tasks.insert(body);
+    }
+    assert_eq!(tasks.len(), 1, "every call on the link's task: {tasks:?}");
+    stop.send_replace(true);
+    service_side.await.unwrap().unwrap();
+}
+
+/// A handler that holds its first poll for long, call after call, is moved off the link's
+/// task (each call then its own task, as with a spawning executor) and the link keeps serving.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn handlers_slow_before_their_first_await_are_moved_off_the_links_task() {
+    let (gw_io, service_side, stop) = linked_duplex(
+        task_router(crate::inline::SLOW_POLL * 2),
+        default_settings(),
+    )
+    .await;
+    let mut send = h2_client(gw_io).await;
+    let mut tasks = Vec::new();
+    for _ in 0..40 {
+        let (status, body) = get_body(&mut send, "/busy").await;
+        assert_eq!(status, StatusCode::OK);
+        tasks.push(body);
+    }
+    let link_task = &tasks[0];
+    let inline = tasks.iter().filter(|t| *t == link_task).count();
+    assert!(
+        (crate::inline::SLOW_TRIP as usize..40).contains(&inline),
+        "the first {} calls inline, then on tasks of their own: {inline} inline",
+        crate::inline::SLOW_TRIP
+    );
+    assert!(
+        tasks[tasks.len() - 1] != *link_task,
+        "the last calls are spawned"
+    );
+    assert_eq!(get_body(&mut send, "/task").await.0, StatusCode::OK);
+    stop.send_replace(true);
+    service_side.await.unwrap().unwrap();
+}
+
 /// The default covers the largest head a gateway may be configured to forward
 /// (`ingress.max_header_bytes` at its 1 MiB maximum, plus the headers the gateway adds), in
 /// the worst HPACK case: bytes whose Huffman code is 28 bits, so the encoded head is 3.5 times
