@@ -19,6 +19,7 @@ use std::future::Future;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU32, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
+use std::task::Poll;
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -244,7 +245,102 @@ impl<S> LinkService<S> {
     }
 }
 
-type ResponseFuture = Pin<Box<dyn Future<Output = Result<Response<LinkBody>, BoxError>> + Send>>;
+/// A response the SDK answers itself, when it has to wait for something (a key update's body).
+type OwnFuture = Pin<Box<dyn Future<Output = Result<Response<LinkBody>, BoxError>> + Send>>;
+
+pin_project_lite::pin_project! {
+    /// The response future of one call on a link. The user's service's future is held as it
+    /// is, not boxed: one allocation fewer per call (hyper's stream future that holds this is
+    /// boxed once already, by [`LinkExecutor`]).
+    #[project = CallFutureProj]
+    pub(crate) enum CallFuture<F> {
+        /// Answered at once by the SDK (health, drain, sessions, refusals).
+        Ready { resp: Option<Response<LinkBody>> },
+        /// Answered by the SDK after a wait.
+        Own { #[pin] fut: OwnFuture },
+        /// The user's service; the guard moves into the response body.
+        User { #[pin] fut: F, guard: Option<InFlight> },
+    }
+}
+
+impl<F, B, E> Future for CallFuture<F>
+where
+    F: Future<Output = Result<Response<B>, E>>,
+    E: Into<BoxError>,
+{
+    type Output = Result<Response<CallBody<B>>, BoxError>;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut std::task::Context<'_>) -> Poll<Self::Output> {
+        let own = |r: Result<Response<LinkBody>, BoxError>| {
+            r.map(|resp| resp.map(|body| CallBody::Own { body }))
+        };
+        match self.project() {
+            CallFutureProj::Ready { resp } => match resp.take() {
+                Some(resp) => Poll::Ready(own(Ok(resp))),
+                None => Poll::Ready(Err("call future polled after completion".into())),
+            },
+            CallFutureProj::Own { fut } => fut.poll(cx).map(own),
+            CallFutureProj::User { fut, guard } => {
+                // An error from the user's service resets the stream; the gateway reports it
+                // to its caller as an upstream failure.
+                let resp = match fut.poll(cx) {
+                    Poll::Pending => return Poll::Pending,
+                    Poll::Ready(r) => r.map_err(Into::into)?,
+                };
+                let Some(guard) = guard.take() else {
+                    return Poll::Ready(Err("call future polled after completion".into()));
+                };
+                Poll::Ready(Ok(resp.map(|body| CallBody::User { body, guard })))
+            }
+        }
+    }
+}
+
+pin_project_lite::pin_project! {
+    /// The response body of one call on a link: the SDK's own, or the user's service's with
+    /// the call's in-flight guard, which lives as long as the body (until it ends or is
+    /// dropped). Not boxed, for the same reason as [`CallFuture`].
+    #[project = CallBodyProj]
+    pub(crate) enum CallBody<B> {
+        Own { #[pin] body: LinkBody },
+        User { #[pin] body: B, guard: InFlight },
+    }
+}
+
+impl<B> http_body::Body for CallBody<B>
+where
+    B: http_body::Body<Data = Bytes>,
+    B::Error: Into<BoxError>,
+{
+    type Data = Bytes;
+    type Error = BoxError;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> Poll<Option<Result<http_body::Frame<Bytes>, BoxError>>> {
+        match self.project() {
+            CallBodyProj::Own { body } => body.poll_frame(cx),
+            CallBodyProj::User { body, .. } => body
+                .poll_frame(cx)
+                .map(|frame| frame.map(|r| r.map_err(Into::into))),
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        match self {
+            CallBody::Own { body } => body.is_end_stream(),
+            CallBody::User { body, .. } => body.is_end_stream(),
+        }
+    }
+
+    fn size_hint(&self) -> http_body::SizeHint {
+        match self {
+            CallBody::Own { body } => body.size_hint(),
+            CallBody::User { body, .. } => body.size_hint(),
+        }
+    }
+}
 
 impl<S, B> hyper::service::Service<Request<Incoming>> for LinkService<S>
 where
@@ -254,18 +350,20 @@ where
     B: http_body::Body<Data = Bytes> + Send + 'static,
     B::Error: Into<BoxError>,
 {
-    type Response = Response<LinkBody>;
+    type Response = Response<CallBody<B>>;
     type Error = BoxError;
-    type Future = ResponseFuture;
+    type Future = CallFuture<tower::util::Oneshot<S, Request<Incoming>>>;
 
     fn call(&self, mut req: Request<Incoming>) -> Self::Future {
+        let ready = |resp| CallFuture::Ready { resp: Some(resp) };
         self.up.up();
         match req.uri().path() {
-            HEALTH_PATH => {
-                let resp = health_response(req.method(), &self.up.shared.health());
-                return Box::pin(std::future::ready(Ok(resp)));
+            HEALTH_PATH => return ready(health_response(req.method(), &self.up.shared.health())),
+            KEYS_PATH => {
+                return CallFuture::Own {
+                    fut: Box::pin(take_keys(req, Arc::clone(&self.trust))),
+                }
             }
-            KEYS_PATH => return Box::pin(take_keys(req, Arc::clone(&self.trust))),
             DRAIN_PATH => {
                 // Only the gateway opens streams on a link: the link authenticates this, as
                 // it does the health exchange.
@@ -275,13 +373,11 @@ where
                 } else {
                     status(StatusCode::METHOD_NOT_ALLOWED)
                 };
-                return Box::pin(std::future::ready(Ok(resp)));
+                return ready(resp);
             }
             SESSIONS_PATH => {
                 let host = self.up.shared.sessions.get().cloned();
-                return Box::pin(std::future::ready(Ok(crate::worker::serve_session(
-                    req, host,
-                ))));
+                return ready(crate::worker::serve_session(req, host));
             }
             _ => {}
         }
@@ -292,26 +388,14 @@ where
             }
             Err(e) => {
                 self.trust.refused(e.as_str());
-                let resp = unauthorized(is_grpc(req.headers()));
-                return Box::pin(std::future::ready(Ok(resp)));
+                return ready(unauthorized(is_grpc(req.headers())));
             }
         }
         let guard = self.up.shared.enter();
-        let svc = self.inner.clone();
-        Box::pin(async move {
-            // An error from the user's service resets the stream; the gateway reports it to
-            // its caller as an upstream failure.
-            let resp = svc.oneshot(req).await.map_err(Into::into)?;
-            Ok(resp.map(|body| {
-                body.map_err(Into::into)
-                    .map_frame(move |frame| {
-                        // The guard lives as long as the body: until it ends or is dropped.
-                        let _ = &guard;
-                        frame
-                    })
-                    .boxed_unsync()
-            }))
-        })
+        CallFuture::User {
+            fut: self.inner.clone().oneshot(req),
+            guard: Some(guard),
+        }
     }
 }
 
