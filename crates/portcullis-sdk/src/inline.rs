@@ -69,7 +69,6 @@ struct Shared {
     /// The link's task is in [`LinkExecutor::drive`]'s poll and drains the queue before it
     /// returns: no wake needed.
     polling: AtomicBool,
-    policy: Mutex<Policy>,
 }
 
 /// Whether the next call is polled inline (see the module docs).
@@ -129,12 +128,19 @@ impl LinkExecutor {
     /// Poll `conn` (the link's HTTP/2 connection) to completion, running every stream it
     /// accepts as the module docs say.
     pub(crate) async fn drive<C: Future>(&self, mut conn: Pin<&mut C>) -> C::Output {
-        std::future::poll_fn(|cx| self.poll_drive(conn.as_mut(), cx)).await
+        // What only the link's task touches, so without a lock: the policy, and the batch
+        // being run (swapped with the queue, so neither allocates again once grown). A drive
+        // after this one (the link's drain) starts with a fresh policy.
+        let mut policy = Policy::default();
+        let mut batch = Vec::new();
+        std::future::poll_fn(|cx| self.poll_drive(conn.as_mut(), &mut policy, &mut batch, cx)).await
     }
 
     fn poll_drive<C: Future>(
         &self,
         mut conn: Pin<&mut C>,
+        policy: &mut Policy,
+        batch: &mut Vec<Task>,
         cx: &mut Context<'_>,
     ) -> Poll<C::Output> {
         let s = &self.shared;
@@ -143,14 +149,14 @@ impl LinkExecutor {
         let mut out = Poll::Pending;
         for _ in 0..ROUNDS {
             out = conn.as_mut().poll(cx);
-            let tasks = self.take();
-            if tasks.is_empty() {
+            self.take(batch);
+            if batch.is_empty() {
                 break;
             }
             // Then poll the connection again: it writes what these calls answered, in one go,
             // and accepts what arrived meanwhile.
-            for task in tasks {
-                self.run(task, cx);
+            for task in batch.drain(..) {
+                run(task, policy, cx);
             }
             if out.is_ready() {
                 break;
@@ -159,7 +165,8 @@ impl LinkExecutor {
         s.polling.store(false, Ordering::SeqCst);
         if out.is_ready() {
             // The connection is done: whatever it still handed over finishes on the runtime.
-            for task in self.take() {
+            self.take(batch);
+            for task in batch.drain(..) {
                 tokio::spawn(task);
             }
         } else if !s
@@ -174,43 +181,38 @@ impl LinkExecutor {
         out
     }
 
-    fn take(&self) -> Vec<Task> {
-        std::mem::take(
+    /// Move the queued streams into `batch` (empty), leaving its capacity to the queue.
+    fn take(&self, batch: &mut Vec<Task>) {
+        std::mem::swap(
             &mut *self
                 .shared
                 .queue
                 .lock()
                 .unwrap_or_else(PoisonError::into_inner),
-        )
+            batch,
+        );
     }
+}
 
-    /// One accepted stream: its first poll here, the rest on the runtime if it needs one.
-    fn run(&self, mut task: Task, cx: &mut Context<'_>) {
-        if self.policy().inline_allowed(Instant::now) {
-            // Wall time, std's clock: what the other calls on the link wait for, paused test
-            // clock or not.
-            let started = Instant::now();
-            // The waker is the link's: a call that stays pending is spawned below and its next
-            // poll registers its own task's, so at most one spurious wake of the link remains.
-            let polled = catch_unwind(AssertUnwindSafe(|| task.as_mut().poll(cx)));
-            let took = started.elapsed();
-            self.policy().record(took, || started + took);
-            match polled {
-                Ok(Poll::Ready(())) => return,
-                Ok(Poll::Pending) => {}
-                // The panic hook has reported it; dropping the stream's future resets it.
-                Err(_) => return,
-            }
+/// One accepted stream: its first poll here, the rest on the runtime if it needs one.
+fn run(mut task: Task, policy: &mut Policy, cx: &mut Context<'_>) {
+    if policy.inline_allowed(Instant::now) {
+        // Wall time, std's clock: what the other calls on the link wait for, paused test
+        // clock or not.
+        let started = Instant::now();
+        // The waker is the link's: a call that stays pending is spawned below and its next
+        // poll registers its own task's, so at most one spurious wake of the link remains.
+        let polled = catch_unwind(AssertUnwindSafe(|| task.as_mut().poll(cx)));
+        let took = started.elapsed();
+        policy.record(took, || started + took);
+        match polled {
+            Ok(Poll::Ready(())) => return,
+            Ok(Poll::Pending) => {}
+            // The panic hook has reported it; dropping the stream's future resets it.
+            Err(_) => return,
         }
-        tokio::spawn(task);
     }
-
-    fn policy(&self) -> std::sync::MutexGuard<'_, Policy> {
-        self.shared
-            .policy
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-    }
+    tokio::spawn(task);
 }
 
 #[cfg(test)]
