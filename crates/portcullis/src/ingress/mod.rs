@@ -3,9 +3,10 @@
 //! streams and idle time, and hands each request — with its connection's facts in the
 //! request extensions (`crate::transport::Conn`) — to the call pipeline (`crate::pipeline`).
 //!
-//! Each connection runs in its own task, tracked so shutdown can wait for it: on shutdown the
-//! connection is told to finish (HTTP/2 GOAWAY, idle HTTP/1.1 closed) and left to complete
-//! its in-flight calls up to the grace period.
+//! Each connection runs in its own task while it is served (an idle plain HTTP/1.1 connection
+//! waits in its event loop's lot instead, see [`Ingress::serve_h1_from`]), tracked so shutdown
+//! can wait for it: on shutdown the connection is told to finish (HTTP/2 GOAWAY, idle HTTP/1.1
+//! closed) and left to complete its in-flight calls up to the grace period.
 
 mod config;
 pub use config::{IngressConfig, MonitoringConfig};
@@ -20,7 +21,7 @@ use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Duration;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
-use tokio::sync::Semaphore;
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 // tokio's clock, not std's: idle and park timing follow a paused test clock.
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
@@ -119,6 +120,8 @@ pub struct Ingress {
     dataplane: std::sync::Weak<crate::dataplane::DataPlane>,
     /// Which listener this is, for the connection gauge and the accept loop's logs.
     listener: Listener,
+    /// Parked HTTP/1.1 connections, one lot per event loop (index 0: any other runtime).
+    lots: Box<[Lot]>,
 }
 
 impl Ingress {
@@ -166,6 +169,7 @@ impl Ingress {
             metrics,
             dataplane: Arc::downgrade(dataplane),
             listener: Listener::ingress,
+            lots: (0..=dataplane.len()).map(|_| Lot::default()).collect(),
         })
     }
 
@@ -273,7 +277,7 @@ impl Ingress {
         peer: crate::transport::Peer,
         local: Option<std::net::SocketAddr>,
         drain: CancellationToken,
-        permit: Option<tokio::sync::OwnedSemaphorePermit>,
+        permit: Option<OwnedSemaphorePermit>,
     ) {
         let facts = ConnFacts {
             peer,
@@ -283,13 +287,13 @@ impl Ingress {
         // Every connection's task is sized by its largest state; the protocol stacks are boxed
         // so a parked connection's task stays small (see `serve_tcp`).
         match (&self.tls, stream) {
-            (None, Stream::Tcp(tcp)) => self.serve_tcp(tcp, facts, drain).await,
+            // The permit goes with the connection: it may outlive this task, parked.
+            (None, Stream::Tcp(tcp)) => self.serve_tcp(tcp, facts, drain, permit).await,
             (None, unix) => Box::pin(self.serve_conn(unix, facts, drain)).await,
             // Boxed: the handshake state (1.3 KiB with its timeout) would otherwise size every
             // connection's task, plain TCP ones included.
             (Some(acc), stream) => Box::pin(self.serve_tls(acc, stream, facts, drain)).await,
         }
-        drop(permit);
     }
 
     /// A TLS client connection: handshake within the header-read timeout, then HTTP/1.1 or
@@ -316,9 +320,22 @@ impl Ingress {
         self.connections.wait().await;
     }
 
-    /// Open client connections.
+    /// Open client connections, parked ones included.
     pub fn connection_count(&self) -> usize {
-        self.connections.len()
+        let (lots, parked) = self.lots.iter().fold((0, 0), |(l, p), lot| {
+            let n = lot.parked.load(Ordering::Relaxed);
+            (l + usize::from(lot.tx.get().is_some()), p + n)
+        });
+        // The lots' own tasks are tracked too, so that `wait` covers their closing.
+        self.connections.len().saturating_sub(lots) + parked
+    }
+
+    /// Client connections parked in a lot, holding no task of their own.
+    pub fn parked_count(&self) -> usize {
+        self.lots
+            .iter()
+            .map(|l| l.parked.load(Ordering::Relaxed))
+            .sum()
     }
 
     async fn serve_conn<IO>(self: &Arc<Self>, io: IO, facts: ConnFacts, drain: CancellationToken)
@@ -380,16 +397,13 @@ enum H1End {
 impl Ingress {
     /// A plain TCP client connection. HTTP/2 (prior knowledge) goes to the auto builder as
     /// before; HTTP/1.1 is served by hyper's HTTP/1 connection and *parked* whenever it has been
-    /// idle for `park_after`: hyper's per-connection state (an 8 KiB read buffer, an 8 KiB write
-    /// buffer, timers, the boxed connection future) is dropped and only the socket waits for
-    /// readability. The next request builds a fresh hyper connection over the socket, with the
-    /// bytes hyper had read but not parsed put back in front. An idle keep-alive connection
-    /// then costs the socket and this task, not 20 KiB of buffers.
+    /// idle for `park_after` (see [`Ingress::serve_h1_from`]).
     async fn serve_tcp(
         self: &Arc<Self>,
         mut stream: tokio::net::TcpStream,
         facts: ConnFacts,
         drain: CancellationToken,
+        permit: Option<OwnedSemaphorePermit>,
     ) {
         // The first bytes decide: the HTTP/2 preface, or anything that might still become it,
         // goes to the auto builder; the rest is HTTP/1.1. They are read, not peeked, and handed
@@ -408,35 +422,165 @@ impl Ingress {
         }
         let first = first.freeze();
         let h2 = first.starts_with(H2_PREFACE) || H2_PREFACE.starts_with(&first);
-        let mut io = PrefixedTcp::new(first, stream);
+        let io = PrefixedTcp::new(first, stream);
         if h2 {
             return Box::pin(self.serve_conn(io, facts, drain)).await;
         }
-        let _gauge = self.metrics.connection(self.listener);
-        let activity = ConnActivity::new();
-        let conn = Conn {
-            facts: Arc::new(facts),
-            activity: activity.clone(),
+        let parked = Parked {
+            conn: Conn {
+                facts: Arc::new(facts),
+                activity: ConnActivity::new(),
+            },
+            _gauge: self.metrics.connection(self.listener),
+            _permit: permit,
         };
+        // Boxed: this task ends when the connection parks, and the next service period runs
+        // in a task of its own; neither should be sized by the other's state.
+        Box::pin(self.clone().serve_h1_from(io, parked, drain)).await
+    }
+
+    /// Serve a plain HTTP/1.1 connection until it ends or parks. Parking drops hyper's
+    /// per-connection state (an 8 KiB read buffer, an 8 KiB write buffer, timers, the boxed
+    /// connection future) *and this task*: the socket and a compact record of the connection
+    /// go to the event loop's [`Lot`], which waits for readability of all its sockets in one
+    /// task and starts a service period again, in a new task, when the client sends. The
+    /// bytes hyper had read but not parsed are put back in front of the socket first. An idle
+    /// keep-alive connection then costs its socket and about two hundred bytes, not a task
+    /// and 20 KiB of buffers.
+    async fn serve_h1_from(
+        self: Arc<Self>,
+        mut io: PrefixedTcp,
+        parked: Parked,
+        drain: CancellationToken,
+    ) {
         loop {
-            io = match Box::pin(self.serve_h1(io, &conn, &drain)).await {
+            io = match Box::pin(self.serve_h1(io, &parked.conn, &drain)).await {
                 H1End::Done => return,
                 H1End::Parked(io) => io,
             };
-            if !io.prefix.is_empty() {
-                continue;
-            }
-            // Parked: nothing but the socket is held until the client sends again.
-            let idle = self.cfg.idle_timeout;
-            tokio::select! {
-                // The socket first, as in `serve_conn`: a request that already arrived when a
-                // drain begins is served (hyper then closes after it), not dropped.
-                biased;
-                r = io.inner.readable() => if r.is_err() { return },
-                _ = drain.cancelled() => return,
-                _ = idle_expired(&activity, idle) => return,
+            // Bytes already here (a pipelined request, half a head): serve on, not park.
+            if io.prefix.is_empty() {
+                break;
             }
         }
+        let idle_for = parked.conn.activity.idle_for().unwrap_or_default();
+        let deadline = Instant::now() + self.cfg.idle_timeout.saturating_sub(idle_for);
+        self.park(io.inner, parked, deadline, &drain);
+    }
+
+    /// Hand `stream` to this event loop's lot, starting the lot on first use. A connection
+    /// parked while the lot is closing (a drain) is closed.
+    fn park(
+        self: &Arc<Self>,
+        stream: tokio::net::TcpStream,
+        parked: Parked,
+        deadline: Instant,
+        drain: &CancellationToken,
+    ) {
+        if drain.is_cancelled() {
+            return;
+        }
+        let index = crate::dataplane::current().map_or(0, |i| i + 1);
+        let Some(lot) = self.lots.get(index) else {
+            return;
+        };
+        let tx = lot.tx.get_or_init(|| {
+            let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
+            self.connections
+                .spawn(self.clone().run_lot(index, rx, drain.clone()));
+            tx
+        });
+        // A failed send drops the connection: the lot has closed for a drain.
+        let _ = tx.send(ParkedSocket {
+            stream,
+            parked,
+            deadline,
+            expired: false,
+            waker: None,
+        });
+    }
+
+    /// One event loop's lot: waits for any of its sockets to turn readable (each has its own
+    /// waker in `FuturesUnordered`, so a wake polls that socket alone) and resumes it in a new
+    /// task on this event loop; closes sockets whose idle time has run out (one sweep over the
+    /// lot at the earliest deadline, at most every [`SWEEP_EVERY`]); closes them all on drain.
+    async fn run_lot(
+        self: Arc<Self>,
+        index: usize,
+        mut rx: tokio::sync::mpsc::UnboundedReceiver<ParkedSocket>,
+        drain: CancellationToken,
+    ) {
+        use futures_util::StreamExt;
+        let mut lot = futures_util::stream::FuturesUnordered::new();
+        // The gauge is the listener's, shared by the lots of every event loop: each adds the
+        // change in its own count.
+        let gauge = self.metrics.parked_connections(self.listener);
+        let mut shown = 0usize;
+        let mut count = |n: usize| {
+            if n != shown {
+                let delta =
+                    i64::try_from(n).unwrap_or(i64::MAX) - i64::try_from(shown).unwrap_or(i64::MAX);
+                gauge.inc_by(delta);
+                shown = n;
+            }
+            if let Some(l) = self.lots.get(index) {
+                l.parked.store(n, Ordering::Relaxed);
+            }
+        };
+        let sweep = tokio::time::sleep_until(Instant::now());
+        tokio::pin!(sweep);
+        let mut armed = false;
+        loop {
+            tokio::select! {
+                // Sockets that turned readable first: a request that arrived before a drain
+                // began is served (hyper then closes after it), not dropped.
+                biased;
+                Some((p, woke)) = lot.next(), if !lot.is_empty() => {
+                    let ParkedSocket { stream, parked, .. } = p;
+                    if let Wake::Readable = woke {
+                        let io = PrefixedTcp::new(Bytes::new(), stream);
+                        self.connections
+                            .spawn(self.clone().serve_h1_from(io, parked, drain.clone()));
+                    }
+                }
+                p = rx.recv() => match p {
+                    Some(p) => {
+                        if !armed || p.deadline < sweep.deadline() {
+                            sweep.as_mut().reset(p.deadline);
+                            armed = true;
+                        }
+                        lot.push(ParkedWait(Some(p)));
+                    }
+                    None => break,
+                },
+                _ = drain.cancelled() => break,
+                _ = &mut sweep, if armed => {
+                    let now = Instant::now();
+                    let mut next: Option<Instant> = None;
+                    for w in lot.iter_mut() {
+                        let Some(p) = w.0.as_mut() else { continue };
+                        if p.deadline <= now {
+                            p.expired = true;
+                            if let Some(waker) = &p.waker {
+                                waker.wake_by_ref();
+                            }
+                        } else {
+                            next = Some(next.map_or(p.deadline, |n| n.min(p.deadline)));
+                        }
+                    }
+                    match next {
+                        Some(n) => sweep.as_mut().reset(n.max(now + SWEEP_EVERY)),
+                        None => armed = false,
+                    }
+                }
+            }
+            count(lot.len());
+        }
+        // Closing: whatever is parked or on its way is closed.
+        rx.close();
+        while rx.try_recv().is_ok() {}
+        drop(lot);
+        count(0);
     }
 
     /// Serve HTTP/1.1 on `io` until the connection ends or has been idle for `park_after`.
@@ -510,6 +654,79 @@ impl Ingress {
                     }
                 }
             }
+        }
+    }
+}
+
+/// What a connection carries from one HTTP/1.1 service period to the next, across a park.
+struct Parked {
+    conn: Conn,
+    /// Held for their drop: a parked connection is still open, and still counts against the
+    /// connection limit.
+    _gauge: crate::telemetry::metrics::ConnectionGauge,
+    _permit: Option<OwnedSemaphorePermit>,
+}
+
+/// A parked connection in its lot.
+struct ParkedSocket {
+    stream: tokio::net::TcpStream,
+    parked: Parked,
+    /// When the idle timeout closes it.
+    deadline: Instant,
+    /// Set by the lot's sweep once `deadline` has passed.
+    expired: bool,
+    /// The lot's waker for this socket, for the sweep to wake it when it expires.
+    waker: Option<std::task::Waker>,
+}
+
+/// The lot of one event loop: started on the first park there.
+#[derive(Default)]
+struct Lot {
+    tx: std::sync::OnceLock<tokio::sync::mpsc::UnboundedSender<ParkedSocket>>,
+    /// Connections parked in it, for [`Ingress::connection_count`].
+    parked: AtomicUsize,
+}
+
+/// How often at most the lot sweeps for expired connections: the idle timeout may close a
+/// parked connection this much late, and a lot of 10,000 with spread deadlines is walked at
+/// most ten times a second.
+const SWEEP_EVERY: Duration = Duration::from_millis(100);
+
+/// Why a parked socket left its lot.
+enum Wake {
+    /// The client sent something (or closed): serve again.
+    Readable,
+    /// Idle for the idle timeout, or the socket failed: close.
+    Closed,
+}
+
+/// Resolves when the parked socket turns readable, fails, or the sweep marks it expired.
+struct ParkedWait(Option<ParkedSocket>);
+
+impl std::future::Future for ParkedWait {
+    type Output = (ParkedSocket, Wake);
+
+    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        let Some(p) = self.0.as_mut() else {
+            return Poll::Pending; // already resolved; `FuturesUnordered` does not poll again
+        };
+        let woke = if p.expired {
+            Wake::Closed
+        } else {
+            match p.stream.poll_read_ready(cx) {
+                Poll::Ready(Ok(())) => Wake::Readable,
+                Poll::Ready(Err(_)) => Wake::Closed,
+                Poll::Pending => {
+                    if !p.waker.as_ref().is_some_and(|w| w.will_wake(cx.waker())) {
+                        p.waker = Some(cx.waker().clone());
+                    }
+                    return Poll::Pending;
+                }
+            }
+        };
+        match self.0.take() {
+            Some(p) => Poll::Ready((p, woke)),
+            None => Poll::Pending,
         }
     }
 }

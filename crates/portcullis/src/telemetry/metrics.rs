@@ -259,6 +259,9 @@ pub struct Metrics {
     pub upstream_duration: Family<RouteLabels, Histogram, fn() -> Histogram>,
     /// `portcullis_active_connections{listener}`.
     pub active_connections: Family<ListenerLabels, Gauge>,
+    /// `portcullis_parked_connections{listener}`: open HTTP/1.1 connections idle and parked
+    /// (no task, no buffers; counted in `active_connections` too).
+    pub parked_connections: Family<ListenerLabels, Gauge>,
     /// `portcullis_link_frames_total{type}`.
     pub link_frames: Family<FrameLabels, Counter>,
     /// `portcullis_link_rejects_total{code}`: REJECTs the gateway sent at the link handshake,
@@ -324,6 +327,7 @@ impl Metrics {
         let request_size = Family::<RouteLabels, ByteHistogram>::default();
         let response_size = Family::<RouteLabels, ByteHistogram>::default();
         let active_connections = Family::<ListenerLabels, Gauge>::default();
+        let parked_connections = Family::<ListenerLabels, Gauge>::default();
         let link_frames = Family::<FrameLabels, Counter>::default();
         let link_rejects = Family::<RejectLabels, Counter>::default();
         let auth_failures = Family::<ReasonLabels, Counter>::default();
@@ -369,6 +373,11 @@ impl Metrics {
             "portcullis_active_connections",
             "Open connections, by listener",
             active_connections.clone(),
+        );
+        registry.register(
+            "portcullis_parked_connections",
+            "Open HTTP/1.1 connections parked while idle (no task, no buffers), by listener",
+            parked_connections.clone(),
         );
         registry.register(
             "portcullis_link_frames",
@@ -433,6 +442,7 @@ impl Metrics {
             request_size,
             response_size,
             active_connections,
+            parked_connections,
             link_frames,
             link_rejects,
             auth_failures,
@@ -503,6 +513,13 @@ impl Metrics {
             out.clear();
         }
         out
+    }
+
+    /// The parked-connections gauge of `listener`.
+    pub fn parked_connections(&self, listener: Listener) -> Gauge {
+        self.parked_connections
+            .get_or_create(&ListenerLabels { listener })
+            .clone()
     }
 
     /// A gauge guard: +1 now, −1 on drop.

@@ -402,6 +402,81 @@ async fn idle_http1_connections_park_and_keep_serving() {
     gw.shutdown().await;
 }
 
+/// Idle HTTP/1.1 connections wait in their event loop's lot, not in a task each: the parked
+/// gauge counts them, each wakes for its next call, and the idle timeout still closes them.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn idle_http1_connections_wait_in_the_lot_until_the_idle_timeout() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut cfg = config_with_services(&[]);
+    cfg.runtime.threads = 2;
+    cfg.ingress.park_after = Duration::from_millis(20);
+    cfg.ingress.idle_timeout = Duration::from_millis(1500);
+    let gw = TestGateway::start(cfg).await;
+    const N: usize = 20;
+    let req = b"GET /health/live HTTP/1.1\r\nhost: x\r\n\r\n";
+    let mut conns = Vec::new();
+    for _ in 0..N {
+        let mut s = tokio::net::TcpStream::connect(gw.ingress).await.unwrap();
+        s.write_all(req).await.unwrap();
+        let (status, _) = read_response(&mut s, &mut Vec::new()).await;
+        assert_eq!(status, 200);
+        conns.push(s);
+    }
+    let parked = |want: f64| async move {
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+        loop {
+            let got = parked_gauge(gw.ingress).await;
+            if got == want {
+                return;
+            }
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "parked connections: {got}, not {want}"
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    };
+    parked(N as f64).await;
+    // Each wakes for its next call, served as usual.
+    for s in &mut conns {
+        s.write_all(req).await.unwrap();
+        let (status, _) = read_response(s, &mut Vec::new()).await;
+        assert_eq!(status, 200);
+    }
+    // Parked again, the idle timeout closes every one: EOF, with nothing more sent.
+    for s in &mut conns {
+        let mut buf = [0u8; 64];
+        let n = tokio::time::timeout(Duration::from_secs(10), s.read(&mut buf))
+            .await
+            .expect("closed by the idle timeout")
+            .unwrap_or(0);
+        assert_eq!(n, 0, "closed with nothing more sent");
+    }
+    parked(0.0).await;
+    gw.shutdown().await;
+}
+
+/// `portcullis_parked_connections{listener="ingress"}`, read on a connection of its own that
+/// closes after the scrape (so it is never parked itself).
+async fn parked_gauge(ingress: std::net::SocketAddr) -> f64 {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut s = tokio::net::TcpStream::connect(ingress).await.unwrap();
+    s.write_all(b"GET /metrics HTTP/1.1\r\nhost: x\r\nconnection: close\r\n\r\n")
+        .await
+        .unwrap();
+    let mut text = String::new();
+    tokio::time::timeout(Duration::from_secs(10), s.read_to_string(&mut text))
+        .await
+        .expect("metrics in time")
+        .unwrap();
+    let line = text
+        .lines()
+        .find(|l| l.starts_with("portcullis_parked_connections{listener=\"ingress\"}"));
+    line.and_then(|l| l.rsplit(' ').next())
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0.0)
+}
+
 /// With a link of the instance on each worker, a client connection's calls are served by the
 /// link on the worker that accepted the connection (each worker accepts on its own socket).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
