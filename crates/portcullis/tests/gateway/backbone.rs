@@ -456,6 +456,50 @@ async fn idle_http1_connections_wait_in_the_lot_until_the_idle_timeout() {
     gw.shutdown().await;
 }
 
+/// A parked connection still holds its admission permit: with the limit reached by parked
+/// clients a new connection waits, and a parked client that hangs up frees its slot at once
+/// (the lot wakes on its EOF), not at the idle timeout.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_parked_connection_counts_against_the_limit_until_its_client_hangs_up() {
+    use tokio::io::AsyncWriteExt;
+    let mut cfg = config_with_services(&[]);
+    cfg.runtime.threads = 2;
+    cfg.ingress.park_after = Duration::from_millis(20);
+    cfg.ingress.max_connections = 4;
+    let gw = TestGateway::start(cfg).await;
+    let req = b"GET /health/live HTTP/1.1\r\nhost: x\r\n\r\n";
+    let mut conns = Vec::new();
+    for _ in 0..4 {
+        let mut s = tokio::net::TcpStream::connect(gw.ingress).await.unwrap();
+        s.write_all(req).await.unwrap();
+        let (status, _) = read_response(&mut s, &mut Vec::new()).await;
+        assert_eq!(status, 200);
+        conns.push(s);
+    }
+    // Let them park (no scrape here: a scrape would need a fifth slot).
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let mut fifth = tokio::net::TcpStream::connect(gw.ingress).await.unwrap();
+    fifth.write_all(req).await.unwrap();
+    let waited = tokio::time::timeout(
+        Duration::from_millis(500),
+        read_response(&mut fifth, &mut Vec::new()),
+    )
+    .await;
+    assert!(waited.is_err(), "served past the connection limit");
+    // One parked client hangs up: its slot goes to the waiting connection.
+    drop(conns.pop());
+    let (status, _) = tokio::time::timeout(
+        Duration::from_secs(10),
+        read_response(&mut fifth, &mut Vec::new()),
+    )
+    .await
+    .expect("served once a parked client left");
+    assert_eq!(status, 200);
+    drop(conns);
+    drop(fifth);
+    gw.shutdown().await;
+}
+
 /// `portcullis_parked_connections{listener="ingress"}`, read on a connection of its own that
 /// closes after the scrape (so it is never parked itself).
 async fn parked_gauge(ingress: std::net::SocketAddr) -> f64 {
