@@ -237,6 +237,14 @@ pub enum StdStream {
 }
 
 impl Stream {
+    /// Wait until the stream has something to read (or has failed).
+    pub async fn readable(&self) -> std::io::Result<()> {
+        match self {
+            Stream::Tcp(s) => s.readable().await,
+            Stream::Unix(s) => s.readable().await,
+        }
+    }
+
     /// Leave the current runtime's reactor.
     pub fn into_std(self) -> std::io::Result<StdStream> {
         Ok(match self {

@@ -308,7 +308,11 @@ impl Ingress {
         match tokio::time::timeout(self.cfg.header_read_timeout, acc.accept(stream)).await {
             Ok(Ok(tls)) => {
                 facts.tls = Some(TlsFacts::of(tls.get_ref().1));
-                self.serve_conn(tls, facts, drain).await
+                if tls.get_ref().1.alpn_protocol() == Some(b"http/1.1".as_slice()) {
+                    self.serve_tls_h1(tls, facts, drain).await
+                } else {
+                    self.serve_conn(tls, facts, drain).await
+                }
             }
             Ok(Err(e)) => tracing::debug!(peer = %facts.peer, error = %e, "tls handshake failed"),
             Err(_) => tracing::debug!(peer = %facts.peer, "tls handshake timed out"),
@@ -387,11 +391,11 @@ impl Ingress {
 }
 
 /// What ended one HTTP/1.1 service period of a plain TCP connection.
-enum H1End {
+enum H1End<S> {
     /// The connection is finished (closed by the peer, an error, drain or idle timeout).
     Done,
-    /// Idle: hyper handed back the socket and any bytes it had read but not parsed.
-    Parked(PrefixedTcp),
+    /// Idle: hyper handed back the stream and any bytes it had read but not parsed.
+    Parked(Prefixed<S>),
 }
 
 impl Ingress {
@@ -466,6 +470,54 @@ impl Ingress {
         let idle_for = parked.conn.activity.idle_for().unwrap_or_default();
         let deadline = Instant::now() + self.cfg.idle_timeout.saturating_sub(idle_for);
         self.park(io.inner, parked, deadline, &drain);
+    }
+
+    /// A TLS connection that negotiated HTTP/1.1: served like a plain one, and parked the
+    /// same way after `park_after` without a call — hyper's buffers are dropped and the rustls
+    /// session is kept — but in its own task, waiting on the socket (the lot holds bare TCP
+    /// sockets only). Never parked while rustls holds bytes hyper has not read (decrypted
+    /// records, or records still to be sent), so nothing waits on a socket that will not wake.
+    async fn serve_tls_h1(
+        self: &Arc<Self>,
+        tls: tokio_rustls::server::TlsStream<crate::transport::Stream>,
+        facts: ConnFacts,
+        drain: CancellationToken,
+    ) {
+        let _gauge = self.metrics.connection(self.listener);
+        let conn = Conn {
+            facts: Arc::new(facts),
+            activity: ConnActivity::new(),
+        };
+        let mut io = Prefixed::new(Bytes::new(), tls);
+        loop {
+            io = match Box::pin(self.serve_h1(io, &conn, &drain)).await {
+                H1End::Done => return,
+                H1End::Parked(io) => io,
+            };
+            if !io.prefix.is_empty() {
+                continue;
+            }
+            let session = io.inner.get_mut().1;
+            if session.wants_write() {
+                continue;
+            }
+            match session.process_new_packets() {
+                Ok(state) if state.plaintext_bytes_to_read() > 0 => continue,
+                Ok(_) => {}
+                Err(e) => {
+                    tracing::debug!(peer = %conn.facts.peer, error = %e, "tls error while idle");
+                    return;
+                }
+            }
+            let _parked = self.metrics.parked(self.listener);
+            tokio::select! {
+                // The socket first, as in `serve_conn`.
+                biased;
+                r = io.inner.get_ref().0.readable() => if r.is_err() { return },
+                _ = drain.cancelled() => return,
+                _ = idle_expired(&conn.activity, self.cfg.idle_timeout) => return,
+            }
+        }
     }
 
     /// Hand `stream` to this event loop's lot, starting the lot on first use. A connection
@@ -584,12 +636,15 @@ impl Ingress {
     }
 
     /// Serve HTTP/1.1 on `io` until the connection ends or has been idle for `park_after`.
-    async fn serve_h1(
+    async fn serve_h1<S>(
         self: &Arc<Self>,
-        mut io: PrefixedTcp,
+        mut io: Prefixed<S>,
         conn: &Conn,
         drain: &CancellationToken,
-    ) -> H1End {
+    ) -> H1End<S>
+    where
+        S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+    {
         io.new_period();
         let peer = conn.facts.peer;
         let activity = &conn.activity;
@@ -761,11 +816,14 @@ async fn park_due(activity: &ConnActivity, after: Duration, since: Instant) {
 /// A plain TCP client connection with bytes to replay before the socket (what hyper had read
 /// but not parsed when the connection was parked). Records whether the last write stopped
 /// short, so a connection is never parked with a response still in hyper's buffer.
-struct PrefixedTcp {
+struct Prefixed<S> {
     prefix: Bytes,
-    inner: tokio::net::TcpStream,
+    inner: S,
     state: Arc<IoState>,
 }
+
+/// A plain TCP client connection with its replay bytes.
+type PrefixedTcp = Prefixed<tokio::net::TcpStream>;
 
 /// What the connection loop needs to know about hyper's use of the socket.
 #[derive(Default)]
@@ -776,8 +834,8 @@ struct IoState {
     read_bytes: AtomicU64,
 }
 
-impl PrefixedTcp {
-    fn new(prefix: Bytes, inner: tokio::net::TcpStream) -> Self {
+impl<S> Prefixed<S> {
+    fn new(prefix: Bytes, inner: S) -> Self {
         Self {
             prefix,
             inner,
@@ -809,7 +867,7 @@ impl PrefixedTcp {
     }
 }
 
-impl AsyncRead for PrefixedTcp {
+impl<S: AsyncRead + Unpin> AsyncRead for Prefixed<S> {
     fn poll_read(
         mut self: Pin<&mut Self>,
         cx: &mut Context<'_>,
@@ -837,7 +895,7 @@ impl AsyncRead for PrefixedTcp {
     }
 }
 
-impl AsyncWrite for PrefixedTcp {
+impl<S: AsyncWrite + Unpin> AsyncWrite for Prefixed<S> {
     fn poll_write(
         mut self: Pin<&mut Self>,
         cx: &mut Context<'_>,

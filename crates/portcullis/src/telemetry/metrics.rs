@@ -522,6 +522,14 @@ impl Metrics {
             .clone()
     }
 
+    /// A guard on the parked-connections gauge of `listener`, for a connection parked in its
+    /// own task (TLS): +1 now, −1 on drop.
+    pub fn parked(&self, listener: Listener) -> ConnectionGauge {
+        let g = self.parked_connections(listener);
+        g.inc();
+        ConnectionGauge(g)
+    }
+
     /// A gauge guard: +1 now, −1 on drop.
     pub fn connection(self: &Arc<Self>, listener: Listener) -> ConnectionGauge {
         let g = self

@@ -255,3 +255,117 @@ async fn every_reconnecting_client_resumes_and_a_ticket_survives_one_key_rotatio
     );
     gw.shutdown().await;
 }
+
+/// A TLS client offering HTTP/1.1 by ALPN, as browsers and curl do.
+fn tls_h1_client(ca: &rustls::pki_types::CertificateDer<'static>) -> tokio_rustls::TlsConnector {
+    let mut roots = rustls::RootCertStore::empty();
+    roots.add(ca.clone()).unwrap();
+    let mut cfg = rustls::ClientConfig::builder_with_provider(std::sync::Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_protocol_versions(&[&rustls::version::TLS13])
+    .unwrap()
+    .with_root_certificates(roots)
+    .with_no_client_auth();
+    cfg.alpn_protocols = vec![b"http/1.1".to_vec()];
+    tokio_rustls::TlsConnector::from(std::sync::Arc::new(cfg))
+}
+
+type ClientTls = tokio_rustls::client::TlsStream<tokio::net::TcpStream>;
+
+/// One keep-alive `GET /health/live` on `tls`: the status line's code.
+async fn health(tls: &mut ClientTls) -> u16 {
+    tls.write_all(b"GET /health/live HTTP/1.1\r\nhost: localhost\r\n\r\n")
+        .await
+        .unwrap();
+    tls.flush().await.unwrap();
+    let mut got = Vec::new();
+    let mut buf = [0u8; 4096];
+    // The answer is small and has a content-length: read until its body is in.
+    while !(got.windows(4).any(|w| w == b"\r\n\r\n") && got.ends_with(b"}")) {
+        let n = tokio::time::timeout(Duration::from_secs(10), tls.read(&mut buf))
+            .await
+            .expect("an answer in time")
+            .unwrap();
+        assert!(n > 0, "closed before answering");
+        got.extend_from_slice(&buf[..n]);
+    }
+    std::str::from_utf8(&got[9..12]).unwrap().parse().unwrap()
+}
+
+/// `portcullis_parked_connections{listener="ingress"}`, scraped on a connection of its own.
+async fn parked_tls(at: std::net::SocketAddr, client: &tokio_rustls::TlsConnector) -> f64 {
+    let tcp = tokio::net::TcpStream::connect(at).await.unwrap();
+    let name = rustls::pki_types::ServerName::try_from("localhost").unwrap();
+    let mut tls = client.connect(name, tcp).await.expect("TLS handshake");
+    tls.write_all(b"GET /metrics HTTP/1.1\r\nhost: localhost\r\nconnection: close\r\n\r\n")
+        .await
+        .unwrap();
+    tls.flush().await.unwrap();
+    let mut text = Vec::new();
+    let _ = tokio::time::timeout(Duration::from_secs(10), tls.read_to_end(&mut text)).await;
+    String::from_utf8_lossy(&text)
+        .lines()
+        .find(|l| l.starts_with("portcullis_parked_connections{listener=\"ingress\"}"))
+        .and_then(|l| l.rsplit(' ').next())
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0.0)
+}
+
+/// Idle HTTPS/1.1 connections park like plain ones (hyper's buffers dropped, the TLS session
+/// kept): counted in the parked gauge, served again on their next request over the same
+/// session, and closed by the idle timeout.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn idle_tls_http1_connections_park_keep_their_session_and_close_at_the_idle_timeout() {
+    let dir = tempfile::tempdir().unwrap();
+    let ca = ca_and_leaf(dir.path());
+    let mut cfg = crate::common::config_with_services(&[]);
+    cfg.ingress.tls = Some(portcullis::config::TlsConfig::new(
+        dir.path().join("cert.pem"),
+        dir.path().join("key.pem"),
+    ));
+    cfg.ingress.park_after = Duration::from_millis(20);
+    cfg.ingress.idle_timeout = Duration::from_millis(1500);
+    let gw = crate::common::TestGateway::start(cfg).await;
+    let client = tls_h1_client(&ca);
+    const N: usize = 10;
+    let mut conns = Vec::new();
+    for _ in 0..N {
+        let tcp = tokio::net::TcpStream::connect(gw.ingress).await.unwrap();
+        let name = rustls::pki_types::ServerName::try_from("localhost").unwrap();
+        let mut tls = client.connect(name, tcp).await.expect("TLS handshake");
+        assert_eq!(
+            tls.get_ref().1.alpn_protocol(),
+            Some(b"http/1.1".as_slice())
+        );
+        assert_eq!(health(&mut tls).await, 200);
+        conns.push(tls);
+    }
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        let got = parked_tls(gw.ingress, &client).await;
+        if got == N as f64 {
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "parked: {got}, not {N}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    // Each is served again over the session it parked with.
+    for tls in &mut conns {
+        assert_eq!(health(tls).await, 200);
+    }
+    // Parked again, the idle timeout closes each one.
+    for tls in &mut conns {
+        let mut buf = [0u8; 64];
+        let n = tokio::time::timeout(Duration::from_secs(10), tls.read(&mut buf))
+            .await
+            .expect("closed by the idle timeout")
+            .unwrap_or(0);
+        assert_eq!(n, 0, "closed with nothing more sent");
+    }
+    assert_eq!(parked_tls(gw.ingress, &client).await, 0.0);
+    gw.shutdown().await;
+}
