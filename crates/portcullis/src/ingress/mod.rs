@@ -327,19 +327,15 @@ impl Ingress {
     /// Open client connections, parked ones included.
     pub fn connection_count(&self) -> usize {
         let (lots, parked) = self.lots.iter().fold((0, 0), |(l, p), lot| {
-            let n = lot.parked.load(Ordering::Relaxed);
-            (l + usize::from(lot.tx.get().is_some()), p + n)
+            // A lot's task runs from its first park until it closes its queue (a drain).
+            let running = lot.tx.get().is_some_and(|tx| !tx.is_closed());
+            (
+                l + usize::from(running),
+                p + lot.parked.load(Ordering::Relaxed),
+            )
         });
         // The lots' own tasks are tracked too, so that `wait` covers their closing.
         self.connections.len().saturating_sub(lots) + parked
-    }
-
-    /// Client connections parked in a lot, holding no task of their own.
-    pub fn parked_count(&self) -> usize {
-        self.lots
-            .iter()
-            .map(|l| l.parked.load(Ordering::Relaxed))
-            .sum()
     }
 
     async fn serve_conn<IO>(self: &Arc<Self>, io: IO, facts: ConnFacts, drain: CancellationToken)
@@ -453,20 +449,13 @@ impl Ingress {
     /// and 20 KiB of buffers.
     async fn serve_h1_from(
         self: Arc<Self>,
-        mut io: PrefixedTcp,
+        io: PrefixedTcp,
         parked: Parked,
         drain: CancellationToken,
     ) {
-        loop {
-            io = match Box::pin(self.serve_h1(io, &parked.conn, &drain)).await {
-                H1End::Done => return,
-                H1End::Parked(io) => io,
-            };
-            // Bytes already here (a pipelined request, half a head): serve on, not park.
-            if io.prefix.is_empty() {
-                break;
-            }
-        }
+        let Some(io) = self.serve_until_idle(io, &parked.conn, &drain).await else {
+            return;
+        };
         let idle_for = parked.conn.activity.idle_for().unwrap_or_default();
         let deadline = Instant::now() + self.cfg.idle_timeout.saturating_sub(idle_for);
         self.park(io.inner, parked, deadline, &drain);
@@ -490,13 +479,10 @@ impl Ingress {
         };
         let mut io = Prefixed::new(Bytes::new(), tls);
         loop {
-            io = match Box::pin(self.serve_h1(io, &conn, &drain)).await {
-                H1End::Done => return,
-                H1End::Parked(io) => io,
+            io = match self.serve_until_idle(io, &conn, &drain).await {
+                Some(io) => io,
+                None => return,
             };
-            if !io.prefix.is_empty() {
-                continue;
-            }
             let session = io.inner.get_mut().1;
             if session.wants_write() {
                 continue;
@@ -516,6 +502,28 @@ impl Ingress {
                 r = io.inner.get_ref().0.readable() => if r.is_err() { return },
                 _ = drain.cancelled() => return,
                 _ = idle_expired(&conn.activity, self.cfg.idle_timeout) => return,
+            }
+        }
+    }
+
+    /// Serve HTTP/1.1 periods on `io` until the connection ends (`None`) or is idle with no
+    /// byte waiting in front of the stream (a pipelined request or half a head is served on).
+    async fn serve_until_idle<S>(
+        self: &Arc<Self>,
+        mut io: Prefixed<S>,
+        conn: &Conn,
+        drain: &CancellationToken,
+    ) -> Option<Prefixed<S>>
+    where
+        S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+    {
+        loop {
+            io = match Box::pin(self.serve_h1(io, conn, drain)).await {
+                H1End::Done => return None,
+                H1End::Parked(io) => io,
+            };
+            if io.prefix.is_empty() {
+                return Some(io);
             }
         }
     }
@@ -567,18 +575,19 @@ impl Ingress {
         // The gauge is the listener's, shared by the lots of every event loop: each adds the
         // change in its own count.
         let gauge = self.metrics.parked_connections(self.listener);
-        let mut shown = 0usize;
-        let mut count = |n: usize| {
+        let count = |n: usize| {
+            let Some(l) = self.lots.get(index) else {
+                return;
+            };
+            let shown = l.parked.swap(n, Ordering::Relaxed);
             if n != shown {
                 let delta =
                     i64::try_from(n).unwrap_or(i64::MAX) - i64::try_from(shown).unwrap_or(i64::MAX);
                 gauge.inc_by(delta);
-                shown = n;
-            }
-            if let Some(l) = self.lots.get(index) {
-                l.parked.store(n, Ordering::Relaxed);
             }
         };
+        let cancelled = drain.cancelled();
+        tokio::pin!(cancelled);
         let sweep = tokio::time::sleep_until(Instant::now());
         tokio::pin!(sweep);
         let mut armed = false;
@@ -605,7 +614,7 @@ impl Ingress {
                     }
                     None => break,
                 },
-                _ = drain.cancelled() => break,
+                _ = &mut cancelled => break,
                 _ = &mut sweep, if armed => {
                     let now = Instant::now();
                     let mut next: Option<Instant> = None;
