@@ -250,13 +250,11 @@ where
             h.remove(header::CONTENT_LENGTH);
         }
     }
-    // A fresh value on every call: never indexed, so it does not churn the link's HPACK table
-    // (which then keeps the headers that do repeat).
-    let mut cid = ctx.correlation_id.clone();
-    cid.set_sensitive(true);
+    // Marked sensitive where it was made (`pipeline::correlation_id`): never indexed, so it
+    // does not churn the link's HPACK table.
     h.insert(
         HeaderName::from_static(portcullis_link::headers::CORRELATION_ID),
-        cid,
+        ctx.correlation_id.clone(),
     );
     if let Some(v) = &ctx.route.template_header {
         h.insert(

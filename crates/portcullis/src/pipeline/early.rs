@@ -19,21 +19,33 @@ const CORRELATION_ID: HeaderName =
     HeaderName::from_static(portcullis_link::headers::CORRELATION_ID);
 
 /// Accept the client's correlation id when it is a safe token, otherwise make one.
+///
+/// The value is marked *sensitive*, which for HTTP/2 means HPACK's never-indexed literal: it
+/// is new on every call, so indexing it (on the link's request and on the client's response)
+/// would only push the headers that do repeat out of the connection's 4 KiB table, and h2's
+/// encoder would compare each new id with every id still in it (`Table::index_occupied`, 5 %
+/// of the gateway's CPU under HTTPS HTTP/2 load; BENCHMARKS.md, stop 21). HTTP/1.1 ignores
+/// the flag; the value is logged through `to_str`, never through `Debug`.
 pub fn correlation_id(h: &http::HeaderMap) -> HeaderValue {
-    if let Some(v) = h.get(CORRELATION_ID) {
-        let b = v.as_bytes();
-        if !b.is_empty()
-            && b.len() <= 128
-            && b.iter()
-                .all(|c| c.is_ascii_alphanumeric() || matches!(c, b'.' | b'_' | b'-'))
-        {
-            return v.clone();
-        }
-    }
-    let mut id = [0u8; 16];
-    rand::thread_rng().fill_bytes(&mut id);
-    HeaderValue::from_maybe_shared(bytes::Bytes::from(hex::encode(id)))
-        .unwrap_or(HeaderValue::from_static("0"))
+    let mut v = client_correlation_id(h).unwrap_or_else(|| {
+        let mut id = [0u8; 16];
+        rand::thread_rng().fill_bytes(&mut id);
+        HeaderValue::from_maybe_shared(bytes::Bytes::from(hex::encode(id)))
+            .unwrap_or(HeaderValue::from_static("0"))
+    });
+    v.set_sensitive(true);
+    v
+}
+
+/// The client's correlation id, if it is a safe token.
+fn client_correlation_id(h: &http::HeaderMap) -> Option<HeaderValue> {
+    let v = h.get(CORRELATION_ID)?;
+    let b = v.as_bytes();
+    let safe = !b.is_empty()
+        && b.len() <= 128
+        && b.iter()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, b'.' | b'_' | b'-'));
+    safe.then(|| v.clone())
 }
 
 /// Remove every header a client could use to impersonate the gateway (`x-portcullis-*`).
@@ -185,6 +197,18 @@ mod tests {
         assert_eq!(correlation_id(&h).len(), 32);
         h.insert(CORRELATION_ID, HeaderValue::from_static("a b"));
         assert_ne!(correlation_id(&h), "a b");
+    }
+
+    /// A per-call value must reach HTTP/2 as a never-indexed literal, on the link's request
+    /// and the client's response alike, whether the client chose it or the gateway made it.
+    #[test]
+    fn correlation_ids_are_never_indexed() {
+        let mut h = http::HeaderMap::new();
+        assert!(correlation_id(&h).is_sensitive());
+        h.insert(CORRELATION_ID, HeaderValue::from_static("abc-123_x.y"));
+        let chosen = correlation_id(&h);
+        assert_eq!(chosen, "abc-123_x.y");
+        assert!(chosen.is_sensitive());
     }
 }
 
