@@ -353,7 +353,10 @@ impl Ingress {
         let svc = service_fn(move |mut req: hyper::Request<hyper::body::Incoming>| {
             let pipeline = pipeline.clone();
             req.extensions_mut().insert(conn.clone());
-            async move { Ok::<_, std::convert::Infallible>(pipeline.handle(req).await) }
+            // Boxed: hyper's HTTP/2 server spawns every stream as a task, and the task's
+            // future is moved into its cell and its output moved over it; the call's state
+            // (several KiB) is moved once into a box instead.
+            async move { Ok::<_, std::convert::Infallible>(Box::pin(pipeline.handle(req)).await) }
         });
         let conn = self
             .builder
