@@ -25,7 +25,8 @@ const CORRELATION_ID: HeaderName =
 /// would only push the headers that do repeat out of the connection's 4 KiB table, and h2's
 /// encoder would compare each new id with every id still in it (`Table::index_occupied`, 5 %
 /// of the gateway's CPU under HTTPS HTTP/2 load; BENCHMARKS.md, stop 21). HTTP/1.1 ignores
-/// the flag; the value is logged through `to_str`, never through `Debug`.
+/// the flag. `Debug` prints a sensitive value as `Sensitive`: log it through `to_str`, as the
+/// call's span and the access log do.
 pub fn correlation_id(h: &http::HeaderMap) -> HeaderValue {
     let mut v = client_correlation_id(h).unwrap_or_else(|| {
         let mut id = [0u8; 16];
